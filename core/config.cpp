@@ -1,0 +1,163 @@
+// Parsing and validation of ModelConfig from Hugging Face config.json (Llama, Qwen2, Mistral).
+#include "core/config.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/errors.h"
+
+namespace spkv {
+using json = nlohmann::json;
+
+const char* to_string(RopeStyle s) { return s == RopeStyle::interleaved ? "interleaved" : "rotate_half"; }
+
+void ModelConfig::validate(const std::string& where) const {
+  auto need = [&](bool ok, const std::string& what) {
+    if (!ok) throw ConfigError(where + ": " + what);
+  };
+  need(dim > 0, "hidden_size/dim must be > 0");
+  need(hidden_dim > 0, "intermediate_size/hidden_dim must be > 0");
+  need(n_layers > 0, "num_hidden_layers must be > 0");
+  need(n_heads > 0, "num_attention_heads must be > 0");
+  need(n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+       "num_key_value_heads (" + std::to_string(n_kv_heads) + ") must divide num_attention_heads (" +
+           std::to_string(n_heads) + ")");
+  need(head_dim > 0 && head_dim % 2 == 0, "head_dim must be even and > 0, got " + std::to_string(head_dim));
+  need(vocab_size > 0, "vocab_size must be > 0");
+  need(max_seq_len > 0, "max_position_embeddings must be > 0");
+  need(norm_eps > 0, "rms_norm_eps must be > 0");
+  need(rope_theta > 0, "rope_theta must be > 0");
+  need(rope_scaling.type == "none" || rope_scaling.type == "linear" || rope_scaling.type == "llama3",
+       "rope_scaling.rope_type '" + rope_scaling.type + "' is not supported (expected linear or llama3)");
+  need(rope_scaling.factor > 0, "rope_scaling.factor must be > 0");
+  need(sliding_window >= 0, "sliding_window must be >= 0");
+}
+
+namespace {
+
+template <class T>
+T get(const json& j, const char* key, const std::string& file) {
+  if (!j.contains(key) || j[key].is_null()) throw ConfigError(file + ": missing field '" + key + "'");
+  try {
+    return j[key].get<T>();
+  } catch (const json::exception&) {
+    throw ConfigError(file + ": field '" + key + "' has the wrong type (" + j[key].dump() + ")");
+  }
+}
+
+template <class T>
+T get_or(const json& j, const char* key, T fallback, const std::string& file) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  return get<T>(j, key, file);
+}
+
+}  // namespace
+
+ModelConfig parse_hf_config(const std::string& text, const std::string& file) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw ConfigError(file + ": invalid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw ConfigError(file + ": expected a JSON object at top level");
+
+  ModelConfig c;
+  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty())
+    c.architecture = j["architectures"][0].get<std::string>();
+  const std::string model_type = get_or<std::string>(j, "model_type", "llama", file);
+  if (model_type != "llama" && model_type != "qwen2" && model_type != "mistral")
+    throw ConfigError(file + ": model_type '" + model_type + "' is not supported (expected llama, qwen2 or mistral)");
+
+  c.dim = get<int64_t>(j, "hidden_size", file);
+  c.hidden_dim = get<int64_t>(j, "intermediate_size", file);
+  c.n_layers = get<int64_t>(j, "num_hidden_layers", file);
+  c.n_heads = get<int64_t>(j, "num_attention_heads", file);
+  c.n_kv_heads = get_or<int64_t>(j, "num_key_value_heads", c.n_heads, file);
+  c.head_dim = get_or<int64_t>(j, "head_dim", c.n_heads > 0 ? c.dim / c.n_heads : 0, file);
+  c.vocab_size = get<int64_t>(j, "vocab_size", file);
+  c.max_seq_len = get_or<int64_t>(j, "max_position_embeddings", 2048, file);
+  c.norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6, file);
+  c.rope_theta = get_or<double>(j, "rope_theta", 10000.0, file);
+  c.tied_embeddings = get_or<bool>(j, "tie_word_embeddings", false, file);
+  c.attention_bias = get_or<bool>(j, "attention_bias", model_type == "qwen2", file);
+  if (get_or<bool>(j, "mlp_bias", false, file))
+    throw ConfigError(file + ": mlp_bias = true is not supported");
+  const bool use_sw = model_type == "mistral" || get_or<bool>(j, "use_sliding_window", false, file);
+  if (use_sw) c.sliding_window = get_or<int64_t>(j, "sliding_window", 0, file);
+  c.bos_id = get_or<int64_t>(j, "bos_token_id", 1, file);
+  c.eos_id = j.contains("eos_token_id") && j["eos_token_id"].is_array()
+                 ? j["eos_token_id"][0].get<int64_t>()
+                 : get_or<int64_t>(j, "eos_token_id", 2, file);
+  const std::string style = get_or<std::string>(j, "rope_style", "rotate_half", file);
+  if (style != "rotate_half" && style != "interleaved")
+    throw ConfigError(file + ": rope_style '" + style + "' (expected rotate_half or interleaved)");
+  c.rope_style = style == "interleaved" ? RopeStyle::interleaved : RopeStyle::rotate_half;
+
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    const json& rs = j["rope_scaling"];
+    if (!rs.is_object()) throw ConfigError(file + ": rope_scaling must be an object");
+    auto& s = c.rope_scaling;
+    s.type = rs.contains("rope_type") ? get<std::string>(rs, "rope_type", file)
+                                      : get_or<std::string>(rs, "type", "none", file);
+    if (s.type == "default") s.type = "none";
+    s.factor = get_or<double>(rs, "factor", 1.0, file);
+    s.low_freq_factor = get_or<double>(rs, "low_freq_factor", 1.0, file);
+    s.high_freq_factor = get_or<double>(rs, "high_freq_factor", 4.0, file);
+    s.original_max_position_embeddings =
+        get_or<int64_t>(rs, "original_max_position_embeddings", 8192, file);
+  }
+  c.validate(file);
+  return c;
+}
+
+ModelConfig load_hf_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot open config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_hf_config(ss.str(), path);
+}
+
+std::string ModelConfig::to_hf_json() const {
+  static const char* model_types[][2] = {
+      {"LlamaForCausalLM", "llama"}, {"Qwen2ForCausalLM", "qwen2"}, {"MistralForCausalLM", "mistral"}};
+  std::string model_type = "llama";
+  for (auto& mt : model_types)
+    if (architecture == mt[0]) model_type = mt[1];
+  json j = {{"architectures", {architecture}},
+            {"model_type", model_type},
+            {"hidden_size", dim},
+            {"intermediate_size", hidden_dim},
+            {"num_hidden_layers", n_layers},
+            {"num_attention_heads", n_heads},
+            {"num_key_value_heads", n_kv_heads},
+            {"head_dim", head_dim},
+            {"vocab_size", vocab_size},
+            {"max_position_embeddings", max_seq_len},
+            {"rms_norm_eps", norm_eps},
+            {"rope_theta", rope_theta},
+            {"tie_word_embeddings", tied_embeddings},
+            {"attention_bias", attention_bias},
+            {"bos_token_id", bos_id},
+            {"eos_token_id", eos_id},
+            {"hidden_act", "silu"},
+            {"torch_dtype", "float32"}};
+  if (rope_style != RopeStyle::rotate_half) j["rope_style"] = to_string(rope_style);
+  if (sliding_window > 0) {
+    j["sliding_window"] = sliding_window;
+    j["use_sliding_window"] = true;
+  }
+  if (rope_scaling.type != "none") {
+    j["rope_scaling"] = {{"rope_type", rope_scaling.type}, {"factor", rope_scaling.factor}};
+    if (rope_scaling.type == "llama3") {
+      j["rope_scaling"]["low_freq_factor"] = rope_scaling.low_freq_factor;
+      j["rope_scaling"]["high_freq_factor"] = rope_scaling.high_freq_factor;
+      j["rope_scaling"]["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
+    }
+  }
+  return j.dump(2) + "\n";
+}
+
+}  // namespace spkv

@@ -1,0 +1,38 @@
+// Typed exceptions thrown by the spkv libraries. Each carries what was wrong and where (file, tensor or
+// field); only main() turns them into a one-line message and an exit code. No exit() in library code.
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace spkv {
+
+// Base of every spkv error; what() is a complete one-line message.
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A checkpoint or weight file is malformed or contradicts its config. Message: "<file>: <problem>".
+struct CheckpointError : Error {
+  CheckpointError(const std::string& file, const std::string& problem)
+      : Error(file + ": " + problem), file(file) {}
+  std::string file;
+};
+
+// A config (config.json, recipe, command-line setting) has a missing, mistyped or invalid field.
+struct ConfigError : Error {
+  using Error::Error;
+};
+
+// A tokenizer file is malformed or unsupported.
+struct TokenizerError : Error {
+  TokenizerError(const std::string& file, const std::string& problem)
+      : Error(file + ": " + problem), file(file) {}
+  std::string file;
+};
+
+// Input data (text corpus, prompt, token ids) is unusable.
+struct InputError : Error {
+  using Error::Error;
+};
+
+}  // namespace spkv

@@ -1,0 +1,227 @@
+// The Llama-family forward pass: RMSNorm, RoPE (both pairings, llama3/linear scaling), GQA attention,
+// SwiGLU, tied or untied classifier, optional q/k/v biases.
+#include "core/model.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "core/errors.h"
+
+namespace spkv {
+namespace F = torch::nn::functional;
+
+namespace {
+// Inverse frequencies (D/2) in float64, with Llama-3 / linear scaling applied.
+std::vector<double> inv_frequencies(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<double> inv(half);
+  const auto& s = c.rope_scaling;
+  for (int64_t i = 0; i < half; ++i) {
+    double f = 1.0 / std::pow(c.rope_theta, 2.0 * i / c.head_dim);
+    if (s.type == "linear") {
+      f /= s.factor;
+    } else if (s.type == "llama3") {
+      const double old = static_cast<double>(s.original_max_position_embeddings);
+      const double low_wavelen = old / s.low_freq_factor, high_wavelen = old / s.high_freq_factor;
+      const double wavelen = 2.0 * M_PI / f;
+      if (wavelen > low_wavelen) {
+        f /= s.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = (1.0 - smooth) * f / s.factor + smooth * f;
+      }
+    }
+    inv[i] = f;
+  }
+  return inv;
+}
+
+std::string shape_str(torch::IntArrayRef s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  return o.str() + "]";
+}
+}  // namespace
+
+RotaryEmbedding::RotaryEmbedding(const ModelConfig& c) : style(c.rope_style) {
+  auto inv = torch::tensor(inv_frequencies(c), torch::kFloat64);                // (D/2)
+  auto pos = torch::arange(c.max_seq_len, torch::kFloat64);                      // (T_max)
+  auto angles = torch::outer(pos, inv);                                          // (T_max, D/2)
+  cos = angles.cos().to(torch::kFloat32);
+  sin = angles.sin().to(torch::kFloat32);
+}
+
+torch::Tensor RotaryEmbedding::apply(const torch::Tensor& x, const torch::Tensor& positions) const {
+  if (positions.numel() > 0 && positions.max().item<int64_t>() >= cos.size(0))
+    throw InputError("position " + std::to_string(positions.max().item<int64_t>()) +
+                     " is past the model's context (max_position_embeddings = " + std::to_string(cos.size(0)) + ")");
+  auto c = cos.index_select(0, positions).to(x.dtype());  // (T, D/2)
+  auto s = sin.index_select(0, positions).to(x.dtype());  // (T, D/2)
+  const int64_t D = x.size(-1);
+  if (style == RopeStyle::interleaved) {
+    auto xp = x.unflatten(-1, {D / 2, 2});  // (B, n, T, D/2, 2)
+    auto a = xp.select(-1, 0), b = xp.select(-1, 1);
+    return torch::stack({a * c - b * s, a * s + b * c}, -1).flatten(-2);
+  }
+  auto a = x.narrow(-1, 0, D / 2), b = x.narrow(-1, D / 2, D / 2);  // (B, n, T, D/2)
+  return torch::cat({a * c - b * s, a * s + b * c}, -1);
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * weight;
+}
+
+torch::Tensor causal_bias(const torch::Tensor& q_pos, const torch::Tensor& k_pos, int64_t window) {
+  auto d = q_pos.unsqueeze(1) - k_pos.unsqueeze(0);  // (T, S): t - s
+  auto visible = d >= 0;
+  if (window > 0) visible = visible & (d < window);
+  return torch::zeros(visible.sizes(), torch::kFloat32)
+      .masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c)
+    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim), sliding_window(c.sliding_window) {
+  auto lin = [&](int64_t in, int64_t out, bool bias) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+  };
+  q_proj = register_module("q_proj", lin(c.dim, c.n_heads * c.head_dim, c.attention_bias));
+  k_proj = register_module("k_proj", lin(c.dim, c.n_kv_heads * c.head_dim, c.attention_bias));
+  v_proj = register_module("v_proj", lin(c.dim, c.n_kv_heads * c.head_dim, c.attention_bias));
+  o_proj = register_module("o_proj", lin(c.n_heads * c.head_dim, c.dim, false));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope,
+                                     const torch::Tensor& positions) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);     // (B, H, T, D)
+  auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
+  auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
+  q = rope.apply(q, positions);
+  k = rope.apply(k, positions);
+  auto y = attend(q, k, v, causal_bias(positions, positions, sliding_window).to(x.device()));  // (B, H, T, D)
+  return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
+}
+
+torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const torch::Tensor& bias) const {
+  const int64_t B = q.size(0), T = q.size(2), S = k.size(2), G = n_heads / n_kv_heads;
+  auto qg = q.reshape({B, n_kv_heads, G * T, head_dim});                           // (B, Hkv, G*T, D)
+  auto scores = torch::matmul(qg, k.transpose(-2, -1)) / std::sqrt(double(head_dim));  // (B, Hkv, G*T, S)
+  scores = scores.view({B, n_kv_heads, G, T, S}) + bias;                           // (B, Hkv, G, T, S)
+  auto p = torch::softmax(scores, -1).view({B, n_kv_heads, G * T, S});
+  return torch::matmul(p, v).view({B, n_heads, T, head_dim});                      // (B, H, T, D)
+}
+
+MLPImpl::MLPImpl(const ModelConfig& c) {
+  auto lin = [](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
+  gate_proj = register_module("gate_proj", lin(c.dim, c.hidden_dim));
+  up_proj = register_module("up_proj", lin(c.dim, c.hidden_dim));
+  down_proj = register_module("down_proj", lin(c.hidden_dim, c.dim));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) { return down_proj(F::silu(gate_proj(x)) * up_proj(x)); }
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
+  self_attn = register_module("self_attn", Attention(c));
+  mlp = register_module("mlp", MLP(c));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.dim, c.norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.dim, c.norm_eps));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope,
+                                        const torch::Tensor& positions) {
+  auto h = x + self_attn(input_layernorm(x), rope, positions);  // (B, T, C)
+  return h + mlp(post_attention_layernorm(h));
+}
+
+LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.dim));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t il = 0; il < c.n_layers; ++il) layers->push_back(DecoderLayer(c));
+  norm = register_module("norm", RMSNorm(c.dim, c.norm_eps));
+}
+
+torch::Tensor LlamaModelImpl::forward(const torch::Tensor& tokens, const RotaryEmbedding& rope,
+                                      const torch::Tensor& positions) {
+  auto x = embed_tokens(tokens);  // (B, T, C)
+  for (auto& layer : *layers) x = layer->as<DecoderLayer>()->forward(x, rope, positions);
+  return norm(x);
+}
+
+LlamaForCausalLMImpl::LlamaForCausalLMImpl(const ModelConfig& c) : config(c), rope(c) {
+  c.validate("model config");
+  model = register_module("model", LlamaModel(c));
+  if (!c.tied_embeddings)
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.dim, c.vocab_size).bias(false)));
+}
+
+torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens) {
+  if (tokens.dim() != 2) throw InputError("tokens must be (B, T), got " + shape_str(tokens.sizes()));
+  auto positions = torch::arange(tokens.size(1), torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
+  auto h = model(tokens, rope, positions);  // (B, T, C)
+  return lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());  // (B, T, V)
+}
+
+void LlamaForCausalLMImpl::load(const Checkpoint& ck) {
+  torch::NoGradGuard no_grad;
+  const ModelConfig& c = config;
+  std::set<std::string> used;
+  for (auto& item : named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    torch::Tensor& param = item.value();
+    auto it = ck.tensors.find(name);
+    if (it == ck.tensors.end()) {
+      throw CheckpointError(ck.path, "missing tensor '" + name + "' (the config " + ck.config_file + " has " +
+                                         std::to_string(c.n_layers) + " layers" +
+                                         (c.attention_bias ? ", attention_bias = true" : "") + ")");
+    }
+    if (it->second.sizes() != param.sizes()) {
+      auto origin = ck.origin.count(name) ? ck.origin.at(name) : ck.path;
+      throw CheckpointError(origin, "tensor '" + name + "' has shape " + shape_str(it->second.sizes()) +
+                                        " but the config (" + ck.config_file + ": hidden_size " + std::to_string(c.dim) +
+                                        ", intermediate_size " + std::to_string(c.hidden_dim) + ", heads " +
+                                        std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) +
+                                        " kv, head_dim " + std::to_string(c.head_dim) + ", vocab_size " +
+                                        std::to_string(c.vocab_size) + ") implies " + shape_str(param.sizes()));
+    }
+    param.set_data(it->second);
+    used.insert(name);
+  }
+  for (auto& [name, t] : ck.tensors) {
+    const bool ignorable = name.find("rotary_emb.inv_freq") != std::string::npos ||
+                           (name == "lm_head.weight" && c.tied_embeddings);
+    if (!used.count(name) && !ignorable)
+      throw CheckpointError(ck.origin.count(name) ? ck.origin.at(name) : ck.path,
+                            "unexpected tensor '" + name + "': the config " + ck.config_file + " (" +
+                                std::to_string(c.n_layers) + " layers, tie_word_embeddings " +
+                                (c.tied_embeddings ? "true" : "false") + ", attention_bias " +
+                                (c.attention_bias ? "true" : "false") + ") has no such parameter");
+  }
+}
+
+std::map<std::string, torch::Tensor> LlamaForCausalLMImpl::named_tensors() {
+  std::map<std::string, torch::Tensor> out;
+  for (auto& item : named_parameters(true)) out[item.key()] = item.value();
+  return out;
+}
+
+int64_t LlamaForCausalLMImpl::parameter_count() {
+  int64_t n = 0;
+  for (auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+LlamaForCausalLM load_model(const std::string& path) {
+  Checkpoint ck = load_checkpoint(path);
+  LlamaForCausalLM m(ck.config);
+  m->load(ck);
+  m->eval();
+  return m;
+}
+
+}  // namespace spkv

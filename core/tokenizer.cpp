@@ -1,0 +1,148 @@
+// The Tokenizer base, format detection, and the llama2.c tokenizer.bin (SentencePiece BPE pieces merged by
+// score, byte fallback <0xNN> at ids 3..258), matching run.c's encode() and decode().
+#include "core/tokenizer.h"
+
+#include <filesystem>
+#include <fstream>
+#include <unordered_map>
+
+#include "core/errors.h"
+
+namespace spkv {
+namespace fs = std::filesystem;
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string out;
+  int32_t prev = -1;
+  for (int32_t id : ids) {
+    out += token_bytes(prev, id);
+    prev = id;
+  }
+  return out;
+}
+
+std::string Tokenizer::summary() const {
+  return kind() + ", vocab " + std::to_string(vocab_size()) + ", bos " + std::to_string(bos_id) + ", eos " +
+         std::to_string(eos_id) + " (" + path + ")";
+}
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
+  if (!fs::exists(path)) throw TokenizerError(path, "no such file");
+  const std::string name = fs::path(path).filename().string();
+  if (fs::path(path).extension() == ".json") return load_hf_tokenizer(path);
+  if (fs::path(path).extension() == ".model") return load_sentencepiece_tokenizer(path);
+  return load_llama2c_tokenizer(path);
+}
+
+std::string default_tokenizer_path(const std::string& model_path) {
+  fs::path p(model_path);
+  fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+  if (dir.empty()) dir = ".";
+  for (const char* n : {"tokenizer.json", "tokenizer.model", "tokenizer.bin"})
+    if (fs::exists(dir / n)) return (dir / n).string();
+  for (auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("tok", 0) == 0 && e.path().extension() == ".bin") return e.path().string();
+  }
+  throw TokenizerError(model_path, "no tokenizer found beside the model (looked for tokenizer.json, "
+                                   "tokenizer.model, tokenizer.bin, tok*.bin); pass --tokenizer");
+}
+
+namespace {
+
+class Llama2cTokenizer : public Tokenizer {
+ public:
+  Llama2cTokenizer(const std::string& file, int32_t expected_vocab) {
+    path = file;
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw TokenizerError(file, "cannot open");
+    in.seekg(0, std::ios::end);
+    const auto size = static_cast<int64_t>(in.tellg());
+    in.seekg(0);
+    int32_t max_len = 0;
+    if (!in.read(reinterpret_cast<char*>(&max_len), 4)) throw TokenizerError(file, "truncated: no header");
+    while (in.tellg() < size) {
+      float score;
+      int32_t len;
+      if (!in.read(reinterpret_cast<char*>(&score), 4) || !in.read(reinterpret_cast<char*>(&len), 4))
+        throw TokenizerError(file, "truncated in the entry of token " + std::to_string(pieces_.size()));
+      if (len < 0 || len > max_len || in.tellg() + int64_t(len) > size)
+        throw TokenizerError(file, "token " + std::to_string(pieces_.size()) + " has invalid length " +
+                                       std::to_string(len));
+      std::string s(len, '\0');
+      in.read(s.data(), len);
+      pieces_.push_back(std::move(s));
+      scores_.push_back(score);
+    }
+    if (expected_vocab > 0 && int32_t(pieces_.size()) != expected_vocab)
+      throw TokenizerError(file, "has " + std::to_string(pieces_.size()) + " tokens, the model expects " +
+                                     std::to_string(expected_vocab));
+    if (pieces_.size() < 259) throw TokenizerError(file, "too few tokens for byte fallback (need >= 259)");
+    for (size_t i = 0; i < pieces_.size(); ++i) lookup_.emplace(pieces_[i], int32_t(i));  // first wins
+    bos_id = 1;
+    eos_id = 2;
+  }
+
+  std::string kind() const override { return "llama2c"; }
+  int32_t vocab_size() const override { return int32_t(pieces_.size()); }
+
+  std::vector<int32_t> encode(std::string_view text, bool bos, bool eos) const override {
+    std::vector<int32_t> ids;
+    if (bos) ids.push_back(bos_id);
+    std::vector<int32_t> t;
+    if (!text.empty()) t.push_back(find(" "));  // dummy prefix, as SentencePiece's add_dummy_prefix
+    std::string buf;
+    for (size_t i = 0; i < text.size(); ++i) {
+      buf += text[i];
+      // Flush at the end of a UTF-8 code point (next byte is not a continuation byte) or at 4 bytes.
+      if (i + 1 < text.size() && (uint8_t(text[i + 1]) & 0xC0) == 0x80 && buf.size() < 4) continue;
+      int32_t id = find(buf);
+      if (id >= 0) t.push_back(id);
+      else
+        for (unsigned char b : buf) t.push_back(int32_t(b) + 3);
+      buf.clear();
+    }
+    // Greedily merge the adjacent pair whose merged piece has the highest score, until none exists.
+    while (true) {
+      float best = -1e10f;
+      int32_t best_id = -1;
+      size_t best_i = 0;
+      for (size_t i = 0; i + 1 < t.size(); ++i) {
+        int32_t id = find(pieces_[t[i]] + pieces_[t[i + 1]]);
+        if (id >= 0 && scores_[id] > best) best = scores_[id], best_id = id, best_i = i;
+      }
+      if (best_id < 0) break;
+      t[best_i] = best_id;
+      t.erase(t.begin() + long(best_i) + 1);
+    }
+    ids.insert(ids.end(), t.begin(), t.end());
+    if (eos) ids.push_back(eos_id);
+    return ids;
+  }
+
+  std::string token_bytes(int32_t prev, int32_t id) const override {
+    if (id < 0 || id >= vocab_size()) throw InputError("token id " + std::to_string(id) + " is outside the vocabulary of " + path);
+    if (id == bos_id || id == eos_id) return {};
+    if (id >= 3 && id < 259) return std::string(1, char(id - 3));  // <0xNN>
+    std::string_view p = pieces_[id];
+    if ((prev == bos_id || prev == -1) && !p.empty() && p[0] == ' ') p.remove_prefix(1);
+    return std::string(p);
+  }
+
+ private:
+  int32_t find(const std::string& s) const {
+    auto it = lookup_.find(s);
+    return it == lookup_.end() ? -1 : it->second;
+  }
+  std::vector<std::string> pieces_;
+  std::vector<float> scores_;
+  std::unordered_map<std::string, int32_t> lookup_;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int32_t vocab_size) {
+  return std::make_unique<Llama2cTokenizer>(path, vocab_size);
+}
+
+}  // namespace spkv

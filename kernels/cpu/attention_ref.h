@@ -1,0 +1,10 @@
+// The CPU reference of gated attention: readable loops, float64 accumulation. It is the specification
+// that every fast path (torch, vectorized CPU, CUDA) is tested against. Not fast, by design.
+#pragma once
+#include "kernels/attention_params.h"
+
+namespace spkv::kernels::cpu {
+
+Status gated_attention_ref(const GatedAttentionParams& p);
+
+}  // namespace spkv::kernels::cpu

@@ -1,0 +1,226 @@
+// Checkpoint loading: f32/f16/bf16 safetensors, sharded indexes, and every malformed-input case, both as
+// a typed exception from the library and as a one-line error with a non-zero exit from the CLI.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "core/checkpoint.h"
+#include "core/errors.h"
+#include "core/model.h"
+#include "core/safetensors.h"
+#include "tests/test_util.h"
+
+namespace spkv {
+namespace {
+using json = nlohmann::json;
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.dim = 16, c.hidden_dim = 24, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4;
+  c.vocab_size = 40, c.max_seq_len = 32;
+  return c;
+}
+
+// A tiny random model saved as an HF directory; returns its tensors.
+std::map<std::string, torch::Tensor> save_tiny(const std::string& dir, const ModelConfig& c = tiny_config()) {
+  torch::manual_seed(7);
+  LlamaForCausalLM m(c);
+  auto t = m->named_tensors();
+  save_hf_checkpoint(dir, c, t);
+  return t;
+}
+
+std::vector<TensorView> views_of(const std::map<std::string, torch::Tensor>& t) {
+  std::vector<TensorView> v;
+  for (auto& [n, x] : t) v.push_back({n, DType::f32, x.sizes().vec(), x.data_ptr(), size_t(x.numel()) * 4});
+  return v;
+}
+
+// IEEE half bits of a value that is exactly representable as a normal half (or zero).
+uint16_t half_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFF) == 0) return uint16_t(u >> 16);
+  const uint32_t sign = (u >> 31) << 15, exp = ((u >> 23) & 0xFF) - 127 + 15, man = (u & 0x7FFFFF) >> 13;
+  return uint16_t(sign | (exp << 10) | man);
+}
+
+TEST(Checkpoint, ReadsF16AndBf16AsFloat32) {
+  test::TempDir dir;
+  const std::vector<float> vals = {0.5f, -1.25f, 3.0f, 0.0f, -0.0078125f, 96.0f};  // exact in f16 and bf16
+  std::vector<uint16_t> h, b;
+  for (float v : vals) {
+    h.push_back(half_bits(v));
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    b.push_back(uint16_t(u >> 16));
+  }
+  write_safetensors(dir / "x.safetensors", {{"h", DType::f16, {2, 3}, h.data(), 12}, {"b", DType::bf16, {3, 2}, b.data(), 12}});
+  SafetensorsFile st(dir / "x.safetensors");
+  ASSERT_EQ(st.get("h").shape, (std::vector<int64_t>{2, 3}));
+  // Through the checkpoint loader (which converts to f32): a tiny model in bf16 equals its f32 original.
+  auto t = save_tiny(dir.path.string());
+  std::vector<torch::Tensor> keep;
+  std::vector<TensorView> v16;
+  for (auto& [n, x] : t) {
+    keep.push_back(x.to(torch::kBFloat16).contiguous());
+    v16.push_back({n, DType::bf16, x.sizes().vec(), keep.back().data_ptr(), size_t(x.numel()) * 2});
+  }
+  write_safetensors(dir / "model.safetensors", v16);
+  Checkpoint ck = load_checkpoint(dir.path.string());
+  for (auto& [n, x] : t) {
+    auto want = x.to(torch::kBFloat16).to(torch::kFloat32);
+    EXPECT_TRUE(torch::equal(ck.tensors.at(n), want)) << n;
+    if (n.find("proj") != std::string::npos)  // random weights: bf16 rounding must show (norms are all ones)
+      EXPECT_GT((ck.tensors.at(n) - x).abs().max().item<double>(), 0.0) << n;
+  }
+  // The hand-encoded values decode to what they encode.
+  auto hf = torch::from_blob(const_cast<void*>(st.get("h").data), {6}, torch::kFloat16).to(torch::kFloat32);
+  auto bf = torch::from_blob(const_cast<void*>(st.get("b").data), {6}, torch::kBFloat16).to(torch::kFloat32);
+  for (size_t i = 0; i < vals.size(); ++i) {
+    EXPECT_EQ(hf[i].item<float>(), vals[i]);
+    EXPECT_EQ(bf[i].item<float>(), vals[i]);
+  }
+}
+
+TEST(Checkpoint, ShardedIndexLoadsLikeSingleFile) {
+  test::TempDir dir;
+  auto t = save_tiny(dir.path.string());
+  std::filesystem::remove(dir / "model.safetensors");
+  std::map<std::string, torch::Tensor> a, b;
+  json wm;
+  int i = 0;
+  for (auto& [n, x] : t) {
+    (i++ % 2 ? a : b)[n] = x;
+    wm[n] = i % 2 ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  write_safetensors(dir / "model-00001-of-00002.safetensors", views_of(a));
+  write_safetensors(dir / "model-00002-of-00002.safetensors", views_of(b));
+  test::write_file(dir / "model.safetensors.index.json", json{{"metadata", json::object()}, {"weight_map", wm}}.dump());
+  auto m = load_model(dir.path.string());
+  for (auto& [n, x] : m->named_tensors()) EXPECT_TRUE(torch::equal(x, t.at(n))) << n;
+}
+
+// One malformed case: prepares the directory, names the expected words of the message.
+struct BadCase {
+  const char* name;
+  std::function<void(const std::string& dir, std::map<std::string, torch::Tensor>& t)> make;
+  std::vector<std::string> expect;  // substrings of the error message
+};
+
+std::vector<BadCase> bad_cases() {
+  auto st = [](const std::string& d) { return d + "/model.safetensors"; };
+  return {
+      {"truncated file",
+       [=](const std::string& d, auto&) { std::filesystem::resize_file(st(d), std::filesystem::file_size(st(d)) - 100); },
+       {"model.safetensors", "truncated"}},
+      {"header length past end of file",
+       [=](const std::string& d, auto&) {
+         std::string bytes = test::read_file(st(d));
+         const uint64_t big = bytes.size() + 1000;
+         std::memcpy(bytes.data(), &big, 8);
+         test::write_file(st(d), bytes);
+       },
+       {"model.safetensors", "header length", "past the end"}},
+      {"bad JSON in the header",
+       [=](const std::string& d, auto&) {
+         std::string bytes = test::read_file(st(d));
+         bytes[8] = '[';
+         bytes[9] = '{';
+         test::write_file(st(d), bytes);
+       },
+       {"model.safetensors", "not valid JSON"}},
+      {"bad JSON in config.json",
+       [](const std::string& d, auto&) { test::write_file(d + "/config.json", "{\"hidden_size\": 16,,}"); },
+       {"config.json", "invalid JSON"}},
+      {"missing tensor",
+       [=](const std::string& d, auto& t) {
+         t.erase("model.layers.1.mlp.up_proj.weight");
+         write_safetensors(st(d), views_of(t));
+       },
+       {"missing tensor", "model.layers.1.mlp.up_proj.weight"}},
+      {"wrong shape",
+       [=](const std::string& d, auto& t) {
+         t["model.norm.weight"] = torch::ones({17});
+         write_safetensors(st(d), views_of(t));
+       },
+       {"model.safetensors", "model.norm.weight", "[17]", "[16]"}},
+      {"unknown dtype",
+       [=](const std::string& d, auto&) {
+         std::string h = R"({"model.norm.weight":{"dtype":"F12","shape":[16],"data_offsets":[0,64]}})";
+         std::string bytes(8, '\0');
+         const uint64_t n = h.size();
+         std::memcpy(bytes.data(), &n, 8);
+         test::write_file(st(d), bytes + h + std::string(64, '\1'));
+       },
+       {"model.safetensors", "model.norm.weight", "unknown dtype 'F12'"}},
+      {"config contradicts weights",
+       [](const std::string& d, auto&) {
+         ModelConfig c = tiny_config();
+         c.n_kv_heads = 4;  // the weights were made with 2 KV heads
+         test::write_file(d + "/config.json", c.to_hf_json());
+       },
+       {"k_proj.weight", "[8, 16]", "implies [16, 16]", "config.json"}},
+      {"config with more layers than the weights",
+       [](const std::string& d, auto&) {
+         ModelConfig c = tiny_config();
+         c.n_layers = 3;
+         test::write_file(d + "/config.json", c.to_hf_json());
+       },
+       {"missing tensor", "model.layers.2."}},
+  };
+}
+
+TEST(Checkpoint, EveryMalformedCaseThrowsATypedErrorNamingTheProblem) {
+  for (auto& bc : bad_cases()) {
+    test::TempDir dir;
+    auto t = save_tiny(dir.path.string());
+    bc.make(dir.path.string(), t);
+    try {
+      load_model(dir.path.string());
+      ADD_FAILURE() << bc.name << ": no error";
+    } catch (const Error& e) {  // CheckpointError or ConfigError: both are spkv::Error
+      for (auto& w : bc.expect) EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << bc.name << ": " << e.what();
+    }
+  }
+}
+
+TEST(Checkpoint, EveryMalformedCaseGivesOneLineCliErrorAndNonZeroExit) {
+  for (auto& bc : bad_cases()) {
+    test::TempDir dir;
+    auto t = save_tiny(dir.path.string());
+    bc.make(dir.path.string(), t);
+    test::write_file(dir / "tokenizer.json", "{}");
+    auto r = test::run_spkv("info --model " + test::quote(dir.path.string()));
+    EXPECT_EQ(r.exit_code, 1) << bc.name;
+    EXPECT_EQ(r.err.rfind("spkv: error: ", 0), 0u) << bc.name << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << bc.name << ": " << r.err;
+    EXPECT_NE(r.err.find(dir.path.string()), std::string::npos) << bc.name << ": the message names no file: " << r.err;
+    EXPECT_TRUE(r.out.empty()) << bc.name;
+  }
+}
+
+TEST(Checkpoint, TruncatedLlama2cFileIsRejected) {
+  SPKV_REQUIRE_SHARED();
+  test::TempDir dir;
+  std::string bytes = test::read_file(test::shared_dir() + "/models/stories260K/stories260K.bin");
+  test::write_file(dir / "m.bin", bytes.substr(0, bytes.size() - 4));
+  auto r = test::run_spkv("info --model " + test::quote(dir / "m.bin") + " --tokenizer " +
+                          test::quote(test::shared_dir() + "/models/stories260K/tok512.bin"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("m.bin: truncated file"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(std::to_string(bytes.size())), std::string::npos) << r.err;  // the expected size
+}
+
+TEST(Checkpoint, SaveIsAtomicAndReloadsExactly) {
+  test::TempDir dir;
+  auto t = save_tiny(dir.path.string());
+  for (auto& e : std::filesystem::directory_iterator(dir.path))
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+  auto m = load_model(dir.path.string());
+  for (auto& [n, x] : m->named_tensors()) EXPECT_TRUE(torch::equal(x, t.at(n))) << n;
+}
+
+}  // namespace
+}  // namespace spkv

@@ -1,0 +1,169 @@
+// Tokenizers: hand-derived encodings for a byte-level BPE tokenizer.json (merge ranks, added tokens,
+// GPT-2 and Llama-3 pre-tokenizer regexes), a SentencePiece model trained here, and
+// decode(encode(x)) == x for arbitrary bytes (emoji, CJK, invalid UTF-8) in every format.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/errors.h"
+#include "core/tokenizer.h"
+#include "tests/test_util.h"
+
+namespace spkv {
+namespace {
+using json = nlohmann::json;
+
+// GPT-2's bytes_to_unicode, written out independently of the library.
+std::string byte_char(int b) {
+  int n = 0;
+  for (int x = 0; x < b; ++x)
+    if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174)) ++n;
+  const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+  const int cp = printable ? b : 256 + n;
+  std::string s;
+  if (cp < 0x80) s += char(cp);
+  else s += char(0xC0 | (cp >> 6)), s += char(0x80 | (cp & 0x3F));
+  return s;
+}
+
+const char* kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+// Vocab: byte b has id b; merges add ids 256.. in rank order; added tokens 265..267.
+std::string make_tokenizer_json(bool llama3) {
+  json vocab;
+  for (int b = 0; b < 256; ++b) vocab[byte_char(b)] = b;
+  const std::string G = byte_char(' ');  // "Ġ"
+  std::vector<std::pair<std::string, std::string>> merges = {
+      {G, "t"}, {"h", "e"}, {G + "t", "he"}, {"1", "2"}, {"3", "4"}, {"m", G}};
+  int id = 256;
+  json jm = json::array();
+  for (auto& [a, b] : merges) vocab[a + b] = id++, jm.push_back(a + " " + b);
+  json added = json::array();
+  for (auto [c, i] : {std::pair{"<|begin_of_text|>", 265}, {"<|end_of_text|>", 266}, {"<|eot_id|>", 267}})
+    added.push_back({{"id", i}, {"content", c}, {"special", true}});
+  json pre = llama3 ? json{{"type", "Sequence"},
+                           {"pretokenizers",
+                            {{{"type", "Split"}, {"pattern", {{"Regex", kLlama3Regex}}}, {"behavior", "Isolated"}},
+                             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}}
+                    : json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  return json{{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", jm}}},
+              {"added_tokens", added},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", pre},
+              {"decoder", {{"type", "ByteLevel"}}}}
+      .dump();
+}
+
+// Random byte strings mixing ASCII, multi-byte UTF-8 (é, 中, emoji) and invalid sequences.
+std::vector<std::string> nasty_strings() {
+  const std::vector<std::string> atoms = {"a", "Z", " ", "  ", "\n", "\t", "7", "123456", "'s", "!?", "é", "中文",
+                                          "😀", "👩‍👩‍👧", "\xFF", "\x80", "\xE2\x82", "\xF0\x9F", "\xC0\xAF", "\0",
+                                          "the", " theme", "<|eot_id|>", "<0x41>", "▁"};
+  std::mt19937 rng(1234);
+  std::vector<std::string> out = {"", " ", "\xFF", "hello world", "😀😀 x", "  leading", "trailing  "};
+  for (int i = 0; i < 300; ++i) {
+    std::string s;
+    const int n = 1 + int(rng() % 12);
+    for (int k = 0; k < n; ++k) s += atoms[rng() % atoms.size()];
+    out.push_back(s);
+  }
+  return out;
+}
+
+void expect_round_trip(const Tokenizer& tok) {
+  int checked = 0;
+  for (auto& s : nasty_strings()) {
+    for (bool bos : {false, true}) {
+      auto ids = tok.encode(s, bos, false);
+      ASSERT_EQ(tok.decode(ids), s) << tok.kind() << " bos=" << bos << " input bytes: " << s.size();
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 2 * int(nasty_strings().size()));
+}
+
+TEST(HfBpe, Llama3StyleEncodingMatchesHandDerivation) {
+  test::TempDir dir;
+  test::write_file(dir / "tokenizer.json", make_tokenizer_json(true));
+  auto tok = load_tokenizer(dir / "tokenizer.json");
+  EXPECT_EQ(tok->kind(), "hf-bpe");
+  EXPECT_EQ(tok->bos_id, 265);
+  // " theme": Ġ t h e m e -> (Ġ t, rank 0) -> (h e, rank 1) -> (Ġt he, rank 2) = [Ġthe, m, e].
+  // " 12345": the space alone (\s+), then \p{N}{1,3}: "123" -> [12, 3] and "45" -> [4, 5]; the merge
+  // "3 4" must not cross the digit-group boundary. "m Ġ" must not cross words.
+  auto ids = tok->encode("<|begin_of_text|> the theme 12345<|eot_id|>I'm x", false, false);
+  std::vector<int32_t> want = {265, 258, 258, 'm', 'e', ' ', 259, '3', '4', '5', 267, 'I', '\'', 'm', ' ', 'x'};
+  EXPECT_EQ(ids, want);
+  EXPECT_EQ(tok->encode("x", true, true), (std::vector<int32_t>{265, 'x', 266}));
+  expect_round_trip(*tok);
+}
+
+TEST(HfBpe, Gpt2StyleRegexSplitsDifferently) {
+  test::TempDir dir;
+  test::write_file(dir / "tokenizer.json", make_tokenizer_json(false));
+  auto tok = load_tokenizer(dir / "tokenizer.json");
+  // GPT-2: " 12345" is one \p{N}+ piece with its space: Ġ 1 2 3 4 5 -> (1 2) -> (3 4) = [Ġ, 12, 34, 5].
+  EXPECT_EQ(tok->encode(" 12345", false, false), (std::vector<int32_t>{' ', 259, 260, '5'}));
+  expect_round_trip(*tok);
+}
+
+TEST(HfBpe, UnsupportedPreTokenizerIsAClearError) {
+  test::TempDir dir;
+  auto j = json::parse(make_tokenizer_json(true));
+  j["pre_tokenizer"] = {{"type", "Metaspace"}};
+  test::write_file(dir / "tokenizer.json", j.dump());
+  try {
+    load_tokenizer(dir / "tokenizer.json");
+    FAIL() << "no error";
+  } catch (const TokenizerError& e) {
+    EXPECT_NE(std::string(e.what()).find("Metaspace"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos);
+  }
+}
+
+TEST(Llama2c, RoundTripsArbitraryBytes) {
+  SPKV_REQUIRE_SHARED();
+  auto tok = load_tokenizer(test::shared_dir() + "/models/stories260K/tok512.bin");
+  EXPECT_EQ(tok->vocab_size(), 512);
+  expect_round_trip(*tok);
+}
+
+TEST(SentencePiece, TrainedModelRoundTripsArbitraryBytes) {
+  test::TempDir dir;
+  // A generated corpus: sentences from a small word list, so frequent words become single pieces.
+  const std::vector<std::string> words = {"the", "cat", "sat", "on", "mat", "and", "dog", "ran", "to", "park",
+                                          "a", "big", "red", "ball", "she", "said", "hello", "über", "café", "猫"};
+  std::mt19937 rng(5);
+  std::string corpus;
+  for (int i = 0; i < 3000; ++i) {
+    for (int k = 0, n = 4 + int(rng() % 8); k < n; ++k) corpus += (k ? " " : "") + words[rng() % words.size()];
+    corpus += ".\n";
+  }
+  test::write_file(dir / "corpus.txt", corpus);
+  for (bool dummy : {true, false}) {
+    SentencePieceTrainOptions o;
+    o.input = dir / "corpus.txt";
+    o.out_model = dir / (dummy ? "sp_dummy.model" : "sp_plain.model");
+    o.vocab_size = 370;
+    o.add_dummy_prefix = dummy;
+    train_sentencepiece(o);
+    auto tok = load_tokenizer(o.out_model);
+    EXPECT_EQ(tok->kind(), "sentencepiece");
+    EXPECT_EQ(tok->vocab_size(), 370);
+    // A frequent word is one piece; a rare string falls back to bytes.
+    auto park = tok->encode(dummy ? "park" : " park", false, false);
+    EXPECT_EQ(park.size(), 1u) << "dummy=" << dummy;
+    EXPECT_GE(tok->encode("\xF0\x9F\x98\x80", false, false).size(), 4u);  // emoji: 4 byte pieces
+    expect_round_trip(*tok);
+  }
+}
+
+TEST(SentencePiece, NotAModelIsAClearError) {
+  test::TempDir dir;
+  test::write_file(dir / "bad.model", "this is not a protobuf");
+  EXPECT_THROW(load_tokenizer(dir / "bad.model"), TokenizerError);
+}
+
+}  // namespace
+}  // namespace spkv
