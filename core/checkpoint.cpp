@@ -3,7 +3,9 @@
 
 #include <torch/torch.h>
 
+#include <cstring>
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>

@@ -7,11 +7,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <fstream>
-#include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <unordered_map>
 
 #include "core/errors.h"
@@ -119,7 +117,6 @@ class HfBpeTokenizer : public Tokenizer {
       throw TokenizerError(file, "normalizer '" + norm.value("type", "?") + "' is not supported (none or NFC)");
     parse_pre_tokenizer(j.value("pre_tokenizer", json()), file);
 
-    id_to_token_.resize(0);
     for (auto& [tok, id] : vocab_) {
       if (id < 0) throw TokenizerError(file, "token '" + tok + "' has negative id");
       if (size_t(id) >= id_to_token_.size()) id_to_token_.resize(id + 1);

@@ -28,7 +28,6 @@ std::string Tokenizer::summary() const {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   if (!fs::exists(path)) throw TokenizerError(path, "no such file");
-  const std::string name = fs::path(path).filename().string();
   if (fs::path(path).extension() == ".json") return load_hf_tokenizer(path);
   if (fs::path(path).extension() == ".model") return load_sentencepiece_tokenizer(path);
   return load_llama2c_tokenizer(path);

@@ -1,6 +1,7 @@
 // Helpers shared by the test suites: where ../shared is, temporary folders, running the spkv binary.
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>

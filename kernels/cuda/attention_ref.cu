@@ -7,6 +7,18 @@ namespace {
 
 constexpr int kThreads = 128;
 
+// The scaled score of key s for query row q, or -INFINITY when the key is not visible (causal, window, gate).
+__device__ float visible_score(const GatedAttentionParams& p, const float* q, int64_t b, int64_t hk, int64_t t,
+                               int64_t s) {
+  const int64_t d = p.q_pos[t] - p.k_pos[s];
+  const bool kept = p.keep && p.keep[b * p.keep_sb + hk * p.keep_sh + s];
+  if (d < 0 || !(p.window <= 0 || d < p.window || kept)) return -INFINITY;
+  const float* k = p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st;
+  float dot = 0.f;
+  for (int64_t i = 0; i < p.D; ++i) dot += q[i] * k[i];
+  return dot * p.scale;
+}
+
 // Block (t, h, b); threads stride over key positions, then reduce. Float accumulation.
 __global__ void gated_attention_ref_kernel(GatedAttentionParams p) {
   const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -15,15 +27,7 @@ __global__ void gated_attention_ref_kernel(GatedAttentionParams p) {
   __shared__ float red[kThreads];
   // Pass 1: the maximum visible score.
   float mx = -INFINITY;
-  for (int64_t s = threadIdx.x; s < p.S; s += blockDim.x) {
-    const int64_t d = p.q_pos[t] - p.k_pos[s];
-    const bool kept = p.keep && p.keep[b * p.keep_sb + hk * p.keep_sh + s];
-    if (d < 0 || !(p.window <= 0 || d < p.window || kept)) continue;
-    const float* k = p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st;
-    float dot = 0.f;
-    for (int64_t i = 0; i < p.D; ++i) dot += q[i] * k[i];
-    mx = fmaxf(mx, dot * p.scale);
-  }
+  for (int64_t s = threadIdx.x; s < p.S; s += blockDim.x) mx = fmaxf(mx, visible_score(p, q, b, hk, t, s));
   red[threadIdx.x] = mx;
   __syncthreads();
   for (int w = kThreads / 2; w > 0; w /= 2) {
@@ -38,13 +42,9 @@ __global__ void gated_attention_ref_kernel(GatedAttentionParams p) {
     float num = 0.f, den = 0.f;
     if (mx > -INFINITY)
       for (int64_t s = 0; s < p.S; ++s) {
-        const int64_t d = p.q_pos[t] - p.k_pos[s];
-        const bool kept = p.keep && p.keep[b * p.keep_sb + hk * p.keep_sh + s];
-        if (d < 0 || !(p.window <= 0 || d < p.window || kept)) continue;
-        const float* k = p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st;
-        float dot = 0.f;
-        for (int64_t j = 0; j < p.D; ++j) dot += q[j] * k[j];
-        const float w = __expf(dot * p.scale - mx);
+        const float sc = visible_score(p, q, b, hk, t, s);
+        if (sc == -INFINITY) continue;
+        const float w = __expf(sc - mx);
         den += w;
         num += w * p.v[b * p.v_sb + hk * p.v_sh + s * p.v_st + i];
       }
