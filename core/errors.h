@@ -11,11 +11,15 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A checkpoint or weight file is malformed or contradicts its config. Message: "<file>: <problem>".
-struct CheckpointError : Error {
-  CheckpointError(const std::string& file, const std::string& problem)
-      : Error(file + ": " + problem), file(file) {}
+// An error about one file. Message: "<file>: <problem>".
+struct FileError : Error {
+  FileError(const std::string& file, const std::string& problem) : Error(file + ": " + problem), file(file) {}
   std::string file;
+};
+
+// A checkpoint or weight file is malformed or contradicts its config.
+struct CheckpointError : FileError {
+  using FileError::FileError;
 };
 
 // A config (config.json, recipe, command-line setting) has a missing, mistyped or invalid field.
@@ -24,10 +28,8 @@ struct ConfigError : Error {
 };
 
 // A tokenizer file is malformed or unsupported.
-struct TokenizerError : Error {
-  TokenizerError(const std::string& file, const std::string& problem)
-      : Error(file + ": " + problem), file(file) {}
-  std::string file;
+struct TokenizerError : FileError {
+  using FileError::FileError;
 };
 
 // Input data (text corpus, prompt, token ids) is unusable.

@@ -111,6 +111,7 @@ class HfBpeTokenizer : public Tokenizer {
         vocab_[content] = id;
       }
     std::sort(added_.begin(), added_.end(), [](auto& a, auto& b) { return a.first.size() > b.first.size(); });
+    for (auto& [content, id] : added_) added_by_id_[id] = content;
 
     const json& norm = j.value("normalizer", json());
     if (!norm.is_null() && norm.value("type", "") != "NFC")
@@ -163,8 +164,7 @@ class HfBpeTokenizer : public Tokenizer {
     if (id < 0 || id >= vocab_size()) throw InputError("token id " + std::to_string(id) + " is outside the vocabulary of " + path);
     if (id == bos_id || id == eos_id) return {};
     const std::string& tok = id_to_token_[id];
-    for (auto& a : added_)
-      if (a.second == id) return a.first;
+    if (auto it = added_by_id_.find(id); it != added_by_id_.end()) return it->second;
     if (tok.size() == 6 && tok.compare(0, 3, "<0x") == 0 && tok[5] == '>')
       return std::string(1, char(std::stoi(tok.substr(3, 2), nullptr, 16)));
     std::string out;
@@ -262,7 +262,8 @@ class HfBpeTokenizer : public Tokenizer {
   std::unordered_map<std::string, int32_t> vocab_;
   std::vector<std::string> id_to_token_;
   std::unordered_map<std::string, int32_t> merges_;  // "a\x01b" -> rank
-  std::vector<std::pair<std::string, int32_t>> added_;
+  std::vector<std::pair<std::string, int32_t>> added_;  // longest first
+  std::unordered_map<int32_t, std::string> added_by_id_;
   std::vector<std::unique_ptr<Regex>> regexes_;
   std::string byte_char_[256];
   std::unordered_map<std::string, uint8_t> char_byte_;

@@ -85,7 +85,7 @@ torch::Tensor causal_bias(const torch::Tensor& q_pos, const torch::Tensor& k_pos
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c)
-    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim), sliding_window(c.sliding_window) {
+    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim) {
   auto lin = [&](int64_t in, int64_t out, bool bias) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
@@ -96,14 +96,14 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope,
-                                     const torch::Tensor& positions) {
+                                     const torch::Tensor& positions, const torch::Tensor& bias) {
   const int64_t B = x.size(0), T = x.size(1);
   auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);     // (B, H, T, D)
   auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
   auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
   q = rope.apply(q, positions);
   k = rope.apply(k, positions);
-  auto y = attend(q, k, v, causal_bias(positions, positions, sliding_window).to(x.device()));  // (B, H, T, D)
+  auto y = attend(q, k, v, bias);  // (B, H, T, D)
   return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
 }
 
@@ -134,12 +134,12 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope,
-                                        const torch::Tensor& positions) {
-  auto h = x + self_attn(input_layernorm(x), rope, positions);  // (B, T, C)
+                                        const torch::Tensor& positions, const torch::Tensor& bias) {
+  auto h = x + self_attn(input_layernorm(x), rope, positions, bias);  // (B, T, C)
   return h + mlp(post_attention_layernorm(h));
 }
 
-LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) {
+LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) : sliding_window(c.sliding_window) {
   embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.dim));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t il = 0; il < c.n_layers; ++il) layers->push_back(DecoderLayer(c));
@@ -148,8 +148,9 @@ LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) {
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& tokens, const RotaryEmbedding& rope,
                                       const torch::Tensor& positions) {
-  auto x = embed_tokens(tokens);  // (B, T, C)
-  for (auto& layer : *layers) x = layer->as<DecoderLayer>()->forward(x, rope, positions);
+  auto x = embed_tokens(tokens);                                                  // (B, T, C)
+  auto bias = causal_bias(positions, positions, sliding_window).to(x.device());  // (T, T)
+  for (auto& layer : *layers) x = layer->as<DecoderLayer>()->forward(x, rope, positions, bias);
   return norm(x);
 }
 

@@ -32,14 +32,15 @@ torch::Tensor causal_bias(const torch::Tensor& q_pos, const torch::Tensor& k_pos
 
 struct AttentionImpl : torch::nn::Module {
   explicit AttentionImpl(const ModelConfig& c);
-  // x: the normalized attention input (B, T, C); positions: (T) -> (B, T, C)
-  torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope, const torch::Tensor& positions);
+  // x: the normalized attention input (B, T, C); positions: (T); bias: (T, T) from causal_bias -> (B, T, C)
+  torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope, const torch::Tensor& positions,
+                        const torch::Tensor& bias);
   // The seam. q: (B, H, T, D), k/v: (B, Hkv, S, D), bias: (T, S) -> (B, H, T, D). One softmax over the
   // keys that bias leaves visible; each KV head serves G = H / Hkv query heads.
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& bias) const;
 
-  int64_t n_heads, n_kv_heads, head_dim, sliding_window;
+  int64_t n_heads, n_kv_heads, head_dim;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 };
 TORCH_MODULE(Attention);
@@ -53,7 +54,8 @@ TORCH_MODULE(MLP);
 
 struct DecoderLayerImpl : torch::nn::Module {
   explicit DecoderLayerImpl(const ModelConfig& c);
-  torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope, const torch::Tensor& positions);
+  torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope, const torch::Tensor& positions,
+                        const torch::Tensor& bias);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
@@ -62,10 +64,12 @@ TORCH_MODULE(DecoderLayer);
 
 struct LlamaModelImpl : torch::nn::Module {  // HF "model.": embeddings, layers, final norm
   explicit LlamaModelImpl(const ModelConfig& c);
+  // The attention bias is built here once per call and shared by every layer.
   torch::Tensor forward(const torch::Tensor& tokens, const RotaryEmbedding& rope, const torch::Tensor& positions);
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers;
   RMSNorm norm{nullptr};
+  int64_t sliding_window;
 };
 TORCH_MODULE(LlamaModel);
 
