@@ -3,6 +3,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "core/errors.h"
@@ -11,6 +12,31 @@ namespace spkv {
 using json = nlohmann::json;
 
 const char* to_string(RopeStyle s) { return s == RopeStyle::interleaved ? "interleaved" : "rotate_half"; }
+
+namespace {
+constexpr const char* kGateModes[] = {"dense", "soft", "hard", "annealed", "ste"};
+}
+
+const char* to_string(GateMode m) { return kGateModes[int(m)]; }
+
+GateMode parse_gate_mode(const std::string& s, const std::string& where) {
+  for (int i = 0; i < 5; ++i)
+    if (s == kGateModes[i]) return GateMode(i);
+  throw ConfigError(where + ": gate mode '" + s + "' (expected dense, soft, hard, annealed or ste)");
+}
+
+void SpkvConfig::validate(const std::string& where) const {
+  auto need = [&](bool ok, const std::string& what) {
+    if (!ok) throw ConfigError(where + ": spkv." + what);
+  };
+  need(window >= 1, "window must be >= 1, got " + std::to_string(window));
+  need(tau > 0.0 && tau < 1.0, "tau must be in (0, 1), got " + std::to_string(tau));
+  need(keep_first >= 0, "keep_first must be >= 0, got " + std::to_string(keep_first));
+  need(predictor_layers == 1 || predictor_layers == 2,
+       "predictor_layers must be 1 or 2, got " + std::to_string(predictor_layers));
+  need(predictor_hidden >= 0, "predictor_hidden must be >= 0 (0 = dim / 4), got " + std::to_string(predictor_hidden));
+  need(tap == "attn_norm" || tap == "residual", "tap '" + tap + "' (expected attn_norm or residual)");
+}
 
 void ModelConfig::validate(const std::string& where) const {
   auto need = [&](bool ok, const std::string& what) {
@@ -32,6 +58,7 @@ void ModelConfig::validate(const std::string& where) const {
        "rope_scaling.rope_type '" + rope_scaling.type + "' is not supported (expected linear or llama3)");
   need(rope_scaling.factor > 0, "rope_scaling.factor must be > 0");
   need(sliding_window >= 0, "sliding_window must be >= 0");
+  if (spkv.enabled) spkv.validate(where);
 }
 
 namespace {
@@ -108,6 +135,24 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& file) {
     s.original_max_position_embeddings =
         get_or<int64_t>(rs, "original_max_position_embeddings", 8192, file);
   }
+  if (j.contains("spkv") && !j["spkv"].is_null()) {
+    const json& sj = j["spkv"];
+    if (!sj.is_object()) throw ConfigError(file + ": spkv must be an object");
+    auto& s = c.spkv;
+    s.enabled = true;
+    s.window = get_or<int64_t>(sj, "window", s.window, file);
+    s.tau = get_or<double>(sj, "tau", s.tau, file);
+    s.keep_first = get_or<int64_t>(sj, "keep_first", s.keep_first, file);
+    s.predictor_layers = get_or<int64_t>(sj, "predictor_layers", s.predictor_layers, file);
+    s.predictor_hidden = get_or<int64_t>(sj, "predictor_hidden", s.predictor_hidden, file);
+    s.tap = get_or<std::string>(sj, "tap", s.tap, file);
+    s.init_bias = get_or<double>(sj, "init_bias", s.init_bias, file);
+    s.mode = parse_gate_mode(get_or<std::string>(sj, "mode", "hard", file), file + ": spkv.mode");
+    static const std::set<std::string> known = {"window",           "tau", "keep_first", "predictor_layers",
+                                                "predictor_hidden", "tap", "init_bias",  "mode"};
+    for (auto& [k, v] : sj.items())
+      if (!known.count(k)) throw ConfigError(file + ": unknown field 'spkv." + k + "'");
+  }
   c.validate(file);
   return c;
 }
@@ -156,6 +201,16 @@ std::string ModelConfig::to_hf_json() const {
       j["rope_scaling"]["high_freq_factor"] = rope_scaling.high_freq_factor;
       j["rope_scaling"]["original_max_position_embeddings"] = rope_scaling.original_max_position_embeddings;
     }
+  }
+  if (spkv.enabled) {
+    j["spkv"] = {{"window", spkv.window},
+                 {"tau", spkv.tau},
+                 {"keep_first", spkv.keep_first},
+                 {"predictor_layers", spkv.predictor_layers},
+                 {"predictor_hidden", spkv.hidden(dim)},
+                 {"tap", spkv.tap},
+                 {"init_bias", spkv.init_bias},
+                 {"mode", to_string(spkv.mode)}};
   }
   return j.dump(2) + "\n";
 }

@@ -56,8 +56,12 @@ torch::Tensor RotaryEmbedding::apply(const torch::Tensor& x, const torch::Tensor
   if (positions.numel() > 0 && positions.max().item<int64_t>() >= cos.size(0))
     throw InputError("position " + std::to_string(positions.max().item<int64_t>()) +
                      " is past the model's context (max_position_embeddings = " + std::to_string(cos.size(0)) + ")");
-  auto c = cos.index_select(0, positions).to(x.dtype());  // (T, D/2)
-  auto s = sin.index_select(0, positions).to(x.dtype());  // (T, D/2)
+  auto c = cos.index_select(0, positions.flatten()).to(x.dtype());  // (T, D/2) or (B*T, D/2)
+  auto s = sin.index_select(0, positions.flatten()).to(x.dtype());
+  if (positions.dim() == 2) {  // per-row positions: (B|1, 1, T, D/2), broadcast over heads
+    c = c.view({positions.size(0), 1, positions.size(1), -1});
+    s = s.view({positions.size(0), 1, positions.size(1), -1});
+  }
   const int64_t D = x.size(-1);
   if (style == RopeStyle::interleaved) {
     auto xp = x.unflatten(-1, {D / 2, 2});  // (B, n, T, D/2, 2)
@@ -85,7 +89,7 @@ torch::Tensor causal_bias(const torch::Tensor& q_pos, const torch::Tensor& k_pos
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c)
-    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim) {
+    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim), tap_residual(c.spkv.tap == "residual") {
   auto lin = [&](int64_t in, int64_t out, bool bias) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
@@ -93,16 +97,24 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   k_proj = register_module("k_proj", lin(c.dim, c.n_kv_heads * c.head_dim, c.attention_bias));
   v_proj = register_module("v_proj", lin(c.dim, c.n_kv_heads * c.head_dim, c.attention_bias));
   o_proj = register_module("o_proj", lin(c.n_heads * c.head_dim, c.dim, false));
+  if (c.spkv.enabled) utility = register_module("utility", UtilityPredictor(c.dim, c.n_kv_heads, c.spkv));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope,
-                                     const torch::Tensor& positions, const torch::Tensor& bias) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& residual,
+                                     const RotaryEmbedding& rope, const AttentionMask& mask,
+                                     const GateSettings& gates) {
   const int64_t B = x.size(0), T = x.size(1);
   auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);     // (B, H, T, D)
   auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
   auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
-  q = rope.apply(q, positions);
-  k = rope.apply(k, positions);
+  q = rope.apply(q, mask.positions);
+  k = rope.apply(k, mask.positions);
+  auto bias = mask.bias.to(q.scalar_type());  // (B|1, 1, 1, T, S)
+  if (utility) {
+    last_utility = utility(tap_residual ? residual : x);  // (B, T, Hkv)
+    if (gates.mode != GateMode::dense)
+      bias = torch::where(mask.far, gate_bias(last_utility, gates, is_training()), bias);  // (B, Hkv, 1, T, S)
+  }
   auto y = attend(q, k, v, bias);  // (B, H, T, D)
   return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
 }
@@ -133,13 +145,13 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.dim, c.norm_eps));
 }
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope,
-                                        const torch::Tensor& positions, const torch::Tensor& bias) {
-  auto h = x + self_attn(input_layernorm(x), rope, positions, bias);  // (B, T, C)
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope, const AttentionMask& mask,
+                                        const GateSettings& gates) {
+  auto h = x + self_attn(input_layernorm(x), x, rope, mask, gates);  // (B, T, C)
   return h + mlp(post_attention_layernorm(h));
 }
 
-LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) : sliding_window(c.sliding_window) {
+LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) {
   embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.dim));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t il = 0; il < c.n_layers; ++il) layers->push_back(DecoderLayer(c));
@@ -147,28 +159,33 @@ LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) : sliding_window(c.sliding_
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& tokens, const RotaryEmbedding& rope,
-                                      const torch::Tensor& positions) {
-  auto x = embed_tokens(tokens);                                                  // (B, T, C)
-  auto bias = causal_bias(positions, positions, sliding_window).to(x.device());  // (T, T)
-  for (auto& layer : *layers) x = layer->as<DecoderLayer>()->forward(x, rope, positions, bias);
+                                      const AttentionMask& mask, const GateSettings& gates) {
+  auto x = embed_tokens(tokens);  // (B, T, C)
+  for (auto& layer : *layers) x = layer->as<DecoderLayer>()->forward(x, rope, mask, gates);
   return norm(x);
 }
 
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(const ModelConfig& c) : config(c), rope(c) {
   c.validate("model config");
+  gates.mode = c.spkv.enabled ? c.spkv.mode : GateMode::dense;
+  gates.tau = c.spkv.tau;
   model = register_module("model", LlamaModel(c));
   if (!c.tied_embeddings)
     lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.dim, c.vocab_size).bias(false)));
 }
 
-torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens) {
+torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& segments) {
   if (tokens.dim() != 2) throw InputError("tokens must be (B, T), got " + shape_str(tokens.sizes()));
-  auto positions = torch::arange(tokens.size(1), torch::TensorOptions().dtype(torch::kInt64).device(tokens.device()));
-  auto h = model(tokens, rope, positions);  // (B, T, C)
+  if (segments.defined() && segments.sizes() != tokens.sizes())
+    throw InputError("segments must have the shape of tokens " + shape_str(tokens.sizes()) + ", got " +
+                     shape_str(segments.sizes()));
+  auto mask = make_attention_mask(config, tokens.size(1), segments, tokens.device());
+  last_evictable = mask.evictable;
+  auto h = model(tokens, rope, mask, gates);  // (B, T, C)
   return lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());  // (B, T, V)
 }
 
-void LlamaForCausalLMImpl::load(const Checkpoint& ck) {
+void LlamaForCausalLMImpl::load(const Checkpoint& ck, bool init_missing_predictor) {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = config;
   std::set<std::string> used;
@@ -176,13 +193,27 @@ void LlamaForCausalLMImpl::load(const Checkpoint& ck) {
     const std::string& name = item.key();
     torch::Tensor& param = item.value();
     auto it = ck.tensors.find(name);
+    const bool predictor = name.find(".utility.") != std::string::npos;
+    if (it == ck.tensors.end() && predictor && init_missing_predictor) continue;
+    if (it == ck.tensors.end() && predictor)
+      throw CheckpointError(ck.path, "missing tensor '" + name + "': the config " + ck.config_file +
+                                         " has an spkv block (predictor_layers " +
+                                         std::to_string(c.spkv.predictor_layers) +
+                                         ") but the weights have no such utility predictor");
     if (it == ck.tensors.end()) {
       throw CheckpointError(ck.path, "missing tensor '" + name + "' (the config " + ck.config_file + " has " +
                                          std::to_string(c.n_layers) + " layers" +
                                          (c.attention_bias ? ", attention_bias = true" : "") + ")");
     }
+    auto origin = ck.origin.count(name) ? ck.origin.at(name) : ck.path;
+    if (predictor && it->second.sizes() != param.sizes())
+      throw CheckpointError(origin, "tensor '" + name + "' has shape " + shape_str(it->second.sizes()) +
+                                        " but the config's spkv block (" + ck.config_file + ": predictor_layers " +
+                                        std::to_string(c.spkv.predictor_layers) + ", predictor_hidden " +
+                                        std::to_string(c.spkv.hidden(c.dim)) + ", hidden_size " +
+                                        std::to_string(c.dim) + ", num_key_value_heads " +
+                                        std::to_string(c.n_kv_heads) + ") implies " + shape_str(param.sizes()));
     if (it->second.sizes() != param.sizes()) {
-      auto origin = ck.origin.count(name) ? ck.origin.at(name) : ck.path;
       throw CheckpointError(origin, "tensor '" + name + "' has shape " + shape_str(it->second.sizes()) +
                                         " but the config (" + ck.config_file + ": hidden_size " + std::to_string(c.dim) +
                                         ", intermediate_size " + std::to_string(c.hidden_dim) + ", heads " +
@@ -196,6 +227,12 @@ void LlamaForCausalLMImpl::load(const Checkpoint& ck) {
   for (auto& [name, t] : ck.tensors) {
     const bool ignorable = name.find("rotary_emb.inv_freq") != std::string::npos ||
                            (name == "lm_head.weight" && c.tied_embeddings);
+    if (!used.count(name) && !ignorable && name.find(".utility.") != std::string::npos)
+      throw CheckpointError(ck.origin.count(name) ? ck.origin.at(name) : ck.path,
+                            "unexpected tensor '" + name + "': the config " + ck.config_file +
+                                (c.spkv.enabled ? " has a different utility predictor (predictor_layers " +
+                                                      std::to_string(c.spkv.predictor_layers) + ")"
+                                                : " has no spkv block, so the model has no utility predictor"));
     if (!used.count(name) && !ignorable)
       throw CheckpointError(ck.origin.count(name) ? ck.origin.at(name) : ck.path,
                             "unexpected tensor '" + name + "': the config " + ck.config_file + " (" +
@@ -208,6 +245,21 @@ void LlamaForCausalLMImpl::load(const Checkpoint& ck) {
 std::map<std::string, torch::Tensor> LlamaForCausalLMImpl::named_tensors() {
   std::map<std::string, torch::Tensor> out;
   for (auto& item : named_parameters(true)) out[item.key()] = item.value();
+  return out;
+}
+
+torch::Tensor LlamaForCausalLMImpl::gate_counts() const {
+  if (!config.spkv.enabled || !last_evictable.defined()) return {};
+  std::vector<torch::Tensor> per_layer;
+  for (auto& layer : *model->layers)
+    per_layer.push_back(count_kept(layer->as<DecoderLayer>()->self_attn->last_utility, last_evictable, gates.tau));
+  return torch::stack(per_layer);  // (L, Hkv, 2)
+}
+
+std::vector<torch::Tensor> LlamaForCausalLMImpl::predictor_parameters() {
+  std::vector<torch::Tensor> out;
+  for (auto& item : named_parameters(true))
+    if (item.key().find(".utility.") != std::string::npos) out.push_back(item.value());
   return out;
 }
 
