@@ -144,4 +144,14 @@ std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int32
   return std::make_unique<Llama2cTokenizer>(path, vocab_size);
 }
 
+std::string copy_tokenizer_into(const std::string& tokenizer_path, const std::string& model_dir) {
+  const auto ext = std::filesystem::path(tokenizer_path).extension();
+  const auto dst = std::filesystem::path(model_dir) /
+                   (ext == ".json" ? "tokenizer.json" : ext == ".model" ? "tokenizer.model" : "tokenizer.bin");
+  std::error_code ec;
+  std::filesystem::copy_file(tokenizer_path, dst, std::filesystem::copy_options::overwrite_existing, ec);
+  if (ec) throw TokenizerError(tokenizer_path, "cannot copy into " + model_dir + ": " + ec.message());
+  return dst.string();
+}
+
 }  // namespace spkv

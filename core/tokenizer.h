@@ -31,6 +31,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
 // The tokenizer that belongs to a model path when none is given: tokenizer.json or tokenizer.model in an HF
 // directory; tokenizer.bin or tok*.bin beside a llama2.c file. Throws TokenizerError when there is none.
 std::string default_tokenizer_path(const std::string& model_path);
+// Copies a tokenizer file into a model directory under the name default_tokenizer_path looks for there
+// (tokenizer.json, tokenizer.model or tokenizer.bin); returns the new path.
+std::string copy_tokenizer_into(const std::string& tokenizer_path, const std::string& model_dir);
 
 std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int32_t vocab_size = -1);
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path);

@@ -4,6 +4,11 @@
 #include <fmt/core.h>
 #include <torch/torch.h>
 
+#include <dlfcn.h>
+#include <malloc.h>
+
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,7 +21,11 @@
 #include "core/generate.h"
 #include "core/model.h"
 #include "core/progress.h"
+#include "core/safetensors.h"
+#include "core/token_file.h"
 #include "core/tokenizer.h"
+#include "core/toy_reversal.h"
+#include "core/trainer.h"
 
 namespace fs = std::filesystem;
 using namespace spkv;
@@ -53,6 +62,27 @@ void cmd_info(const ModelArgs& a) {
   fmt::print("rope {}  theta {:g}  scaling {} (factor {:g})  sliding_window {}\n", to_string(c.rope_style),
              c.rope_theta, c.rope_scaling.type, c.rope_scaling.factor, c.sliding_window);
   fmt::print("tokenizer    {}\n", a.load_tokenizer_for(c)->summary());
+}
+
+// `--samples N --out FILE`: N continuations of the prompt (default: BOS alone), seeds seed..seed+N-1,
+// written as one corpus separated by <|endoftext|>.
+void cmd_sample_corpus(const ModelArgs& a, const std::string& prompt, int64_t max_new, SamplerOptions so,
+                       int64_t samples, const std::string& out) {
+  auto model = load_model(a.model);
+  auto tok = a.load_tokenizer_for(model->config);
+  const std::vector<int32_t> start = tok->encode(prompt, /*bos=*/true, /*eos=*/false);
+  std::string text;
+  Progress bar("sample", samples, "doc");
+  for (int64_t i = 0; i < samples; ++i) {
+    std::vector<int32_t> ids = start;
+    generate(model, ids, max_new, so, [](int32_t) {});
+    so.seed += 1;
+    text += tok->decode(ids) + "\n<|endoftext|>\n";
+    bar.add(1);
+  }
+  bar.finish();
+  write_file_atomic(out, text);
+  fmt::print("wrote {} samples ({} bytes) to {}\n", samples, text.size(), out);
 }
 
 void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new, const SamplerOptions& so) {
@@ -161,12 +191,91 @@ void cmd_convert(const ModelArgs& a, const std::string& out) {
     c.rope_style = RopeStyle::rotate_half;
   }
   save_hf_checkpoint(out, c, tensors, {{"converted_from", a.model}});
-  const std::string tok_src = a.tokenizer.empty() ? default_tokenizer_path(a.model) : a.tokenizer;
-  const fs::path tok_dst = fs::path(out) / (fs::path(tok_src).extension() == ".json" ? "tokenizer.json"
-                                            : fs::path(tok_src).extension() == ".model" ? "tokenizer.model"
-                                                                                         : "tokenizer.bin");
-  fs::copy_file(tok_src, tok_dst, fs::copy_options::overwrite_existing);
-  fmt::print("wrote {} ({} tensors, rope {}) and {}\n", out, tensors.size(), to_string(c.rope_style), tok_dst.string());
+  const std::string tok = copy_tokenizer_into(a.tokenizer.empty() ? default_tokenizer_path(a.model) : a.tokenizer, out);
+  fmt::print("wrote {} ({} tensors, rope {}) and {}\n", out, tensors.size(), to_string(c.rope_style), tok);
+}
+
+// Tokenizes documents into out_dir/train.tok and out_dir/val.tok (every val_every-th document held out).
+void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& inputs, const std::string& separator,
+                  const std::string& out_dir, int64_t val_every) {
+  auto tok = load_tokenizer(tokenizer);
+  std::vector<std::pair<std::string, std::string>> docs;
+  for (auto& in : inputs) {
+    auto d = read_documents(in, separator);
+    docs.insert(docs.end(), d.begin(), d.end());
+  }
+  std::vector<std::vector<int32_t>> train, val;
+  int64_t n_train = 0, n_val = 0;
+  Progress bar("tokenize", int64_t(docs.size()), "doc");
+  for (size_t i = 0; i < docs.size(); ++i) {
+    auto ids = tok->encode(docs[i].second, /*bos=*/true, /*eos=*/false);
+    const bool held_out = val_every > 0 && i % size_t(val_every) == size_t(val_every) - 1;
+    (held_out ? n_val : n_train) += int64_t(ids.size());
+    (held_out ? val : train).push_back(std::move(ids));
+    bar.add(1);
+  }
+  bar.finish();
+  if (val.empty()) throw InputError("tokenize: no document was held out for validation (" + std::to_string(docs.size()) +
+                                    " documents, --val-every " + std::to_string(val_every) + ")");
+  fs::create_directories(out_dir);
+  write_token_file((fs::path(out_dir) / "train.tok").string(), train, tok->vocab_size());
+  write_token_file((fs::path(out_dir) / "val.tok").string(), val, tok->vocab_size());
+  fmt::print("train.tok  {} documents, {} tokens\nval.tok    {} documents, {} tokens\nvocab      {} ({})\n",
+             train.size(), n_train, val.size(), n_val, tok->vocab_size(), tokenizer);
+}
+
+std::atomic<bool> g_stop{false};
+void on_sigint(int) {
+  g_stop = true;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once
+}
+
+void cmd_train(const std::string& recipe_path, TrainOptions o) {
+  Recipe r = load_recipe(recipe_path);
+  if (r.train_data.empty() || r.val_data.empty())
+    throw ConfigError(recipe_path + ": data.train and data.val must name token files (from `spkv tokenize`)");
+  TokenFileSource data(r.train_data, r.val_data, r.seq_len, r.batch_size, r.eval_batches, r.seed);
+  o.stop = &g_stop;
+  std::signal(SIGINT, on_sigint);
+  TrainResult res = train(r, data, o);
+  if (res.interrupted) {
+    fmt::print("stopped after step {}; checkpoint in {}/checkpoints; continue with --resume\n", res.step, o.out_dir);
+    return;
+  }
+  fmt::print("trained {} steps; model in {}\n", res.step, res.model_dir);
+  if (res.last_eval.contains("val_nll")) fmt::print("final validation NLL {:.6f}", res.last_eval["val_nll"].get<double>());
+  if (res.last_eval.contains("density")) fmt::print("  density {:.4f}", res.last_eval["density"].get<double>());
+  fmt::print("\n");
+}
+
+void cmd_toy(ToyOptions o) {
+  auto res = run_toy_reversal(o);
+  fmt::print("reversal toy task: {} steps, window {}, batch {}\n", o.steps, o.window, o.batch_size);
+  fmt::print("{:<8} {:>10} {:>9} {:>10} {:>9} {:>13} {:>12}\n", "variant", "token acc", "seq acc", "val NLL",
+             "density", "keep numbers", "keep filler");
+  for (auto& [v, r] : res["variants"].items()) {
+    const auto& f = r["final"];
+    auto num = [&](const char* k) { return f.contains(k) ? fmt::format("{:.3f}", f[k].get<double>()) : std::string("-"); };
+    fmt::print("{:<8} {:>10} {:>9} {:>10} {:>9} {:>13} {:>12}\n", v, num("token_acc"), num("seq_acc"), num("val_nll"),
+               num("density"), num("keep_numbers"), num("keep_filler"));
+  }
+  fmt::print("accuracy on the reversed span by step:\n{:>6}", "step");
+  for (auto& [v, r] : res["variants"].items()) fmt::print(" {:>8}", v);
+  fmt::print("\n");
+  const auto& first = res["variants"].begin().value();
+  for (size_t i = 0; i < first["curve_steps"].size(); ++i) {
+    fmt::print("{:>6}", first["curve_steps"][i].get<int64_t>());
+    for (auto& [v, r] : res["variants"].items()) fmt::print(" {:>8.3f}", r["curve"][i]["token_acc"].get<double>());
+    fmt::print("\n");
+  }
+  fmt::print("results: {}/results.json\n", o.out_dir);
+}
+
+// OpenBLAS's own threads fight LibTorch's intra-op threads; at this project's model sizes one BLAS thread
+// is faster (docs/results.md, "CPU threads"). Looked up at run time: the BLAS may not be OpenBLAS.
+void set_blas_threads(int n) {
+  using Fn = void (*)(int);
+  if (auto f = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(n);
 }
 
 std::string one_line(std::string s) {
@@ -183,6 +292,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int threads = int(std::thread::hardware_concurrency());
   app.add_option("--threads", threads, "CPU threads for LibTorch")->check(CLI::PositiveNumber);
+  int blas_threads = 1;
+  app.add_option("--blas-threads", blas_threads, "OpenBLAS threads inside each matmul")->check(CLI::PositiveNumber);
 
   ModelArgs ma;
   auto* info = app.add_subcommand("info", "show a model's config, parameter count and tokenizer");
@@ -193,11 +304,16 @@ int main(int argc, char** argv) {
   std::string prompt;
   int64_t max_new = 256;
   SamplerOptions so;
-  gen->add_option("--prompt,-p", prompt, "prompt text")->required();
+  gen->add_option("--prompt,-p", prompt, "prompt text (with --samples: default empty, BOS alone)");
   gen->add_option("--max-new-tokens,-n", max_new, "tokens to generate")->check(CLI::NonNegativeNumber);
   gen->add_option("--temperature", so.temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));
   gen->add_option("--top-p", so.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
   gen->add_option("--seed", so.seed, "sampling seed");
+  int64_t samples = 0;
+  std::string samples_out;
+  gen->add_option("--samples", samples, "write this many samples to --out instead of printing one (temperature default 1)")
+      ->check(CLI::PositiveNumber);
+  gen->add_option("--out,-o", samples_out, "corpus file for --samples (documents separated by <|endoftext|>)");
 
   auto* ev = app.add_subcommand("eval", "mean NLL per token and perplexity over a text file or folder");
   ma.add(ev);
@@ -212,6 +328,39 @@ int main(int argc, char** argv) {
   std::string out;
   conv->add_option("--out,-o", out, "output directory")->required();
 
+  auto* tk = app.add_subcommand("tokenize", "tokenize text into memory-mapped train.tok and val.tok files");
+  std::string tk_tok, tk_out;
+  std::vector<std::string> tk_inputs;
+  int64_t val_every = 20;
+  tk->add_option("--tokenizer,-t", tk_tok, "tokenizer file")->required();
+  tk->add_option("inputs", tk_inputs, "text files or folders of .txt files")->required();
+  tk->add_option("--separator", separator, "document separator inside files (\"\" = one document per file)");
+  tk->add_option("--out,-o", tk_out, "output folder")->required();
+  tk->add_option("--val-every", val_every, "hold out every N-th document for validation")->check(CLI::PositiveNumber);
+
+  auto* tr = app.add_subcommand("train", "train or adapt a model from a recipe (JSON); see docs/training.md");
+  std::string recipe;
+  TrainOptions to;
+  tr->add_option("--recipe,-r", recipe, "recipe file")->required();
+  tr->add_option("--out,-o", to.out_dir, "run folder: train_log.jsonl, checkpoints/, model/")->required();
+  tr->add_flag("--resume", to.resume, "continue from the latest checkpoint in --out");
+  tr->add_option("--device", to.device, "cpu, cuda or cuda:N");
+  tr->add_option("--stop-after", to.stop_after, "stop with a checkpoint after this step, as if interrupted");
+
+  auto* toy = app.add_subcommand("toy", "toy tasks that separate the mechanisms");
+  toy->require_subcommand(1);
+  auto* rev = toy->add_subcommand("reversal", "32 numbers, >= 50 filler tokens, numbers reversed: full vs window vs SP-KV");
+  ToyOptions toy_o;
+  rev->add_option("--out,-o", toy_o.out_dir, "output folder (one run folder per variant, results.json)")->required();
+  rev->add_option("--steps", toy_o.steps, "training steps per variant")->check(CLI::PositiveNumber);
+  rev->add_option("--batch-size", toy_o.batch_size, "sequences per step")->check(CLI::PositiveNumber);
+  rev->add_option("--eval-every", toy_o.eval_every, "steps between evaluations")->check(CLI::PositiveNumber);
+  rev->add_option("--window", toy_o.window, "local window W (and the window-only variant's width)")->check(CLI::PositiveNumber);
+  rev->add_option("--lr", toy_o.lr, "peak learning rate");
+  rev->add_option("--seed", toy_o.seed, "seed for data and initialization");
+  rev->add_option("--variants", toy_o.variants, "which of full, window, spkv to train")->delimiter(',');
+  rev->add_option("--device", toy_o.device, "cpu, cuda or cuda:N");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -219,8 +368,22 @@ int main(int argc, char** argv) {
   }
   try {
     at::set_num_threads(threads);
+    set_blas_threads(blas_threads);
+    // Keep freed tensor memory in the heap instead of returning it to the kernel on every step.
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     if (*info) cmd_info(ma);
-    if (*gen) cmd_generate(ma, prompt, max_new, so);
+    if (*gen && samples > 0) {
+      if (samples_out.empty()) throw ConfigError("generate --samples needs --out FILE");
+      if (!gen->count("--temperature")) so.temperature = 1.0f;
+      cmd_sample_corpus(ma, prompt, max_new, so, samples, samples_out);
+    } else if (*gen) {
+      if (!gen->count("--prompt")) throw ConfigError("generate needs --prompt (or --samples N --out FILE)");
+      cmd_generate(ma, prompt, max_new, so);
+    }
+    if (*tk) cmd_tokenize(tk_tok, tk_inputs, separator, tk_out, val_every);
+    if (*tr) cmd_train(recipe, to);
+    if (*rev) cmd_toy(toy_o);
     if (*ev) cmd_eval(ma, input, separator, max_docs);
     if (*conv) cmd_convert(ma, out);
   } catch (const std::exception& e) {

@@ -1,0 +1,155 @@
+// The reversal toy task: data, metrics and the full / window / SP-KV experiment.
+#include "core/toy_reversal.h"
+
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <random>
+
+#include "core/errors.h"
+#include "core/safetensors.h"
+
+namespace spkv {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+Batch ReversalTask::make_batch(int64_t B, uint64_t seed) const {
+  std::mt19937_64 rng(seed);
+  const int64_t T1 = seq_len() + 1;
+  auto tokens = torch::full({B, T1}, kPad, torch::kInt64);
+  auto mask = torch::zeros({B, T1 - 1}, torch::kBool);
+  auto ta = tokens.accessor<int64_t, 2>();
+  auto ma = mask.accessor<bool, 2>();
+  std::vector<int64_t> values(kValues);
+  std::iota(values.begin(), values.end(), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    std::shuffle(values.begin(), values.end(), rng);  // the first 32: distinct numbers
+    const int64_t filler = std::uniform_int_distribution<int64_t>(min_filler, max_filler)(rng);
+    int64_t t = 0;
+    ta[b][t++] = kBos;
+    for (int64_t i = 0; i < kNumbers; ++i) ta[b][t++] = values[i];
+    ta[b][t++] = kSep;
+    for (int64_t i = 0; i < filler; ++i)
+      ta[b][t++] = kFirstFiller + std::uniform_int_distribution<int64_t>(0, n_filler_words - 1)(rng);
+    const int64_t ans = t;
+    ta[b][t++] = kAns;
+    for (int64_t i = kNumbers - 1; i >= 0; --i) ta[b][t++] = values[i];
+    for (int64_t j = ans; j < ans + kNumbers; ++j) ma[b][j] = true;  // input j predicts token j + 1
+  }
+  return {tokens, {}, mask};
+}
+
+Batch ReversalSource::train_batch(int64_t step, int64_t micro) {
+  return task_.make_batch(batch_size_, (seed_ * 1000003 + uint64_t(step)) * 31 + uint64_t(micro));
+}
+
+std::vector<Batch> ReversalSource::val_batches() {
+  std::vector<Batch> out;
+  for (int64_t i = 0; i < n_val_; ++i) out.push_back(task_.make_batch(batch_size_, 0xC0FFEEull + seed_ * 977 + uint64_t(i)));
+  return out;
+}
+
+json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device) {
+  torch::NoGradGuard ng;
+  const GateSettings saved = m->gates;
+  if (m->config.spkv.enabled) m->gates.mode = GateMode::hard;
+  const int64_t L = m->config.n_layers;
+  double correct = 0, total = 0, seq_ok = 0, seqs = 0;
+  std::vector<double> keep_num(L, 0), n_num(L, 0), keep_fill(L, 0), n_fill(L, 0);
+  for (const Batch& b : batches) {
+    const int64_t T = b.tokens.size(1) - 1;
+    auto inp = b.tokens.narrow(1, 0, T);
+    auto pred = m(inp.to(device)).argmax(-1).to(torch::kCPU);  // (B, T)
+    auto hit = (pred == b.tokens.narrow(1, 1, T)) & b.loss_mask;
+    correct += hit.sum().item<double>();
+    total += b.loss_mask.sum().item<double>();
+    seq_ok += (hit.sum(1) == b.loss_mask.sum(1)).sum().item<double>();
+    seqs += double(b.tokens.size(0));
+    if (!m->config.spkv.enabled) continue;
+    // Key classes: the listed numbers (positions 1..32) and filler words.
+    auto pos = torch::arange(T).unsqueeze(0);
+    auto ev = m->last_evictable.to(torch::kCPU);  // (B|1, T)
+    auto is_num = (inp < ReversalTask::kValues) & (pos <= ReversalTask::kNumbers) & ev;
+    auto is_fill = (inp >= ReversalTask::kFirstFiller) & ev;
+    for (int64_t il = 0; il < L; ++il) {
+      auto u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility.to(torch::kCPU);  // (B, T, Hkv)
+      auto kept = (u >= m->gates.tau).to(torch::kFloat64);
+      keep_num[il] += (kept * is_num.unsqueeze(2)).sum().item<double>();
+      n_num[il] += is_num.sum().item<double>() * double(u.size(2));
+      keep_fill[il] += (kept * is_fill.unsqueeze(2)).sum().item<double>();
+      n_fill[il] += is_fill.sum().item<double>() * double(u.size(2));
+    }
+  }
+  m->gates = saved;
+  json j = {{"token_acc", correct / std::max(1.0, total)}, {"seq_acc", seq_ok / std::max(1.0, seqs)}};
+  if (m->config.spkv.enabled) {
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    std::vector<double> num_l, fill_l;
+    for (int64_t il = 0; il < L; ++il) num_l.push_back(ratio(keep_num[il], n_num[il])), fill_l.push_back(ratio(keep_fill[il], n_fill[il]));
+    j["keep_numbers"] = ratio(std::accumulate(keep_num.begin(), keep_num.end(), 0.0), std::accumulate(n_num.begin(), n_num.end(), 0.0));
+    j["keep_filler"] = ratio(std::accumulate(keep_fill.begin(), keep_fill.end(), 0.0), std::accumulate(n_fill.begin(), n_fill.end(), 0.0));
+    j["keep_numbers_per_layer"] = num_l;
+    j["keep_filler_per_layer"] = fill_l;
+  }
+  return j;
+}
+
+namespace {
+Recipe toy_recipe(const ToyOptions& o, const ReversalTask& task, const std::string& variant) {
+  json model = {{"model_type", "llama"},          {"hidden_size", 64},        {"intermediate_size", 176},
+                {"num_hidden_layers", 2},         {"num_attention_heads", 4}, {"num_key_value_heads", 4},
+                {"vocab_size", task.vocab_size()}, {"max_position_embeddings", task.seq_len() + 1},
+                {"rms_norm_eps", 1e-5},           {"tie_word_embeddings", true}};
+  if (variant == "window") {
+    model["use_sliding_window"] = true;
+    model["sliding_window"] = o.window;
+  }
+  const int64_t warmup = std::max<int64_t>(1, o.steps / 20);
+  const int64_t hard = warmup + (o.steps - warmup) * 3 / 4;
+  json j = {{"seed", o.seed},
+            {"model", model},
+            {"data", {{"seq_len", task.seq_len()}, {"batch_size", o.batch_size}}},
+            {"optim", {{"lr", o.lr}, {"weight_decay", 0.0}, {"min_lr_ratio", 0.1}}},
+            {"schedule", {{"steps", o.steps}, {"warmup", warmup}, {"anneal_steps", std::max<int64_t>(1, (o.steps - hard) / 2)}}},
+            {"eval", {{"every", o.eval_every}, {"batches", 4}}}};
+  if (variant == "spkv") j["spkv"] = {{"window", o.window}, {"tau", 0.5}};
+  return parse_recipe(j, (fs::path(o.out_dir) / variant / "recipe.json").string());
+}
+}  // namespace
+
+json run_toy_reversal(const ToyOptions& o) {
+  ReversalTask task;
+  json results = json::object();
+  for (const std::string& v : o.variants) {
+    if (v != "full" && v != "window" && v != "spkv")
+      throw ConfigError("toy reversal: variant '" + v + "' (expected full, window or spkv)");
+    Recipe r = toy_recipe(o, task, v);
+    ReversalSource data(task, o.batch_size, 4, o.seed);
+    const auto val = data.val_batches();
+    TrainOptions to;
+    to.out_dir = (fs::path(o.out_dir) / v).string();
+    to.device = o.device;
+    to.progress = o.progress;
+    json curve = json::array();
+    to.eval_hook = [&](LlamaForCausalLM& m) {
+      json j = reversal_metrics(m, val, torch::Device(o.device));
+      curve.push_back(j);
+      return j;
+    };
+    fs::remove_all(to.out_dir);  // each run of the experiment starts from scratch
+    if (o.progress) std::fprintf(stderr, "toy reversal: training '%s'\n", v.c_str());
+    TrainResult tr = train(r, data, to);
+    json steps = json::array();
+    for (int64_t s = o.eval_every; s <= o.steps; s += o.eval_every) steps.push_back(s);
+    if (o.steps % o.eval_every) steps.push_back(o.steps);
+    results[v] = {{"final", tr.last_eval}, {"curve_steps", steps}, {"curve", curve}};
+  }
+  json out = {{"task", {{"numbers", ReversalTask::kNumbers}, {"filler", {task.min_filler, task.max_filler}},
+                        {"window", o.window}, {"steps", o.steps}, {"batch_size", o.batch_size}, {"seed", o.seed}}},
+              {"variants", results}};
+  fs::create_directories(o.out_dir);
+  write_file_atomic((fs::path(o.out_dir) / "results.json").string(), out.dump(2) + "\n");
+  return out;
+}
+
+}  // namespace spkv
