@@ -23,18 +23,18 @@ Batch ReversalTask::make_batch(int64_t B, uint64_t seed) const {
   std::vector<int64_t> values(kValues);
   std::iota(values.begin(), values.end(), 0);
   for (int64_t b = 0; b < B; ++b) {
-    std::shuffle(values.begin(), values.end(), rng);  // the first 32: distinct numbers
+    std::shuffle(values.begin(), values.end(), rng);  // the first n_numbers: distinct numbers
     const int64_t filler = std::uniform_int_distribution<int64_t>(min_filler, max_filler)(rng);
     int64_t t = 0;
     ta[b][t++] = kBos;
-    for (int64_t i = 0; i < kNumbers; ++i) ta[b][t++] = values[i];
+    for (int64_t i = 0; i < n_numbers; ++i) ta[b][t++] = values[i];
     ta[b][t++] = kSep;
     for (int64_t i = 0; i < filler; ++i)
       ta[b][t++] = kFirstFiller + std::uniform_int_distribution<int64_t>(0, n_filler_words - 1)(rng);
     const int64_t ans = t;
     ta[b][t++] = kAns;
-    for (int64_t i = kNumbers - 1; i >= 0; --i) ta[b][t++] = values[i];
-    for (int64_t j = ans; j < ans + kNumbers; ++j) ma[b][j] = true;  // input j predicts token j + 1
+    for (int64_t i = n_numbers - 1; i >= 0; --i) ta[b][t++] = values[i];
+    for (int64_t j = ans; j < ans + n_numbers; ++j) ma[b][j] = true;  // input j predicts token j + 1
   }
   return {tokens, {}, mask};
 }
@@ -49,7 +49,8 @@ std::vector<Batch> ReversalSource::val_batches() {
   return out;
 }
 
-json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device) {
+json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device,
+                      int64_t n_numbers) {
   torch::NoGradGuard ng;
   const GateSettings saved = m->gates;
   if (m->config.spkv.enabled) m->gates.mode = GateMode::hard;
@@ -69,7 +70,7 @@ json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, co
     // Key classes: the listed numbers (positions 1..32) and filler words.
     auto pos = torch::arange(T).unsqueeze(0);
     auto ev = m->last_evictable.to(torch::kCPU);  // (B|1, T)
-    auto is_num = (inp < ReversalTask::kValues) & (pos <= ReversalTask::kNumbers) & ev;
+    auto is_num = (inp < ReversalTask::kValues) & (pos <= n_numbers) & ev;
     auto is_fill = (inp >= ReversalTask::kFirstFiller) & ev;
     for (int64_t il = 0; il < L; ++il) {
       auto u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility.to(torch::kCPU);  // (B, T, Hkv)
@@ -95,7 +96,8 @@ json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, co
 }
 
 namespace {
-Recipe toy_recipe(const ToyOptions& o, const ReversalTask& task, const std::string& variant) {
+Recipe toy_recipe(const ToyOptions& o, const std::string& variant) {
+  const ReversalTask& task = o.task;
   json model = {{"model_type", "llama"},          {"hidden_size", 64},        {"intermediate_size", 176},
                 {"num_hidden_layers", 2},         {"num_attention_heads", 4}, {"num_key_value_heads", 4},
                 {"vocab_size", task.vocab_size()}, {"max_position_embeddings", task.seq_len() + 1},
@@ -118,12 +120,14 @@ Recipe toy_recipe(const ToyOptions& o, const ReversalTask& task, const std::stri
 }  // namespace
 
 json run_toy_reversal(const ToyOptions& o) {
-  ReversalTask task;
+  const ReversalTask& task = o.task;
+  if (task.n_numbers < 2 || task.n_numbers > ReversalTask::kValues || task.min_filler < 1 || task.max_filler < task.min_filler)
+    throw ConfigError("toy reversal: need 2 <= numbers <= 100 and 1 <= min filler <= max filler");
   json results = json::object();
   for (const std::string& v : o.variants) {
     if (v != "full" && v != "window" && v != "spkv")
       throw ConfigError("toy reversal: variant '" + v + "' (expected full, window or spkv)");
-    Recipe r = toy_recipe(o, task, v);
+    Recipe r = toy_recipe(o, v);
     ReversalSource data(task, o.batch_size, 4, o.seed);
     const auto val = data.val_batches();
     TrainOptions to;
@@ -132,7 +136,7 @@ json run_toy_reversal(const ToyOptions& o) {
     to.progress = o.progress;
     json curve = json::array();
     to.eval_hook = [&](LlamaForCausalLM& m) {
-      json j = reversal_metrics(m, val, torch::Device(o.device));
+      json j = reversal_metrics(m, val, torch::Device(o.device), task.n_numbers);
       curve.push_back(j);
       return j;
     };
@@ -144,7 +148,7 @@ json run_toy_reversal(const ToyOptions& o) {
     if (o.steps % o.eval_every) steps.push_back(o.steps);
     results[v] = {{"final", tr.last_eval}, {"curve_steps", steps}, {"curve", curve}};
   }
-  json out = {{"task", {{"numbers", ReversalTask::kNumbers}, {"filler", {task.min_filler, task.max_filler}},
+  json out = {{"task", {{"numbers", task.n_numbers}, {"filler", {task.min_filler, task.max_filler}},
                         {"window", o.window}, {"steps", o.steps}, {"batch_size", o.batch_size}, {"seed", o.seed}}},
               {"variants", results}};
   fs::create_directories(o.out_dir);

@@ -14,12 +14,11 @@ namespace spkv {
 // Vocabulary: 0..99 the numbers "00".."99", then BOS, SEP (list ends), ANS (answer starts), PAD, and
 // n_filler_words filler words.
 struct ReversalTask {
-  static constexpr int64_t kNumbers = 32, kValues = 100, kBos = 100, kSep = 101, kAns = 102, kPad = 103,
-                           kFirstFiller = 104;
-  int64_t n_filler_words = 64, min_filler = 50, max_filler = 64;
+  static constexpr int64_t kValues = 100, kBos = 100, kSep = 101, kAns = 102, kPad = 103, kFirstFiller = 104;
+  int64_t n_numbers = 32, n_filler_words = 64, min_filler = 50, max_filler = 64;
 
   int64_t vocab_size() const { return kFirstFiller + n_filler_words; }
-  int64_t seq_len() const { return 2 * kNumbers + max_filler + 2; }  // inputs per row (tokens - 1)
+  int64_t seq_len() const { return 2 * n_numbers + max_filler + 2; }  // inputs per row (tokens - 1)
   // B rows of seq_len() + 1 tokens, padded with PAD; loss only on the reversed numbers.
   Batch make_batch(int64_t B, uint64_t seed) const;
 };
@@ -40,10 +39,12 @@ class ReversalSource : public BatchSource {
 
 // Teacher-forced accuracy on the reversed span (per token and per whole sequence) with hard gates, and the
 // fraction of evictable number and filler keys the gates keep (overall and per layer).
-nlohmann::json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device);
+nlohmann::json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device,
+                                int64_t n_numbers);
 
 struct ToyOptions {
   std::string out_dir;
+  ReversalTask task;
   int64_t steps = 1500, batch_size = 32, eval_every = 100, window = 32;
   uint64_t seed = 0;
   double lr = 3e-3;

@@ -250,7 +250,8 @@ void cmd_train(const std::string& recipe_path, TrainOptions o) {
 
 void cmd_toy(ToyOptions o) {
   auto res = run_toy_reversal(o);
-  fmt::print("reversal toy task: {} steps, window {}, batch {}\n", o.steps, o.window, o.batch_size);
+  fmt::print("reversal toy task: {} numbers, filler {}-{}, window {}, {} steps, batch {}\n", o.task.n_numbers,
+             o.task.min_filler, o.task.max_filler, o.window, o.steps, o.batch_size);
   fmt::print("{:<8} {:>10} {:>9} {:>10} {:>9} {:>13} {:>12}\n", "variant", "token acc", "seq acc", "val NLL",
              "density", "keep numbers", "keep filler");
   for (auto& [v, r] : res["variants"].items()) {
@@ -360,6 +361,9 @@ int main(int argc, char** argv) {
   rev->add_option("--seed", toy_o.seed, "seed for data and initialization");
   rev->add_option("--variants", toy_o.variants, "which of full, window, spkv to train")->delimiter(',');
   rev->add_option("--device", toy_o.device, "cpu, cuda or cuda:N");
+  rev->add_option("--numbers", toy_o.task.n_numbers, "numbers to reverse (the paper: 32)");
+  rev->add_option("--min-filler", toy_o.task.min_filler, "shortest filler span (the paper: at least 50)");
+  rev->add_option("--max-filler", toy_o.task.max_filler, "longest filler span");
 
   try {
     app.parse(argc, argv);
