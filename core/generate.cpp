@@ -35,7 +35,7 @@ void generate(LlamaForCausalLM& model, std::vector<int32_t>& tokens, int64_t max
   }
 }
 
-std::vector<double> token_nll(LlamaForCausalLM& model, const std::vector<int32_t>& tokens) {
+std::vector<double> token_nll(LlamaForCausalLM& model, const std::vector<int32_t>& tokens, torch::Tensor* gate_counts) {
   torch::NoGradGuard no_grad;
   std::vector<double> out;
   const int64_t S = model->config.max_seq_len, n = int64_t(tokens.size());
@@ -44,6 +44,10 @@ std::vector<double> token_nll(LlamaForCausalLM& model, const std::vector<int32_t
     auto ids = torch::tensor(std::vector<int64_t>(tokens.begin() + begin, tokens.begin() + begin + len));  // (T)
     auto logp = torch::log_softmax(model(ids.unsqueeze(0))[0].to(torch::kFloat64), -1);                 // (T, V)
     auto nll = -logp.narrow(0, 0, len - 1).gather(1, ids.narrow(0, 1, len - 1).unsqueeze(1)).squeeze(1);  // (T-1)
+    if (gate_counts && model->config.spkv.enabled) {
+      auto c = model->gate_counts();
+      *gate_counts = gate_counts->defined() ? *gate_counts + c : c;
+    }
     auto acc = nll.accessor<double, 1>();
     for (int64_t i = 0; i < len - 1; ++i) out.push_back(acc[i]);
   }

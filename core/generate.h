@@ -29,6 +29,8 @@ void generate(LlamaForCausalLM& model, std::vector<int32_t>& tokens, int64_t max
 // Teacher-forced NLL of a token sequence, in nats, one value per predicted token (tokens.size() - 1).
 // Sequences longer than the context are cut into chunks of max_seq_len that overlap by one token, so
 // every token after the first is predicted exactly once, with the context of its own chunk.
-std::vector<double> token_nll(LlamaForCausalLM& model, const std::vector<int32_t>& tokens);
+// With SP-KV, the hard-gate counts of every chunk (L, Hkv, 2) are added to *gate_counts when given.
+std::vector<double> token_nll(LlamaForCausalLM& model, const std::vector<int32_t>& tokens,
+                              torch::Tensor* gate_counts = nullptr);
 
 }  // namespace spkv

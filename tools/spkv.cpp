@@ -139,8 +139,14 @@ std::vector<std::pair<std::string, std::string>> read_documents(const std::strin
   return docs;
 }
 
-void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs) {
+void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs,
+              double tau) {
   auto model = load_model(a.model);
+  if (tau > 0) {
+    if (!model->config.spkv.enabled) throw ConfigError(a.model + ": --tau given, but the model has no spkv block");
+    if (tau >= 1) throw ConfigError("--tau must be in (0, 1)");
+    model->gates.tau = tau;
+  }
   auto tok = a.load_tokenizer_for(model->config);
   auto docs = read_documents(input, separator);
   if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(max_docs);
@@ -154,8 +160,9 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   double sum = 0;
   int64_t n = 0;
   Progress bar("eval", total, "tok");
+  torch::Tensor counts;  // (L, Hkv, 2) with SP-KV
   for (auto& t : ids) {
-    auto nll = token_nll(model, t);
+    auto nll = token_nll(model, t, &counts);
     if (nll.empty()) continue;
     double s = 0;
     for (double x : nll) s += x;
@@ -173,6 +180,18 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   fmt::print("perplexity  {:.4f}\n", std::exp(sum / double(n)));
   fmt::print("per-document: mean {:.4f} (token-weighted), std {:.4f}, 95% bootstrap CI [{:.4f}, {:.4f}]\n",
              s.mean, s.stddev, s.ci_low, s.ci_high);
+  if (!counts.defined()) return;
+  auto ratio = [](const torch::Tensor& c) {
+    return c.select(-1, 0).item<double>() / std::max<double>(1.0, c.select(-1, 1).item<double>());
+  };
+  fmt::print("SP-KV       window {}, tau {}, hard gates\n", model->config.spkv.window, model->gates.tau);
+  fmt::print("density     {:.4f} (kept / evictable keys; {} evictable key-heads)\n", ratio(counts.sum(at::IntArrayRef{0, 1})),
+             counts.select(-1, 1).sum().item<int64_t>());
+  for (int64_t il = 0; il < counts.size(0); ++il) {
+    fmt::print("  layer {:<3} {:.4f}  heads", il, ratio(counts[il].sum(0)));
+    for (int64_t h = 0; h < counts.size(1); ++h) fmt::print(" {:.3f}", ratio(counts[il][h]));
+    fmt::print("\n");
+  }
 }
 
 // Writes a Hugging Face-style directory. llama2.c weights (interleaved RoPE) get HF's q/k row permutation,
@@ -323,6 +342,8 @@ int main(int argc, char** argv) {
   ev->add_option("input", input, "text file, or folder of .txt files (recursive)")->required();
   ev->add_option("--separator", separator, "document separator inside files (\"\" = one document per file)");
   ev->add_option("--max-docs", max_docs, "score at most this many documents (0 = all)");
+  double tau = 0;
+  ev->add_option("--tau", tau, "SP-KV threshold to evaluate at (default: the model's)");
 
   auto* conv = app.add_subcommand("convert", "write a model as a Hugging Face-style directory");
   ma.add(conv);
@@ -388,7 +409,7 @@ int main(int argc, char** argv) {
     if (*tk) cmd_tokenize(tk_tok, tk_inputs, separator, tk_out, val_every);
     if (*tr) cmd_train(recipe, to);
     if (*rev) cmd_toy(toy_o);
-    if (*ev) cmd_eval(ma, input, separator, max_docs);
+    if (*ev) cmd_eval(ma, input, separator, max_docs, tau);
     if (*conv) cmd_convert(ma, out);
   } catch (const std::exception& e) {
     std::fflush(stdout);
