@@ -292,6 +292,25 @@ torch::Tensor target_mask(const Batch& b, int64_t T) {
   if (b.loss_mask.defined()) m = m & b.loss_mask;
   return m;
 }
+
+struct BatchLoss {
+  torch::Tensor nll_sum;  // () summed NLL of the counted targets, with autograd
+  torch::Tensor count;    // () number of counted targets
+};
+
+// The next-token loss of one batch; the forward pass's gate counts are added to `counts`.
+BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts) {
+  const int64_t T = b.tokens.size(1) - 1;
+  auto logits = m(b.tokens.narrow(1, 0, T).to(device),
+                  b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor());  // (B, T, V)
+  auto nll = torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}), b.tokens.narrow(1, 1, T).reshape(-1).to(device),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));  // (B*T)
+  auto mask = target_mask(b, T).reshape(-1).to(device);
+  auto c = m->gate_counts();
+  if (c.defined()) counts = counts.defined() ? counts + c : c;
+  return {(nll * mask).sum(), mask.sum()};
+}
 }  // namespace
 
 EvalResult evaluate(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device) {
@@ -303,17 +322,9 @@ EvalResult evaluate(LlamaForCausalLM& m, const std::vector<Batch>& batches, cons
   EvalResult r;
   double sum = 0;
   for (const Batch& b : batches) {
-    const int64_t T = b.tokens.size(1) - 1;
-    auto logits = m(b.tokens.narrow(1, 0, T).to(device),
-                    b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor());
-    auto nll = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32), b.tokens.narrow(1, 1, T).reshape(-1).to(device),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    auto mask = target_mask(b, T).reshape(-1).to(device);
-    sum += (nll * mask).sum().item<double>();
-    r.tokens += mask.sum().item<int64_t>();
-    auto c = m->gate_counts();
-    if (c.defined()) r.counts = r.counts.defined() ? r.counts + c : c;
+    BatchLoss l = batch_loss(m, b, device, r.counts);
+    sum += l.nll_sum.item<double>();
+    r.tokens += l.count.item<int64_t>();
   }
   r.nll = r.tokens ? sum / double(r.tokens) : 0;
   m->gates = saved;
@@ -321,8 +332,7 @@ EvalResult evaluate(LlamaForCausalLM& m, const std::vector<Batch>& batches, cons
   return r;
 }
 
-namespace {
-json density_json(const torch::Tensor& counts) {  // counts: (L, Hkv, 2)
+json density_json(const torch::Tensor& counts) {
   json j;
   if (!counts.defined()) return j;
   auto ratio = [](const torch::Tensor& c) {  // (..., 2) -> (...) kept / total
@@ -339,7 +349,6 @@ json density_json(const torch::Tensor& counts) {  // counts: (L, Hkv, 2)
   j["evictable_keys"] = counts.select(-1, 1).sum().item<int64_t>();
   return j;
 }
-}  // namespace
 
 json EvalResult::to_json() const {
   json j = density_json(counts);
@@ -440,19 +449,11 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     torch::Tensor counts;
     for (int64_t micro = 0; micro < r.grad_accum; ++micro) {
       Batch b = data.train_batch(step, micro);
-      const int64_t T = b.tokens.size(1) - 1;
-      auto logits = m(b.tokens.narrow(1, 0, T).to(device),
-                      b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor());  // (B, T, V)
-      auto nll = torch::nn::functional::cross_entropy(
-          logits.reshape({-1, logits.size(-1)}), b.tokens.narrow(1, 1, T).reshape(-1).to(device),
-          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-      auto mask = target_mask(b, T).reshape(-1).to(device);
-      auto loss = (nll * mask).sum() / mask.sum().clamp_min(1);
+      BatchLoss l = batch_loss(m, b, device, counts);
+      auto loss = l.nll_sum / l.count.clamp_min(1);
       (loss / double(r.grad_accum)).backward();
       loss_sum += loss.item<double>() / double(r.grad_accum);
-      tokens_seen += b.tokens.size(0) * T;
-      auto c = m->gate_counts();
-      if (c.defined()) counts = counts.defined() ? counts + c : c;
+      tokens_seen += b.tokens.numel() - b.tokens.size(0);
     }
     double grad_norm = 0;
     if (r.grad_clip > 0) {

@@ -114,4 +114,8 @@ struct EvalResult {
 };
 EvalResult evaluate(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device);
 
+// Gate counts (L, Hkv, 2) [kept, evictable] -> density, density_per_layer, density_per_head (L x Hkv),
+// evictable_keys. Empty for undefined counts.
+nlohmann::json density_json(const torch::Tensor& counts);
+
 }  // namespace spkv

@@ -181,15 +181,13 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   fmt::print("per-document: mean {:.4f} (token-weighted), std {:.4f}, 95% bootstrap CI [{:.4f}, {:.4f}]\n",
              s.mean, s.stddev, s.ci_low, s.ci_high);
   if (!counts.defined()) return;
-  auto ratio = [](const torch::Tensor& c) {
-    return c.select(-1, 0).item<double>() / std::max<double>(1.0, c.select(-1, 1).item<double>());
-  };
+  const auto d = density_json(counts);
   fmt::print("SP-KV       window {}, tau {}, hard gates\n", model->config.spkv.window, model->gates.tau);
-  fmt::print("density     {:.4f} (kept / evictable keys; {} evictable key-heads)\n", ratio(counts.sum(at::IntArrayRef{0, 1})),
-             counts.select(-1, 1).sum().item<int64_t>());
-  for (int64_t il = 0; il < counts.size(0); ++il) {
-    fmt::print("  layer {:<3} {:.4f}  heads", il, ratio(counts[il].sum(0)));
-    for (int64_t h = 0; h < counts.size(1); ++h) fmt::print(" {:.3f}", ratio(counts[il][h]));
+  fmt::print("density     {:.4f} (kept / evictable keys; {} evictable key-heads)\n", d["density"].get<double>(),
+             d["evictable_keys"].get<int64_t>());
+  for (size_t il = 0; il < d["density_per_layer"].size(); ++il) {
+    fmt::print("  layer {:<3} {:.4f}  heads", il, d["density_per_layer"][il].get<double>());
+    for (auto& h : d["density_per_head"][il]) fmt::print(" {:.3f}", h.get<double>());
     fmt::print("\n");
   }
 }
