@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/tasks.h"
 #include "core/token_file.h"
 #include "core/tokenizer.h"
 #include "core/toy_reversal.h"
@@ -105,12 +106,14 @@ void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new
   if (isatty(fileno(stdout))) std::fputc('\n', stderr);
 }
 
-// Text documents from a file or folder (recursive, sorted), split on `separator` ("" = whole files).
+// Documents from a file or folder (recursive, sorted): .txt files split on `separator` ("" = whole files),
+// and .jsonl files, one document per line in its "text" field (e.g. `spkv tasks generate` output).
 std::vector<std::pair<std::string, std::string>> read_documents(const std::string& input, const std::string& separator) {
   std::vector<fs::path> files;
   if (fs::is_directory(input)) {
     for (auto& e : fs::recursive_directory_iterator(input))
-      if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path());
+      if (e.is_regular_file() && (e.path().extension() == ".txt" || e.path().extension() == ".jsonl"))
+        files.push_back(e.path());
     std::sort(files.begin(), files.end());
   } else if (fs::is_regular_file(input)) {
     files.push_back(input);
@@ -119,6 +122,10 @@ std::vector<std::pair<std::string, std::string>> read_documents(const std::strin
   }
   std::vector<std::pair<std::string, std::string>> docs;
   for (auto& f : files) {
+    if (f.extension() == ".jsonl") {
+      for (auto& d : read_tasks_jsonl(f.string())) docs.emplace_back(f.string() + "#" + std::to_string(docs.size()), d.text);
+      continue;
+    }
     std::ifstream in(f, std::ios::binary);
     if (!in) throw InputError(f.string() + ": cannot open");
     std::stringstream ss;
@@ -135,18 +142,43 @@ std::vector<std::pair<std::string, std::string>> read_documents(const std::strin
       pos = end + separator.size();
     }
   }
-  if (docs.empty()) throw InputError(input + ": no documents (no non-empty .txt text)");
+  if (docs.empty()) throw InputError(input + ": no documents (no non-empty .txt or .jsonl text)");
   return docs;
 }
 
-void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs,
-              double tau) {
-  auto model = load_model(a.model);
-  if (tau > 0) {
-    if (!model->config.spkv.enabled) throw ConfigError(a.model + ": --tau given, but the model has no spkv block");
-    if (tau >= 1) throw ConfigError("--tau must be in (0, 1)");
-    model->gates.tau = tau;
+std::vector<std::pair<std::string, std::string>> read_all_documents(const std::vector<std::string>& inputs,
+                                                                    const std::string& separator) {
+  std::vector<std::pair<std::string, std::string>> docs;
+  for (auto& in : inputs) {
+    auto d = read_documents(in, separator);
+    docs.insert(docs.end(), d.begin(), d.end());
   }
+  return docs;
+}
+
+// Evaluation-time changes to a loaded model: the SP-KV threshold, and a sliding window that hides every key
+// beyond it (the local-only ablation of any model).
+struct EvalOverrides {
+  double tau = 0;      // 0 = the model's
+  int64_t window = 0;  // 0 = the model's attention
+  void add(CLI::App* app) {
+    app->add_option("--tau", tau, "SP-KV threshold to evaluate at (default: the model's)");
+    app->add_option("--window", window, "attend only to the last N keys (local-only ablation)")->check(CLI::PositiveNumber);
+  }
+  void apply(LlamaForCausalLM& model, const std::string& path) const {
+    if (tau > 0) {
+      if (!model->config.spkv.enabled) throw ConfigError(path + ": --tau given, but the model has no spkv block");
+      if (tau >= 1) throw ConfigError("--tau must be in (0, 1)");
+      model->gates.tau = tau;
+    }
+    if (window > 0) model->config.sliding_window = window;
+  }
+};
+
+void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs,
+              const EvalOverrides& ov, const std::string& json_out) {
+  auto model = load_model(a.model);
+  ov.apply(model, a.model);
   auto tok = a.load_tokenizer_for(model->config);
   auto docs = read_documents(input, separator);
   if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(max_docs);
@@ -180,8 +212,15 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   fmt::print("perplexity  {:.4f}\n", std::exp(sum / double(n)));
   fmt::print("per-document: mean {:.4f} (token-weighted), std {:.4f}, 95% bootstrap CI [{:.4f}, {:.4f}]\n",
              s.mean, s.stddev, s.ci_low, s.ci_high);
+  const auto d = density_json(counts);  // empty without SP-KV
+  if (!json_out.empty()) {
+    nlohmann::json j = {{"model", a.model}, {"input", input}, {"documents", doc_mean.size()}, {"tokens", n},
+                        {"nll", sum / double(n)}, {"ci", {s.ci_low, s.ci_high}},
+                        {"sliding_window", model->config.sliding_window}};
+    if (counts.defined()) j["gates"] = d, j["gates"]["tau"] = model->gates.tau;
+    write_file_atomic(json_out, j.dump(2) + "\n");
+  }
   if (!counts.defined()) return;
-  const auto d = density_json(counts);
   fmt::print("SP-KV       window {}, tau {}, hard gates\n", model->config.spkv.window, model->gates.tau);
   fmt::print("density     {:.4f} (kept / evictable keys; {} evictable key-heads)\n", d["density"].get<double>(),
              d["evictable_keys"].get<int64_t>());
@@ -213,20 +252,23 @@ void cmd_convert(const ModelArgs& a, const std::string& out) {
 }
 
 // Tokenizes documents into out_dir/train.tok and out_dir/val.tok (every val_every-th document held out).
-void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& inputs, const std::string& separator,
-                  const std::string& out_dir, int64_t val_every) {
+// val_inputs empty: every val_every-th document is held out; otherwise they are the validation split.
+void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& inputs,
+                  const std::vector<std::string>& val_inputs, const std::string& separator, const std::string& out_dir,
+                  int64_t val_every) {
   auto tok = load_tokenizer(tokenizer);
-  std::vector<std::pair<std::string, std::string>> docs;
-  for (auto& in : inputs) {
-    auto d = read_documents(in, separator);
-    docs.insert(docs.end(), d.begin(), d.end());
+  auto docs = read_all_documents(inputs, separator);
+  const size_t n_train_docs = docs.size();
+  if (!val_inputs.empty()) {
+    auto v = read_all_documents(val_inputs, separator);
+    docs.insert(docs.end(), v.begin(), v.end());
   }
   std::vector<std::vector<int32_t>> train, val;
   int64_t n_train = 0, n_val = 0;
   Progress bar("tokenize", int64_t(docs.size()), "doc");
   for (size_t i = 0; i < docs.size(); ++i) {
     auto ids = tok->encode(docs[i].second, /*bos=*/true, /*eos=*/false);
-    const bool held_out = val_every > 0 && i % size_t(val_every) == size_t(val_every) - 1;
+    const bool held_out = val_inputs.empty() ? i % size_t(val_every) == size_t(val_every) - 1 : i >= n_train_docs;
     (held_out ? n_val : n_train) += int64_t(ids.size());
     (held_out ? val : train).push_back(std::move(ids));
     bar.add(1);
@@ -239,6 +281,66 @@ void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& 
   write_token_file((fs::path(out_dir) / "val.tok").string(), val, tok->vocab_size());
   fmt::print("train.tok  {} documents, {} tokens\nval.tok    {} documents, {} tokens\nvocab      {} ({})\n",
              train.size(), n_train, val.size(), n_val, tok->vocab_size(), tokenizer);
+}
+
+// SentencePiece BPE/unigram on the documents of `inputs`, one line per input line.
+void cmd_train_tokenizer(const std::vector<std::string>& inputs, const std::string& separator,
+                         SentencePieceTrainOptions o) {
+  std::string text;
+  for (auto& [name, d] : read_all_documents(inputs, separator)) text += d + "\n";
+  const std::string tmp = o.out_model + ".input.txt";
+  write_file_atomic(tmp, text);
+  o.input = tmp;
+  try {
+    train_sentencepiece(o);
+  } catch (...) {
+    fs::remove(tmp);
+    throw;
+  }
+  fs::remove(tmp);
+  fmt::print("wrote {} ({} {}, trained on {} bytes)\n", o.out_model, o.model_type, o.vocab_size, text.size());
+}
+
+void cmd_tasks_generate(const std::vector<std::string>& filler_inputs, const std::string& separator,
+                        const TaskGenOptions& o, const std::string& out) {
+  std::vector<std::string> filler;
+  for (auto& [name, d] : read_all_documents(filler_inputs, separator)) filler.push_back(d);
+  auto docs = generate_tasks(filler, o);
+  write_tasks_jsonl(out, docs);
+  fmt::print("wrote {} tasks to {}\n", docs.size(), out);
+}
+
+void print_task_results(const nlohmann::json& r);
+
+void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_docs, const EvalOverrides& ov,
+                    const std::string& json_out) {
+  auto model = load_model(a.model);
+  ov.apply(model, a.model);
+  auto tok = a.load_tokenizer_for(model->config);
+  auto docs = read_tasks_jsonl(tasks);
+  if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(size_t(max_docs));
+  auto r = evaluate_tasks(model, *tok, docs);
+  r["model"] = a.model;
+  r["tasks"] = tasks;
+  print_task_results(r);
+  if (!json_out.empty()) write_file_atomic(json_out, r.dump(2) + "\n");
+}
+
+void print_task_results(const nlohmann::json& r) {
+  fmt::print("{:<10} {:>8} {:>8} {:>10} {:>8} {:>10}\n", "kind", "answers", "tokens", "token acc", "exact", "truncated");
+  auto row = [](const std::string& k, const nlohmann::json& t) {
+    fmt::print("{:<10} {:>8} {:>8} {:>10.4f} {:>8.4f} {:>10}\n", k, t["answers"].get<int64_t>(), t["tokens"].get<int64_t>(),
+               t["token_acc"].get<double>(), t["exact"].get<double>(), t["truncated"].get<int64_t>());
+  };
+  for (auto& [k, t] : r["kinds"].items()) row(k, t);
+  row("all", r["all"]);
+  if (!r.contains("gates")) return;
+  const auto& g = r["gates"];
+  fmt::print("gates (tau {}): density {:.4f}; keep facts {:.4f}, keep other {:.4f}\n", g["tau"].get<double>(),
+             g["density"].get<double>(), g["keep_facts"]["pooled"].get<double>(), g["keep_other"]["pooled"].get<double>());
+  for (size_t l = 0; l < g["keep_facts"]["per_layer"].size(); ++l)
+    fmt::print("  layer {:<3} keep facts {:.3f}  other {:.3f}\n", l, g["keep_facts"]["per_layer"][l].get<double>(),
+               g["keep_other"]["per_layer"][l].get<double>());
 }
 
 std::atomic<bool> g_stop{false};
@@ -340,8 +442,10 @@ int main(int argc, char** argv) {
   ev->add_option("input", input, "text file, or folder of .txt files (recursive)")->required();
   ev->add_option("--separator", separator, "document separator inside files (\"\" = one document per file)");
   ev->add_option("--max-docs", max_docs, "score at most this many documents (0 = all)");
-  double tau = 0;
-  ev->add_option("--tau", tau, "SP-KV threshold to evaluate at (default: the model's)");
+  EvalOverrides ov;
+  ov.add(ev);
+  std::string ev_json;
+  ev->add_option("--json", ev_json, "also write the results here");
 
   auto* conv = app.add_subcommand("convert", "write a model as a Hugging Face-style directory");
   ma.add(conv);
@@ -357,6 +461,40 @@ int main(int argc, char** argv) {
   tk->add_option("--separator", separator, "document separator inside files (\"\" = one document per file)");
   tk->add_option("--out,-o", tk_out, "output folder")->required();
   tk->add_option("--val-every", val_every, "hold out every N-th document for validation")->check(CLI::PositiveNumber);
+  std::vector<std::string> tk_val;
+  tk->add_option("--val", tk_val, "validation inputs (then every input document goes to train.tok)");
+
+  auto* ttk = app.add_subcommand("train-tokenizer", "train a SentencePiece tokenizer (.model) on text or JSONL documents");
+  SentencePieceTrainOptions sp;
+  std::vector<std::string> ttk_inputs;
+  ttk->add_option("inputs", ttk_inputs, "text files, .jsonl files or folders")->required();
+  ttk->add_option("--separator", separator, "document separator inside .txt files");
+  ttk->add_option("--out,-o", sp.out_model, "output file (must end in .model)")->required();
+  ttk->add_option("--vocab-size", sp.vocab_size, "vocabulary size")->check(CLI::Range(8, 1 << 20));
+  ttk->add_option("--model-type", sp.model_type, "bpe or unigram")->check(CLI::IsMember({"bpe", "unigram"}));
+
+  auto* tasks = app.add_subcommand("tasks", "long-range tasks: key-value lookup, needle, reversal");
+  tasks->require_subcommand(1);
+  auto* tgen = tasks->add_subcommand("generate", "write task documents (JSONL) with filler cut from natural text");
+  TaskGenOptions tg;
+  std::vector<std::string> tg_filler;
+  std::string tg_out;
+  tgen->add_option("--filler", tg_filler, "text files or folders to cut filler from")->required();
+  tgen->add_option("--separator", separator, "document separator inside filler files");
+  tgen->add_option("--out,-o", tg_out, "output .jsonl file")->required();
+  tgen->add_option("-n", tg.n, "documents")->check(CLI::PositiveNumber);
+  tgen->add_option("--seed", tg.seed, "generator seed");
+  tgen->add_option("--kinds", tg.kinds, "kv, needle, reversal (used in turn)")->delimiter(',');
+  tgen->add_option("--min-chars", tg.min_chars, "shortest document in bytes");
+  tgen->add_option("--max-chars", tg.max_chars, "longest document in bytes");
+  tgen->add_option("--min-gap", tg.min_gap_chars, "filler bytes between the last fact and the first answer");
+  auto* teval = tasks->add_subcommand("eval", "teacher-forced accuracy on the answers of a task file, and what the gates keep");
+  ma.add(teval);
+  std::string te_tasks, te_json;
+  teval->add_option("tasks", te_tasks, "task file (.jsonl)")->required();
+  teval->add_option("--max-docs", max_docs, "score at most this many documents (0 = all)");
+  teval->add_option("--json", te_json, "also write the results here");
+  ov.add(teval);
 
   auto* tr = app.add_subcommand("train", "train or adapt a model from a recipe (JSON); see docs/training.md");
   std::string recipe;
@@ -404,10 +542,13 @@ int main(int argc, char** argv) {
       if (!gen->count("--prompt")) throw ConfigError("generate needs --prompt (or --samples N --out FILE)");
       cmd_generate(ma, prompt, max_new, so);
     }
-    if (*tk) cmd_tokenize(tk_tok, tk_inputs, separator, tk_out, val_every);
+    if (*tk) cmd_tokenize(tk_tok, tk_inputs, tk_val, separator, tk_out, val_every);
+    if (*ttk) cmd_train_tokenizer(ttk_inputs, separator, sp);
+    if (*tgen) cmd_tasks_generate(tg_filler, separator, tg, tg_out);
+    if (*teval) cmd_tasks_eval(ma, te_tasks, max_docs, ov, te_json);
     if (*tr) cmd_train(recipe, to);
     if (*rev) cmd_toy(toy_o);
-    if (*ev) cmd_eval(ma, input, separator, max_docs, tau);
+    if (*ev) cmd_eval(ma, input, separator, max_docs, ov, ev_json);
     if (*conv) cmd_convert(ma, out);
   } catch (const std::exception& e) {
     std::fflush(stdout);

@@ -1,0 +1,340 @@
+// Long-range task generation, JSONL files and teacher-forced evaluation (see tasks.h).
+#include "core/tasks.h"
+
+#include <algorithm>
+#include <fstream>
+#include <random>
+#include <set>
+
+#include "core/errors.h"
+#include "core/progress.h"
+#include "core/safetensors.h"
+#include "core/trainer.h"
+
+namespace spkv {
+using nlohmann::json;
+
+namespace {
+
+const char* const kNames[] = {
+    "amber",  "anchor", "badger", "beacon", "bramble", "candle", "cedar",  "cobalt", "copper", "coral",
+    "crane",  "dagger", "ember",  "falcon", "fennel",  "garnet", "glacier", "harbor", "hazel", "heron",
+    "indigo", "island", "jasper", "juniper", "kettle", "lantern", "lark",  "maple",  "marble", "meadow",
+    "nickel", "oak",    "onyx",   "orchid", "otter",  "pebble", "pepper", "pine",   "quartz", "quill",
+    "raven",  "river",  "saffron", "sparrow", "spruce", "tangle", "thistle", "timber", "topaz", "tulip",
+    "velvet", "violet", "walnut", "willow", "wren",   "yarrow", "zephyr", "zinc",   "basil",  "clover"};
+constexpr int64_t kNumNames = sizeof(kNames) / sizeof(kNames[0]);
+
+enum class Role { plain, fact, answer };
+
+// A document assembled from pieces; the spans of fact and answer pieces are recorded as they are appended.
+struct Builder {
+  TaskDoc doc;
+  void add(const std::string& s, Role role = Role::plain) {
+    const ByteSpan span{int64_t(doc.text.size()), int64_t(doc.text.size() + s.size())};
+    doc.text += s;
+    if (role == Role::fact) doc.facts.push_back(span);
+    if (role == Role::answer) doc.answers.push_back(span);
+  }
+};
+
+class Generator {
+ public:
+  Generator(const std::vector<std::string>& filler, const TaskGenOptions& o) : filler_(filler), o_(o), rng_(o.seed) {}
+
+  int64_t uniform(int64_t n) { return int64_t(rng_() % uint64_t(n)); }  // [0, n)
+
+  // At least `chars` bytes (and at most about 200 more) of whole lines of natural text, from a random line
+  // of a random filler document on, continuing at the start of another one when it ends. A last line that
+  // runs too long is cut at a space, or at a character boundary when it has none.
+  std::string filler(int64_t chars) {
+    std::string out;
+    if (chars <= 0) return out;
+    const std::string* d = &filler_[size_t(uniform(int64_t(filler_.size())))];
+    size_t pos = d->find('\n', size_t(uniform(int64_t(d->size()))));
+    pos = pos == std::string::npos ? d->size() : pos + 1;
+    while (int64_t(out.size()) < chars) {
+      if (pos >= d->size()) d = &filler_[size_t(uniform(int64_t(filler_.size())))], pos = 0;
+      size_t nl = d->find('\n', pos);
+      if (nl == std::string::npos) nl = d->size();
+      out += d->substr(pos, nl - pos) + "\n";
+      pos = nl + 1;
+    }
+    const size_t limit = size_t(chars) + 200;
+    if (out.size() > limit) {
+      size_t cut = out.find(' ', size_t(chars));
+      if (cut == std::string::npos || cut > limit)
+        for (cut = size_t(chars); cut < out.size() && (static_cast<unsigned char>(out[cut]) & 0xC0) == 0x80;) ++cut;
+      out.resize(cut);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out + "\n";
+  }
+
+  std::vector<int64_t> distinct(int64_t k, int64_t lo, int64_t hi) {  // k distinct values in [lo, hi)
+    std::set<int64_t> seen;
+    std::vector<int64_t> out;
+    while (int64_t(out.size()) < k) {
+      int64_t v = lo + uniform(hi - lo);
+      if (seen.insert(v).second) out.push_back(v);
+    }
+    return out;
+  }
+
+  // Splits `total` filler bytes into `parts` random pieces.
+  std::vector<int64_t> split(int64_t total, int64_t parts) {
+    std::vector<int64_t> cuts{0, std::max<int64_t>(total, 0)};
+    for (int64_t i = 1; i < parts; ++i) cuts.push_back(uniform(std::max<int64_t>(total, 1)));
+    std::sort(cuts.begin(), cuts.end());
+    std::vector<int64_t> out;
+    for (int64_t i = 0; i < parts; ++i) out.push_back(cuts[size_t(i + 1)] - cuts[size_t(i)]);
+    return out;
+  }
+
+  TaskDoc make(const std::string& kind) {
+    const int64_t target = o_.min_chars + uniform(o_.max_chars - o_.min_chars + 1);
+    Builder b;
+    b.doc.kind = kind;
+    if (kind == "kv") {
+      const int64_t k = 4 + uniform(5), q = std::min<int64_t>(k, 3);
+      auto names = distinct(k, 0, kNumNames);
+      auto values = distinct(k, 1000, 10000);
+      const int64_t fixed = k * 32 + q * 32 + 12;
+      const int64_t budget = std::max<int64_t>(target - fixed, o_.min_gap_chars);
+      const int64_t gap = std::max(o_.min_gap_chars, budget * 3 / 10);
+      auto pieces = split(budget - gap, k);
+      for (int64_t i = 0; i < k; ++i) {
+        b.add(filler(pieces[size_t(i)]));
+        b.add(std::string("The code of the ") + kNames[names[size_t(i)]] + " is");
+        b.add(" " + std::to_string(values[size_t(i)]), Role::fact);
+        b.add(".\n");
+      }
+      b.add(filler(gap));
+      b.add("Questions.\n");
+      for (int64_t i : distinct(q, 0, k)) {
+        b.add(std::string("The code of the ") + kNames[names[size_t(i)]] + " is");
+        b.add(" " + std::to_string(values[size_t(i)]), Role::answer);
+        b.add(".\n");
+      }
+    } else if (kind == "needle") {
+      const std::string value = std::to_string(10000 + uniform(90000));
+      const int64_t budget = std::max<int64_t>(target - 100, o_.min_gap_chars);
+      const int64_t after = o_.min_gap_chars + uniform(std::max<int64_t>(budget - o_.min_gap_chars, 0) + 1);
+      b.add(filler(budget - after));
+      b.add("The secret number is");
+      b.add(" " + value, Role::fact);
+      b.add(".\n");
+      b.add(filler(after));
+      b.add("What is the secret number? The secret number is");
+      b.add(" " + value, Role::answer);
+      b.add(".\n");
+    } else if (kind == "reversal") {
+      auto nums = distinct(8, 10, 100);
+      std::string list, reversed;
+      for (size_t i = 0; i < nums.size(); ++i) {
+        list += " " + std::to_string(nums[i]);
+        reversed += " " + std::to_string(nums[nums.size() - 1 - i]);
+      }
+      const int64_t budget = std::max<int64_t>(target - 90, o_.min_gap_chars);
+      const int64_t before = uniform(std::max<int64_t>(budget - o_.min_gap_chars, 0) / 2 + 1);
+      b.add(filler(before));
+      b.add("Remember these numbers:");
+      b.add(list, Role::fact);
+      b.add(".\n");
+      b.add(filler(budget - before));
+      b.add("The numbers in reverse order:");
+      b.add(reversed, Role::answer);
+      b.add(".\n");
+    } else {
+      throw ConfigError("tasks: unknown kind '" + kind + "' (expected kv, needle or reversal)");
+    }
+    return std::move(b.doc);
+  }
+
+ private:
+  const std::vector<std::string>& filler_;
+  const TaskGenOptions& o_;
+  std::mt19937_64 rng_;
+};
+
+std::vector<ByteSpan> spans_from(const json& j, const std::string& where, const char* field) {
+  if (!j[field].is_array()) throw InputError(where + ": field '" + field + "' must be an array");
+  std::vector<ByteSpan> out;
+  for (auto& s : j[field]) {
+    if (!s.is_array() || s.size() != 2 || !s[0].is_number_integer() || !s[1].is_number_integer())
+      throw InputError(where + ": field '" + field + "' must hold [begin, end] integer pairs");
+    out.push_back({s[0].get<int64_t>(), s[1].get<int64_t>()});
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<TaskDoc> generate_tasks(const std::vector<std::string>& filler, const TaskGenOptions& o) {
+  if (o.kinds.empty()) throw ConfigError("tasks: no kinds given");
+  if (o.min_chars < 1 || o.max_chars < o.min_chars || o.min_gap_chars < 0)
+    throw ConfigError("tasks: need 1 <= min_chars <= max_chars and min_gap_chars >= 0");
+  int64_t filler_bytes = 0;
+  for (auto& d : filler) filler_bytes += int64_t(d.size());
+  if (filler.empty() || filler_bytes < 4 * o.max_chars)
+    throw InputError("tasks: too little filler text (" + std::to_string(filler_bytes) + " bytes; need at least " +
+                     std::to_string(4 * o.max_chars) + ")");
+  Generator g(filler, o);
+  std::vector<TaskDoc> out;
+  for (int64_t i = 0; i < o.n; ++i) out.push_back(g.make(o.kinds[size_t(i) % o.kinds.size()]));
+  return out;
+}
+
+void write_tasks_jsonl(const std::string& path, const std::vector<TaskDoc>& docs) {
+  std::string s;
+  for (auto& d : docs) {
+    json a = json::array(), f = json::array();
+    for (auto& x : d.answers) a.push_back({x.begin, x.end});
+    for (auto& x : d.facts) f.push_back({x.begin, x.end});
+    s += json{{"kind", d.kind}, {"text", d.text}, {"answers", a}, {"facts", f}}.dump() + "\n";
+  }
+  write_file_atomic(path, s);
+}
+
+std::vector<TaskDoc> read_tasks_jsonl(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError(path + ": cannot open");
+  std::vector<TaskDoc> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(n);
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::exception& e) {
+      throw InputError(where + ": not JSON (" + e.what() + ")");
+    }
+    if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
+      throw InputError(where + ": expected an object with a string field 'text'");
+    TaskDoc d;
+    d.text = j["text"].get<std::string>();
+    d.kind = j.value("kind", std::string("task"));
+    if (j.contains("answers")) d.answers = spans_from(j, where, "answers");
+    if (j.contains("facts")) d.facts = spans_from(j, where, "facts");
+    for (auto* v : {&d.answers, &d.facts})
+      for (auto& s : *v)
+        if (s.begin < 0 || s.end <= s.begin || s.end > int64_t(d.text.size()))
+          throw InputError(where + ": span [" + std::to_string(s.begin) + ", " + std::to_string(s.end) +
+                           ") is empty or outside the text (" + std::to_string(d.text.size()) + " bytes)");
+    out.push_back(std::move(d));
+  }
+  if (out.empty()) throw InputError(path + ": no tasks");
+  return out;
+}
+
+std::vector<std::vector<int64_t>> span_tokens(const Tokenizer& tok, const std::vector<int32_t>& ids,
+                                              const std::string& text, const std::vector<ByteSpan>& spans) {
+  std::vector<int64_t> start(ids.size()), end(ids.size());
+  std::string decoded;
+  int32_t prev = -1;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    start[i] = int64_t(decoded.size());
+    decoded += tok.token_bytes(prev, ids[i]);
+    end[i] = int64_t(decoded.size());
+    prev = ids[i];
+  }
+  if (decoded != text) throw TokenizerError(tok.path, "does not decode its own encoding back to the text; spans cannot be mapped");
+  std::vector<std::vector<int64_t>> out;
+  for (auto& s : spans) {
+    std::vector<int64_t> idx;
+    for (size_t i = 0; i < ids.size(); ++i)
+      if (end[i] > start[i] && start[i] < s.end && end[i] > s.begin) idx.push_back(int64_t(i));
+    out.push_back(std::move(idx));
+  }
+  return out;
+}
+
+json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs) {
+  torch::NoGradGuard no_grad;
+  m->eval();
+  const ModelConfig& c = m->config;
+  const bool gated = c.spkv.enabled;
+  struct Tally { double answers = 0, exact = 0, tokens = 0, correct = 0, truncated = 0; };
+  std::map<std::string, Tally> by_kind;
+  auto keep_fact = torch::zeros({c.n_layers, c.n_kv_heads, 2}, torch::kFloat64);   // [kept, total]
+  auto keep_other = torch::zeros({c.n_layers, c.n_kv_heads, 2}, torch::kFloat64);
+  torch::Tensor counts;
+  Progress bar("tasks", int64_t(docs.size()), "doc");
+  for (const TaskDoc& d : docs) {
+    const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
+    const auto answers = span_tokens(tok, ids, d.text, d.answers);
+    const auto facts = span_tokens(tok, ids, d.text, d.facts);
+    const int64_t T = std::min<int64_t>(int64_t(ids.size()), c.max_seq_len);
+    auto x = torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + T)).unsqueeze(0);  // (1, T)
+    auto pred = m(x)[0].argmax(-1);                                                             // (T)
+    auto pa = pred.accessor<int64_t, 1>();
+    Tally& t = by_kind[d.kind];
+    for (auto& a : answers) {
+      if (a.empty() || a.front() < 1) continue;
+      if (a.back() >= T) {
+        t.truncated += 1;
+        continue;
+      }
+      int64_t ok = 0;
+      for (int64_t i : a) ok += pa[i - 1] == ids[size_t(i)];
+      t.answers += 1, t.tokens += double(a.size()), t.correct += double(ok);
+      t.exact += ok == int64_t(a.size());
+    }
+    if (gated) {
+      auto cnt = m->gate_counts();
+      counts = counts.defined() ? counts + cnt : cnt;
+      auto is_fact = torch::zeros({T}, torch::kBool);
+      for (auto& f : facts)
+        for (int64_t i : f)
+          if (i < T) is_fact[i] = true;
+      auto ev = m->last_evictable.to(torch::kCPU)[0];  // (T)
+      auto fact_ev = (is_fact & ev).to(torch::kFloat64).unsqueeze(1), other_ev = (~is_fact & ev).to(torch::kFloat64).unsqueeze(1);
+      for (int64_t il = 0; il < c.n_layers; ++il) {
+        auto u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility.to(torch::kCPU)[0];  // (T, Hkv)
+        auto kept = (u >= m->gates.tau).to(torch::kFloat64);
+        keep_fact[il].select(1, 0) += (kept * fact_ev).sum(0);
+        keep_fact[il].select(1, 1) += fact_ev.sum() * torch::ones({c.n_kv_heads}, torch::kFloat64);
+        keep_other[il].select(1, 0) += (kept * other_ev).sum(0);
+        keep_other[il].select(1, 1) += other_ev.sum() * torch::ones({c.n_kv_heads}, torch::kFloat64);
+      }
+    }
+    bar.add(1);
+  }
+  bar.finish();
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  json out = json::object(), kinds = json::object();
+  Tally all;
+  for (auto& [k, t] : by_kind) {
+    kinds[k] = {{"answers", t.answers}, {"tokens", t.tokens}, {"token_acc", ratio(t.correct, t.tokens)},
+                {"exact", ratio(t.exact, t.answers)}, {"truncated", t.truncated}};
+    all.answers += t.answers, all.tokens += t.tokens, all.correct += t.correct, all.exact += t.exact;
+    all.truncated += t.truncated;
+  }
+  out["kinds"] = kinds;
+  out["all"] = {{"answers", all.answers}, {"tokens", all.tokens}, {"token_acc", ratio(all.correct, all.tokens)},
+                {"exact", ratio(all.exact, all.answers)}, {"truncated", all.truncated}};
+  out["sliding_window"] = c.sliding_window;
+  if (gated && counts.defined()) {
+    out["gates"] = density_json(counts);
+    auto rate = [](const torch::Tensor& k) {  // (L, Hkv, 2) -> pooled, per layer, per head
+      auto pooled = k.sum(at::IntArrayRef{0, 1});
+      auto layer = k.sum(1);
+      json per_layer = json::array(), per_head = json::array();
+      for (int64_t l = 0; l < k.size(0); ++l) {
+        per_layer.push_back(layer[l][0].item<double>() / std::max(1.0, layer[l][1].item<double>()));
+        json row = json::array();
+        for (int64_t h = 0; h < k.size(1); ++h) row.push_back(k[l][h][0].item<double>() / std::max(1.0, k[l][h][1].item<double>()));
+        per_head.push_back(row);
+      }
+      return json{{"pooled", pooled[0].item<double>() / std::max(1.0, pooled[1].item<double>())},
+                  {"per_layer", per_layer}, {"per_head", per_head}};
+    };
+    out["gates"]["tau"] = m->gates.tau;
+    out["gates"]["keep_facts"] = rate(keep_fact);
+    out["gates"]["keep_other"] = rate(keep_other);
+  }
+  return out;
+}
+
+}  // namespace spkv

@@ -1,0 +1,56 @@
+// Long-range retrieval tasks for the default corpus and their evaluation: key-value lookup, needle
+// retrieval and reversal, written as natural-text documents (filler drawn from real text) whose answers
+// lie far outside a local window. The same JSONL files are training data (`spkv tokenize` reads their
+// "text") and evaluation sets (`spkv tasks eval` scores the answer spans).
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/model.h"
+#include "core/tokenizer.h"
+
+namespace spkv {
+
+struct ByteSpan {
+  int64_t begin = 0, end = 0;  // [begin, end) in the document's UTF-8 bytes
+};
+
+struct TaskDoc {
+  std::string kind;  // "kv" | "needle" | "reversal"
+  std::string text;
+  std::vector<ByteSpan> answers;  // what the model must predict; each starts with the space before it
+  std::vector<ByteSpan> facts;    // where the information the answers need was stated
+};
+
+struct TaskGenOptions {
+  int64_t n = 100;  // documents
+  uint64_t seed = 0;
+  std::vector<std::string> kinds = {"kv", "needle", "reversal"};  // used in turn
+  int64_t min_chars = 1800, max_chars = 3400;  // document length, filler included
+  int64_t min_gap_chars = 600;  // at least this much filler between the last fact and the first answer
+};
+
+// filler: natural-text documents to cut filler spans from (at line boundaries). Deterministic in the
+// options. Throws ConfigError for an unknown kind or impossible lengths, InputError for too little filler.
+std::vector<TaskDoc> generate_tasks(const std::vector<std::string>& filler, const TaskGenOptions& o);
+
+// One JSON object per line: {"kind", "text", "answers": [[b, e], ...], "facts": [[b, e], ...]}; only "text"
+// is required when reading (plain JSONL corpora).
+void write_tasks_jsonl(const std::string& path, const std::vector<TaskDoc>& docs);  // atomic
+// Throws InputError naming the file, line and field.
+std::vector<TaskDoc> read_tasks_jsonl(const std::string& path);
+
+// The token indices of `ids` (as encoded from `text`) whose bytes overlap each span; index 0 is BOS when
+// the encoding has one. Throws TokenizerError when the tokens do not decode back to `text`.
+std::vector<std::vector<int64_t>> span_tokens(const Tokenizer& tok, const std::vector<int32_t>& ids,
+                                              const std::string& text, const std::vector<ByteSpan>& spans);
+
+// Teacher-forced greedy accuracy on the answer tokens, per kind and overall: answers, tokens, token_acc
+// (argmax equals the answer token) and exact (every token of an answer right). With SP-KV (hard gates at
+// m->gates.tau): density and the keep rate of fact keys vs all other evictable keys, pooled and per
+// layer and head. Documents longer than the context are scored on their first max_seq_len tokens; answers
+// beyond it are counted in "truncated".
+nlohmann::json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs);
+
+}  // namespace spkv

@@ -1,0 +1,204 @@
+// Long-range tasks: the generated documents say what their answers claim, files round-trip and reject bad
+// spans, spans map to the right tokens, and evaluation counts greedy hits like an independent recount.
+#include <gtest/gtest.h>
+
+#include <regex>
+
+#include "core/errors.h"
+#include "core/tasks.h"
+#include "tests/test_util.h"
+
+namespace spkv {
+namespace {
+using test::TempDir;
+
+// Natural-looking filler with lines of different lengths, one very long line without spaces made of
+// multi-byte characters (the cut must fall between characters), and accented words.
+std::vector<std::string> make_filler() {
+  const char* words[] = {"the", "river", "ran", "past", "a", "quiet", "town", "where", "café", "owners", "sang", "loudly"};
+  std::mt19937 rng(7);
+  std::vector<std::string> docs;
+  for (int d = 0; d < 6; ++d) {
+    std::string doc;
+    for (int line = 0; line < 60; ++line) {
+      const int n = 3 + int(rng() % 14);
+      for (int w = 0; w < n; ++w) doc += std::string(w ? " " : "") + words[rng() % 12];
+      doc += ".\n";
+      if (line == 30 && d == 2) {
+        for (int i = 0; i < 1500; ++i) doc += "═";
+        doc += "\n";
+      }
+    }
+    docs.push_back(doc);
+  }
+  return docs;
+}
+
+std::string at(const TaskDoc& d, const ByteSpan& s) { return d.text.substr(size_t(s.begin), size_t(s.end - s.begin)); }
+
+std::vector<std::string> split_ws(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+TEST(Tasks, AnswersFollowFromTheFactsFarAway) {
+  const auto filler = make_filler();
+  TaskGenOptions o;
+  o.n = 60;
+  o.seed = 3;
+  o.min_chars = 900, o.max_chars = 1600, o.min_gap_chars = 400;
+  const auto docs = generate_tasks(filler, o);
+  ASSERT_EQ(docs.size(), 60u);
+  std::map<std::string, int> kinds;
+  for (const TaskDoc& d : docs) {
+    kinds[d.kind]++;
+    ASSERT_FALSE(d.answers.empty());
+    ASSERT_FALSE(d.facts.empty());
+    EXPECT_LE(d.text.size(), size_t(o.max_chars) + 64 + 200 * (d.facts.size() + 1)) << d.kind;  // filler runs <= 200 over
+    EXPECT_GE(d.answers.front().begin - d.facts.back().end, o.min_gap_chars) << d.kind;
+    if (d.kind == "needle") {
+      ASSERT_EQ(d.answers.size(), 1u);
+      EXPECT_EQ(at(d, d.answers[0]), at(d, d.facts[0]));
+      EXPECT_TRUE(std::regex_match(at(d, d.answers[0]), std::regex(" [0-9]{5}")));
+    } else if (d.kind == "reversal") {
+      auto fact = split_ws(at(d, d.facts[0])), ans = split_ws(at(d, d.answers[0]));
+      ASSERT_EQ(fact.size(), 8u);
+      std::reverse(fact.begin(), fact.end());
+      EXPECT_EQ(ans, fact);
+    } else {
+      ASSERT_EQ(d.kind, "kv");
+      // Each answer's key is named right before it; the fact with that key holds the same value.
+      std::map<std::string, std::string> value_of;
+      std::regex key(R"(The code of the (\w+) is$)");
+      auto key_before = [&](const ByteSpan& s) {
+        std::smatch m;
+        const std::string before = d.text.substr(0, size_t(s.begin));
+        EXPECT_TRUE(std::regex_search(before, m, key)) << before.substr(before.size() - 40);
+        return m[1].str();
+      };
+      for (auto& f : d.facts) value_of[key_before(f)] = at(d, f);
+      EXPECT_EQ(value_of.size(), d.facts.size()) << "keys must be distinct";
+      for (auto& a : d.answers) EXPECT_EQ(at(d, a), value_of[key_before(a)]);
+    }
+  }
+  EXPECT_EQ(kinds["kv"], 20);
+  EXPECT_EQ(kinds["needle"], 20);
+  EXPECT_EQ(kinds["reversal"], 20);
+
+  // Deterministic in the seed, different across seeds; valid UTF-8 (the JSON writer rejects anything
+  // else) and a lossless round trip through the file.
+  EXPECT_EQ(generate_tasks(filler, o)[5].text, docs[5].text);
+  o.seed = 4;
+  EXPECT_NE(generate_tasks(filler, o)[5].text, docs[5].text);
+  TempDir tmp;
+  write_tasks_jsonl(tmp / "t.jsonl", docs);
+  const auto back = read_tasks_jsonl(tmp / "t.jsonl");
+  ASSERT_EQ(back.size(), docs.size());
+  for (size_t i = 0; i < docs.size(); ++i) {
+    EXPECT_EQ(back[i].text, docs[i].text);
+    EXPECT_EQ(back[i].answers.size(), docs[i].answers.size());
+    EXPECT_EQ(back[i].facts.back().end, docs[i].facts.back().end);
+  }
+}
+
+TEST(Tasks, BadFilesAndOptionsNameTheProblem) {
+  TempDir tmp;
+  test::write_file(tmp / "t.jsonl", "{\"text\": \"abc\", \"answers\": [[0, 2]]}\n{\"text\": \"abc\", \"answers\": [[1, 9]]}\n");
+  try {
+    read_tasks_jsonl(tmp / "t.jsonl");
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("t.jsonl:2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("outside the text (3 bytes)"), std::string::npos) << e.what();
+  }
+  test::write_file(tmp / "u.jsonl", "{\"text\": 5}\n");
+  EXPECT_THROW(read_tasks_jsonl(tmp / "u.jsonl"), InputError);
+  TaskGenOptions o;
+  o.kinds = {"kv", "sorting"};
+  EXPECT_THROW(generate_tasks(make_filler(), o), ConfigError);
+  EXPECT_THROW(generate_tasks({"too short\n"}, TaskGenOptions{}), InputError);
+}
+
+TEST(Tasks, SpansMapToTheTokensThatSpellThem) {
+  TempDir tmp;
+  std::string text;
+  for (auto& d : make_filler()) text += d;
+  test::write_file(tmp / "f.txt", text);
+  SentencePieceTrainOptions so;
+  so.input = tmp / "f.txt";
+  so.out_model = tmp / "f.model";
+  so.vocab_size = 320;
+  train_sentencepiece(so);
+  auto tok = load_tokenizer(so.out_model);
+  TaskGenOptions o;
+  o.n = 9, o.min_chars = 900, o.max_chars = 1600, o.min_gap_chars = 400;
+  for (const TaskDoc& d : generate_tasks(make_filler(), o)) {
+    const auto ids = tok->encode(d.text, true, false);
+    const auto spans = span_tokens(*tok, ids, d.text, d.answers);
+    ASSERT_EQ(spans.size(), d.answers.size());
+    for (size_t k = 0; k < spans.size(); ++k) {
+      const auto& idx = spans[k];
+      ASSERT_FALSE(idx.empty());
+      for (size_t j = 1; j < idx.size(); ++j) EXPECT_EQ(idx[j], idx[j - 1] + 1) << "contiguous";
+      // Recount independently: the decoded prefix before the first token ends at or before the span, the
+      // prefix through the last token reaches past its end, and dropping either end token loses a byte.
+      auto prefix_len = [&](int64_t n) {
+        return int64_t(tok->decode(std::vector<int32_t>(ids.begin(), ids.begin() + n)).size());
+      };
+      EXPECT_LE(prefix_len(idx.front()), d.answers[k].begin);
+      EXPECT_GT(prefix_len(idx.front() + 1), d.answers[k].begin);
+      EXPECT_GE(prefix_len(idx.back() + 1), d.answers[k].end);
+      EXPECT_LT(prefix_len(idx.back()), d.answers[k].end);
+    }
+  }
+}
+
+// On a real model: token accuracy and exact match equal a recount from the logits, and a one-key window
+// (the model sees only the current token) cannot copy what full attention copies.
+TEST(Tasks, EvaluationCountsGreedyHitsOnARealModel) {
+  SPKV_REQUIRE_SHARED();
+  const std::string dir = test::shared_dir() + "/models/stories260K/";
+  auto m = load_model(dir + "stories260K.bin");
+  auto tok = load_tokenizer(dir + "tok512.bin");
+  // A story told twice: the second telling is predictable from the first by copying.
+  const std::string story =
+      "Once upon a time, there was a little girl named Lily. She liked to play with her red ball in the park. "
+      "One day, the ball rolled into the pond and a big frog jumped on it.";
+  std::vector<TaskDoc> docs(2);
+  for (int i = 0; i < 2; ++i) {
+    docs[size_t(i)].kind = i ? "b" : "a";
+    docs[size_t(i)].text = story + "\n" + story;
+    const int64_t second = int64_t(story.size()) + 1;
+    docs[size_t(i)].facts = {{0, int64_t(story.size())}};
+    docs[size_t(i)].answers = {{second + 40 + 30 * i, second + 90 + 30 * i}, {second + 100, int64_t(story.size()) * 2 + 1}};
+  }
+  auto full = evaluate_tasks(m, *tok, docs);
+  for (size_t i = 0; i < 2; ++i) {
+    const TaskDoc& d = docs[i];
+    const auto ids = tok->encode(d.text, true, false);
+    const auto spans = span_tokens(*tok, ids, d.text, d.answers);
+    auto pred = m(torch::tensor(std::vector<int64_t>(ids.begin(), ids.end())).unsqueeze(0))[0].argmax(-1);
+    double hits = 0, tokens = 0, exact = 0;
+    for (auto& s : spans) {
+      int64_t ok = 0;
+      for (int64_t t : s) ok += pred[t - 1].item<int64_t>() == ids[size_t(t)];
+      hits += double(ok), tokens += double(s.size()), exact += ok == int64_t(s.size());
+    }
+    const auto& r = full["kinds"][d.kind];
+    EXPECT_EQ(r["tokens"].get<double>(), tokens);
+    EXPECT_DOUBLE_EQ(r["token_acc"].get<double>(), hits / tokens);
+    EXPECT_DOUBLE_EQ(r["exact"].get<double>(), exact / 2);
+  }
+  std::printf("copy accuracy: full %.3f\n", full["all"]["token_acc"].get<double>());
+  EXPECT_GT(full["all"]["token_acc"].get<double>(), 0.6);
+  m->config.sliding_window = 1;
+  auto local = evaluate_tasks(m, *tok, docs);
+  EXPECT_EQ(local["sliding_window"].get<int64_t>(), 1);
+  std::printf("copy accuracy: window 1 %.3f\n", local["all"]["token_acc"].get<double>());
+  EXPECT_LT(local["all"]["token_acc"].get<double>(), full["all"]["token_acc"].get<double>() - 0.3);
+}
+
+}  // namespace
+}  // namespace spkv
