@@ -251,18 +251,18 @@ void cmd_convert(const ModelArgs& a, const std::string& out) {
   fmt::print("wrote {} ({} tensors, rope {}) and {}\n", out, tensors.size(), to_string(c.rope_style), tok);
 }
 
-// Tokenizes documents into out_dir/train.tok and out_dir/val.tok (every val_every-th document held out).
-// val_inputs empty: every val_every-th document is held out; otherwise they are the validation split.
+// Tokenizes documents into out_dir/train.tok and out_dir/val.tok: the documents of val_inputs are the
+// validation split, or, when there are none, every val_every-th document is held out.
 void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& inputs,
                   const std::vector<std::string>& val_inputs, const std::string& separator, const std::string& out_dir,
                   int64_t val_every) {
-  auto tok = load_tokenizer(tokenizer);
   auto docs = read_all_documents(inputs, separator);
   const size_t n_train_docs = docs.size();
   if (!val_inputs.empty()) {
     auto v = read_all_documents(val_inputs, separator);
     docs.insert(docs.end(), v.begin(), v.end());
   }
+  auto tok = load_tokenizer(tokenizer);
   std::vector<std::vector<int32_t>> train, val;
   int64_t n_train = 0, n_val = 0;
   Progress bar("tokenize", int64_t(docs.size()), "doc");

@@ -121,6 +121,19 @@ TEST(Tasks, BadFilesAndOptionsNameTheProblem) {
   EXPECT_THROW(generate_tasks({"too short\n"}, TaskGenOptions{}), InputError);
 }
 
+TEST(Tasks, CommandLineErrorsNameTheFileAndLeaveNothingBehind) {
+  TempDir tmp;
+  test::write_file(tmp / "short.txt", "one line of filler\n");
+  auto r = test::run_spkv("tasks generate --filler " + test::quote(tmp / "short.txt") + " --out " + test::quote(tmp / "t.jsonl"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("too little filler text"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "t.jsonl"));
+  test::write_file(tmp / "bad.jsonl", "{\"text\": \"x\", \"answers\": [[0, 1]]}\nnot json\n");
+  r = test::run_spkv("tokenize -t x.model --out " + test::quote(tmp / "tok") + " " + test::quote(tmp / "bad.jsonl"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("bad.jsonl:2: not JSON"), std::string::npos) << r.err;
+}
+
 TEST(Tasks, SpansMapToTheTokensThatSpellThem) {
   TempDir tmp;
   std::string text;
