@@ -222,6 +222,7 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   }
   if (!counts.defined()) return;
   fmt::print("SP-KV       window {}, tau {}, hard gates\n", model->config.spkv.window, model->gates.tau);
+  if (d["evictable_keys"].get<int64_t>() == 0) return fmt::print("density     - (no key is outside the window)\n");
   fmt::print("density     {:.4f} (kept / evictable keys; {} evictable key-heads)\n", d["density"].get<double>(),
              d["evictable_keys"].get<int64_t>());
   for (size_t il = 0; il < d["density_per_layer"].size(); ++il) {
@@ -336,6 +337,7 @@ void print_task_results(const nlohmann::json& r) {
   row("all", r["all"]);
   if (!r.contains("gates")) return;
   const auto& g = r["gates"];
+  if (g["evictable_keys"].get<int64_t>() == 0) return fmt::print("gates: no key is outside the window\n");
   fmt::print("gates (tau {}): density {:.4f}; keep facts {:.4f}, keep other {:.4f}\n", g["tau"].get<double>(),
              g["density"].get<double>(), g["keep_facts"]["pooled"].get<double>(), g["keep_other"]["pooled"].get<double>());
   for (size_t l = 0; l < g["keep_facts"]["per_layer"].size(); ++l)
