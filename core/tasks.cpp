@@ -317,22 +317,9 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
   out["sliding_window"] = c.sliding_window;
   if (gated && counts.defined()) {
     out["gates"] = density_json(counts);
-    auto rate = [](const torch::Tensor& k) {  // (L, Hkv, 2) -> pooled, per layer, per head
-      auto pooled = k.sum(at::IntArrayRef{0, 1});
-      auto layer = k.sum(1);
-      json per_layer = json::array(), per_head = json::array();
-      for (int64_t l = 0; l < k.size(0); ++l) {
-        per_layer.push_back(layer[l][0].item<double>() / std::max(1.0, layer[l][1].item<double>()));
-        json row = json::array();
-        for (int64_t h = 0; h < k.size(1); ++h) row.push_back(k[l][h][0].item<double>() / std::max(1.0, k[l][h][1].item<double>()));
-        per_head.push_back(row);
-      }
-      return json{{"pooled", pooled[0].item<double>() / std::max(1.0, pooled[1].item<double>())},
-                  {"per_layer", per_layer}, {"per_head", per_head}};
-    };
     out["gates"]["tau"] = m->gates.tau;
-    out["gates"]["keep_facts"] = rate(keep_fact);
-    out["gates"]["keep_other"] = rate(keep_other);
+    out["gates"].update(rate_json(keep_fact, "keep_facts"));
+    out["gates"].update(rate_json(keep_other, "keep_other"));
   }
   return out;
 }

@@ -3,7 +3,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <numeric>
 #include <random>
 
 #include "core/errors.h"
@@ -56,7 +55,8 @@ json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, co
   if (m->config.spkv.enabled) m->gates.mode = GateMode::hard;
   const int64_t L = m->config.n_layers;
   double correct = 0, total = 0, seq_ok = 0, seqs = 0;
-  std::vector<double> keep_num(L, 0), n_num(L, 0), keep_fill(L, 0), n_fill(L, 0);
+  const int64_t Hkv = m->config.n_kv_heads;
+  auto keep_num = torch::zeros({L, Hkv, 2}, torch::kFloat64), keep_fill = torch::zeros({L, Hkv, 2}, torch::kFloat64);
   for (const Batch& b : batches) {
     const int64_t T = b.tokens.size(1) - 1;
     auto inp = b.tokens.narrow(1, 0, T);
@@ -75,22 +75,18 @@ json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, co
     for (int64_t il = 0; il < L; ++il) {
       auto u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility.to(torch::kCPU);  // (B, T, Hkv)
       auto kept = (u >= m->gates.tau).to(torch::kFloat64);
-      keep_num[il] += (kept * is_num.unsqueeze(2)).sum().item<double>();
-      n_num[il] += is_num.sum().item<double>() * double(u.size(2));
-      keep_fill[il] += (kept * is_fill.unsqueeze(2)).sum().item<double>();
-      n_fill[il] += is_fill.sum().item<double>() * double(u.size(2));
+      for (auto [k, is] : {std::pair{keep_num, is_num}, std::pair{keep_fill, is_fill}}) {
+        auto w = is.unsqueeze(2).to(torch::kFloat64);                          // (B, T, 1)
+        k[il].select(1, 0) += (kept * w).sum(at::IntArrayRef{0, 1});          // (Hkv)
+        k[il].select(1, 1) += w.sum();
+      }
     }
   }
   m->gates = saved;
   json j = {{"token_acc", correct / std::max(1.0, total)}, {"seq_acc", seq_ok / std::max(1.0, seqs)}};
   if (m->config.spkv.enabled) {
-    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-    std::vector<double> num_l, fill_l;
-    for (int64_t il = 0; il < L; ++il) num_l.push_back(ratio(keep_num[il], n_num[il])), fill_l.push_back(ratio(keep_fill[il], n_fill[il]));
-    j["keep_numbers"] = ratio(std::accumulate(keep_num.begin(), keep_num.end(), 0.0), std::accumulate(n_num.begin(), n_num.end(), 0.0));
-    j["keep_filler"] = ratio(std::accumulate(keep_fill.begin(), keep_fill.end(), 0.0), std::accumulate(n_fill.begin(), n_fill.end(), 0.0));
-    j["keep_numbers_per_layer"] = num_l;
-    j["keep_filler_per_layer"] = fill_l;
+    j.update(rate_json(keep_num, "keep_numbers"));
+    j.update(rate_json(keep_fill, "keep_filler"));
   }
   return j;
 }

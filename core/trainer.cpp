@@ -332,21 +332,26 @@ EvalResult evaluate(LlamaForCausalLM& m, const std::vector<Batch>& batches, cons
   return r;
 }
 
-json density_json(const torch::Tensor& counts) {
+json rate_json(const torch::Tensor& counts, const std::string& name) {
   json j;
   if (!counts.defined()) return j;
   auto ratio = [](const torch::Tensor& c) {  // (..., 2) -> (...) kept / total
-    return (c.select(-1, 0).to(torch::kFloat64) / c.select(-1, 1).clamp_min(1).to(torch::kFloat64));
+    return (c.select(-1, 0).to(torch::kFloat64) / c.select(-1, 1).to(torch::kFloat64).clamp_min(1));
   };
-  j["density"] = ratio(counts.sum(at::IntArrayRef{0, 1})).item<double>();
+  j[name] = ratio(counts.sum(at::IntArrayRef{0, 1})).item<double>();
   auto per_layer = ratio(counts.sum(1));
-  j["density_per_layer"] = std::vector<double>(per_layer.data_ptr<double>(), per_layer.data_ptr<double>() + per_layer.numel());
+  j[name + "_per_layer"] = std::vector<double>(per_layer.data_ptr<double>(), per_layer.data_ptr<double>() + per_layer.numel());
   auto per_head = ratio(counts).contiguous();
   std::vector<std::vector<double>> rows;
   for (int64_t il = 0; il < per_head.size(0); ++il)
     rows.emplace_back(per_head[il].data_ptr<double>(), per_head[il].data_ptr<double>() + per_head.size(1));
-  j["density_per_head"] = rows;
-  j["evictable_keys"] = counts.select(-1, 1).sum().item<int64_t>();
+  j[name + "_per_head"] = rows;
+  return j;
+}
+
+json density_json(const torch::Tensor& counts) {
+  json j = rate_json(counts, "density");
+  if (counts.defined()) j["evictable_keys"] = counts.select(-1, 1).sum().item<int64_t>();
   return j;
 }
 

@@ -114,8 +114,10 @@ struct EvalResult {
 };
 EvalResult evaluate(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device);
 
-// Gate counts (L, Hkv, 2) [kept, evictable] -> density, density_per_layer, density_per_head (L x Hkv),
-// evictable_keys. Empty for undefined counts.
+// Counts (L, Hkv, 2) [kept, total] -> {name: pooled rate, name_per_layer: [L], name_per_head: [L][Hkv]}.
+// Empty for undefined counts.
+nlohmann::json rate_json(const torch::Tensor& counts, const std::string& name);
+// Gate counts (L, Hkv, 2) [kept, evictable] -> density, density_per_layer, density_per_head, evictable_keys.
 nlohmann::json density_json(const torch::Tensor& counts);
 
 }  // namespace spkv

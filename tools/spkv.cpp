@@ -339,10 +339,10 @@ void print_task_results(const nlohmann::json& r) {
   const auto& g = r["gates"];
   if (g["evictable_keys"].get<int64_t>() == 0) return fmt::print("gates: no key is outside the window\n");
   fmt::print("gates (tau {}): density {:.4f}; keep facts {:.4f}, keep other {:.4f}\n", g["tau"].get<double>(),
-             g["density"].get<double>(), g["keep_facts"]["pooled"].get<double>(), g["keep_other"]["pooled"].get<double>());
-  for (size_t l = 0; l < g["keep_facts"]["per_layer"].size(); ++l)
-    fmt::print("  layer {:<3} keep facts {:.3f}  other {:.3f}\n", l, g["keep_facts"]["per_layer"][l].get<double>(),
-               g["keep_other"]["per_layer"][l].get<double>());
+             g["density"].get<double>(), g["keep_facts"].get<double>(), g["keep_other"].get<double>());
+  for (size_t l = 0; l < g["keep_facts_per_layer"].size(); ++l)
+    fmt::print("  layer {:<3} keep facts {:.3f}  other {:.3f}\n", l, g["keep_facts_per_layer"][l].get<double>(),
+               g["keep_other_per_layer"][l].get<double>());
 }
 
 std::atomic<bool> g_stop{false};
