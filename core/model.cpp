@@ -248,11 +248,12 @@ std::map<std::string, torch::Tensor> LlamaForCausalLMImpl::named_tensors() {
   return out;
 }
 
-torch::Tensor LlamaForCausalLMImpl::gate_counts() const {
+torch::Tensor LlamaForCausalLMImpl::gate_counts(const torch::Tensor& keys) const {
   if (!config.spkv.enabled || !last_evictable.defined()) return {};
+  const auto counted = keys.defined() ? keys.to(last_evictable.device()) : last_evictable;
   std::vector<torch::Tensor> per_layer;
   for (auto& layer : *model->layers)
-    per_layer.push_back(count_kept(layer->as<DecoderLayer>()->self_attn->last_utility, last_evictable, gates.tau));
+    per_layer.push_back(count_kept(layer->as<DecoderLayer>()->self_attn->last_utility, counted, gates.tau));
   return torch::stack(per_layer);  // (L, Hkv, 2)
 }
 

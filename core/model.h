@@ -91,9 +91,9 @@ struct LlamaForCausalLMImpl : torch::nn::Module {
   // init_missing_predictor: a checkpoint without utility predictors (a dense model being adapted) keeps
   // the freshly initialized, fully open predictors instead of failing.
   void load(const Checkpoint& ck, bool init_missing_predictor = false);
-  // Hard-gate counts of the last forward call over out-of-window keys, at gates.tau: (L, Hkv, 2) int64
-  // [kept, total]. Undefined without SP-KV.
-  torch::Tensor gate_counts() const;
+  // Hard-gate counts of the last forward call at gates.tau: (L, Hkv, 2) int64 [kept, counted], over `keys`
+  // ((B|1, T) bool, which keys to count; default: every out-of-window key). Undefined without SP-KV.
+  torch::Tensor gate_counts(const torch::Tensor& keys = {}) const;
   std::vector<torch::Tensor> predictor_parameters();  // empty without SP-KV
   std::map<std::string, torch::Tensor> named_tensors();  // for save_hf_checkpoint
   int64_t parameter_count();

@@ -257,9 +257,8 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
   const bool gated = c.spkv.enabled;
   struct Tally { double answers = 0, exact = 0, tokens = 0, correct = 0, truncated = 0; };
   std::map<std::string, Tally> by_kind;
-  auto keep_fact = torch::zeros({c.n_layers, c.n_kv_heads, 2}, torch::kFloat64);   // [kept, total]
-  auto keep_other = torch::zeros({c.n_layers, c.n_kv_heads, 2}, torch::kFloat64);
-  torch::Tensor counts;
+  auto counts = torch::zeros({c.n_layers, c.n_kv_heads, 2}, torch::kInt64);  // [kept, counted]: all, facts, other
+  auto keep_fact = counts.clone(), keep_other = counts.clone();
   Progress bar("tasks", int64_t(docs.size()), "doc");
   for (const TaskDoc& d : docs) {
     const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
@@ -282,22 +281,14 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
       t.exact += ok == int64_t(a.size());
     }
     if (gated) {
-      auto cnt = m->gate_counts();
-      counts = counts.defined() ? counts + cnt : cnt;
-      auto is_fact = torch::zeros({T}, torch::kBool);
+      const auto ev = m->last_evictable.to(torch::kCPU);  // (1, T)
+      auto is_fact = torch::zeros_like(ev);
       for (auto& f : facts)
         for (int64_t i : f)
-          if (i < T) is_fact[i] = true;
-      auto ev = m->last_evictable.to(torch::kCPU)[0];  // (T)
-      auto fact_ev = (is_fact & ev).to(torch::kFloat64).unsqueeze(1), other_ev = (~is_fact & ev).to(torch::kFloat64).unsqueeze(1);
-      for (int64_t il = 0; il < c.n_layers; ++il) {
-        auto u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility.to(torch::kCPU)[0];  // (T, Hkv)
-        auto kept = (u >= m->gates.tau).to(torch::kFloat64);
-        keep_fact[il].select(1, 0) += (kept * fact_ev).sum(0);
-        keep_fact[il].select(1, 1) += fact_ev.sum() * torch::ones({c.n_kv_heads}, torch::kFloat64);
-        keep_other[il].select(1, 0) += (kept * other_ev).sum(0);
-        keep_other[il].select(1, 1) += other_ev.sum() * torch::ones({c.n_kv_heads}, torch::kFloat64);
-      }
+          if (i < T) is_fact[0][i] = true;
+      counts += m->gate_counts();
+      keep_fact += m->gate_counts(is_fact & ev);
+      keep_other += m->gate_counts(~is_fact & ev);
     }
     bar.add(1);
   }
@@ -315,7 +306,7 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
   out["all"] = {{"answers", all.answers}, {"tokens", all.tokens}, {"token_acc", ratio(all.correct, all.tokens)},
                 {"exact", ratio(all.exact, all.answers)}, {"truncated", all.truncated}};
   out["sliding_window"] = c.sliding_window;
-  if (gated && counts.defined()) {
+  if (gated) {
     out["gates"] = density_json(counts);
     out["gates"]["tau"] = m->gates.tau;
     out["gates"].update(rate_json(keep_fact, "keep_facts"));

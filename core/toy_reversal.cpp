@@ -55,8 +55,7 @@ json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, co
   if (m->config.spkv.enabled) m->gates.mode = GateMode::hard;
   const int64_t L = m->config.n_layers;
   double correct = 0, total = 0, seq_ok = 0, seqs = 0;
-  const int64_t Hkv = m->config.n_kv_heads;
-  auto keep_num = torch::zeros({L, Hkv, 2}, torch::kFloat64), keep_fill = torch::zeros({L, Hkv, 2}, torch::kFloat64);
+  auto keep_num = torch::zeros({L, m->config.n_kv_heads, 2}, torch::kInt64), keep_fill = keep_num.clone();
   for (const Batch& b : batches) {
     const int64_t T = b.tokens.size(1) - 1;
     auto inp = b.tokens.narrow(1, 0, T);
@@ -72,15 +71,8 @@ json reversal_metrics(LlamaForCausalLM& m, const std::vector<Batch>& batches, co
     auto ev = m->last_evictable.to(torch::kCPU);  // (B|1, T)
     auto is_num = (inp < ReversalTask::kValues) & (pos <= n_numbers) & ev;
     auto is_fill = (inp >= ReversalTask::kFirstFiller) & ev;
-    for (int64_t il = 0; il < L; ++il) {
-      auto u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility.to(torch::kCPU);  // (B, T, Hkv)
-      auto kept = (u >= m->gates.tau).to(torch::kFloat64);
-      for (auto [k, is] : {std::pair{keep_num, is_num}, std::pair{keep_fill, is_fill}}) {
-        auto w = is.unsqueeze(2).to(torch::kFloat64);                          // (B, T, 1)
-        k[il].select(1, 0) += (kept * w).sum(at::IntArrayRef{0, 1});          // (Hkv)
-        k[il].select(1, 1) += w.sum();
-      }
-    }
+    keep_num += m->gate_counts(is_num);
+    keep_fill += m->gate_counts(is_fill);
   }
   m->gates = saved;
   json j = {{"token_acc", correct / std::max(1.0, total)}, {"seq_acc", seq_ok / std::max(1.0, seqs)}};
