@@ -311,22 +311,6 @@ void cmd_tasks_generate(const std::vector<std::string>& filler_inputs, const std
   fmt::print("wrote {} tasks to {}\n", docs.size(), out);
 }
 
-void print_task_results(const nlohmann::json& r);
-
-void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_docs, const EvalOverrides& ov,
-                    const std::string& json_out) {
-  auto model = load_model(a.model);
-  ov.apply(model, a.model);
-  auto tok = a.load_tokenizer_for(model->config);
-  auto docs = read_tasks_jsonl(tasks);
-  if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(size_t(max_docs));
-  auto r = evaluate_tasks(model, *tok, docs);
-  r["model"] = a.model;
-  r["tasks"] = tasks;
-  print_task_results(r);
-  if (!json_out.empty()) write_file_atomic(json_out, r.dump(2) + "\n");
-}
-
 void print_task_results(const nlohmann::json& r) {
   fmt::print("{:<10} {:>8} {:>8} {:>10} {:>8} {:>10}\n", "kind", "answers", "tokens", "token acc", "exact", "truncated");
   auto row = [](const std::string& k, const nlohmann::json& t) {
@@ -344,6 +328,21 @@ void print_task_results(const nlohmann::json& r) {
     fmt::print("  layer {:<3} keep facts {:.3f}  other {:.3f}\n", l, g["keep_facts_per_layer"][l].get<double>(),
                g["keep_other_per_layer"][l].get<double>());
 }
+
+void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_docs, const EvalOverrides& ov,
+                    const std::string& json_out) {
+  auto model = load_model(a.model);
+  ov.apply(model, a.model);
+  auto tok = a.load_tokenizer_for(model->config);
+  auto docs = read_tasks_jsonl(tasks);
+  if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(size_t(max_docs));
+  auto r = evaluate_tasks(model, *tok, docs);
+  r["model"] = a.model;
+  r["tasks"] = tasks;
+  print_task_results(r);
+  if (!json_out.empty()) write_file_atomic(json_out, r.dump(2) + "\n");
+}
+
 
 std::atomic<bool> g_stop{false};
 void on_sigint(int) {
