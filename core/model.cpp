@@ -179,6 +179,10 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const t
   if (segments.defined() && segments.sizes() != tokens.sizes())
     throw InputError("segments must have the shape of tokens " + shape_str(tokens.sizes()) + ", got " +
                      shape_str(segments.sizes()));
+  if (rope.cos.device() != tokens.device()) {  // the RoPE tables are not module buffers: they follow the tokens
+    rope.cos = rope.cos.to(tokens.device());
+    rope.sin = rope.sin.to(tokens.device());
+  }
   auto mask = make_attention_mask(config, tokens.size(1), segments, tokens.device());
   last_evictable = mask.evictable;
   auto h = model(tokens, rope, mask, gates);  // (B, T, C)

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -176,6 +177,13 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   bytes += header;
   for (auto& t : tensors) bytes.append(static_cast<const char*>(t.data), t.nbytes);
   write_file_atomic(path, bytes);
+}
+
+void remove_tree(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (fs::is_directory(fs::symlink_status(path)))
+    for (const auto& e : fs::directory_iterator(path)) remove_tree(e.path().string());
+  fs::remove(path);
 }
 
 }  // namespace spkv

@@ -66,4 +66,9 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
 // Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+// Removes a file or a folder with everything in it; nothing when `path` does not exist. Use it instead of
+// std::filesystem::remove_all: pip LibTorch wheels export their own static copy of libstdc++'s recursive
+// filesystem code, which binds in its place and crashes (pytorch/pytorch#133437; seen with torch 2.11).
+void remove_tree(const std::string& path);
+
 }  // namespace spkv

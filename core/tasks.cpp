@@ -97,10 +97,10 @@ class Generator {
     Builder b;
     b.doc.kind = kind;
     if (kind == "kv") {
-      const int64_t k = 4 + uniform(5), q = std::min<int64_t>(k, 3);
+      const int64_t k = 4 + uniform(5);
       auto names = distinct(k, 0, kNumNames);
       auto values = distinct(k, 1000, 10000);
-      const int64_t fixed = k * 32 + q * 32 + 12;
+      const int64_t fixed = k * 64 + 12;
       const int64_t budget = std::max<int64_t>(target - fixed, o_.min_gap_chars);
       const int64_t gap = std::max(o_.min_gap_chars, budget * 3 / 10);
       auto pieces = split(budget - gap, k);
@@ -112,7 +112,7 @@ class Generator {
       }
       b.add(filler(gap));
       b.add("Questions.\n");
-      for (int64_t i : distinct(q, 0, k)) {
+      for (int64_t i : distinct(k, 0, k)) {  // every fact, in a random order
         b.add(std::string("The code of the ") + kNames[names[size_t(i)]] + " is");
         b.add(" " + std::to_string(values[size_t(i)]), Role::answer);
         b.add(".\n");
@@ -146,8 +146,18 @@ class Generator {
       b.add("The numbers in reverse order:");
       b.add(reversed, Role::answer);
       b.add(".\n");
+    } else if (kind == "copy") {
+      const std::string passage = filler(100 + uniform(200));  // whole lines, ends with "\n"
+      const int64_t budget = std::max<int64_t>(target - 2 * int64_t(passage.size()) - 40, o_.min_gap_chars);
+      const int64_t before = uniform(std::max<int64_t>(budget - o_.min_gap_chars, 0) / 2 + 1);
+      b.add(filler(before));
+      b.add("Remember this passage:\n");
+      b.add(passage, Role::fact);
+      b.add(filler(budget - before));
+      b.add("Repeat the passage:\n");
+      b.add(passage, Role::answer);
     } else {
-      throw ConfigError("tasks: unknown kind '" + kind + "' (expected kv, needle or reversal)");
+      throw ConfigError("tasks: unknown kind '" + kind + "' (expected kv, needle, reversal or copy)");
     }
     return std::move(b.doc);
   }

@@ -17,7 +17,7 @@ struct ByteSpan {
 };
 
 struct TaskDoc {
-  std::string kind;  // "kv" | "needle" | "reversal"
+  std::string kind;  // "kv" | "needle" | "reversal" | "copy"
   std::string text;
   std::vector<ByteSpan> answers;  // what the model must predict; each starts with the space before it
   std::vector<ByteSpan> facts;    // where the information the answers need was stated
@@ -26,7 +26,7 @@ struct TaskDoc {
 struct TaskGenOptions {
   int64_t n = 100;  // documents
   uint64_t seed = 0;
-  std::vector<std::string> kinds = {"kv", "needle", "reversal"};  // used in turn
+  std::vector<std::string> kinds = {"kv", "needle", "reversal", "copy"};  // used in turn
   int64_t min_chars = 1800, max_chars = 3400;  // document length, filler included
   int64_t min_gap_chars = 600;  // at least this much filler between the last fact and the first answer
 };

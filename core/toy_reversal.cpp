@@ -128,7 +128,7 @@ json run_toy_reversal(const ToyOptions& o) {
       curve.push_back(j);
       return j;
     };
-    fs::remove_all(to.out_dir);  // each run of the experiment starts from scratch
+    remove_tree(to.out_dir);  // each run of the experiment starts from scratch
     if (o.progress) std::fprintf(stderr, "toy reversal: training '%s'\n", v.c_str());
     TrainResult tr = train(r, data, to);
     json steps = json::array();

@@ -69,7 +69,7 @@ std::vector<fs::path> checkpoints_in(const fs::path& dir) {
 void write_model_dir(const fs::path& dir, LlamaForCausalLM& m, const Recipe& r,
                      const std::function<void(const fs::path&)>& extra = {}) {
   const fs::path tmp = dir.string() + ".tmp";
-  fs::remove_all(tmp);
+  remove_tree(tmp.string());
   fs::create_directories(tmp);
   std::map<std::string, torch::Tensor> tensors;
   for (auto& [name, t] : m->named_tensors()) tensors[name] = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
@@ -78,7 +78,7 @@ void write_model_dir(const fs::path& dir, LlamaForCausalLM& m, const Recipe& r,
   save_hf_checkpoint(tmp.string(), c, tensors, {{"recipe", r.path}});
   if (!r.tokenizer.empty()) copy_tokenizer_into(r.tokenizer, tmp.string());
   if (extra) extra(tmp);
-  fs::remove_all(dir);
+  remove_tree(dir.string());
   fs::rename(tmp, dir);
 }
 
@@ -429,7 +429,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       write_file_atomic((dir / "trainer_state.json").string(), st.dump(2) + "\n");
     });
     auto cks = checkpoints_in(ckdir);
-    for (size_t i = 0; i + 2 < cks.size(); ++i) fs::remove_all(cks[i]);
+    for (size_t i = 0; i + 2 < cks.size(); ++i) remove_tree(cks[i].string());
   };
 
   const std::vector<Batch> val = data.val_batches();

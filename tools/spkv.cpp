@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -111,9 +112,14 @@ void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new
 std::vector<std::pair<std::string, std::string>> read_documents(const std::string& input, const std::string& separator) {
   std::vector<fs::path> files;
   if (fs::is_directory(input)) {
-    for (auto& e : fs::recursive_directory_iterator(input))
-      if (e.is_regular_file() && (e.path().extension() == ".txt" || e.path().extension() == ".jsonl"))
-        files.push_back(e.path());
+    // Not recursive_directory_iterator: see remove_tree in core/safetensors.h.
+    std::function<void(const fs::path&)> walk = [&](const fs::path& dir) {
+      for (auto& e : fs::directory_iterator(dir))
+        if (e.is_directory()) walk(e.path());
+        else if (e.is_regular_file() && (e.path().extension() == ".txt" || e.path().extension() == ".jsonl"))
+          files.push_back(e.path());
+    };
+    walk(input);
     std::sort(files.begin(), files.end());
   } else if (fs::is_regular_file(input)) {
     files.push_back(input);
@@ -474,7 +480,7 @@ int main(int argc, char** argv) {
   ttk->add_option("--vocab-size", sp.vocab_size, "vocabulary size")->check(CLI::Range(8, 1 << 20));
   ttk->add_option("--model-type", sp.model_type, "bpe or unigram")->check(CLI::IsMember({"bpe", "unigram"}));
 
-  auto* tasks = app.add_subcommand("tasks", "long-range tasks: key-value lookup, needle, reversal");
+  auto* tasks = app.add_subcommand("tasks", "long-range tasks: key-value lookup, needle, reversal, copy");
   tasks->require_subcommand(1);
   auto* tgen = tasks->add_subcommand("generate", "write task documents (JSONL) with filler cut from natural text");
   TaskGenOptions tg;
@@ -485,7 +491,7 @@ int main(int argc, char** argv) {
   tgen->add_option("--out,-o", tg_out, "output .jsonl file")->required();
   tgen->add_option("-n", tg.n, "documents")->check(CLI::PositiveNumber);
   tgen->add_option("--seed", tg.seed, "generator seed");
-  tgen->add_option("--kinds", tg.kinds, "kv, needle, reversal (used in turn)")->delimiter(',');
+  tgen->add_option("--kinds", tg.kinds, "kv, needle, reversal, copy (used in turn)")->delimiter(',');
   tgen->add_option("--min-chars", tg.min_chars, "shortest document in bytes");
   tgen->add_option("--max-chars", tg.max_chars, "longest document in bytes");
   tgen->add_option("--min-gap", tg.min_gap_chars, "filler bytes between the last fact and the first answer");

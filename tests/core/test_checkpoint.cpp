@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint.h"
@@ -211,6 +212,27 @@ TEST(Checkpoint, TruncatedLlama2cFileIsRejected) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("m.bin: truncated file"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(std::to_string(bytes.size())), std::string::npos) << r.err;  // the expected size
+}
+
+// remove_tree replaces std::filesystem::remove_all (see core/safetensors.h): it removes nested folders and
+// files, does nothing for a missing path, and removes a symbolic link without following it.
+TEST(Checkpoint, RemoveTreeRemovesNestedFoldersButNotWhatLinksPointTo) {
+  namespace fs = std::filesystem;
+  test::TempDir tmp;
+  const fs::path run = tmp.path / "run", kept = tmp.path / "kept";
+  fs::create_directories(run / "checkpoints" / "step-0000010");
+  fs::create_directories(kept);
+  std::ofstream(run / "train_log.jsonl") << "{}\n";
+  std::ofstream(run / "checkpoints" / "step-0000010" / "optimizer.pt") << "x";
+  std::ofstream(kept / "model.safetensors") << "y";
+  fs::create_directory_symlink(kept, run / "checkpoints" / "link");
+  remove_tree(run.string());
+  EXPECT_FALSE(fs::exists(fs::symlink_status(run)));
+  EXPECT_TRUE(fs::exists(kept / "model.safetensors"));
+  EXPECT_NO_THROW(remove_tree((tmp.path / "missing").string()));
+  std::ofstream(tmp.path / "file") << "z";
+  remove_tree((tmp.path / "file").string());
+  EXPECT_FALSE(fs::exists(tmp.path / "file"));
 }
 
 TEST(Checkpoint, SaveIsAtomicAndReloadsExactly) {

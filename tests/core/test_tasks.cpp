@@ -46,11 +46,11 @@ std::vector<std::string> split_ws(const std::string& s) {
 TEST(Tasks, AnswersFollowFromTheFactsFarAway) {
   const auto filler = make_filler();
   TaskGenOptions o;
-  o.n = 60;
+  o.n = 80;
   o.seed = 3;
   o.min_chars = 900, o.max_chars = 1600, o.min_gap_chars = 400;
   const auto docs = generate_tasks(filler, o);
-  ASSERT_EQ(docs.size(), 60u);
+  ASSERT_EQ(docs.size(), 80u);
   std::map<std::string, int> kinds;
   for (const TaskDoc& d : docs) {
     kinds[d.kind]++;
@@ -67,6 +67,14 @@ TEST(Tasks, AnswersFollowFromTheFactsFarAway) {
       ASSERT_EQ(fact.size(), 8u);
       std::reverse(fact.begin(), fact.end());
       EXPECT_EQ(ans, fact);
+    } else if (d.kind == "copy") {
+      // The answer repeats the passage, whole lines of the filler.
+      ASSERT_EQ(d.answers.size(), 1u);
+      EXPECT_EQ(at(d, d.answers[0]), at(d, d.facts[0]));
+      const std::string first_line = at(d, d.facts[0]).substr(0, at(d, d.facts[0]).find('\n'));
+      bool in_filler = false;
+      for (auto& f : filler) in_filler |= f.find(first_line) != std::string::npos;
+      EXPECT_TRUE(in_filler) << first_line;
     } else {
       ASSERT_EQ(d.kind, "kv");
       // Each answer's key is named right before it; the fact with that key holds the same value.
@@ -80,12 +88,14 @@ TEST(Tasks, AnswersFollowFromTheFactsFarAway) {
       };
       for (auto& f : d.facts) value_of[key_before(f)] = at(d, f);
       EXPECT_EQ(value_of.size(), d.facts.size()) << "keys must be distinct";
+      EXPECT_EQ(d.answers.size(), d.facts.size()) << "every key is asked for";
       for (auto& a : d.answers) EXPECT_EQ(at(d, a), value_of[key_before(a)]);
     }
   }
   EXPECT_EQ(kinds["kv"], 20);
   EXPECT_EQ(kinds["needle"], 20);
   EXPECT_EQ(kinds["reversal"], 20);
+  EXPECT_EQ(kinds["copy"], 20);
 
   // Deterministic in the seed, different across seeds; valid UTF-8 (the JSON writer rejects anything
   // else) and a lossless round trip through the file.
