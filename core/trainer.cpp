@@ -260,6 +260,7 @@ double Recipe::lr_at(int64_t step) const {
 // --- model and evaluation --------------------------------------------------------------------------
 
 LlamaForCausalLM build_model(const Recipe& r) {
+  torch::manual_seed(r.seed);  // also for adaptation: the new predictors are drawn from it
   LlamaForCausalLM m(r.model);
   torch::NoGradGuard ng;
   if (!r.init.empty()) {
@@ -267,7 +268,6 @@ LlamaForCausalLM build_model(const Recipe& r) {
     for (auto& p : m->parameters()) p.set_data(p.data().clone());  // own memory, not the file mapping
     return m;
   }
-  torch::manual_seed(r.seed);
   const double resid = 0.02 / std::sqrt(2.0 * double(r.model.n_layers));
   for (auto& item : m->named_parameters()) {
     const std::string& n = item.key();

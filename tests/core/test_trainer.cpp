@@ -1,6 +1,6 @@
 // The trainer: token files, packed windows, the LR and gate schedule against closed forms, recipe
 // validation, exact resume through the real `spkv train` binary, the frozen predictor of the hard phase,
-// and adaptation of stories260K starting at the dense model's logits.
+// and adaptation of stories260K starting at the dense model's logits with predictors drawn from the seed.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -226,6 +226,14 @@ TEST(Trainer, AdaptationStartsAtTheDenseModel) {
   auto dense = load_model(bin);
   m->eval();
   EXPECT_EQ(m->predictor_parameters().size(), 4u * 5);
+  {  // The new predictors are drawn from the recipe's seed, whatever the process drew before.
+    torch::randn({1000});
+    auto again = build_model(r);
+    const auto pa = m->predictor_parameters(), pb = again->predictor_parameters();
+    for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pb[i])) << "predictor tensor " << i;
+    j["seed"] = 4;
+    EXPECT_FALSE(torch::equal(build_model(parse_recipe(j, "r.json"))->predictor_parameters()[0], pa[0]));
+  }
   std::vector<int64_t> toks;
   for (int i = 0; i < 120; ++i) toks.push_back((i * 37 + 5) % 500 + 3);
   torch::NoGradGuard ng;
