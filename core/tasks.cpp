@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <set>
+#include <sstream>
 
 #include "core/errors.h"
 #include "core/progress.h"
@@ -82,6 +84,17 @@ class Generator {
     return out;
   }
 
+  // The words of `text` in a random order, one line: a passage that can only be copied, not recalled from
+  // training text.
+  std::string shuffled_words(const std::string& text) {
+    std::istringstream in(text);
+    std::vector<std::string> words{std::istream_iterator<std::string>(in), std::istream_iterator<std::string>()};
+    std::shuffle(words.begin(), words.end(), rng_);
+    std::string out;
+    for (auto& w : words) out += (out.empty() ? "" : " ") + w;
+    return out + "\n";
+  }
+
   // Splits `total` filler bytes into `parts` random pieces.
   std::vector<int64_t> split(int64_t total, int64_t parts) {
     std::vector<int64_t> cuts{0, std::max<int64_t>(total, 0)};
@@ -146,8 +159,9 @@ class Generator {
       b.add("The numbers in reverse order:");
       b.add(reversed, Role::answer);
       b.add(".\n");
-    } else if (kind == "copy") {
-      const std::string passage = filler(100 + uniform(200));  // whole lines, ends with "\n"
+    } else if (kind == "copy" || kind == "copy-shuffled") {
+      std::string passage = filler(100 + uniform(200));  // whole lines, ends with "\n"
+      if (kind == "copy-shuffled") passage = shuffled_words(passage);
       const int64_t budget = std::max<int64_t>(target - 2 * int64_t(passage.size()) - 40, o_.min_gap_chars);
       const int64_t before = uniform(std::max<int64_t>(budget - o_.min_gap_chars, 0) / 2 + 1);
       b.add(filler(before));
@@ -157,7 +171,7 @@ class Generator {
       b.add("Repeat the passage:\n");
       b.add(passage, Role::answer);
     } else {
-      throw ConfigError("tasks: unknown kind '" + kind + "' (expected kv, needle, reversal or copy)");
+      throw ConfigError("tasks: unknown kind '" + kind + "' (expected kv, needle, reversal, copy or copy-shuffled)");
     }
     return std::move(b.doc);
   }

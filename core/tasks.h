@@ -17,7 +17,7 @@ struct ByteSpan {
 };
 
 struct TaskDoc {
-  std::string kind;  // "kv" | "needle" | "reversal" | "copy"
+  std::string kind;  // "kv" | "needle" | "reversal" | "copy" | "copy-shuffled"
   std::string text;
   std::vector<ByteSpan> answers;  // what the model must predict; each starts with the space before it
   std::vector<ByteSpan> facts;    // where the information the answers need was stated

@@ -491,7 +491,7 @@ int main(int argc, char** argv) {
   tgen->add_option("--out,-o", tg_out, "output .jsonl file")->required();
   tgen->add_option("-n", tg.n, "documents")->check(CLI::PositiveNumber);
   tgen->add_option("--seed", tg.seed, "generator seed");
-  tgen->add_option("--kinds", tg.kinds, "kv, needle, reversal, copy (used in turn)")->delimiter(',');
+  tgen->add_option("--kinds", tg.kinds, "kv, needle, reversal, copy, copy-shuffled (used in turn)")->delimiter(',');
   tgen->add_option("--min-chars", tg.min_chars, "shortest document in bytes");
   tgen->add_option("--max-chars", tg.max_chars, "longest document in bytes");
   tgen->add_option("--min-gap", tg.min_gap_chars, "filler bytes between the last fact and the first answer");

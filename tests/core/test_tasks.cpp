@@ -113,6 +113,30 @@ TEST(Tasks, AnswersFollowFromTheFactsFarAway) {
   }
 }
 
+// copy-shuffled: the answer repeats the passage, which holds the words of filler lines in an order that is
+// not in the filler (so it cannot be recalled, only copied).
+TEST(Tasks, ShuffledCopyRepeatsWordsInAnOrderTheFillerDoesNotHave) {
+  const auto filler = make_filler();
+  TaskGenOptions o;
+  o.n = 20, o.seed = 5, o.kinds = {"copy-shuffled"};
+  o.min_chars = 600, o.max_chars = 900, o.min_gap_chars = 200;
+  int checked = 0;
+  for (const TaskDoc& d : generate_tasks(filler, o)) {
+    ASSERT_EQ(d.kind, "copy-shuffled");
+    ASSERT_EQ(d.answers.size(), 1u);
+    const std::string passage = at(d, d.facts[0]);
+    EXPECT_EQ(at(d, d.answers[0]), passage);
+    EXPECT_EQ(passage.find('\n'), passage.size() - 1) << "one line";
+    EXPECT_GE(d.answers[0].begin - d.facts[0].end, o.min_gap_chars);
+    if (split_ws(passage).size() < 8) continue;  // the one long line without spaces
+    bool in_filler = false;
+    for (auto& f : filler) in_filler |= f.find(passage.substr(0, 40)) != std::string::npos;
+    EXPECT_FALSE(in_filler) << passage;
+    ++checked;
+  }
+  EXPECT_GE(checked, 15);
+}
+
 TEST(Tasks, BadFilesAndOptionsNameTheProblem) {
   TempDir tmp;
   test::write_file(tmp / "t.jsonl", "{\"text\": \"abc\", \"answers\": [[0, 2]]}\n{\"text\": \"abc\", \"answers\": [[1, 9]]}\n");
