@@ -112,10 +112,11 @@ void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new
 std::vector<std::pair<std::string, std::string>> read_documents(const std::string& input, const std::string& separator) {
   std::vector<fs::path> files;
   if (fs::is_directory(input)) {
-    // Not recursive_directory_iterator: see remove_tree in core/safetensors.h.
+    // Not recursive_directory_iterator (see remove_tree in core/safetensors.h); like it, links to folders
+    // are not followed.
     std::function<void(const fs::path&)> walk = [&](const fs::path& dir) {
       for (auto& e : fs::directory_iterator(dir))
-        if (e.is_directory()) walk(e.path());
+        if (e.is_directory() && !e.is_symlink()) walk(e.path());
         else if (e.is_regular_file() && (e.path().extension() == ".txt" || e.path().extension() == ".jsonl"))
           files.push_back(e.path());
     };
