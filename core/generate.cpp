@@ -1,5 +1,6 @@
 #include "core/generate.h"
 
+#include "core/engine.h"
 #include "core/errors.h"
 
 namespace spkv {
@@ -22,16 +23,19 @@ int64_t sample_token(const torch::Tensor& logits, const SamplerOptions& o, std::
 void generate(LlamaForCausalLM& model, std::vector<int32_t>& tokens, int64_t max_new, const SamplerOptions& o,
               const std::function<void(int32_t)>& on_token) {
   if (tokens.empty()) throw InputError("generate: the prompt has no tokens");
-  torch::NoGradGuard no_grad;
   std::mt19937_64 rng(o.seed);
   const ModelConfig& c = model->config;
-  for (int64_t n = 0; n < max_new && int64_t(tokens.size()) < c.max_seq_len; ++n) {
-    auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0);  // (1, T)
-    auto logits = model(ids)[0][-1];                                                           // (V)
+  if (int64_t(tokens.size()) >= c.max_seq_len) return;
+  Engine engine(model);
+  auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0);  // (1, T)
+  auto logits = engine.forward(ids).logits[0][-1];                                           // (V)
+  for (int64_t n = 0; n < max_new; ++n) {
     const auto next = int32_t(sample_token(logits, o, rng));
     if (next == c.bos_id || next == c.eos_id) break;
     tokens.push_back(next);
     on_token(next);
+    if (int64_t(tokens.size()) >= c.max_seq_len) break;
+    logits = engine.forward(torch::full({1, 1}, int64_t(next), torch::kInt64)).logits[0][-1];
   }
 }
 

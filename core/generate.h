@@ -1,6 +1,5 @@
-// Sampling (greedy, temperature, top-p) and text generation with a Llama-family model. Generation
-// recomputes the prefix at each step; the compacted KV cache that makes decoding incremental is the
-// engine's job, behind its own interface.
+// Sampling (greedy, temperature, top-p), text generation through the engine's KV cache (engine.h), and the
+// masked full-sequence NLL that the engine's streamed scoring is tested against.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -21,7 +20,8 @@ struct SamplerOptions {
 // logits: (V) -> the next token id.
 int64_t sample_token(const torch::Tensor& logits, const SamplerOptions& o, std::mt19937_64& rng);
 
-// Appends up to max_new tokens to `tokens` (which must not be empty), calling on_token for each. Stops
+// Appends up to max_new tokens to `tokens` (which must not be empty), calling on_token for each: the prompt
+// is prefilled, then each token is decoded through the cache (an SP-KV model's closed gates evict). Stops
 // early at EOS or BOS (llama2.c's convention) or at the model's context length.
 void generate(LlamaForCausalLM& model, std::vector<int32_t>& tokens, int64_t max_new, const SamplerOptions& o,
               const std::function<void(int32_t)>& on_token);

@@ -68,5 +68,45 @@ Status gated_attention_ref(const GatedAttentionParams& p) {
   return Status::ok;
 }
 
+Status decode_attention_ref(const DecodeParams& p) {
+  const CacheView& c = p.cache;
+  if (!p.q || !p.y || c.Hkv <= 0 || p.H % c.Hkv != 0 || c.D <= 0 || (c.W > 0 && !c.ring_len) ||
+      !c.store_indptr || !c.store_len)
+    return Status::invalid_argument;
+  const int64_t G = p.H / c.Hkv, D = c.D;
+  for (int64_t b = 0; b < c.n_seq; ++b)
+    for (int64_t h = 0; h < p.H; ++h) {
+      const int64_t hk = h / G, i = b * c.Hkv + hk;
+      // The visible keys of (b, hk): the valid ring slots, then the store in order.
+      std::vector<const float*> keys, values;
+      for (int64_t slot = 0; c.W > 0 && slot < c.ring_len[b]; ++slot) {
+        const int64_t off = ((b * c.Hkv + hk) * c.W + slot) * D;
+        keys.push_back(c.ring_k + off), values.push_back(c.ring_v + off);
+      }
+      for (int64_t j = 0; j < c.store_len[i]; ++j) {
+        const int32_t page = c.store_pages[c.store_indptr[i] + j / c.page_size];
+        const int64_t row = (j % c.page_size) * D;
+        keys.push_back(c.page_k[page] + row), values.push_back(c.page_v[page] + row);
+      }
+      const float* q = p.q + (b * p.H + h) * D;
+      std::vector<double> score(keys.size()), acc(D, 0.0);
+      double mx = -std::numeric_limits<double>::infinity(), den = 0;
+      for (size_t s = 0; s < keys.size(); ++s) {
+        double dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += double(q[d]) * double(keys[s][d]);
+        score[s] = dot * p.scale;
+        mx = std::max(mx, score[s]);
+      }
+      for (size_t s = 0; s < keys.size(); ++s) {
+        const double w = std::exp(score[s] - mx);
+        den += w;
+        for (int64_t d = 0; d < D; ++d) acc[d] += w * double(values[s][d]);
+      }
+      float* y = p.y + (b * p.H + h) * D;
+      for (int64_t d = 0; d < D; ++d) y[d] = den > 0 ? float(acc[d] / den) : 0.0f;
+    }
+  return Status::ok;
+}
+
 }  // namespace cpu
 }  // namespace spkv::kernels

@@ -2,9 +2,13 @@
 // that every fast path (torch, vectorized CPU, CUDA) is tested against. Not fast, by design.
 #pragma once
 #include "kernels/attention_params.h"
+#include "kernels/decode_params.h"
 
 namespace spkv::kernels::cpu {
 
 Status gated_attention_ref(const GatedAttentionParams& p);
+
+// Decode attention over a compacted cache (decode_params.h): every ring and store token, in float64.
+Status decode_attention_ref(const DecodeParams& p);
 
 }  // namespace spkv::kernels::cpu

@@ -1,0 +1,191 @@
+// The engine's forward pass: the layers of model.cpp with the attention replaced by the CPU kernels over
+// the cache. Prefill gathers each head's cached keys (store, ring) ahead of the chunk's own keys and runs
+// the gated kernel with their positions and decisions; decode runs the ragged decode kernel.
+#include "core/engine.h"
+
+#include <cmath>
+#include <string>
+
+#include "core/errors.h"
+#include "kernels/cpu/attention_fast.h"
+
+namespace spkv {
+namespace {
+// The position given to store keys in a gathered prefill: far behind every query, so a store key is
+// visible iff its keep flag is set (or, in the dense cache, always).
+constexpr int64_t kFar = -(int64_t(1) << 40);
+
+void check(kernels::Status s, const char* what) {
+  if (s != kernels::Status::ok) throw Error(std::string("engine: ") + what + " failed: " + kernels::to_string(s));
+}
+}  // namespace
+
+Engine::Engine(LlamaForCausalLM model, const EngineOptions& o) : model_(std::move(model)), opt_(o) {
+  const ModelConfig& c = model_->config;
+  if (c.sliding_window > 0 && c.spkv.enabled)
+    throw ConfigError("engine: an SP-KV model with a sliding_window (" + std::to_string(c.sliding_window) +
+                      ") is not supported");
+  if (model_->parameters().front().device() != torch::kCPU)
+    throw ConfigError("engine: the model must be on the CPU (the engine's kernels are the CPU ones)");
+  if (o.chunk < 1) throw ConfigError("engine: chunk " + std::to_string(o.chunk) + " must be at least 1");
+  KvCacheShape s{o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, o.page_size};
+  gated_ = c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense;
+  if (gated_)
+    cache_ = std::make_unique<SpkvKvCache>(s, c.spkv.window);
+  else if (c.sliding_window > 0)  // a sliding window is a ring whose tokens are all dropped (keep = 0)
+    cache_ = std::make_unique<SpkvKvCache>(s, c.sliding_window);
+  else
+    cache_ = std::make_unique<DenseKvCache>(s);
+  model_->eval();
+}
+
+void Engine::clear() {
+  for (int64_t b = 0; b < opt_.n_seq; ++b) cache_->clear(b);
+  pos_ = 0;
+}
+
+EngineStep Engine::forward(const torch::Tensor& tokens) {
+  if (tokens.dim() != 2 || tokens.size(0) != opt_.n_seq)
+    throw InputError("engine: tokens must be (" + std::to_string(opt_.n_seq) + ", T), got " +
+                     std::to_string(tokens.dim()) + " dims with size(0) " + std::to_string(tokens.size(0)));
+  const int64_t T = tokens.size(1);
+  if (pos_ + T > model_->config.max_seq_len)
+    throw InputError("engine: " + std::to_string(pos_ + T) + " tokens is past the model's context (" +
+                     std::to_string(model_->config.max_seq_len) + ")");
+  std::vector<EngineStep> parts;
+  for (int64_t t0 = 0; t0 < T; t0 += opt_.chunk)
+    parts.push_back(forward_chunk(tokens.narrow(1, t0, std::min(opt_.chunk, T - t0)).to(torch::kInt64)));
+  if (parts.size() == 1) return parts[0];
+  EngineStep out;
+  std::vector<torch::Tensor> logits, utility, keep;
+  for (auto& p : parts) {
+    logits.push_back(p.logits);
+    if (p.utility.defined()) utility.push_back(p.utility), keep.push_back(p.keep);
+  }
+  out.logits = torch::cat(logits, 1);
+  if (!utility.empty()) out.utility = torch::cat(utility, 1), out.keep = torch::cat(keep, 1);
+  return out;
+}
+
+EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
+  torch::NoGradGuard no_grad;
+  const ModelConfig& c = model_->config;
+  const int64_t B = tokens.size(0), T = tokens.size(1), H = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim;
+  auto positions = torch::arange(pos_, pos_ + T, torch::kInt64);  // (T)
+  auto x = model_->model->embed_tokens(tokens);                    // (B, T, C)
+  std::vector<torch::Tensor> us, keeps;
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    auto* layer = model_->model->layers[il]->as<DecoderLayer>();
+    auto& attn = layer->self_attn;
+    auto h = layer->input_layernorm(x);                                                   // (B, T, C)
+    auto q = model_->rope.apply(attn->q_proj(h).view({B, T, H, D}).transpose(1, 2), positions);    // (B, H, T, D)
+    auto k = model_->rope.apply(attn->k_proj(h).view({B, T, Hkv, D}).transpose(1, 2), positions);  // (B, Hkv, T, D)
+    auto v = attn->v_proj(h).view({B, T, Hkv, D}).transpose(1, 2);                                // (B, Hkv, T, D)
+    auto keep = torch::zeros({B, T, Hkv}, torch::kBool);  // (B, T, Hkv)
+    if (attn->utility) {
+      auto u = attn->utility(attn->tap_residual ? x : h);  // (B, T, Hkv)
+      keep = u >= model_->gates.tau;
+      if (c.spkv.keep_first > 0) keep = keep | (positions < c.spkv.keep_first).view({1, T, 1});
+      us.push_back(u), keeps.push_back(keep);
+    }
+    auto y = attend(il, q, k, v, keep.to(torch::kUInt8));  // (B, H, T, D)
+    x = x + attn->o_proj(y.transpose(1, 2).reshape({B, T, H * D}));
+    x = x + layer->mlp(layer->post_attention_layernorm(x));
+  }
+  pos_ += T;
+  x = model_->model->norm(x);
+  EngineStep out;
+  out.logits = model_->lm_head ? model_->lm_head(x) : torch::matmul(x, model_->model->embed_tokens->weight.t());
+  if (!us.empty()) out.utility = torch::stack(us, 2), out.keep = torch::stack(keeps, 2);  // (B, T, L, Hkv)
+  return out;
+}
+
+torch::Tensor Engine::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& keep) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1);
+  auto qc = q.contiguous();
+  auto y = torch::empty_like(qc);                  // (B, H, T, D)
+  auto kt = k.transpose(1, 2).contiguous();        // (B, T, Hkv, D): one token's rows are contiguous
+  auto vt = v.transpose(1, 2).contiguous();        // (B, T, Hkv, D)
+  auto kc = keep.contiguous();                     // (B, T, Hkv)
+  const float* kp = kt.data_ptr<float>();
+  const float* vp = vt.data_ptr<float>();
+  const uint8_t* zp = kc.data_ptr<uint8_t>();
+  auto row = [&](int64_t b, int64_t t) { return (b * T + t) * Hkv; };  // (b, t, hk = 0) in (B, T, Hkv)
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  auto append_all = [&] {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t)
+        cache_->append(b, il, kp + row(b, t) * D, vp + row(b, t) * D, zp + row(b, t));
+  };
+  if (T == 1) {  // decode: the token joins the cache, then attends over it
+    append_all();
+    kernels::DecodeParams p;
+    p.q = qc.data_ptr<float>(), p.y = y.data_ptr<float>(), p.H = H, p.scale = scale;
+    p.cache = cache_->view(il);
+    check(kernels::cpu::decode_attention(p), "decode attention");
+    return y;
+  }
+  // Prefill: per sequence, keys = [store (padded to the longest head) | ring slots | the chunk].
+  const kernels::CacheView cv = cache_->view(il);
+  std::vector<int64_t> q_pos(T);
+  for (int64_t t = 0; t < T; ++t) q_pos[t] = pos_ + t;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n_store = 0;
+    for (int64_t hk = 0; hk < Hkv; ++hk) n_store = std::max<int64_t>(n_store, cv.store_len[b * Hkv + hk]);
+    const int64_t ring = cv.W > 0 ? cv.ring_len[b] : 0, S = n_store + ring + T;
+    std::vector<float> K(Hkv * S * D), V(Hkv * S * D);
+    std::vector<uint8_t> kept(Hkv * S, 0);  // store padding stays 0: invisible, being far and not kept
+    std::vector<int64_t> k_pos(S, kFar);
+    for (int64_t hk = 0; hk < Hkv; ++hk) {
+      const int64_t i = b * Hkv + hk;
+      float* Kh = K.data() + hk * S * D;
+      float* Vh = V.data() + hk * S * D;
+      for (int64_t j = 0; j < cv.store_len[i]; ++j) {
+        const int32_t page = cv.store_pages[cv.store_indptr[i] + j / cv.page_size];
+        const int64_t row = (j % cv.page_size) * D;
+        std::copy_n(cv.page_k[page] + row, D, Kh + j * D);
+        std::copy_n(cv.page_v[page] + row, D, Vh + j * D);
+        kept[hk * S + j] = 1;
+      }
+      for (int64_t slot = 0; slot < ring; ++slot) {
+        const int64_t s = n_store + slot, src = (i * cv.W + slot) * D;
+        std::copy_n(cv.ring_k + src, D, Kh + s * D);
+        std::copy_n(cv.ring_v + src, D, Vh + s * D);
+        kept[hk * S + s] = cv.ring_keep[i * cv.W + slot];
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t s = n_store + ring + t;
+        std::copy_n(kp + (row(b, t) + hk) * D, D, Kh + s * D);
+        std::copy_n(vp + (row(b, t) + hk) * D, D, Vh + s * D);
+        kept[hk * S + s] = zp[row(b, t) + hk];
+      }
+    }
+    for (int64_t slot = 0; slot < ring; ++slot) k_pos[n_store + slot] = cv.ring_pos[b * cv.W + slot];
+    for (int64_t t = 0; t < T; ++t) k_pos[n_store + ring + t] = pos_ + t;
+    kernels::GatedAttentionParams p;
+    p.q = qc.data_ptr<float>() + b * H * T * D, p.y = y.data_ptr<float>() + b * H * T * D, p.k = K.data(), p.v = V.data();
+    p.keep = kept.data(), p.q_pos = q_pos.data(), p.k_pos = k_pos.data();
+    p.B = 1, p.H = H, p.Hkv = Hkv, p.T = T, p.S = S, p.D = D, p.window = cache_->window(), p.scale = scale;
+    kernels::set_contiguous_strides(p);
+    check(kernels::cpu::gated_attention(p), "prefill attention");
+  }
+  append_all();
+  return y;
+}
+
+ScoredDocument score_document(Engine& engine, const std::vector<int32_t>& tokens) {
+  if (tokens.size() < 2) throw InputError("score: a document needs at least 2 tokens, got " + std::to_string(tokens.size()));
+  engine.clear();
+  auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0);  // (1, T)
+  EngineStep step = engine.forward(ids);
+  const int64_t T = ids.size(1);
+  auto logp = torch::log_softmax(step.logits[0].to(torch::kFloat64), -1);                                  // (T, V)
+  auto nll = -logp.narrow(0, 0, T - 1).gather(1, ids[0].narrow(0, 1, T - 1).unsqueeze(1)).squeeze(1);     // (T-1)
+  ScoredDocument out;
+  out.nll.assign(nll.data_ptr<double>(), nll.data_ptr<double>() + T - 1);
+  if (step.utility.defined()) out.utility = step.utility[0], out.keep = step.keep[0];
+  return out;
+}
+
+}  // namespace spkv

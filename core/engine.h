@@ -1,0 +1,70 @@
+// The inference engine: runs a Llama-family model over token streams through a KV cache, chunked prefill
+// then one-token decode, with SP-KV gate decisions turned into cache evictions. generate(), scoring and
+// `spkv run` go through it. It borrows the model and owns the cache (kv_cache.h); the attention math is in
+// kernels/cpu. Not the training path: the trainer uses the masked full-sequence forward of model.h.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "core/kv_cache.h"
+#include "core/model.h"
+
+namespace spkv {
+
+struct EngineOptions {
+  int64_t n_seq = 1;       // B: sequences fed in lockstep
+  int64_t chunk = 128;     // prefill chunk length (tokens per attention call)
+  int64_t page_size = 16;  // tokens per cache page
+  // Full attention through DenseKvCache even for an SP-KV model. The gates still run, so their scores and
+  // decisions (what they would decide) are reported.
+  bool dense = false;
+};
+
+// The result of feeding T new tokens to every sequence.
+struct EngineStep {
+  torch::Tensor logits;   // (B, T, V) float32
+  torch::Tensor utility;  // (B, T, L, Hkv) float32 gate scores u; undefined for a model without SP-KV
+  torch::Tensor keep;     // (B, T, L, Hkv) bool decisions: u >= tau, or a position < keep_first
+};
+
+// Gate semantics: a token's gate decision is final when it is computed; the cache keeps it after it leaves
+// the window iff the decision is "keep". The model's gate mode selects the cache: dense -> DenseKvCache,
+// any other mode -> SpkvKvCache with hard decisions at model->gates.tau (soft scores cannot be compacted).
+// Results equal the masked full-sequence forward in hard mode (tested to 1e-4).
+class Engine {
+ public:
+  explicit Engine(LlamaForCausalLM model, const EngineOptions& o = {});
+  // Feeds tokens (B, T) int64 at the next T positions of every sequence; T > o.chunk is split into chunks.
+  // Throws InputError past the model's context.
+  EngineStep forward(const torch::Tensor& tokens);
+  void clear();  // forgets every sequence
+  int64_t position() const { return pos_; }  // tokens fed to each sequence so far
+  bool gated() const { return gated_; }       // decisions evict (SpkvKvCache) rather than being only logged
+  const KvCache& cache() const { return *cache_; }
+  LlamaForCausalLM& model() { return model_; }
+
+ private:
+  EngineStep forward_chunk(const torch::Tensor& tokens);  // (B, T)
+  // q: (B, H, T, D), k/v: (B, Hkv, T, D) for positions pos_ .. pos_ + T - 1, keep: (B, T, Hkv) uint8.
+  // Attends over the cache plus these tokens, then appends them. -> (B, H, T, D)
+  torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& keep);
+
+  LlamaForCausalLM model_;
+  EngineOptions opt_;
+  bool gated_ = false;
+  int64_t pos_ = 0;
+  std::unique_ptr<KvCache> cache_;
+};
+
+// Teacher-forced NLL of one document streamed through the engine (cleared first, B = 1): nll (T - 1) in
+// nats, each token predicted from the pruned cache, plus every token's gate scores and decisions.
+// The document must fit the model's context.
+struct ScoredDocument {
+  std::vector<double> nll;  // (T - 1)
+  torch::Tensor utility;    // (T, L, Hkv) float32, undefined without SP-KV
+  torch::Tensor keep;       // (T, L, Hkv) bool
+};
+ScoredDocument score_document(Engine& engine, const std::vector<int32_t>& tokens);
+
+}  // namespace spkv

@@ -1,0 +1,80 @@
+// The KV cache, separate from the model. SpkvKvCache is the compacted per-head SP-KV cache: for each
+// (sequence, layer, KV head) a ring of the last W tokens plus an append-only long-term store that a token
+// enters, when it leaves the ring, only if its gate is open. DenseKvCache keeps every token (the
+// full-attention baseline). Both store K/V rows in pages from one pool and hand the kernels a
+// kernels::CacheView. Torch-free: rows in as raw floats. Not the attention itself (kernels/) nor the model.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/decode_params.h"
+
+namespace spkv {
+
+struct KvCacheShape {
+  int64_t n_seq = 1, n_layers = 0, n_kv_heads = 0, head_dim = 0;  // B, L, Hkv, D
+  int64_t page_size = 16;                                          // tokens per store page
+};
+
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  // Appends the next token of sequence b to layer il. k, v: (Hkv, D) rows; keep: (Hkv) gate decisions
+  // (1 = keep the token once it leaves the window; DenseKvCache keeps everything and ignores them).
+  virtual void append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t* keep) = 0;
+  // The kernels' view of layer il. Valid until the next append or clear.
+  kernels::CacheView view(int64_t il);
+  // Forgets sequence b in every layer; its pages go back to the pool (still allocated, and counted).
+  void clear(int64_t b);
+
+  const KvCacheShape& shape() const { return shape_; }
+  int64_t window() const { return W_; }
+  int64_t length(int64_t b, int64_t il) const { return seen_[il * shape_.n_seq + b]; }  // tokens appended
+  // K/V rows held for (b, il, hk): ring slots in use plus the store.
+  int64_t entries(int64_t b, int64_t il, int64_t hk) const;
+  int64_t entries() const;  // summed over every (b, il, hk)
+  // Bytes of K/V storage allocated: the rings plus every page the pool has allocated.
+  int64_t bytes_allocated() const;
+
+ protected:
+  KvCache(const KvCacheShape& s, int64_t W);
+  void store_row(int64_t b, int64_t il, int64_t hk, const float* k, const float* v);  // onto the store
+  size_t head(int64_t b, int64_t il, int64_t hk) const { return (il * shape_.n_seq + b) * shape_.n_kv_heads + hk; }
+
+  KvCacheShape shape_;
+  int64_t W_;                    // ring slots; 0 for the dense cache
+  std::vector<int64_t> seen_;    // (L, B) tokens appended
+  // Rings, per layer: k/v (L, B, Hkv, W, D), pos (L, B, W), keep (L, B, Hkv, W), len (L, B).
+  std::vector<float> ring_k_, ring_v_;
+  std::vector<int64_t> ring_pos_;
+  std::vector<uint8_t> ring_keep_;
+  std::vector<int32_t> ring_len_;
+
+ private:
+  int32_t new_page();
+  struct Store {
+    std::vector<int32_t> pages;
+    int32_t len = 0;
+  };
+  std::vector<Store> stores_;                  // (L, B, Hkv)
+  std::vector<std::unique_ptr<float[]>> pool_;  // page id -> [K (P, D) | V (P, D)]
+  std::vector<float*> page_k_, page_v_;  // page id -> its K and V rows
+  std::vector<int32_t> free_pages_;
+  // The CSR of the last view() call: indptr (B * Hkv + 1), page ids, lengths.
+  std::vector<int32_t> csr_indptr_, csr_pages_, csr_len_;
+};
+
+class SpkvKvCache : public KvCache {
+ public:
+  SpkvKvCache(const KvCacheShape& s, int64_t window);  // window W >= 1
+  void append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t* keep) override;
+};
+
+class DenseKvCache : public KvCache {
+ public:
+  explicit DenseKvCache(const KvCacheShape& s);
+  void append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t* keep) override;
+};
+
+}  // namespace spkv

@@ -1,0 +1,44 @@
+// The view of one layer of a compacted per-head KV cache, and the params of decode attention over it:
+// raw pointers, sizes and CSR offsets, FlashInfer-style. The cache (core/kv_cache.h) fills the view; the
+// kernels only read it. No LibTorch here.
+#pragma once
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+
+namespace spkv::kernels {
+
+// One layer of the cache for n_seq sequences. Every (sequence b, KV head hk) has two parts:
+//  - the ring: the last W tokens of the sequence (slots [0, ring_len[b]) are valid; a token at position p
+//    sits in slot p % W). Every KV head of a sequence has the same ring positions; W = 0: no ring (dense).
+//  - the long-term store: the tokens that left the ring with their gate open, in pages of page_size tokens,
+//    CSR over i = b * Hkv + hk: pages store_pages[store_indptr[i] .. store_indptr[i + 1]) hold
+//    store_len[i] tokens in order (the last page may be partly filled).
+struct CacheView {
+  int64_t n_seq = 0, Hkv = 0, D = 0;
+  int64_t W = 0;
+  const float* ring_k = nullptr;     // (n_seq, Hkv, W, D)
+  const float* ring_v = nullptr;     // (n_seq, Hkv, W, D)
+  const int64_t* ring_pos = nullptr; // (n_seq, W) position of the token in each slot
+  const uint8_t* ring_keep = nullptr;// (n_seq, Hkv, W) gate decision of the token in each slot
+  const int32_t* ring_len = nullptr; // (n_seq)
+  int64_t page_size = 0;
+  const float* const* page_k = nullptr;  // page id -> K rows (page_size, D)
+  const float* const* page_v = nullptr;  // page id -> V rows (page_size, D)
+  const int32_t* store_indptr = nullptr; // (n_seq * Hkv + 1)
+  const int32_t* store_pages = nullptr;  // (store_indptr[n_seq * Hkv]) page ids
+  const int32_t* store_len = nullptr;    // (n_seq * Hkv) tokens in the store
+};
+
+// One new query token per sequence, already appended to the cache:
+// y[b, h] = softmax over (ring ∪ store of (b, hk)) of q[b, h] . k * scale, @ v, with hk = h / (H / Hkv).
+// Every ring token is within the window of the newest token; every store token was kept by its gate.
+struct DecodeParams {
+  const float* q = nullptr;  // (n_seq, H, D)
+  float* y = nullptr;        // (n_seq, H, D)
+  int64_t H = 0;
+  float scale = 0.0f;
+  CacheView cache;
+};
+
+}  // namespace spkv::kernels

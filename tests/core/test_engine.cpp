@@ -1,0 +1,145 @@
+// The engine (chunked prefill + decode through the compacted cache) against the masked full-sequence
+// forward of model.cpp, which the gating tests check against a float64 reference: logits within 1e-4 for
+// several windows, thresholds and chunk lengths on documents many windows long, decisions equal to
+// u >= tau, and the cache holding exactly the window plus the kept tokens.
+#include <gtest/gtest.h>
+
+#include "core/engine.h"
+#include "core/errors.h"
+#include "core/generate.h"
+#include "core/tokenizer.h"
+#include "tests/test_util.h"
+
+namespace spkv {
+namespace {
+
+ModelConfig tiny_config(int64_t window, double tau, int64_t keep_first = 0) {
+  ModelConfig c;
+  c.dim = 48, c.hidden_dim = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 12;
+  c.vocab_size = 53, c.max_seq_len = 320;
+  c.spkv.enabled = true, c.spkv.window = window, c.spkv.tau = tau, c.spkv.keep_first = keep_first;
+  c.spkv.predictor_hidden = 12;
+  return c;
+}
+
+// Large random weights so that the gates fall on both sides of tau and attention is not uniform.
+LlamaForCausalLM random_model(const ModelConfig& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  LlamaForCausalLM m(c);
+  torch::NoGradGuard ng;
+  for (auto& p : m->parameters()) p.normal_(0.0, 0.3);
+  m->eval();
+  return m;
+}
+
+EngineOptions options(int64_t n_seq, int64_t chunk, bool dense = false) {
+  EngineOptions o;
+  o.n_seq = n_seq, o.chunk = chunk, o.dense = dense;
+  return o;
+}
+
+torch::Tensor random_tokens(int64_t T, int64_t vocab, uint64_t seed) {
+  torch::manual_seed(seed);
+  return torch::randint(vocab, {1, T}, torch::kInt64);
+}
+
+double max_rel(const torch::Tensor& a, const torch::Tensor& ref) {
+  return ((a - ref).abs().max() / std::max(1.0, ref.abs().max().item<double>())).item<double>();
+}
+
+TEST(Engine, StreamedLogitsEqualTheMaskedForwardForSeveralWindowsAndThresholds) {
+  const int64_t T = 300;
+  for (auto [W, tau] : std::vector<std::pair<int64_t, double>>{{5, 0.5}, {16, 0.3}, {37, 0.7}}) {
+    auto m = random_model(tiny_config(W, tau), 100 + W);
+    const auto tokens = random_tokens(T, 53, W);
+    torch::NoGradGuard ng;
+    auto masked = m(tokens)[0];  // (T, V) hard gates at tau
+    m->gates.mode = GateMode::dense;
+    auto dense = m(tokens)[0];
+    m->gates.mode = GateMode::hard;
+    ASSERT_GT(max_rel(dense, masked), 1e-2) << "the gates must matter, or the test cannot fail";
+    // Decisions of the masked forward: (T, L, Hkv)
+    std::vector<torch::Tensor> u;
+    m(tokens);
+    for (auto& layer : *m->model->layers) u.push_back(layer->as<DecoderLayer>()->self_attn->last_utility[0]);
+    auto keep = torch::stack(u, 1) >= tau;
+    const double kept = keep.to(torch::kFloat64).mean().item<double>();
+    ASSERT_GT(kept, 0.1);
+    ASSERT_LT(kept, 0.9);
+    for (int64_t chunk : {1, 7, 64, 300}) {
+      Engine e(m, options(1, chunk));
+      ASSERT_TRUE(e.gated());
+      EngineStep s = e.forward(tokens);
+      EXPECT_LT(max_rel(s.logits[0], masked), 1e-4) << "W " << W << " tau " << tau << " chunk " << chunk;
+      EXPECT_TRUE(torch::equal(s.keep[0], keep)) << "W " << W << " chunk " << chunk;
+      // The cache holds each head's window plus its kept tokens from before the window.
+      for (int64_t il = 0; il < 2; ++il)
+        for (int64_t hk = 0; hk < 2; ++hk)
+          EXPECT_EQ(e.cache().entries(0, il, hk),
+                    W + keep.narrow(0, 0, T - W).select(1, il).select(1, hk).sum().item<int64_t>());
+    }
+  }
+}
+
+TEST(Engine, KeepFirstPromptPrefillThenDecodeAndBatchedSequences) {
+  auto m = random_model(tiny_config(8, 0.6, /*keep_first=*/3), 5);
+  torch::NoGradGuard ng;
+  auto a = random_tokens(150, 53, 1), b = random_tokens(150, 53, 2);
+  auto ref_a = m(a)[0], ref_b = m(b)[0];
+  Engine e(m, options(2, 32));
+  auto both = torch::cat({a, b}, 0);  // (2, 150)
+  // A 90-token prompt, then one token at a time: the generate() pattern.
+  auto first = e.forward(both.narrow(1, 0, 90)).logits;
+  std::vector<torch::Tensor> steps{first};
+  for (int64_t t = 90; t < 150; ++t) steps.push_back(e.forward(both.narrow(1, t, 1)).logits);
+  auto got = torch::cat(steps, 1);  // (2, 150, V)
+  EXPECT_LT(max_rel(got[0], ref_a), 1e-4);
+  EXPECT_LT(max_rel(got[1], ref_b), 1e-4);
+  EXPECT_EQ(e.position(), 150);
+  EXPECT_THROW(e.forward(torch::zeros({2, 171}, torch::kInt64)), InputError);  // past the context of 320
+}
+
+TEST(Engine, DenseOptionEqualsFullAttentionAndStillReportsDecisions) {
+  auto m = random_model(tiny_config(6, 0.5), 9);
+  torch::NoGradGuard ng;
+  auto tokens = random_tokens(120, 53, 3);
+  m->gates.mode = GateMode::dense;
+  auto full = m(tokens)[0];
+  m->gates.mode = GateMode::hard;
+  Engine e(m, options(1, 50, /*dense=*/true));
+  EXPECT_FALSE(e.gated());
+  auto s = e.forward(tokens);
+  EXPECT_LT(max_rel(s.logits[0], full), 1e-4);
+  EXPECT_EQ(e.cache().entries(), 2 * 2 * 120);
+  const double kept = s.keep.to(torch::kFloat64).mean().item<double>();
+  EXPECT_GT(kept, 0.1);
+  EXPECT_LT(kept, 0.9);
+}
+
+TEST(Engine, DefaultModelScoresLikeTheMaskedForward) {
+  const std::string dir = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
+  if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " is absent";
+  auto tok = load_tokenizer(dir + "/tokenizer.model");
+  auto text = test::read_file(dir + "/heldout/text/jargon.txt").substr(0, 6000);
+  auto ids = tok->encode(text, true, false);
+  ids.resize(std::min<size_t>(ids.size(), 700));
+  ASSERT_GT(ids.size(), 500u);
+  auto m = load_model(dir);
+  for (auto [W, tau] : std::vector<std::pair<int64_t, double>>{{64, 0.5}, {16, 0.3}}) {
+    m->config.spkv.window = W, m->gates.tau = tau;
+    const auto ref = token_nll(m, ids);
+    Engine e(m, options(1, 128));
+    const auto got = score_document(e, ids);
+    ASSERT_EQ(got.nll.size(), ref.size());
+    double worst = 0, sum_ref = 0, sum_got = 0;
+    for (size_t i = 0; i < ref.size(); ++i)
+      worst = std::max(worst, std::abs(got.nll[i] - ref[i])), sum_ref += ref[i], sum_got += got.nll[i];
+    EXPECT_LT(worst, 1e-4) << "W " << W << " tau " << tau;
+    EXPECT_NEAR(sum_got / ref.size(), sum_ref / ref.size(), 1e-6 * sum_ref / ref.size());
+    EXPECT_LT(e.cache().entries(), int64_t(3 * 4 * 4 * ids.size() / 4))
+        << "the default model's gates close: the cache is well below dense (4 layers x 4 heads x T)";
+  }
+}
+
+}  // namespace
+}  // namespace spkv
