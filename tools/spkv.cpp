@@ -18,6 +18,7 @@
 
 #include "analysis/stats.h"
 #include "core/checkpoint.h"
+#include "core/documents.h"
 #include "core/errors.h"
 #include "core/generate.h"
 #include "core/model.h"
@@ -28,6 +29,7 @@
 #include "core/tokenizer.h"
 #include "core/toy_reversal.h"
 #include "core/trainer.h"
+#include "tools/run.h"
 
 namespace fs = std::filesystem;
 using namespace spkv;
@@ -107,62 +109,6 @@ void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new
   if (isatty(fileno(stdout))) std::fputc('\n', stderr);
 }
 
-// Documents from a file or folder (recursive, sorted): .txt files split on `separator` ("" = whole files),
-// and .jsonl files, one document per line in its "text" field (e.g. `spkv tasks generate` output).
-std::vector<std::pair<std::string, std::string>> read_documents(const std::string& input, const std::string& separator) {
-  std::vector<fs::path> files;
-  if (fs::is_directory(input)) {
-    // Not recursive_directory_iterator (see remove_tree in core/safetensors.h); like it, links to folders
-    // are not followed.
-    std::function<void(const fs::path&)> walk = [&](const fs::path& dir) {
-      for (auto& e : fs::directory_iterator(dir))
-        if (e.is_directory() && !e.is_symlink()) walk(e.path());
-        else if (e.is_regular_file() && (e.path().extension() == ".txt" || e.path().extension() == ".jsonl"))
-          files.push_back(e.path());
-    };
-    walk(input);
-    std::sort(files.begin(), files.end());
-  } else if (fs::is_regular_file(input)) {
-    files.push_back(input);
-  } else {
-    throw InputError(input + ": no such file or directory");
-  }
-  std::vector<std::pair<std::string, std::string>> docs;
-  for (auto& f : files) {
-    if (f.extension() == ".jsonl") {
-      for (auto& d : read_tasks_jsonl(f.string())) docs.emplace_back(f.string() + "#" + std::to_string(docs.size()), d.text);
-      continue;
-    }
-    std::ifstream in(f, std::ios::binary);
-    if (!in) throw InputError(f.string() + ": cannot open");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string text = ss.str();
-    size_t pos = 0;
-    int part = 0;
-    while (pos <= text.size()) {
-      size_t end = separator.empty() ? std::string::npos : text.find(separator, pos);
-      std::string doc = text.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-      const size_t a = doc.find_first_not_of(" \t\r\n"), b = doc.find_last_not_of(" \t\r\n");
-      if (a != std::string::npos) docs.emplace_back(f.string() + "#" + std::to_string(part++), doc.substr(a, b - a + 1));
-      if (end == std::string::npos) break;
-      pos = end + separator.size();
-    }
-  }
-  if (docs.empty()) throw InputError(input + ": no documents (no non-empty .txt or .jsonl text)");
-  return docs;
-}
-
-std::vector<std::pair<std::string, std::string>> read_all_documents(const std::vector<std::string>& inputs,
-                                                                    const std::string& separator) {
-  std::vector<std::pair<std::string, std::string>> docs;
-  for (auto& in : inputs) {
-    auto d = read_documents(in, separator);
-    docs.insert(docs.end(), d.begin(), d.end());
-  }
-  return docs;
-}
-
 // Evaluation-time changes to a loaded model: the SP-KV threshold, and a sliding window that hides every key
 // beyond it (the local-only ablation of any model).
 struct EvalOverrides {
@@ -192,7 +138,7 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   std::vector<std::vector<int32_t>> ids;
   int64_t total = 0;
   for (auto& d : docs) {
-    ids.push_back(tok->encode(d.second, /*bos=*/true, /*eos=*/false));
+    ids.push_back(tok->encode(d.text, /*bos=*/true, /*eos=*/false));
     total += int64_t(ids.back().size()) - 1;
   }
   std::vector<double> doc_mean, doc_tokens;
@@ -275,7 +221,7 @@ void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& 
   int64_t n_train = 0, n_val = 0;
   Progress bar("tokenize", int64_t(docs.size()), "doc");
   for (size_t i = 0; i < docs.size(); ++i) {
-    auto ids = tok->encode(docs[i].second, /*bos=*/true, /*eos=*/false);
+    auto ids = tok->encode(docs[i].text, /*bos=*/true, /*eos=*/false);
     const bool held_out = val_inputs.empty() ? i % size_t(val_every) == size_t(val_every) - 1 : i >= n_train_docs;
     (held_out ? n_val : n_train) += int64_t(ids.size());
     (held_out ? val : train).push_back(std::move(ids));
@@ -295,7 +241,7 @@ void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& 
 void cmd_train_tokenizer(const std::vector<std::string>& inputs, const std::string& separator,
                          SentencePieceTrainOptions o) {
   std::string text;
-  for (auto& [name, d] : read_all_documents(inputs, separator)) text += d + "\n";
+  for (auto& d : read_all_documents(inputs, separator)) text += d.text + "\n";
   const std::string tmp = o.out_model + ".input.txt";
   write_file_atomic(tmp, text);
   o.input = tmp;
@@ -312,7 +258,7 @@ void cmd_train_tokenizer(const std::vector<std::string>& inputs, const std::stri
 void cmd_tasks_generate(const std::vector<std::string>& filler_inputs, const std::string& separator,
                         const TaskGenOptions& o, const std::string& out) {
   std::vector<std::string> filler;
-  for (auto& [name, d] : read_all_documents(filler_inputs, separator)) filler.push_back(d);
+  for (auto& d : read_all_documents(filler_inputs, separator)) filler.push_back(d.text);
   auto docs = generate_tasks(filler, o);
   write_tasks_jsonl(out, docs);
   fmt::print("wrote {} tasks to {}\n", docs.size(), out);
@@ -504,6 +450,23 @@ int main(int argc, char** argv) {
   teval->add_option("--json", te_json, "also write the results here");
   ov.add(teval);
 
+  auto* run = app.add_subcommand("run", "run an SP-KV model over a corpus through the KV cache; log every gate decision to HDF5");
+  RunOptions ro;
+  ro.tool_version = SPKV_VERSION, ro.git_commit = SPKV_GIT_COMMIT;
+  run->add_option("--model,-m", ro.model, "SP-KV model (Hugging Face-style directory)")->required();
+  run->add_option("--tokenizer,-t", ro.tokenizer, "tokenizer file (default: found beside the model)");
+  run->add_option("--out,-o", ro.out, "the gate log to write (.h5)")->required();
+  run->add_option("inputs", ro.inputs, "text files, folders (recursive) or JSONL files with a \"text\" and optional \"id\"")->required();
+  run->add_option("--separator", ro.separator, "document separator inside .txt files (default: one document per file)");
+  run->add_option("--tau", ro.tau, "gate threshold (default: the model's)");
+  run->add_option("--window", ro.window, "local window W (default: the model's)")->check(CLI::PositiveNumber);
+  run->add_option("--chunk", ro.chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+  run->add_option("--max-docs", ro.max_docs, "at most this many input documents (0 = all)");
+  run->add_flag("--dense", ro.dense, "full attention; log what the gates would decide");
+  run->add_flag("--resume", ro.resume, "continue the OUT.partial log of an interrupted run (same model and settings)");
+  run->add_option("--flush-seconds", ro.flush_seconds, "flush the partial log at most this often (a kill loses at most this much work)")
+      ->check(CLI::NonNegativeNumber);
+
   auto* tr = app.add_subcommand("train", "train or adapt a model from a recipe (JSON); see docs/training.md");
   std::string recipe;
   TrainOptions to;
@@ -558,6 +521,10 @@ int main(int argc, char** argv) {
     if (*rev) cmd_toy(toy_o);
     if (*ev) cmd_eval(ma, input, separator, max_docs, ov, ev_json);
     if (*conv) cmd_convert(ma, out);
+    if (*run) {
+      std::signal(SIGINT, on_sigint);
+      cmd_run(ro, g_stop);
+    }
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "spkv: error: %s\n", one_line(e.what()).c_str());

@@ -1,0 +1,38 @@
+// Reading corpora into documents: text files (optionally split on a separator), folders of them, and JSONL
+// files with a "text" field and an optional "id". Torch-free. Not tokenization.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace spkv {
+
+struct Document {
+  std::string id;    // "id" of a JSONL line, else "<file>#<n>" (n counts the file's documents from 0)
+  std::string text;  // UTF-8
+};
+
+// Documents from a file or a folder (walked recursively in sorted order; links to folders are not
+// followed): .txt files split on `separator` ("" = whole files, surrounding whitespace trimmed, empty
+// parts skipped) and .jsonl files, one document per non-blank line. Throws InputError naming the file
+// (and line) for an unreadable file, a JSONL line that is not an object with a string "text", text that
+// is not valid UTF-8 (with the byte offset), or an input with no documents.
+std::vector<Document> read_documents(const std::string& input, const std::string& separator);
+std::vector<Document> read_all_documents(const std::vector<std::string>& inputs, const std::string& separator);
+
+// A tokenized document, or a piece of one that fits the model's context.
+struct TokenPiece {
+  std::string id;
+  std::vector<int32_t> tokens;
+  int32_t prev = -1;  // a later piece: the document's token before tokens[1] (its text depends on it)
+};
+// The split policy of `spkv run`, in words for the log's split_policy attribute.
+extern const char* const kSplitPolicy;
+// Cuts ids (BOS first) into pieces of at most `context` tokens by kSplitPolicy; pieces of one token go.
+std::vector<TokenPiece> split_to_context(const std::string& id, const std::vector<int32_t>& ids, int64_t context,
+                                         int32_t bos);
+
+// The byte offset of the first invalid UTF-8 sequence in s, or -1 if s is valid UTF-8.
+long utf8_error_offset(const std::string& s);
+
+}  // namespace spkv

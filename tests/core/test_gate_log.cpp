@@ -1,0 +1,220 @@
+// `spkv run` and its HDF5 gate log, read back with /usr/bin/python3 + h5py (an independent reader) and
+// compared with the engine's in-memory values; the summaries are recomputed from the decisions in Python;
+// a run killed with SIGKILL leaves a readable log that --resume completes to the uninterrupted result;
+// bad inputs get clear messages and leave no file behind.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "core/checkpoint.h"
+#include "core/documents.h"
+#include "core/engine.h"
+#include "core/sha256.h"
+#include "core/tokenizer.h"
+#include "tests/test_util.h"
+
+namespace spkv {
+namespace {
+using nlohmann::json;
+
+const std::string kModel = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
+const std::string kHeldout = kModel + "/heldout/text";
+
+#define SPKV_REQUIRE_MODEL_AND_H5PY()                                                                   \
+  do {                                                                                                  \
+    if (!std::filesystem::exists(kModel + "/model.safetensors")) GTEST_SKIP() << kModel << " is absent"; \
+    if (std::system("/usr/bin/python3 -c 'import h5py' 2>/dev/null") != 0)                               \
+      GTEST_SKIP() << "/usr/bin/python3 has no h5py (Debian package python3-h5py)";                       \
+  } while (0)
+
+json read_log(const std::string& path) {
+  test::TempDir tmp;
+  const std::string cmd = "/usr/bin/python3 " + test::quote(std::string(SPKV_SOURCE_DIR) + "/tests/core/read_gate_log.py") +
+                          " " + test::quote(path) + " > " + (tmp / "log.json") + " 2> " + (tmp / "err");
+  if (std::system(cmd.c_str()) != 0) {
+    ADD_FAILURE() << "h5py could not read " << path << ": " << test::read_file(tmp / "err");
+    return json();
+  }
+  return json::parse(test::read_file(tmp / "log.json"));
+}
+
+void expect_checks(const json& log) {
+  ASSERT_TRUE(log.contains("checks"));
+  for (auto& [name, ok] : log["checks"].items()) EXPECT_TRUE(ok.get<bool>()) << "h5py check failed: " << name;
+}
+
+TEST(GateLog, RunLogReadsBackWithH5pyAndMatchesTheEngine) {
+  SPKV_REQUIRE_MODEL_AND_H5PY();
+  test::TempDir tmp;
+  const std::string jargon = test::read_file(kHeldout + "/jargon.txt"), kjv = test::read_file(kHeldout + "/kjv.txt");
+  std::vector<std::pair<std::string, std::string>> jsonl = {
+      {"a", jargon.substr(0, 1500)}, {"b", jargon.substr(5000, 700)},
+      {"utf8", "A na\xc3\xafve caf\xc3\xa9 \xe2\x80\x94 \xe4\xbd\xa0\xe5\xa5\xbd, then more text to score."},
+      {"c", kjv.substr(20000, 900)}};
+  std::string lines;
+  for (auto& [id, text] : jsonl) lines += json{{"id", id}, {"text", text}}.dump() + "\n";
+  test::write_file(tmp / "docs.jsonl", lines);
+  const std::string long_text = kjv.substr(0, 9000);  // about 2,500 tokens: three pieces at context 1024
+  test::write_file(tmp / "long.txt", long_text);
+  auto r = test::run_spkv("run -m " + test::quote(kModel) + " --out " + (tmp / "log.h5") + " " + (tmp / "docs.jsonl") +
+                          " " + (tmp / "long.txt") + " --tau 0.4 --window 32 --chunk 100");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("density"), std::string::npos) << r.out;
+  const json log = read_log(tmp / "log.h5");
+  expect_checks(log);
+  const json& a = log["attrs"];
+  EXPECT_EQ(a["schema_version"], 1);
+  EXPECT_EQ(a["complete"], 1);
+  EXPECT_EQ(a["gating_mode"], "hard");
+  EXPECT_DOUBLE_EQ(a["tau"].get<double>(), 0.4);
+  EXPECT_EQ(a["window"], 32);
+  EXPECT_EQ(a["checkpoint_sha256"], sha256_files({kModel + "/model.safetensors"}));
+  EXPECT_EQ(json::parse(a["model_config"].get<std::string>())["num_hidden_layers"], 4);
+
+  // The engine, in this process, on the same pieces.
+  auto model = load_model(kModel);
+  model->gates.tau = 0.4, model->config.spkv.window = 32;
+  auto tok = load_tokenizer(kModel + "/tokenizer.model");
+  std::vector<TokenPiece> pieces;
+  for (auto& [id, text] : jsonl) pieces.push_back({id, tok->encode(text, true, false)});
+  for (auto& p : split_to_context((tmp / "long.txt") + "#0", tok->encode(long_text, true, false), 1024, 1))
+    pieces.push_back(p);
+  const json& docs = log["documents"];
+  ASSERT_EQ(docs.size(), pieces.size());
+  ASSERT_EQ(pieces.size(), 7u) << "the long document is split into three pieces";
+  EXPECT_EQ(log["summary"]["documents"], 7);
+  EngineOptions eo;
+  eo.chunk = 100;  // as in the run: the same chunks give the same float rounding
+  Engine engine(model, eo);
+  std::string long_back;
+  for (size_t d = 0; d < pieces.size(); ++d) {
+    SCOPED_TRACE(pieces[d].id);
+    const json& got = docs[d];
+    EXPECT_EQ(got["id"], pieces[d].id);
+    ASSERT_EQ(got["tokens"].get<std::vector<int32_t>>(), pieces[d].tokens);
+    if (d < jsonl.size()) EXPECT_EQ(got["text"], jsonl[d].second) << "token texts concatenate to the document";
+    else long_back += got["text"].get<std::string>();
+    const ScoredDocument s = score_document(engine, pieces[d].tokens);
+    const int64_t T = int64_t(pieces[d].tokens.size());
+    auto u = s.utility.reshape({T, 16}), z = s.keep.reshape({T, 16});
+    EXPECT_TRUE(got["nll"][0].is_null());
+    int64_t bad_nll = 0, bad_u = 0, bad_z = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      EXPECT_EQ(got["position"][t], t);
+      // 1e-4: float32 rounding differs with the thread count (the run uses every core, this test one).
+      if (t > 0 && std::abs(got["nll"][t].get<double>() - s.nll[t - 1]) > 1e-4 && bad_nll++ < 3)
+        ADD_FAILURE() << "nll at " << t << ": " << got["nll"][t] << " vs " << s.nll[t - 1];
+      for (int64_t i = 0; i < 16; ++i) {
+        const double ui = u[t][i].item<double>(), logged = got["u"][t][i].get<double>();
+        if (std::abs(logged - ui) > 1e-3 * std::max(ui, 0.01) && bad_u++ < 3)  // float16 rounding
+          ADD_FAILURE() << "u at " << t << "," << i << ": " << logged << " vs " << ui;
+        if (got["z"][t][i].get<int>() != z[t][i].item<int>() && bad_z++ < 3)
+          ADD_FAILURE() << "z at " << t << "," << i << ": " << got["z"][t][i] << " vs u " << ui;
+      }
+    }
+    EXPECT_EQ(bad_nll + bad_u + bad_z, 0);
+  }
+  EXPECT_EQ(long_back, long_text) << "the pieces of the long document concatenate to it";
+}
+
+TEST(GateLog, KilledRunLeavesAReadableLogThatResumeCompletes) {
+  SPKV_REQUIRE_MODEL_AND_H5PY();
+  test::TempDir tmp;
+  const std::string args = test::quote(kHeldout) + " --separator '<|endoftext|>' --max-docs 30 -m " + test::quote(kModel);
+  auto full = test::run_spkv("run " + args + " --out " + (tmp / "full.h5"));
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  const json ref = read_log(tmp / "full.h5");
+  const size_t n_docs = ref["documents"].size();
+
+  // Start the same run and SIGKILL it once a few blocks have reached the partial log.
+  const std::string out = tmp / "killed.h5", killed = out + ".partial";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(SPKV_BIN) + " run " + args + " --flush-seconds 0 --out " + out + " >/dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::error_code ec;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (!std::filesystem::exists(killed) || std::filesystem::file_size(killed, ec) < 400000))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the run finished before it could be killed";
+
+  const json part = read_log(killed);
+  expect_checks(part);
+  EXPECT_EQ(part["attrs"]["complete"], 0);
+  const size_t n_part = part["documents"].size();
+  EXPECT_GT(n_part, 0u);
+  EXPECT_LT(n_part, n_docs);
+  for (size_t d = 0; d < n_part; ++d) EXPECT_EQ(part["documents"][d], ref["documents"][d]) << "document " << d;
+
+  // Without --resume the partial log is refused and left as it is; a different tau cannot resume it.
+  const std::string before = sha256_files({killed});
+  auto refused = test::run_spkv("run " + args + " --out " + out);
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("an interrupted run left this log"), std::string::npos) << refused.err;
+  auto other_tau = test::run_spkv("run " + args + " --out " + out + " --resume --tau 0.3");
+  EXPECT_NE(other_tau.exit_code, 0);
+  EXPECT_NE(other_tau.err.find("cannot resume: tau"), std::string::npos) << other_tau.err;
+  EXPECT_EQ(sha256_files({killed}), before) << "refused runs leave the partial log untouched";
+
+  auto resumed = test::run_spkv("run " + args + " --out " + out + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming after " + std::to_string(n_part) + " documents"), std::string::npos) << resumed.err;
+  EXPECT_FALSE(std::filesystem::exists(killed)) << "the finished log replaces the partial one";
+  const json done = read_log(out);
+  expect_checks(done);
+  EXPECT_EQ(done["attrs"]["complete"], 1);
+  EXPECT_EQ(done["documents"], ref["documents"]) << "the resumed log equals the uninterrupted one";
+  auto again = test::run_spkv("run " + args + " --out " + out);
+  EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
+}
+
+TEST(GateLog, BadInputsGetClearMessagesAndNoFile) {
+  if (!std::filesystem::exists(kModel + "/model.safetensors")) GTEST_SKIP() << kModel << " is absent";
+  test::TempDir tmp;
+  auto run = [&](const std::string& inputs, const std::string& model = kModel) {
+    return test::run_spkv("run -m " + test::quote(model) + " --out " + (tmp / "log.h5") + " " + inputs);
+  };
+  auto missing = run(tmp / "nope.txt");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("nope.txt: no such file"), std::string::npos) << missing.err;
+  test::write_file(tmp / "latin1.txt", "caf\xe9 au lait");
+  auto utf8 = run(tmp / "latin1.txt");
+  EXPECT_NE(utf8.exit_code, 0);
+  EXPECT_NE(utf8.err.find("latin1.txt: invalid UTF-8 at byte 3"), std::string::npos) << utf8.err;
+  test::write_file(tmp / "bad.jsonl", "{\"text\": \"fine\"}\n{\"body\": \"no text\"}\n");
+  auto jsonl = run(tmp / "bad.jsonl");
+  EXPECT_NE(jsonl.exit_code, 0);
+  EXPECT_NE(jsonl.err.find("bad.jsonl:2: expected an object with a string field 'text'"), std::string::npos) << jsonl.err;
+  ModelConfig c;  // a dense model: nothing to log
+  c.dim = 16, c.hidden_dim = 32, c.n_layers = 1, c.n_heads = 2, c.n_kv_heads = 2, c.head_dim = 8;
+  c.vocab_size = 2048, c.max_seq_len = 64;
+  LlamaForCausalLM m(c);
+  save_hf_checkpoint(tmp / "dense", c, m->named_tensors());
+  copy_tokenizer_into(kModel + "/tokenizer.model", tmp / "dense");
+  auto dense = run(test::quote(kHeldout), tmp / "dense");
+  EXPECT_NE(dense.exit_code, 0);
+  EXPECT_NE(dense.err.find("has no spkv block"), std::string::npos) << dense.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "log.h5"));
+}
+
+TEST(GateLog, Sha256MatchesTheFipsExamples) {
+  EXPECT_EQ(sha256_string(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(sha256_string("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(sha256_string("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(sha256_string(std::string(1000000, 'a')), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+}  // namespace
+}  // namespace spkv

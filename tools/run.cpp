@@ -1,0 +1,167 @@
+// `spkv run`: streams every document of a corpus through the engine (the compacted SP-KV cache, or full
+// attention with --dense) and logs every token's gate scores and decisions to an HDF5 gate log. The
+// main job of the toolkit; everything downstream (analysis, notebooks, spkv-studio) reads its output.
+#include "tools/run.h"
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <set>
+
+#include "core/checkpoint.h"
+#include "core/documents.h"
+#include "core/engine.h"
+#include "core/errors.h"
+#include "core/gate_log.h"
+#include "core/progress.h"
+#include "core/sha256.h"
+#include "core/tokenizer.h"
+
+namespace spkv {
+namespace {
+
+std::string now_iso8601() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+// The record of one scored piece. Cache entries follow from the decisions: after token t a gated head holds
+// min(t + 1, W) ring entries plus every token s <= t - W it kept; a dense cache holds t + 1.
+LoggedDocument record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
+                      bool gated) {
+  const int64_t T = int64_t(p.tokens.size()), L = c.n_layers, Hkv = c.n_kv_heads, W = c.spkv.window;
+  LoggedDocument d;
+  d.id = p.id, d.tokens = p.tokens;
+  for (size_t t = 0; t < p.tokens.size(); ++t) {
+    const int32_t prev = t == 0 ? -1 : t == 1 && p.prev >= 0 ? p.prev : p.tokens[t - 1];
+    d.text.push_back(tok.token_bytes(prev, p.tokens[t]));
+  }
+  d.nll.push_back(std::nanf(""));
+  for (double x : s.nll) d.nll.push_back(float(x));
+  auto u = s.utility.to(torch::kHalf).contiguous();  // (T, L, Hkv)
+  const auto* ub = reinterpret_cast<const uint16_t*>(u.data_ptr<at::Half>());
+  d.u.assign(ub, ub + T * L * Hkv);
+  auto z = s.keep.to(torch::kUInt8).contiguous();  // (T, L, Hkv)
+  d.z.assign(z.data_ptr<uint8_t>(), z.data_ptr<uint8_t>() + T * L * Hkv);
+  // Eligible keys: some query of the piece sees them outside the window, and keep_first does not pin them.
+  const int64_t first = std::min(T, c.spkv.keep_first), last = T - W;  // eligible: first <= s < last
+  d.kept.assign(L * Hkv, 0), d.eligible.assign(L * Hkv, std::max<int64_t>(0, last - first));
+  for (int64_t t = first; t < last; ++t)
+    for (int64_t i = 0; i < L * Hkv; ++i) d.kept[i] += d.z[t * L * Hkv + i];
+  int64_t stored = 0;  // kept tokens that have left the ring, over every (layer, head)
+  for (int64_t t = 0; t < T; ++t) {
+    if (!gated) {
+      d.cache_entries.push_back(int32_t((t + 1) * L * Hkv));
+      continue;
+    }
+    if (t - W >= 0)
+      for (int64_t i = 0; i < L * Hkv; ++i) stored += d.z[(t - W) * L * Hkv + i];
+    d.cache_entries.push_back(int32_t(std::min(t + 1, W) * L * Hkv + stored));
+  }
+  return d;
+}
+
+void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>& eligible, int64_t L, int64_t Hkv) {
+  int64_t k = 0, e = 0;
+  for (size_t i = 0; i < kept.size(); ++i) k += kept[i], e += eligible[i];
+  if (e == 0) return fmt::print("density     - (no key left the window)\n");
+  fmt::print("density     {:.4f} (kept / eligible keys, {} eligible key-heads)\n", double(k) / double(e), e);
+  fmt::print("{:<8}", "layer");
+  for (int64_t h = 0; h < Hkv; ++h) fmt::print(" {:>7}", fmt::format("head {}", h));
+  fmt::print("\n");
+  for (int64_t il = 0; il < L; ++il) {
+    fmt::print("{:<8}", il);
+    for (int64_t h = 0; h < Hkv; ++h) {
+      const int64_t i = il * Hkv + h;
+      fmt::print(" {:>7.3f}", eligible[i] ? double(kept[i]) / double(eligible[i]) : std::nan(""));
+    }
+    fmt::print("\n");
+  }
+}
+
+}  // namespace
+
+void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
+  Checkpoint ck = load_checkpoint(o.model);
+  LlamaForCausalLM model(ck.config);
+  model->load(ck);
+  ModelConfig& c = model->config;
+  if (!c.spkv.enabled)
+    throw ConfigError(o.model + ": the model has no spkv block, so there are no gates to log (adapt it with `spkv train`)");
+  if (o.tau > 0) {
+    if (o.tau >= 1) throw ConfigError("--tau must be in (0, 1), got " + std::to_string(o.tau));
+    model->gates.tau = o.tau;
+  }
+  if (o.window > 0) c.spkv.window = o.window;
+  auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
+  if (tok->vocab_size() > c.vocab_size)
+    throw TokenizerError(tok->path, fmt::format("has {} tokens but the model's vocab_size is {}", tok->vocab_size(), c.vocab_size));
+  auto docs = read_all_documents(o.inputs, o.separator);
+  if (o.max_docs > 0 && int64_t(docs.size()) > o.max_docs) docs.resize(size_t(o.max_docs));
+
+  std::vector<TokenPiece> pieces;
+  int64_t total_tokens = 0;
+  for (auto& d : docs)
+    for (auto& p : split_to_context(d.id, tok->encode(d.text, /*bos=*/true, /*eos=*/false), c.max_seq_len, int32_t(c.bos_id)))
+      total_tokens += int64_t(p.tokens.size()), pieces.push_back(std::move(p));
+
+  std::set<std::string> files;
+  for (auto& [name, f] : ck.origin) files.insert(f);
+  GateLogHeader h;
+  h.tool_version = o.tool_version, h.git_commit = o.git_commit, h.created = now_iso8601();
+  h.model_path = o.model, h.model_config_json = c.to_hf_json(), h.tokenizer_path = tok->path;
+  h.checkpoint_sha256 = sha256_files({files.begin(), files.end()});
+  EngineOptions eo;
+  eo.chunk = o.chunk, eo.dense = o.dense;
+  Engine engine(model, eo);
+  h.gating_mode = engine.gated() ? "hard" : "dense", h.tap = c.spkv.tap, h.tau = model->gates.tau;
+  h.window = c.spkv.window, h.keep_first = c.spkv.keep_first, h.context = c.max_seq_len, h.chunk = o.chunk;
+  h.n_layers = c.n_layers, h.n_kv_heads = c.n_kv_heads;
+  h.inputs_json = nlohmann::json(o.inputs).dump(), h.split_policy = kSplitPolicy;
+
+  GateLogWriter log(o.out, h, o.resume, o.flush_seconds);
+  const auto& done = log.existing_ids();
+  if (done.size() > pieces.size())
+    throw FileError(o.out, fmt::format("cannot resume: the log holds {} documents, the inputs give only {}", done.size(), pieces.size()));
+  int64_t skipped_tokens = 0;
+  for (size_t i = 0; i < done.size(); ++i) {
+    if (done[i] != pieces[i].id)
+      throw FileError(o.out, fmt::format("cannot resume: document {} is '{}' in the log but '{}' in the inputs", i, done[i], pieces[i].id));
+    skipped_tokens += int64_t(pieces[i].tokens.size());
+  }
+  if (o.resume) fmt::print(stderr, "resuming after {} documents ({} tokens)\n", done.size(), skipped_tokens);
+
+  std::vector<int64_t> kept(c.n_layers * c.n_kv_heads, 0), eligible(kept.size(), 0);
+  Progress bar("run", total_tokens - skipped_tokens, "tok");
+  size_t i = done.size();
+  for (; i < pieces.size() && !stop; ++i) {
+    const TokenPiece& p = pieces[i];
+    ScoredDocument s = score_document(engine, p.tokens);
+    LoggedDocument d = record(p, s, *tok, c, engine.gated());
+    if (d.cache_entries.back() != engine.cache().entries())
+      throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
+                              engine.cache().entries(), d.cache_entries.back()));
+    for (size_t j = 0; j < kept.size(); ++j) kept[j] += d.kept[j], eligible[j] += d.eligible[j];
+    log.add(std::move(d));
+    bar.add(int64_t(p.tokens.size()), fmt::format("doc {}/{}", i + 1, pieces.size()));
+  }
+  if (i < pieces.size()) {
+    bar.finish();
+    fmt::print("stopped after {} of {} documents; {} holds them; continue with --resume\n", i, pieces.size(),
+               GateLogWriter::partial_path(o.out));
+    return;  // the writer's destructor flushes and leaves the partial log, marked incomplete
+  }
+  log.close();
+  bar.finish();
+  fmt::print("wrote {} ({} documents, {} tokens this run; gating {}, window {}, tau {})\n", o.out, pieces.size(),
+             total_tokens - skipped_tokens, h.gating_mode, h.window, h.tau);
+  if (done.empty()) print_density(kept, eligible, c.n_layers, c.n_kv_heads);
+}
+
+}  // namespace spkv

@@ -1,0 +1,27 @@
+// `spkv run`: a model over a corpus through the engine, every gate decision into an HDF5 gate log
+// (core/gate_log.h). Declared here so that spkv.cpp only parses its flags.
+#pragma once
+#include <atomic>
+#include <string>
+#include <vector>
+
+namespace spkv {
+
+struct RunOptions {
+  std::string model, tokenizer, out;
+  std::vector<std::string> inputs;
+  std::string separator;  // splits .txt files into documents ("" = one document per file)
+  double tau = 0;         // 0: the model's
+  int64_t window = 0;     // 0: the model's
+  int64_t chunk = 128;    // prefill chunk
+  int64_t max_docs = 0;   // 0: all
+  bool dense = false;     // full attention; the gates' decisions are only logged
+  bool resume = false;
+  double flush_seconds = 5;  // how often the partial log is flushed (what a kill can lose)
+  std::string tool_version, git_commit;
+};
+
+// Throws spkv errors for bad inputs; returns early (file left incomplete, resumable) once `stop` is set.
+void cmd_run(const RunOptions& o, const std::atomic<bool>& stop);
+
+}  // namespace spkv
