@@ -31,9 +31,27 @@ std::string now_iso8601() {
   return buf;
 }
 
-// The record of one scored piece. Cache entries follow from the decisions: after token t a gated head holds
-// min(t + 1, W) ring entries plus every token s <= t - W it kept; a dense cache holds t + 1.
-LoggedDocument record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
+void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>& eligible, int64_t L, int64_t Hkv) {
+  int64_t k = 0, e = 0;
+  for (size_t i = 0; i < kept.size(); ++i) k += kept[i], e += eligible[i];
+  if (e == 0) return fmt::print("density     - (no key left the window)\n");
+  fmt::print("density     {:.4f} (kept / eligible keys, {} eligible key-heads)\n", double(k) / double(e), e);
+  fmt::print("{:<8}", "layer");
+  for (int64_t h = 0; h < Hkv; ++h) fmt::print(" {:>7}", fmt::format("head {}", h));
+  fmt::print("\n");
+  for (int64_t il = 0; il < L; ++il) {
+    fmt::print("{:<8}", il);
+    for (int64_t h = 0; h < Hkv; ++h) {
+      const int64_t i = il * Hkv + h;
+      fmt::print(" {:>7.3f}", eligible[i] ? double(kept[i]) / double(eligible[i]) : std::nan(""));
+    }
+    fmt::print("\n");
+  }
+}
+
+}  // namespace
+
+LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
                       bool gated) {
   const int64_t T = int64_t(p.tokens.size()), L = c.n_layers, Hkv = c.n_kv_heads, W = c.spkv.window;
   LoggedDocument d;
@@ -66,26 +84,6 @@ LoggedDocument record(const TokenPiece& p, const ScoredDocument& s, const Tokeni
   }
   return d;
 }
-
-void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>& eligible, int64_t L, int64_t Hkv) {
-  int64_t k = 0, e = 0;
-  for (size_t i = 0; i < kept.size(); ++i) k += kept[i], e += eligible[i];
-  if (e == 0) return fmt::print("density     - (no key left the window)\n");
-  fmt::print("density     {:.4f} (kept / eligible keys, {} eligible key-heads)\n", double(k) / double(e), e);
-  fmt::print("{:<8}", "layer");
-  for (int64_t h = 0; h < Hkv; ++h) fmt::print(" {:>7}", fmt::format("head {}", h));
-  fmt::print("\n");
-  for (int64_t il = 0; il < L; ++il) {
-    fmt::print("{:<8}", il);
-    for (int64_t h = 0; h < Hkv; ++h) {
-      const int64_t i = il * Hkv + h;
-      fmt::print(" {:>7.3f}", eligible[i] ? double(kept[i]) / double(eligible[i]) : std::nan(""));
-    }
-    fmt::print("\n");
-  }
-}
-
-}  // namespace
 
 void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   Checkpoint ck = load_checkpoint(o.model);
@@ -143,7 +141,7 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   for (; i < pieces.size() && !stop; ++i) {
     const TokenPiece& p = pieces[i];
     ScoredDocument s = score_document(engine, p.tokens);
-    LoggedDocument d = record(p, s, *tok, c, engine.gated());
+    LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
     if (d.cache_entries.back() != engine.cache().entries())
       throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
                               engine.cache().entries(), d.cache_entries.back()));

@@ -5,6 +5,11 @@
 #include <string>
 #include <vector>
 
+#include "core/documents.h"
+#include "core/engine.h"
+#include "core/gate_log.h"
+#include "core/tokenizer.h"
+
 namespace spkv {
 
 struct RunOptions {
@@ -20,6 +25,11 @@ struct RunOptions {
   double flush_seconds = 5;  // how often the partial log is flushed (what a kill can lose)
   std::string tool_version, git_commit;
 };
+
+// The log record of one scored piece. Cache entries follow from the decisions: after token t a gated head
+// holds min(t + 1, W) ring entries plus every token s <= t - W it kept; a dense cache holds t + 1.
+LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
+                          bool gated);
 
 // Throws spkv errors for bad inputs; returns early (file left incomplete, resumable) once `stop` is set.
 void cmd_run(const RunOptions& o, const std::atomic<bool>& stop);

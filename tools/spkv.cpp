@@ -29,6 +29,7 @@
 #include "core/tokenizer.h"
 #include "core/toy_reversal.h"
 #include "core/trainer.h"
+#include "tools/bench.h"
 #include "tools/run.h"
 
 namespace fs = std::filesystem;
@@ -467,6 +468,22 @@ int main(int argc, char** argv) {
   run->add_option("--flush-seconds", ro.flush_seconds, "flush the partial log at most this often (a kill loses at most this much work)")
       ->check(CLI::NonNegativeNumber);
 
+  auto* bench = app.add_subcommand("bench", "benchmarks: SP-KV against dense in the same process");
+  bench->require_subcommand(1);
+  BenchOptions bo;
+  auto* bdec = bench->add_subcommand("decode", "decode tokens/s and KV bytes, dense vs SP-KV cache, by context length");
+  auto* brun = bench->add_subcommand("run", "the cost of gate logging: spkv run's loop with and without the HDF5 log");
+  for (auto* b : {bdec, brun}) {
+    b->add_option("--model,-m", bo.model, "SP-KV model")->required();
+    b->add_option("--tokenizer,-t", bo.tokenizer, "tokenizer file (default: found beside the model)");
+    b->add_option("--corpus", bo.inputs, "text for prompts / documents (default: MODEL/heldout/text)");
+    b->add_option("--chunk", bo.chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+    b->add_option("--json", bo.json, "also write the results here");
+  }
+  bdec->add_option("--contexts", bo.contexts, "prompt lengths")->delimiter(',');
+  bdec->add_option("--steps", bo.steps, "decode steps timed after each prompt")->check(CLI::PositiveNumber);
+  brun->add_option("--max-docs", bo.max_docs, "documents of the corpus")->check(CLI::PositiveNumber);
+
   auto* tr = app.add_subcommand("train", "train or adapt a model from a recipe (JSON); see docs/training.md");
   std::string recipe;
   TrainOptions to;
@@ -521,6 +538,11 @@ int main(int argc, char** argv) {
     if (*rev) cmd_toy(toy_o);
     if (*ev) cmd_eval(ma, input, separator, max_docs, ov, ev_json);
     if (*conv) cmd_convert(ma, out);
+    if (*bench) {
+      if (bo.inputs.empty()) bo.inputs = {bo.model + "/heldout/text"};
+      if (*bdec) cmd_bench_decode(bo);
+      if (*brun) cmd_bench_run(bo);
+    }
     if (*run) {
       std::signal(SIGINT, on_sigint);
       cmd_run(ro, g_stop);

@@ -4,6 +4,8 @@
 // u >= tau, and the cache holding exactly the window plus the kept tokens.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "core/engine.h"
 #include "core/errors.h"
 #include "core/generate.h"
@@ -138,6 +140,23 @@ TEST(Engine, DefaultModelScoresLikeTheMaskedForward) {
     EXPECT_NEAR(sum_got / ref.size(), sum_ref / ref.size(), 1e-6 * sum_ref / ref.size());
     EXPECT_LT(e.cache().entries(), int64_t(3 * 4 * 4 * ids.size() / 4))
         << "the default model's gates close: the cache is well below dense (4 layers x 4 heads x T)";
+  }
+}
+
+TEST(Engine, BenchDecodeReportsKvBytesThatFollowTheDensity) {
+  const std::string dir = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
+  if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " is absent";
+  test::TempDir tmp;
+  auto r = test::run_spkv("bench decode -m " + test::quote(dir) + " --contexts 700,1300 --steps 3 --json " + (tmp / "b.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(test::read_file(tmp / "b.json"));
+  ASSERT_EQ(j["rows"].size(), 2u);
+  for (auto& row : j["rows"]) {
+    // Memory is not timing: the SP-KV cache must hold the window plus the kept tokens, nothing more.
+    EXPECT_LT(std::abs(row["kv_ratio_error"].get<double>()), 0.05) << row.dump();
+    EXPECT_GT(row["density"].get<double>(), 0.1);
+    EXPECT_LT(row["kv_ratio"].get<double>(), 0.7);
+    EXPECT_EQ(row["dense"]["entries"], 4 * 4 * (row["context"].get<int64_t>() + 3));
   }
 }
 
