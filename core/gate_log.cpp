@@ -32,7 +32,7 @@ struct GateLogWriter::Impl {
   std::string path;
   GateLogHeader h;
   hid_t file = -1, f16 = -1;
-  Extendible ids, nll, position, cache_entries, text_offsets, text_bytes, u, z;
+  Extendible ids, nll, position, cache_entries, text_offsets, text_bytes, u, z, received, received_last;
   Extendible doc_tokens, doc_id_offsets, doc_id_bytes, doc_kept, doc_eligible;
   std::vector<int64_t> kept_total, eligible_total;  // (L, Hkv)
   int64_t n_docs = 0;
@@ -202,6 +202,10 @@ struct GateLogWriter::Impl {
     text_bytes = make("tokens/text_bytes", H5T_NATIVE_UINT8, {});
     u = make("gates/u", f16, {L, Hkv});
     z = make("gates/z", H5T_NATIVE_UINT8, {L, Hkv});
+    if (h.last_queries > 0) {
+      received = make("attention/received", H5T_NATIVE_FLOAT, {L, Hkv});
+      received_last = make("attention/received_last", H5T_NATIVE_FLOAT, {L, Hkv});
+    }
     doc_tokens = make("documents/token_offsets", H5T_NATIVE_INT64, {});
     doc_id_offsets = make("documents/id_offsets", H5T_NATIVE_INT64, {});
     doc_id_bytes = make("documents/id_bytes", H5T_NATIVE_UINT8, {});
@@ -229,6 +233,7 @@ struct GateLogWriter::Impl {
     attr_num(file, "chunk", H5T_NATIVE_INT64, h.chunk);
     attr_num(file, "n_layers", H5T_NATIVE_INT64, h.n_layers);
     attr_num(file, "n_kv_heads", H5T_NATIVE_INT64, h.n_kv_heads);
+    attr_num(file, "attention_last_queries", H5T_NATIVE_INT64, h.last_queries);
     attr_str(file, "inputs", h.inputs_json);
     attr_str(file, "split_policy", h.split_policy);
     attr_num(file, "complete", H5T_NATIVE_INT, 0);
@@ -252,6 +257,7 @@ struct GateLogWriter::Impl {
     same_str("gating_mode", h.gating_mode);
     same_num("tau", h.tau), same_num("window", double(h.window)), same_num("keep_first", double(h.keep_first));
     same_num("n_layers", double(h.n_layers)), same_num("n_kv_heads", double(h.n_kv_heads));
+    same_num("attention_last_queries", double(h.last_queries));
     H5Fclose(file);
     file = -1;
   }
@@ -264,7 +270,8 @@ struct GateLogWriter::Impl {
     n_docs = int64_t(tok_off.size()) - 1;
     const hsize_t T = hsize_t(tok_off.back());
     // Rows past the last complete document (a write cut off by a kill) are dropped.
-    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z}) {
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z, &received, &received_last}) {
+      if (e->id < 0) continue;  // no attention statistics
       if (e->rows < T) fail("a token dataset is shorter than documents/token_offsets says");
       truncate(*e, T);
     }
@@ -284,7 +291,8 @@ struct GateLogWriter::Impl {
   void write(const LoggedDocument& d) {
     const hsize_t T = d.tokens.size(), LH = hsize_t(h.n_layers * h.n_kv_heads);
     if (d.text.size() != T || d.nll.size() != T || d.u.size() != T * LH || d.z.size() != T * LH ||
-        d.cache_entries.size() != T || d.kept.size() != LH || d.eligible.size() != LH)
+        d.cache_entries.size() != T || d.kept.size() != LH || d.eligible.size() != LH ||
+        (received.id >= 0 && (d.received.size() != T * LH || d.received_last.size() != T * LH)))
       throw Error("gate log: document '" + d.id + "' has arrays of inconsistent lengths");
     std::vector<int32_t> pos(T);
     std::vector<int64_t> offs(T);
@@ -297,6 +305,7 @@ struct GateLogWriter::Impl {
     append(cache_entries, d.cache_entries.data(), T);
     append(text_bytes, bytes.data(), bytes.size()), append(text_offsets, offs.data(), T);
     append(u, d.u.data(), T), append(z, d.z.data(), T);
+    if (received.id >= 0) append(received, d.received.data(), T), append(received_last, d.received_last.data(), T);
     // The document index last: a document exists once its token_offsets entry does.
     if (doc_tokens.rows == 0) append(doc_tokens, &zero, 1), append(doc_id_offsets, &zero, 1);
     const int64_t tok_end = int64_t(ids.rows), id_end = int64_t(doc_id_bytes.rows + d.id.size());
@@ -346,8 +355,8 @@ struct GateLogWriter::Impl {
   void close_file(bool complete) {
     if (file < 0) return;
     if (complete) attr_num(file, "complete", H5T_NATIVE_INT, 1);
-    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &doc_tokens,
-                          &doc_id_offsets, &doc_id_bytes, &doc_kept, &doc_eligible})
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &received,
+                          &received_last, &doc_tokens, &doc_id_offsets, &doc_id_bytes, &doc_kept, &doc_eligible})
       if (e->id >= 0) H5Dclose(e->id), e->id = -1;
     if (f16 >= 0) H5Tclose(f16), f16 = -1;
     H5Fclose(file);
@@ -401,6 +410,7 @@ GateLogWriter::GateLogWriter(const std::string& path, const GateLogHeader& h, bo
     H5Pclose(fcpl);
     if (m.file < 0) throw FileError(m.path, "cannot create the gate log");
     for (const char* g : {"tokens", "gates", "documents"}) H5Gclose(m.group(g, nullptr));
+    if (h.last_queries > 0) H5Gclose(m.group("attention", nullptr));
     m.header();
     m.datasets(true);
     m.summary();
@@ -478,8 +488,8 @@ void GateLogWriter::finish(bool complete) {
   hid_t src = H5Fopen(impl_->path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   hid_t dst = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   bool ok = src >= 0 && dst >= 0;
-  for (const char* g : {"tokens", "gates", "documents", "summary"})
-    ok = ok && H5Ocopy(src, g, dst, g, H5P_DEFAULT, H5P_DEFAULT) >= 0;
+  for (const char* g : {"tokens", "gates", "documents", "summary", "attention"})
+    if (H5Lexists(src, g, H5P_DEFAULT) > 0) ok = ok && H5Ocopy(src, g, dst, g, H5P_DEFAULT, H5P_DEFAULT) >= 0;
   hsize_t idx = 0;
   ok = ok && H5Aiterate2(src, H5_INDEX_CRT_ORDER, H5_ITER_NATIVE, &idx, copy_attr, &dst) >= 0;
   if (dst >= 0) ok = H5Fclose(dst) >= 0 && ok;

@@ -27,6 +27,7 @@ struct GateLogHeader {
   double tau = 0.5;
   int64_t window = 0, keep_first = 0, context = 0, chunk = 0;
   int64_t n_layers = 0, n_kv_heads = 0;
+  int64_t last_queries = 0;  // > 0: /attention is logged, "received_last" over this many final queries
   std::string inputs_json;   // the command's inputs, a JSON list
   std::string split_policy;  // how documents longer than the context were split
 };
@@ -41,6 +42,9 @@ struct LoggedDocument {
   std::vector<uint8_t> z;              // (T, L, Hkv) decisions
   std::vector<int32_t> cache_entries;  // (T) K/V rows in the cache after the token, over every layer and head
   std::vector<int64_t> kept, eligible; // (L, Hkv) eligible: tokens some query sees outside the window
+  // With attention statistics (header.last_queries > 0): (T, L, Hkv) attention mass each key received,
+  // averaged over the query heads of its KV head, from every query and from the last queries.
+  std::vector<float> received, received_last;
 };
 
 class GateLogWriter {

@@ -125,8 +125,13 @@ torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor&
   auto qg = q.reshape({B, n_kv_heads, G * T, head_dim});                           // (B, Hkv, G*T, D)
   auto scores = torch::matmul(qg, k.transpose(-2, -1)) / std::sqrt(double(head_dim));  // (B, Hkv, G*T, S)
   scores = scores.view({B, n_kv_heads, G, T, S}) + bias;                           // (B, Hkv, G, T, S)
-  auto p = torch::softmax(scores, -1).view({B, n_kv_heads, G * T, S});
-  return torch::matmul(p, v).view({B, n_heads, T, head_dim});                      // (B, H, T, D)
+  auto p = torch::softmax(scores, -1);                                              // (B, Hkv, G, T, S)
+  if (record_tail >= 0) {
+    const int64_t tail = std::min(record_tail, T);
+    received = p.sum(3).mean(2).transpose(1, 2).detach();                                     // (B, S, Hkv)
+    received_tail = p.narrow(3, T - tail, tail).sum(3).mean(2).transpose(1, 2).detach();      // (B, S, Hkv)
+  }
+  return torch::matmul(p.view({B, n_kv_heads, G * T, S}), v).view({B, n_heads, T, head_dim});  // (B, H, T, D)
 }
 
 MLPImpl::MLPImpl(const ModelConfig& c) {

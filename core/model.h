@@ -50,6 +50,11 @@ struct AttentionImpl : torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   UtilityPredictor utility{nullptr};  // null without SP-KV
   torch::Tensor last_utility;         // (B, T, Hkv) scores of the last forward call (with autograd graph)
+  // Attention statistics (spkv run --attention-stats): when record_tail >= 0, attend() keeps the attention
+  // mass each key received, averaged over the G query heads of its KV head and summed over every query
+  // (received) and over the last record_tail queries (received_tail). Both (B, S, Hkv), float32.
+  int64_t record_tail = -1;
+  mutable torch::Tensor received, received_tail;
 };
 TORCH_MODULE(Attention);
 

@@ -49,6 +49,27 @@ void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>&
   }
 }
 
+// The attention mass each key of `tokens` received under full attention (the masked forward of model.cpp),
+// averaged over the query heads of its KV head: from every query, and from the last `tail` queries.
+// Fills two (T, L, Hkv) float32 arrays.
+void attention_stats(LlamaForCausalLM& model, const std::vector<int32_t>& tokens, int64_t tail,
+                     std::vector<float>& received, std::vector<float>& received_last) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> all, last;
+  for (auto& layer : *model->model->layers) layer->as<DecoderLayer>()->self_attn->record_tail = tail;
+  model(torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0));
+  for (auto& layer : *model->model->layers) {
+    auto* attn = layer->as<DecoderLayer>()->self_attn.get();
+    all.push_back(attn->received[0]), last.push_back(attn->received_tail[0]);  // (T, Hkv)
+    attn->record_tail = -1, attn->received = torch::Tensor(), attn->received_tail = torch::Tensor();
+  }
+  auto flat = [](const std::vector<torch::Tensor>& per_layer, std::vector<float>& out) {
+    auto t = torch::stack(per_layer, 1).to(torch::kFloat32).contiguous();  // (T, L, Hkv)
+    out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+  };
+  flat(all, received), flat(last, received_last);
+}
+
 }  // namespace
 
 LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
@@ -97,6 +118,8 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     model->gates.tau = o.tau;
   }
   if (o.window > 0) c.spkv.window = o.window;
+  if (o.attention_stats && !o.dense)
+    throw ConfigError("--attention-stats needs --dense: the statistics are those of full attention");
   auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
   if (tok->vocab_size() > c.vocab_size)
     throw TokenizerError(tok->path, fmt::format("has {} tokens but the model's vocab_size is {}", tok->vocab_size(), c.vocab_size));
@@ -122,6 +145,8 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   h.window = c.spkv.window, h.keep_first = c.spkv.keep_first, h.context = c.max_seq_len, h.chunk = o.chunk;
   h.n_layers = c.n_layers, h.n_kv_heads = c.n_kv_heads;
   h.inputs_json = nlohmann::json(o.inputs).dump(), h.split_policy = kSplitPolicy;
+  h.last_queries = o.attention_stats ? o.last_queries : 0;
+  if (o.attention_stats) model->gates.mode = GateMode::dense;  // the masked forward that measures attention
 
   GateLogWriter log(o.out, h, o.resume, o.flush_seconds);
   const auto& done = log.existing_ids();
@@ -142,6 +167,7 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     const TokenPiece& p = pieces[i];
     ScoredDocument s = score_document(engine, p.tokens);
     LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
+    if (o.attention_stats) attention_stats(model, p.tokens, o.last_queries, d.received, d.received_last);
     if (d.cache_entries.back() != engine.cache().entries())
       throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
                               engine.cache().entries(), d.cache_entries.back()));

@@ -21,6 +21,8 @@ struct RunOptions {
   int64_t chunk = 128;    // prefill chunk
   int64_t max_docs = 0;   // 0: all
   bool dense = false;     // full attention; the gates' decisions are only logged
+  bool attention_stats = false;  // with dense: log the attention mass each key received (/attention)
+  int64_t last_queries = 32;     // ... in total and from this many final queries (SnapKV's window)
   bool resume = false;
   double flush_seconds = 5;  // how often the partial log is flushed (what a kill can lose)
   std::string tool_version, git_commit;

@@ -464,6 +464,8 @@ int main(int argc, char** argv) {
   run->add_option("--chunk", ro.chunk, "prefill chunk length")->check(CLI::PositiveNumber);
   run->add_option("--max-docs", ro.max_docs, "at most this many input documents (0 = all)");
   run->add_flag("--dense", ro.dense, "full attention; log what the gates would decide");
+  run->add_flag("--attention-stats", ro.attention_stats, "with --dense: log the attention mass each key received, in total and from the last queries");
+  run->add_option("--last-queries", ro.last_queries, "the final queries of --attention-stats' second statistic")->check(CLI::PositiveNumber);
   run->add_flag("--resume", ro.resume, "continue the OUT.partial log of an interrupted run (same model and settings)");
   run->add_option("--flush-seconds", ro.flush_seconds, "flush the partial log at most this often (a kill loses at most this much work)")
       ->check(CLI::NonNegativeNumber);

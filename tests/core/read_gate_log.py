@@ -67,6 +67,22 @@ def main(path):
     checks["gates_dtype"] = str(u.dtype) == "float16" and str(z.dtype) == "uint8"
     checks["chunked_compressed"] = all(f[n].chunks is not None and f[n].compression == "gzip" and f[n].shuffle
                                        for n in ["gates/u", "gates/z", "tokens/ids", "tokens/nll"])
+    if "attention" in f:
+        # Each query spreads a mass of 1 over the keys it sees: per document, layer and head, the received
+        # mass sums to the number of queries (all of them, or the last `attention_last_queries`).
+        recv, last = f["attention/received"][:], f["attention/received_last"][:]
+        n_last = int(a["attention_last_queries"])
+        ok_sum, ok_last = True, True
+        for d in range(len(tok_off) - 1):
+            b, e = int(tok_off[d]), int(tok_off[d + 1])
+            ok_sum &= bool(np.allclose(recv[b:e].sum(axis=0), e - b, rtol=1e-4))
+            ok_last &= bool(np.allclose(last[b:e].sum(axis=0), min(n_last, e - b), rtol=1e-4))
+            ok_last &= bool((last[b:e] <= recv[b:e] + 1e-5).all())
+        checks["attention_received_sums"], checks["attention_last_sums"] = ok_sum, ok_last
+        for i, doc in enumerate(docs):
+            b, e = int(tok_off[i]), int(tok_off[i + 1])
+            doc["received"] = recv[b:e].reshape(e - b, -1).tolist()
+            doc["received_last"] = last[b:e].reshape(e - b, -1).tolist()
     out = {
         "attrs": {k: (text(v) if isinstance(v, (bytes, str)) else v.item() if hasattr(v, "item") else v)
                   for k, v in a.items()},

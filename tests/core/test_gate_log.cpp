@@ -15,6 +15,7 @@
 #include "core/engine.h"
 #include "core/sha256.h"
 #include "core/tokenizer.h"
+#include "tests/core/reference_model.h"
 #include "tests/test_util.h"
 
 namespace spkv {
@@ -177,6 +178,42 @@ TEST(GateLog, KilledRunLeavesAReadableLogThatResumeCompletes) {
   EXPECT_EQ(done["documents"], ref["documents"]) << "the resumed log equals the uninterrupted one";
   auto again = test::run_spkv("run " + args + " --out " + out);
   EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
+}
+
+TEST(GateLog, DenseRunLogsAttentionStatisticsEqualToAFloat64Reference) {
+  SPKV_REQUIRE_MODEL_AND_H5PY();
+  test::TempDir tmp;
+  const std::string jargon = test::read_file(kHeldout + "/jargon.txt");
+  const std::vector<std::string> texts = {jargon.substr(100, 500), jargon.substr(9000, 300)};
+  test::write_file(tmp / "docs.jsonl", json{{"text", texts[0]}}.dump() + "\n" + json{{"text", texts[1]}}.dump() + "\n");
+  auto r = test::run_spkv("run -m " + test::quote(kModel) + " --out " + (tmp / "log.h5") + " " + (tmp / "docs.jsonl") +
+                          " --dense --attention-stats --last-queries 16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json log = read_log(tmp / "log.h5");
+  expect_checks(log);
+  EXPECT_EQ(log["attrs"]["gating_mode"], "dense");
+  EXPECT_EQ(log["attrs"]["attention_last_queries"], 16);
+  auto model = load_model(kModel);
+  model->config.spkv.enabled = false;  // the reference attends to every causal key
+  auto tok = load_tokenizer(kModel + "/tokenizer.model");
+  for (size_t d = 0; d < texts.size(); ++d) {
+    const auto ids = tok->encode(texts[d], true, false);
+    std::vector<double> recv, tail;
+    test::ref_forward(model, std::vector<int64_t>(ids.begin(), ids.end()), nullptr, &recv, 16, &tail);
+    const int64_t T = int64_t(ids.size()), L = 4, Hkv = 4;
+    const json& got = log["documents"][d];
+    ASSERT_EQ(int64_t(got["received"].size()), T);
+    double worst = 0;
+    for (int64_t il = 0; il < L; ++il)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < Hkv; ++h) {
+          worst = std::max(worst, std::abs(got["received"][t][il * Hkv + h].get<double>() - recv[(il * T + t) * Hkv + h]));
+          worst = std::max(worst, std::abs(got["received_last"][t][il * Hkv + h].get<double>() - tail[(il * T + t) * Hkv + h]));
+        }
+    EXPECT_LT(worst, 1e-4) << "document " << d;
+  }
+  auto gated = test::run_spkv("run -m " + test::quote(kModel) + " --out " + (tmp / "x.h5") + " " + (tmp / "docs.jsonl") + " --attention-stats");
+  EXPECT_NE(gated.err.find("--attention-stats needs --dense"), std::string::npos) << gated.err;
 }
 
 TEST(GateLog, BadInputsGetClearMessagesAndNoFile) {
