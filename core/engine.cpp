@@ -143,9 +143,9 @@ torch::Tensor Engine::attend(int64_t il, const torch::Tensor& q, const torch::Te
       float* Vh = V.data() + hk * S * D;
       for (int64_t j = 0; j < cv.store_len[i]; ++j) {
         const int32_t page = cv.store_pages[cv.store_indptr[i] + j / cv.page_size];
-        const int64_t row = (j % cv.page_size) * D;
-        std::copy_n(cv.page_k[page] + row, D, Kh + j * D);
-        std::copy_n(cv.page_v[page] + row, D, Vh + j * D);
+        const int64_t off = (j % cv.page_size) * D;
+        std::copy_n(cv.page_k[page] + off, D, Kh + j * D);
+        std::copy_n(cv.page_v[page] + off, D, Vh + j * D);
         kept[hk * S + j] = 1;
       }
       for (int64_t slot = 0; slot < ring; ++slot) {

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "analysis/report.h"
 #include "analysis/stats.h"
 #include "core/checkpoint.h"
 #include "core/documents.h"
@@ -470,6 +471,13 @@ int main(int argc, char** argv) {
   run->add_option("--flush-seconds", ro.flush_seconds, "flush the partial log at most this often (a kill loses at most this much work)")
       ->check(CLI::NonNegativeNumber);
 
+  auto* an = app.add_subcommand("analyze", "density with spread, compression against length, and a tau sweep from gate logs");
+  std::vector<std::string> an_logs;
+  std::string an_json, an_md;
+  an->add_option("logs", an_logs, "gate logs (.h5) of one model and settings; several are merged")->required();
+  an->add_option("--out,-o", an_json, "write the report as JSON");
+  an->add_option("--markdown", an_md, "write the report as Markdown");
+
   auto* bench = app.add_subcommand("bench", "benchmarks: SP-KV against dense in the same process");
   bench->require_subcommand(1);
   BenchOptions bo;
@@ -540,6 +548,13 @@ int main(int argc, char** argv) {
     if (*rev) cmd_toy(toy_o);
     if (*ev) cmd_eval(ma, input, separator, max_docs, ov, ev_json);
     if (*conv) cmd_convert(ma, out);
+    if (*an) {
+      const auto r = analysis::analyze_logs(an_logs);
+      const std::string md = analysis::report_markdown(r);
+      std::fwrite(md.data(), 1, md.size(), stdout);
+      if (!an_json.empty()) write_file_atomic(an_json, analysis::report_json(r));
+      if (!an_md.empty()) write_file_atomic(an_md, md);
+    }
     if (*bench) {
       if (bo.inputs.empty()) bo.inputs = {bo.model + "/heldout/text"};
       if (*bdec) cmd_bench_decode(bo);

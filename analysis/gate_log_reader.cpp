@@ -1,0 +1,137 @@
+// Gate-log reading on HDF5's C API: attributes and small datasets at open, token ranges by hyperslab.
+#include "analysis/gate_log_reader.h"
+
+#include <hdf5.h>
+
+#include "core/errors.h"
+
+namespace spkv::analysis {
+namespace {
+constexpr int kSchemaVersion = 1;  // the newest schema this build reads
+}
+
+struct GateLogReader::Impl {
+  std::string path;
+  hid_t file = -1;
+
+  [[noreturn]] void fail(const std::string& what) const { throw FileError(path, what); }
+
+  bool has_attr(const char* name) const { return H5Aexists(file, name) > 0; }
+  template <class T>
+  T num(const char* name, hid_t type) const {
+    hid_t a = H5Aopen(file, name, H5P_DEFAULT);
+    if (a < 0) fail(std::string("not a gate log: the root attribute '") + name + "' is missing");
+    T v{};
+    const herr_t e = H5Aread(a, type, &v);
+    H5Aclose(a);
+    if (e < 0) fail(std::string("root attribute '") + name + "' is not a number");
+    return v;
+  }
+  std::string str(const char* name) const {
+    hid_t a = H5Aopen(file, name, H5P_DEFAULT);
+    if (a < 0) fail(std::string("not a gate log: the root attribute '") + name + "' is missing");
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE), H5Tset_cset(t, H5T_CSET_UTF8);
+    char* c = nullptr;
+    const herr_t e = H5Aread(a, t, &c);
+    std::string out = e >= 0 && c ? c : "";
+    if (c) H5free_memory(c);
+    H5Tclose(t), H5Aclose(a);
+    if (e < 0) fail(std::string("root attribute '") + name + "' is not a string");
+    return out;
+  }
+  // Rows [begin, end) of a dataset whose rows hold `row` elements, converted to `type`.
+  template <class T>
+  std::vector<T> rows(const char* name, hid_t type, int64_t begin, int64_t end, int64_t row = 1) const {
+    hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
+    if (d < 0) fail(std::string("the dataset '") + name + "' is missing");
+    hid_t fs = H5Dget_space(d);
+    const int rank = H5Sget_simple_extent_ndims(fs);
+    std::vector<hsize_t> dims(rank);
+    H5Sget_simple_extent_dims(fs, dims.data(), nullptr);
+    if (end < 0) end = int64_t(dims[0]);
+    if (begin < 0 || begin > end || hsize_t(end) > dims[0]) {
+      H5Sclose(fs), H5Dclose(d);
+      fail(std::string(name) + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) + ") are outside its " +
+           std::to_string(dims[0]) + " rows");
+    }
+    std::vector<T> out(size_t((end - begin) * row));
+    if (!out.empty()) {
+      std::vector<hsize_t> start(rank, 0), count(dims);
+      start[0] = hsize_t(begin), count[0] = hsize_t(end - begin);
+      H5Sselect_hyperslab(fs, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
+      hid_t ms = H5Screate_simple(rank, count.data(), nullptr);
+      const herr_t e = H5Dread(d, type, ms, fs, H5P_DEFAULT, out.data());
+      H5Sclose(ms);
+      if (e < 0) {
+        H5Sclose(fs), H5Dclose(d);
+        fail(std::string("cannot read ") + name);
+      }
+    }
+    H5Sclose(fs), H5Dclose(d);
+    return out;
+  }
+};
+
+GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
+  Impl& m = *impl_;
+  m.path = path;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw FileError(path, "not an HDF5 file (or unreadable)");
+  m.file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (m.file < 0) throw FileError(path, "cannot open the HDF5 file");
+  LogInfo& i = info_;
+  i.path = path;
+  if (!m.has_attr("schema_version")) m.fail("not a gate log (no schema_version attribute; spkv run writes them)");
+  i.schema_version = m.num<int>("schema_version", H5T_NATIVE_INT);
+  if (i.schema_version > kSchemaVersion)
+    m.fail("gate-log schema version " + std::to_string(i.schema_version) + " is newer than this build reads (" +
+           std::to_string(kSchemaVersion) + "); update spkv");
+  i.gating_mode = m.str("gating_mode"), i.model_path = m.str("model_path"), i.created = m.str("created");
+  i.git_commit = m.str("git_commit");
+  i.complete = m.num<int>("complete", H5T_NATIVE_INT) != 0;
+  i.tau = m.num<double>("tau", H5T_NATIVE_DOUBLE);
+  i.window = m.num<int64_t>("window", H5T_NATIVE_INT64), i.keep_first = m.num<int64_t>("keep_first", H5T_NATIVE_INT64);
+  i.n_layers = m.num<int64_t>("n_layers", H5T_NATIVE_INT64), i.n_kv_heads = m.num<int64_t>("n_kv_heads", H5T_NATIVE_INT64);
+  if (m.has_attr("attention_last_queries"))
+    i.attention_last_queries = m.num<int64_t>("attention_last_queries", H5T_NATIVE_INT64);
+  token_offsets_ = m.rows<int64_t>("documents/token_offsets", H5T_NATIVE_INT64, 0, -1);
+  if (token_offsets_.empty()) m.fail("documents/token_offsets is empty (it starts with 0)");
+  i.n_documents = int64_t(token_offsets_.size()) - 1, i.n_tokens = token_offsets_.back();
+  const int64_t LH = i.n_layers * i.n_kv_heads;
+  kept_ = m.rows<int64_t>("documents/kept", H5T_NATIVE_INT64, 0, i.n_documents, LH);
+  eligible_ = m.rows<int64_t>("documents/eligible", H5T_NATIVE_INT64, 0, i.n_documents, LH);
+  const auto id_off = m.rows<int64_t>("documents/id_offsets", H5T_NATIVE_INT64, 0, i.n_documents + 1);
+  const auto id_bytes = m.rows<char>("documents/id_bytes", H5T_NATIVE_CHAR, 0, id_off.back());
+  for (int64_t d = 0; d < i.n_documents; ++d) ids_.emplace_back(id_bytes.begin() + id_off[d], id_bytes.begin() + id_off[d + 1]);
+}
+
+GateLogReader::~GateLogReader() {
+  if (impl_ && impl_->file >= 0) H5Fclose(impl_->file);
+}
+
+std::vector<float> GateLogReader::u(int64_t begin, int64_t end) const {
+  return impl_->rows<float>("gates/u", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+}
+std::vector<uint8_t> GateLogReader::z(int64_t begin, int64_t end) const {
+  return impl_->rows<uint8_t>("gates/z", H5T_NATIVE_UINT8, begin, end, info_.n_layers * info_.n_kv_heads);
+}
+std::vector<int32_t> GateLogReader::token_ids(int64_t begin, int64_t end) const {
+  return impl_->rows<int32_t>("tokens/ids", H5T_NATIVE_INT32, begin, end);
+}
+std::vector<float> GateLogReader::nll(int64_t begin, int64_t end) const {
+  return impl_->rows<float>("tokens/nll", H5T_NATIVE_FLOAT, begin, end);
+}
+std::vector<int32_t> GateLogReader::cache_entries(int64_t begin, int64_t end) const {
+  return impl_->rows<int32_t>("tokens/cache_entries", H5T_NATIVE_INT32, begin, end);
+}
+std::vector<std::string> GateLogReader::token_text(int64_t begin, int64_t end) const {
+  const auto off = impl_->rows<int64_t>("tokens/text_offsets", H5T_NATIVE_INT64, begin, end + 1);
+  const auto bytes = impl_->rows<char>("tokens/text_bytes", H5T_NATIVE_CHAR, off.front(), off.back());
+  std::vector<std::string> out;
+  for (size_t t = 0; t + 1 < off.size(); ++t)
+    out.emplace_back(bytes.begin() + (off[t] - off.front()), bytes.begin() + (off[t + 1] - off.front()));
+  return out;
+}
+
+}  // namespace spkv::analysis

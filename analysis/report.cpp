@@ -1,0 +1,180 @@
+// analyze_logs: summaries from /documents, the tau sweep by streaming /gates/u one document at a time.
+#include "analysis/report.h"
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+#include "analysis/gate_log_reader.h"
+#include "core/errors.h"
+
+namespace spkv::analysis {
+
+LinearFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
+  LinearFit f;
+  f.n = int64_t(x.size());
+  if (x.size() != y.size() || x.size() < 2) return f;
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < x.size(); ++i) mx += x[i], my += y[i];
+  mx /= double(x.size()), my /= double(y.size());
+  double sxx = 0, sxy = 0, syy = 0;
+  for (size_t i = 0; i < x.size(); ++i)
+    sxx += (x[i] - mx) * (x[i] - mx), sxy += (x[i] - mx) * (y[i] - my), syy += (y[i] - my) * (y[i] - my);
+  if (sxx == 0) return f;
+  f.slope = sxy / sxx, f.intercept = my - f.slope * mx;
+  f.r2 = syy > 0 ? sxy * sxy / (sxx * syy) : 1.0;
+  return f;
+}
+
+namespace {
+// Pooled density of the selected (layer, head) cells with its spread across documents.
+Summary density_summary(const std::vector<std::vector<int64_t>>& kept, const std::vector<std::vector<int64_t>>& elig,
+                        const std::vector<size_t>& cells) {
+  std::vector<double> xs, ws;
+  for (size_t d = 0; d < kept.size(); ++d) {
+    int64_t k = 0, e = 0;
+    for (size_t c : cells) k += kept[d][c], e += elig[d][c];
+    if (e > 0) xs.push_back(double(k) / double(e)), ws.push_back(double(e));
+  }
+  return summarize(xs, ws);
+}
+}  // namespace
+
+Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> tau_grid) {
+  if (paths.empty()) throw InputError("analyze: no gate logs given");
+  if (tau_grid.empty())
+    for (int i = 1; i <= 19; ++i) tau_grid.push_back(0.05 * i);
+  Report r;
+  r.tau_grid = tau_grid;
+  std::vector<std::vector<int64_t>> doc_kept, doc_elig;  // (documents, L * Hkv)
+  std::vector<std::vector<int64_t>> above;               // (grid, L * Hkv): eligible keys with u >= tau
+  std::vector<double> lengths, ratios;
+  for (const auto& path : paths) {
+    GateLogReader log(path);
+    const LogInfo& in = log.info();
+    if (r.logs.empty()) {
+      r.n_layers = in.n_layers, r.n_kv_heads = in.n_kv_heads, r.window = in.window, r.keep_first = in.keep_first;
+      r.tau = in.tau, r.gating_mode = in.gating_mode;
+      above.assign(tau_grid.size(), std::vector<int64_t>(in.n_layers * in.n_kv_heads, 0));
+    } else if (in.n_layers != r.n_layers || in.n_kv_heads != r.n_kv_heads || in.window != r.window ||
+               in.keep_first != r.keep_first) {
+      throw FileError(path, fmt::format("cannot be merged with {}: layers x KV heads {}x{}, window {}, keep_first {} "
+                                        "there but {}x{}, {}, {} here", r.logs[0], r.n_layers, r.n_kv_heads, r.window,
+                                        r.keep_first, in.n_layers, in.n_kv_heads, in.window, in.keep_first));
+    }
+    r.logs.push_back(path);
+    const int64_t LH = in.n_layers * in.n_kv_heads, W = in.window;
+    const auto& off = log.token_offsets();
+    for (int64_t d = 0; d < in.n_documents; ++d) {
+      const int64_t T = off[d + 1] - off[d];
+      doc_kept.emplace_back(log.kept().begin() + d * LH, log.kept().begin() + (d + 1) * LH);
+      doc_elig.emplace_back(log.eligible().begin() + d * LH, log.eligible().begin() + (d + 1) * LH);
+      // SP-KV entries at the end: each head's window, the kept eligible tokens, and the keep_first tokens
+      // that have left the window (always kept). The dense cache holds T per head.
+      int64_t kept_total = 0;
+      for (int64_t i = 0; i < LH; ++i) kept_total += doc_kept.back()[i];
+      const double spkv = double(LH * std::min(T, W) + kept_total + LH * std::min(in.keep_first, std::max<int64_t>(0, T - W)));
+      r.compression.push_back({log.document_ids()[d], T, double(LH * T) / spkv});
+      lengths.push_back(double(T)), ratios.push_back(r.compression.back().compression);
+      // Tau sweep over the eligible positions keep_first <= s < T - W.
+      const int64_t first = std::min(T, in.keep_first), last = T - W;
+      if (last <= first) continue;
+      const auto u = log.u(off[d] + first, off[d] + last);  // (last - first, L, Hkv)
+      for (size_t k = 0; k < tau_grid.size(); ++k)
+        for (size_t j = 0; j < u.size(); ++j) above[k][j % LH] += u[j] >= tau_grid[k];
+    }
+    r.documents += in.n_documents, r.tokens += in.n_tokens;
+  }
+  const int64_t L = r.n_layers, Hkv = r.n_kv_heads, LH = L * Hkv;
+  r.kept.assign(LH, 0), r.eligible.assign(LH, 0);
+  for (size_t d = 0; d < doc_kept.size(); ++d)
+    for (int64_t i = 0; i < LH; ++i) r.kept[i] += doc_kept[d][i], r.eligible[i] += doc_elig[d][i];
+  std::vector<size_t> all;
+  for (int64_t i = 0; i < LH; ++i) all.push_back(size_t(i));
+  r.overall = density_summary(doc_kept, doc_elig, all);
+  for (int64_t il = 0; il < L; ++il) {
+    std::vector<size_t> layer;
+    for (int64_t h = 0; h < Hkv; ++h) layer.push_back(size_t(il * Hkv + h));
+    r.per_layer.push_back(density_summary(doc_kept, doc_elig, layer));
+    for (size_t c : layer) r.per_head.push_back(density_summary(doc_kept, doc_elig, {c}));
+  }
+  r.compression_fit = fit_line(lengths, ratios);
+  for (size_t k = 0; k < tau_grid.size(); ++k) {
+    std::vector<double> per(LH, std::nan(""));
+    int64_t a = 0, e = 0;
+    for (int64_t i = 0; i < LH; ++i) {
+      if (r.eligible[i] > 0) per[i] = double(above[k][i]) / double(r.eligible[i]);
+      a += above[k][i], e += r.eligible[i];
+    }
+    r.tau_density.push_back(per);
+    r.tau_overall.push_back(e > 0 ? double(a) / double(e) : std::nan(""));
+  }
+  return r;
+}
+
+namespace {
+nlohmann::json summary_json(const Summary& s) {
+  return {{"density", s.mean}, {"std_across_documents", s.stddev}, {"ci95", {s.ci_low, s.ci_high}}, {"documents", s.n}};
+}
+}  // namespace
+
+std::string report_json(const Report& r) {
+  using nlohmann::json;
+  json per_head = json::array(), sweep = json::array(), docs = json::array();
+  for (int64_t il = 0; il < r.n_layers; ++il) {
+    json row = json::array();
+    for (int64_t h = 0; h < r.n_kv_heads; ++h) row.push_back(summary_json(r.per_head[il * r.n_kv_heads + h]));
+    per_head.push_back(row);
+  }
+  for (size_t k = 0; k < r.tau_grid.size(); ++k)
+    sweep.push_back({{"tau", r.tau_grid[k]}, {"density", r.tau_overall[k]}, {"per_head", r.tau_density[k]}});
+  for (auto& d : r.compression) docs.push_back({{"id", d.id}, {"tokens", d.tokens}, {"compression", d.compression}});
+  json per_layer = json::array();
+  for (auto& s : r.per_layer) per_layer.push_back(summary_json(s));
+  json j = {{"logs", r.logs},
+            {"settings", {{"layers", r.n_layers}, {"kv_heads", r.n_kv_heads}, {"window", r.window}, {"tau", r.tau},
+                          {"keep_first", r.keep_first}, {"gating_mode", r.gating_mode}}},
+            {"documents", r.documents},
+            {"tokens", r.tokens},
+            {"density", {{"overall", summary_json(r.overall)}, {"per_layer", per_layer}, {"per_head", per_head},
+                         {"kept", r.kept}, {"eligible", r.eligible}}},
+            {"compression", {{"per_document", docs},
+                             {"fit", {{"slope", r.compression_fit.slope}, {"intercept", r.compression_fit.intercept},
+                                      {"r2", r.compression_fit.r2}, {"documents", r.compression_fit.n}}}}},
+            {"tau_sweep", sweep}};
+  return j.dump(2) + "\n";
+}
+
+std::string report_markdown(const Report& r) {
+  std::string s = fmt::format("# Gate-log analysis\n\n{} log(s), {} documents, {} tokens; {} layers x {} KV heads, "
+                              "W {}, tau {}, gating {}\n\n",
+                              r.logs.size(), r.documents, r.tokens, r.n_layers, r.n_kv_heads, r.window, r.tau, r.gating_mode);
+  auto cell = [](const Summary& x) { return fmt::format("{:.3f} [{:.3f}, {:.3f}]", x.mean, x.ci_low, x.ci_high); };
+  s += fmt::format("Density (kept / eligible keys): **{}** overall, 95% bootstrap interval over documents.\n\n", cell(r.overall));
+  s += "| layer | layer density |";
+  for (int64_t h = 0; h < r.n_kv_heads; ++h) s += fmt::format(" head {} |", h);
+  s += "\n|---|---|";
+  for (int64_t h = 0; h < r.n_kv_heads; ++h) s += "---|";
+  s += "\n";
+  for (int64_t il = 0; il < r.n_layers; ++il) {
+    s += fmt::format("| {} | {} |", il, cell(r.per_layer[il]));
+    for (int64_t h = 0; h < r.n_kv_heads; ++h) s += fmt::format(" {:.3f} ± {:.3f} |", r.per_head[il * r.n_kv_heads + h].mean,
+                                                                 r.per_head[il * r.n_kv_heads + h].stddev);
+    s += "\n";
+  }
+  const auto& f = r.compression_fit;
+  s += fmt::format("\nCompression (dense KV entries / SP-KV KV entries) against document length over {} documents: "
+                   "compression = {:.3g} x tokens + {:.4f} (R^2 {:.3f}).\n",
+                   f.n, f.slope, f.intercept, f.r2);
+  s += "\nCounterfactual tau (density from the logged u):\n\n| tau |";
+  for (double t : r.tau_grid) s += fmt::format(" {:.2f} |", t);
+  s += "\n|---|";
+  for (size_t k = 0; k < r.tau_grid.size(); ++k) s += "---|";
+  s += "\n| density |";
+  for (double d : r.tau_overall) s += fmt::format(" {:.3f} |", d);
+  return s + "\n";
+}
+
+}  // namespace spkv::analysis

@@ -1,0 +1,52 @@
+// The analysis of one or more gate logs (`spkv analyze`): density per (layer, head), per layer and overall
+// with its spread across documents; compression per document against length with a least-squares fit;
+// and a counterfactual tau sweep from the logged u. Memory is bounded by the summaries and one document,
+// not by the token count. Torch-free, Qt-free. Not the layouts (those build on this report).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "analysis/stats.h"
+
+namespace spkv::analysis {
+
+struct DocumentCompression {
+  std::string id;
+  int64_t tokens = 0;
+  double compression = 0;  // dense KV entries / SP-KV KV entries at the end of the document
+};
+
+struct LinearFit {
+  double slope = 0, intercept = 0, r2 = 0;  // y = slope * x + intercept, least squares
+  int64_t n = 0;
+};
+LinearFit fit_line(const std::vector<double>& x, const std::vector<double>& y);
+
+struct Report {
+  std::vector<std::string> logs;
+  int64_t n_layers = 0, n_kv_heads = 0, window = 0, keep_first = 0, documents = 0, tokens = 0;
+  double tau = 0;
+  std::string gating_mode;
+  // Density = kept / eligible. `mean` of each Summary is the pooled density (documents weighted by their
+  // eligible keys); stddev and the bootstrap interval describe the spread across documents.
+  std::vector<int64_t> kept, eligible;  // (L, Hkv) totals
+  Summary overall;
+  std::vector<Summary> per_layer;  // (L)
+  std::vector<Summary> per_head;   // (L, Hkv)
+  std::vector<DocumentCompression> compression;
+  LinearFit compression_fit;  // compression against document length (tokens)
+  // Counterfactual thresholds: the density each head would have at tau_grid[i], from the logged u.
+  std::vector<double> tau_grid;
+  std::vector<std::vector<double>> tau_density;  // (grid, L * Hkv)
+  std::vector<double> tau_overall;               // (grid)
+};
+
+// Reads the logs (same L, Hkv, W and keep_first; else FileError naming the log that differs) and computes
+// the report. tau_grid defaults to 0.05, 0.10, ..., 0.95.
+Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> tau_grid = {});
+
+std::string report_json(const Report& r);      // the whole report, JSON
+std::string report_markdown(const Report& r);  // tables for people
+
+}  // namespace spkv::analysis
