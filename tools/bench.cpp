@@ -16,7 +16,6 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
-#include "core/progress.h"
 #include "core/safetensors.h"
 #include "tools/run.h"
 

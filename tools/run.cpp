@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include <chrono>
 #include <cmath>
 #include <ctime>
 #include <set>
@@ -150,12 +149,13 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
 
   GateLogWriter log(o.out, h, o.resume, o.flush_seconds);
   const auto& done = log.existing_ids();
+  const std::string partial = GateLogWriter::partial_path(o.out);
   if (done.size() > pieces.size())
-    throw FileError(o.out, fmt::format("cannot resume: the log holds {} documents, the inputs give only {}", done.size(), pieces.size()));
+    throw FileError(partial, fmt::format("cannot resume: the log holds {} documents, the inputs give only {}", done.size(), pieces.size()));
   int64_t skipped_tokens = 0;
   for (size_t i = 0; i < done.size(); ++i) {
     if (done[i] != pieces[i].id)
-      throw FileError(o.out, fmt::format("cannot resume: document {} is '{}' in the log but '{}' in the inputs", i, done[i], pieces[i].id));
+      throw FileError(partial, fmt::format("cannot resume: document {} is '{}' in the log but '{}' in the inputs", i, done[i], pieces[i].id));
     skipped_tokens += int64_t(pieces[i].tokens.size());
   }
   if (o.resume) fmt::print(stderr, "resuming after {} documents ({} tokens)\n", done.size(), skipped_tokens);
@@ -177,8 +177,7 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   }
   if (i < pieces.size()) {
     bar.finish();
-    fmt::print("stopped after {} of {} documents; {} holds them; continue with --resume\n", i, pieces.size(),
-               GateLogWriter::partial_path(o.out));
+    fmt::print("stopped after {} of {} documents; {} holds them; continue with --resume\n", i, pieces.size(), partial);
     return;  // the writer's destructor flushes and leaves the partial log, marked incomplete
   }
   log.close();
