@@ -102,7 +102,8 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   kept_ = m.rows<int64_t>("documents/kept", H5T_NATIVE_INT64, 0, i.n_documents, LH);
   eligible_ = m.rows<int64_t>("documents/eligible", H5T_NATIVE_INT64, 0, i.n_documents, LH);
   const auto id_off = m.rows<int64_t>("documents/id_offsets", H5T_NATIVE_INT64, 0, i.n_documents + 1);
-  const auto id_bytes = m.rows<char>("documents/id_bytes", H5T_NATIVE_CHAR, 0, id_off.back());
+  // Bytes are read as uint8: converting them to (signed) char would clip every non-ASCII byte to 127.
+  const auto id_bytes = m.rows<uint8_t>("documents/id_bytes", H5T_NATIVE_UINT8, 0, id_off.back());
   for (int64_t d = 0; d < i.n_documents; ++d) ids_.emplace_back(id_bytes.begin() + id_off[d], id_bytes.begin() + id_off[d + 1]);
 }
 
@@ -127,7 +128,7 @@ std::vector<int32_t> GateLogReader::cache_entries(int64_t begin, int64_t end) co
 }
 std::vector<std::string> GateLogReader::token_text(int64_t begin, int64_t end) const {
   const auto off = impl_->rows<int64_t>("tokens/text_offsets", H5T_NATIVE_INT64, begin, end + 1);
-  const auto bytes = impl_->rows<char>("tokens/text_bytes", H5T_NATIVE_CHAR, off.front(), off.back());
+  const auto bytes = impl_->rows<uint8_t>("tokens/text_bytes", H5T_NATIVE_UINT8, off.front(), off.back());
   std::vector<std::string> out;
   for (size_t t = 0; t + 1 < off.size(); ++t)
     out.emplace_back(bytes.begin() + (off[t] - off.front()), bytes.begin() + (off[t + 1] - off.front()));

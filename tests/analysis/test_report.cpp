@@ -29,11 +29,12 @@ void write_log(const std::string& path, const std::vector<int64_t>& lengths, con
   for (size_t d = 0; d < lengths.size(); ++d) {
     const int64_t T = lengths[d];
     LoggedDocument doc;
-    doc.id = prefix + std::to_string(d);
+    doc.id = prefix + std::to_string(d) + (d == 1 ? "\xc3\xa9" : "");
     doc.kept.assign(L * Hkv, 0), doc.eligible.assign(L * Hkv, std::max<int64_t>(0, T - W));
     int64_t stored = 0;
     for (int64_t t = 0; t < T; ++t) {
-      doc.tokens.push_back(int32_t(3 + t % 7)), doc.text.push_back(std::string(1, char('a' + t % 26)));
+      doc.tokens.push_back(int32_t(3 + t % 7));
+      doc.text.push_back(t == 3 ? "\xc3\xa9\xe2\x80\x94" : std::string(1, char('a' + t % 26)));  // "é—": bytes above 127
       doc.nll.push_back(t == 0 ? std::nanf("") : 1.0f + 0.01f * float(t));
       for (int64_t i = 0; i < L * Hkv; ++i) {
         const bool keep = i == 1 || i == 2 || (i == 3 && d == 0);
@@ -57,7 +58,8 @@ TEST(Report, KnownHeadsGiveKnownDensitiesCompressionAndTauSweep) {
   EXPECT_EQ(log.info().n_tokens, 147);
   EXPECT_TRUE(log.info().complete);
   EXPECT_EQ(log.document_ids()[2], "doc2");
-  EXPECT_EQ(log.token_text(10, 13), (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(log.document_ids()[1], "doc1\xc3\xa9");
+  EXPECT_EQ(log.token_text(10, 14), (std::vector<std::string>{"a", "b", "c", "\xc3\xa9\xe2\x80\x94"}));
   EXPECT_FLOAT_EQ(log.u(0, 1)[1], 0.89990234f);  // float16 0.9
   EXPECT_EQ(log.z(0, 1), (std::vector<uint8_t>{0, 1, 1, 1}));
 
