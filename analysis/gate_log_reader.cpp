@@ -88,7 +88,8 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
     m.fail("gate-log schema version " + std::to_string(i.schema_version) + " is newer than this build reads (" +
            std::to_string(kSchemaVersion) + "); update spkv");
   i.gating_mode = m.str("gating_mode"), i.model_path = m.str("model_path"), i.created = m.str("created");
-  i.git_commit = m.str("git_commit");
+  i.git_commit = m.str("git_commit"), i.checkpoint_sha256 = m.str("checkpoint_sha256");
+  i.model_config = m.str("model_config");
   i.complete = m.num<int>("complete", H5T_NATIVE_INT) != 0;
   i.tau = m.num<double>("tau", H5T_NATIVE_DOUBLE);
   i.window = m.num<int64_t>("window", H5T_NATIVE_INT64), i.keep_first = m.num<int64_t>("keep_first", H5T_NATIVE_INT64);

@@ -10,7 +10,7 @@
 namespace spkv::analysis {
 
 struct LogInfo {
-  std::string path, gating_mode, model_path, created, git_commit;
+  std::string path, gating_mode, model_path, created, git_commit, checkpoint_sha256, model_config;
   int schema_version = 0;
   bool complete = false;
   double tau = 0;

@@ -57,6 +57,9 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
     if (r.logs.empty()) {
       r.n_layers = in.n_layers, r.n_kv_heads = in.n_kv_heads, r.window = in.window, r.keep_first = in.keep_first;
       r.tau = in.tau, r.gating_mode = in.gating_mode;
+      r.model_path = in.model_path, r.checkpoint_sha256 = in.checkpoint_sha256;
+      const auto config = nlohmann::json::parse(in.model_config, nullptr, false);
+      if (config.is_object()) r.model_type = config.value("model_type", "");
       above.assign(tau_grid.size(), std::vector<int64_t>(in.n_layers * in.n_kv_heads, 0));
     } else if (in.n_layers != r.n_layers || in.n_kv_heads != r.n_kv_heads || in.window != r.window ||
                in.keep_first != r.keep_first) {

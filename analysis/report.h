@@ -28,6 +28,7 @@ struct Report {
   int64_t n_layers = 0, n_kv_heads = 0, window = 0, keep_first = 0, documents = 0, tokens = 0;
   double tau = 0;
   std::string gating_mode;
+  std::string model_path, checkpoint_sha256, model_type;  // of the first log (model_type from its config)
   // Density = kept / eligible. `mean` of each Summary is the pooled density (documents weighted by their
   // eligible keys); stddev and the bootstrap interval describe the spread across documents.
   std::vector<int64_t> kept, eligible;  // (L, Hkv) totals

@@ -29,8 +29,20 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o) : model_(std::mov
     throw ConfigError("engine: the model must be on the CPU (the engine's kernels are the CPU ones)");
   if (o.chunk < 1) throw ConfigError("engine: chunk " + std::to_string(o.chunk) + " must be at least 1");
   KvCacheShape s{o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, o.page_size};
-  gated_ = c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense;
-  if (gated_)
+  if (!o.layout.empty()) {
+    if (int64_t(o.layout.size()) != c.n_layers * c.n_kv_heads)
+      throw ConfigError("engine: the layout has " + std::to_string(o.layout.size()) + " head flags but the model has " +
+                        std::to_string(c.n_layers) + " layers x " + std::to_string(c.n_kv_heads) + " KV heads");
+    if (o.layout_window < 1) throw ConfigError("engine: a layout needs a window of at least 1, got " + std::to_string(o.layout_window));
+    if (c.sliding_window > 0) throw ConfigError("engine: a layout cannot be imposed on a model with a sliding_window");
+    if (o.dense) throw ConfigError("engine: a layout and dense attention exclude each other");
+  }
+  gated_ = !o.layout.empty() || (c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense);
+  if (!o.layout.empty()) {
+    layout_ = torch::tensor(std::vector<int64_t>(o.layout.begin(), o.layout.end())).view({c.n_layers, c.n_kv_heads}) != 0;
+    cache_ = std::make_unique<SpkvKvCache>(s, o.layout_window);
+  }
+  else if (gated_)
     cache_ = std::make_unique<SpkvKvCache>(s, c.spkv.window);
   else if (c.sliding_window > 0)  // a sliding window is a ring whose tokens are all dropped (keep = 0)
     cache_ = std::make_unique<SpkvKvCache>(s, c.sliding_window);
@@ -87,6 +99,9 @@ EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
       keep = u >= model_->gates.tau;
       if (c.spkv.keep_first > 0) keep = keep | (positions < c.spkv.keep_first).view({1, T, 1});
       us.push_back(u), keeps.push_back(keep);
+    }
+    if (!opt_.layout.empty()) {  // the layout's fixed decisions replace the gates' in the cache
+      keep = layout_[il].view({1, 1, Hkv}).expand({B, T, Hkv});
     }
     auto y = attend(il, q, k, v, keep.to(torch::kUInt8));  // (B, H, T, D)
     x = x + attn->o_proj(y.transpose(1, 2).reshape({B, T, H * D}));

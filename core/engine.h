@@ -18,6 +18,11 @@ struct EngineOptions {
   // Full attention through DenseKvCache even for an SP-KV model. The gates still run, so their scores and
   // decisions (what they would decide) are reported.
   bool dense = false;
+  // A hybrid local-global layout imposed on the heads, instead of the gates: (L, Hkv) flags, 1 = global
+  // (keeps every key), 0 = local (sees only the last layout_window keys). Empty = no layout. The cache is
+  // the SP-KV ring + store with these fixed decisions; a model's gates, if any, still run and are reported.
+  std::vector<uint8_t> layout;
+  int64_t layout_window = 0;  // W of the local heads (>= 1 with a layout)
 };
 
 // The result of feeding T new tokens to every sequence.
@@ -55,6 +60,7 @@ class Engine {
   bool gated_ = false;
   int64_t pos_ = 0;
   std::unique_ptr<KvCache> cache_;
+  torch::Tensor layout_;  // (L, Hkv) bool, undefined without a layout
 };
 
 // Teacher-forced NLL of one document streamed through the engine (cleared first, B = 1): nll (T - 1) in

@@ -31,6 +31,7 @@
 #include "core/toy_reversal.h"
 #include "core/trainer.h"
 #include "tools/bench.h"
+#include "tools/layout.h"
 #include "tools/run.h"
 
 namespace fs = std::filesystem;
@@ -478,6 +479,34 @@ int main(int argc, char** argv) {
   an->add_option("--out,-o", an_json, "write the report as JSON");
   an->add_option("--markdown", an_md, "write the report as Markdown");
 
+  auto* lay = app.add_subcommand("layout", "hybrid local-global layouts: derive from gate logs, evaluate, export");
+  lay->require_subcommand(1);
+  auto* lder = lay->add_subcommand("derive", "rank heads by SP-KV density; the guided layout and reference layouts at a budget");
+  LayoutDeriveOptions ldo;
+  ldo.tool = std::string("spkv ") + SPKV_VERSION + " (" + SPKV_GIT_COMMIT + ")";
+  lder->add_option("logs", ldo.logs, "gate logs (.h5) of one model and settings; several are merged")->required();
+  lder->add_option("--budget,-b", ldo.budget, "global heads: N heads, a fraction 0.F or F%, kv:R (KV-byte ratio), or density");
+  lder->add_option("--out,-o", ldo.out_dir, "folder for the layouts (one NAME.json each)")->required();
+  lder->add_option("--random", ldo.random, "random-head reference layouts (seeds 1..N)")->check(CLI::NonNegativeNumber);
+  auto* leval = lay->add_subcommand("eval", "NLL and KV bytes of layouts against full attention and dynamic SP-KV");
+  LayoutEvalOptions leo;
+  leval->add_option("--model,-m", leo.model, "model (Hugging Face-style directory or .bin)")->required();
+  leval->add_option("--tokenizer,-t", leo.tokenizer, "tokenizer file (default: found beside the model)");
+  leval->add_option("layouts", leo.layouts, "layout files (spkv layout derive)")->required();
+  leval->add_option("--corpus", leo.inputs, "held-out text files, folders or JSONL")->required();
+  leval->add_option("--separator", leo.separator, "document separator inside .txt files");
+  leval->add_option("--skip-docs", leo.skip_docs, "skip the first N documents (e.g. those the layouts were derived from)")
+      ->check(CLI::NonNegativeNumber);
+  leval->add_option("--max-docs", leo.max_docs, "at most this many documents (0 = all)");
+  leval->add_option("--chunk", leo.chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+  leval->add_option("--json", leo.json, "also write the results here");
+  leval->add_option("--markdown", leo.markdown, "also write the table here");
+  auto* lexp = lay->add_subcommand("export", "a layout as our JSON, a Hugging Face config fragment and a DuoAttention/kvpress TSV");
+  LayoutExportOptions lxo;
+  lexp->add_option("layout", lxo.layout, "layout file (spkv layout derive)")->required();
+  lexp->add_option("--out,-o", lxo.out_dir, "output folder")->required();
+  lexp->add_option("--model-type", lxo.model_type, "target Hugging Face model_type (default: the layout's model)");
+
   auto* bench = app.add_subcommand("bench", "benchmarks: SP-KV against dense in the same process");
   bench->require_subcommand(1);
   BenchOptions bo;
@@ -555,6 +584,9 @@ int main(int argc, char** argv) {
       if (!an_json.empty()) write_file_atomic(an_json, analysis::report_json(r));
       if (!an_md.empty()) write_file_atomic(an_md, md);
     }
+    if (*lder) cmd_layout_derive(ldo);
+    if (*leval) cmd_layout_eval(leo);
+    if (*lexp) cmd_layout_export(lxo);
     if (*bench) {
       if (bo.inputs.empty()) bo.inputs = {bo.model + "/heldout/text"};
       if (*bdec) cmd_bench_decode(bo);

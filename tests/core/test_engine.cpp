@@ -101,6 +101,51 @@ TEST(Engine, KeepFirstPromptPrefillThenDecodeAndBatchedSequences) {
   EXPECT_THROW(e.forward(torch::zeros({2, 171}, torch::kInt64)), InputError);  // past the context of 320
 }
 
+// A layout imposed on the cache: global heads keep every key, local heads only the window. The reference is
+// the masked forward with the predictor rigged so that its hard decisions are the layout's (u = sigmoid(+-10));
+// the engine then runs with the predictor rigged the other way, so only the layout can make them agree.
+TEST(Engine, ImposedLayoutEqualsTheMaskedForwardWithThoseDecisions) {
+  const int64_t T = 200, W = 9;
+  auto m = random_model(tiny_config(W, 0.5), 21);
+  const std::vector<uint8_t> layout{1, 0, 0, 1};  // (L, Hkv): (0,0) and (1,1) global
+  torch::NoGradGuard ng;
+  auto rig = [&](double sign) {
+    for (int64_t il = 0; il < 2; ++il) {
+      auto& fc2 = m->model->layers[il]->as<DecoderLayer>()->self_attn->utility->fc2;
+      fc2->weight.mul_(0.01);
+      for (int64_t hk = 0; hk < 2; ++hk) fc2->bias[hk] = sign * (layout[il * 2 + hk] ? 10.0 : -10.0);
+    }
+  };
+  rig(1);
+  auto tokens = random_tokens(T, 53, 4);
+  auto masked = m(tokens)[0];  // (T, V)
+  m->gates.mode = GateMode::dense;
+  ASSERT_GT(max_rel(m(tokens)[0], masked), 1e-2) << "the layout must matter, or the test cannot fail";
+  m->gates.mode = GateMode::hard;
+  rig(-1);
+  for (int64_t chunk : {7, 64}) {
+    EngineOptions o = options(1, chunk);
+    o.layout = layout, o.layout_window = W;
+    Engine e(m, o);
+    auto first = e.forward(tokens.narrow(1, 0, 150)).logits;
+    std::vector<torch::Tensor> steps{first};
+    for (int64_t t = 150; t < T; ++t) steps.push_back(e.forward(tokens.narrow(1, t, 1)).logits);
+    EXPECT_LT(max_rel(torch::cat(steps, 1)[0], masked), 1e-4) << "chunk " << chunk;
+    for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(e.cache().entries(0, i / 2, i % 2), layout[i] ? T : W) << i;
+  }
+  // A model without gates: an all-local layout is a sliding window of W.
+  ModelConfig c = tiny_config(W, 0.5);
+  c.spkv.enabled = false;
+  auto dense = random_model(c, 22);
+  EngineOptions o = options(1, 32);
+  o.layout = {0, 0, 0, 0}, o.layout_window = W;
+  auto got = Engine(dense, o).forward(tokens).logits[0];
+  dense->config.sliding_window = W;
+  EXPECT_LT(max_rel(got, dense(tokens)[0]), 1e-4);
+  o.layout = {0, 1, 0};
+  EXPECT_THROW(Engine(dense, o), ConfigError);
+}
+
 TEST(Engine, DenseOptionEqualsFullAttentionAndStillReportsDecisions) {
   auto m = random_model(tiny_config(6, 0.5), 9);
   torch::NoGradGuard ng;

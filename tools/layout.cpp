@@ -1,0 +1,181 @@
+// `spkv layout derive | eval | export`. Derivation and the formats are analysis/layout.cpp; evaluation
+// streams each held-out piece through core/engine.h once per variant (the layout imposed on the cache).
+#include "tools/layout.h"
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <numeric>
+
+#include "analysis/layout.h"
+#include "analysis/report.h"
+#include "analysis/stats.h"
+#include "core/documents.h"
+#include "core/engine.h"
+#include "core/errors.h"
+#include "core/model.h"
+#include "core/progress.h"
+#include "core/safetensors.h"
+#include "core/tokenizer.h"
+
+namespace spkv {
+namespace fs = std::filesystem;
+using analysis::Layout;
+
+namespace {
+std::string utc_now() {
+  char buf[32];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+}  // namespace
+
+void cmd_layout_derive(const LayoutDeriveOptions& o) {
+  const auto r = analysis::analyze_logs(o.logs);
+  const auto budget = analysis::parse_budget(o.budget);
+  const int64_t g = analysis::budget_heads(budget, r);
+  auto layouts = analysis::derive_layouts(r, g, o.random);
+  fs::create_directories(o.out_dir);
+  fmt::print("{} log(s), {} documents, {} tokens; {} layers x {} KV heads, W {}; SP-KV density {:.3f}, KV ratio {:.3f}\n",
+             r.logs.size(), r.documents, r.tokens, r.n_layers, r.n_kv_heads, r.window, r.overall.mean,
+             analysis::spkv_kv_ratio(r));
+  fmt::print("budget '{}': {} global heads of {}\n\n", o.budget, g, r.n_layers * r.n_kv_heads);
+  fmt::print("{:<15} {:>7} {:>9} {:>9}  {}\n", "layout", "global", "coverage", "KV ratio", "how");
+  for (auto& l : layouts) {
+    l.created = utc_now(), l.tool = o.tool;
+    fmt::print("{:<15} {:>7} {:>9.3f} {:>9.3f}  {}\n", l.name, l.n_global(), l.coverage, l.kv_ratio, l.method);
+    write_file_atomic((fs::path(o.out_dir) / (l.name + ".json")).string(), analysis::layout_json(l));
+  }
+  fmt::print("\nper-layer projection: coverage {:.3f} with {} global heads against the guided {:.3f} with {} (lost {:.3f})\n",
+             layouts[1].coverage, layouts[1].n_global(), layouts[0].coverage, layouts[0].n_global(),
+             layouts[0].coverage - layouts[1].coverage);
+  fmt::print("wrote {} layouts to {}/\n", layouts.size(), o.out_dir);
+}
+
+namespace {
+struct Variant {
+  std::string name;
+  const Layout* layout = nullptr;  // null: full attention (dense) or dynamic SP-KV
+  bool dense = false;
+  std::vector<double> doc_sum, doc_n;  // per piece: summed NLL, scored tokens
+  double entries = 0;                  // K/V rows held at the end of each piece, summed over pieces
+};
+}  // namespace
+
+void cmd_layout_eval(const LayoutEvalOptions& o) {
+  auto model = load_model(o.model);
+  const ModelConfig& c = model->config;
+  auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
+  std::vector<Layout> layouts;
+  for (const auto& path : o.layouts) {
+    layouts.push_back(analysis::read_layout(path));
+    const Layout& l = layouts.back();
+    if (l.n_layers != c.n_layers || l.n_kv_heads != c.n_kv_heads)
+      throw FileError(path, fmt::format("the layout is {} layers x {} KV heads but the model {} has {} x {}", l.n_layers,
+                                        l.n_kv_heads, o.model, c.n_layers, c.n_kv_heads));
+    if (l.name.empty()) layouts.back().name = fs::path(path).stem().string();
+  }
+  auto docs = read_all_documents(o.inputs, o.separator);
+  if (o.skip_docs >= int64_t(docs.size()))
+    throw InputError(fmt::format("layout eval: --skip-docs {} leaves none of the {} documents", o.skip_docs, docs.size()));
+  docs.erase(docs.begin(), docs.begin() + o.skip_docs);
+  if (o.max_docs > 0 && int64_t(docs.size()) > o.max_docs) docs.resize(size_t(o.max_docs));
+  std::vector<TokenPiece> pieces;
+  int64_t n_tokens = 0;
+  for (auto& d : docs)
+    for (auto& p : split_to_context(d.id, tok->encode(d.text, true, false), c.max_seq_len, int32_t(c.bos_id)))
+      n_tokens += int64_t(p.tokens.size()), pieces.push_back(std::move(p));
+
+  std::vector<Variant> variants;
+  variants.push_back({"full attention", nullptr, true});
+  if (c.spkv.enabled) variants.push_back({fmt::format("SP-KV (tau {})", model->gates.tau), nullptr, false});
+  for (const auto& l : layouts) variants.push_back({l.name, &l, false});
+  Progress bar("layout eval", n_tokens * int64_t(variants.size()), "tok");
+  for (auto& v : variants) {
+    EngineOptions eo;
+    eo.chunk = o.chunk, eo.dense = v.dense;
+    if (v.layout) eo.layout = v.layout->global, eo.layout_window = v.layout->window;
+    Engine engine(model, eo);
+    for (const auto& p : pieces) {
+      const ScoredDocument s = score_document(engine, p.tokens);
+      double sum = 0;
+      for (double x : s.nll) sum += x;
+      v.doc_sum.push_back(sum), v.doc_n.push_back(double(s.nll.size()));
+      v.entries += double(engine.cache().entries());
+      bar.add(int64_t(p.tokens.size()), v.name);
+    }
+  }
+  bar.finish();
+
+  // Paired comparisons against full attention: per-piece mean NLL differences, weighted by scored tokens.
+  const Variant& full = variants[0];
+  const double full_nll = std::accumulate(full.doc_sum.begin(), full.doc_sum.end(), 0.0) /
+                          std::accumulate(full.doc_n.begin(), full.doc_n.end(), 0.0);
+  const double row_bytes = 2.0 * double(c.head_dim) * sizeof(float);  // one K and one V row
+  nlohmann::json rows = nlohmann::json::array();
+  std::string md = fmt::format("| layout | global heads | coverage | KV ratio | NLL | ΔNLL vs full | 95% CI of Δ | ΔNLL vs SP-KV |\n"
+                               "|---|---|---|---|---|---|---|---|\n");
+  std::string inputs;
+  for (const auto& i : o.inputs) inputs += (inputs.empty() ? "" : ", ") + i;
+  fmt::print("{} pieces, {} tokens of {}\n{:<18} {:>6} {:>8} {:>8} {:>8} {:>9} {:>19} {:>9}\n", pieces.size(), n_tokens,
+             inputs, "layout", "global", "coverage", "KV ratio", "NLL", "vs full", "95% CI", "vs SP-KV");
+  const double spkv_nll = c.spkv.enabled ? std::accumulate(variants[1].doc_sum.begin(), variants[1].doc_sum.end(), 0.0) /
+                                               std::accumulate(variants[1].doc_n.begin(), variants[1].doc_n.end(), 0.0)
+                                         : std::nan("");
+  for (const auto& v : variants) {
+    std::vector<double> diffs, mean_nll;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      mean_nll.push_back(v.doc_sum[i] / v.doc_n[i]);
+      diffs.push_back((v.doc_sum[i] - full.doc_sum[i]) / v.doc_n[i]);
+    }
+    const auto nll = analysis::summarize(mean_nll, v.doc_n);
+    const auto delta = analysis::summarize(diffs, v.doc_n);
+    const double pct = 100 * delta.mean / full_nll, lo = 100 * delta.ci_low / full_nll, hi = 100 * delta.ci_high / full_nll;
+    const double vs_spkv = 100 * (nll.mean / spkv_nll - 1), kv = v.entries / full.entries;
+    const double coverage = v.layout ? v.layout->coverage : (v.dense || !c.spkv.enabled ? std::nan("") : 1.0);
+    const int64_t n_global = v.layout ? v.layout->n_global() : -1;
+    auto opt = [](double x, const char* f) { return std::isfinite(x) ? fmt::format(fmt::runtime(f), x) : std::string("–"); };
+    fmt::print("{:<18} {:>6} {:>8} {:>8.3f} {:>8.4f} {:>8.2f}% {:>19} {:>9}\n", v.name,
+               n_global >= 0 ? std::to_string(n_global) : "–", opt(coverage, "{:.3f}"), kv, nll.mean, pct,
+               fmt::format("[{:+.2f}%, {:+.2f}%]", lo, hi), opt(vs_spkv, "{:+.2f}%"));
+    md += fmt::format("| {} | {} | {} | {:.3f} | {:.4f} | {:+.2f}% | [{:+.2f}%, {:+.2f}%] | {} |\n", v.name,
+                      n_global >= 0 ? std::to_string(n_global) : "–", opt(coverage, "{:.3f}"), kv, nll.mean, pct, lo, hi,
+                      opt(vs_spkv, "{:+.2f}%"));
+    rows.push_back({{"name", v.name}, {"layout", v.layout ? nlohmann::json(v.layout->global) : nlohmann::json(nullptr)},
+                    {"global_heads", n_global >= 0 ? nlohmann::json(n_global) : nlohmann::json(nullptr)},
+                    {"coverage", std::isfinite(coverage) ? nlohmann::json(coverage) : nlohmann::json(nullptr)},
+                    {"nll", nll.mean}, {"nll_ci95", {nll.ci_low, nll.ci_high}},
+                    {"delta_nll_vs_full", delta.mean}, {"delta_nll_vs_full_ci95", {delta.ci_low, delta.ci_high}},
+                    {"delta_pct_vs_full", pct},
+                    {"delta_pct_vs_spkv", std::isfinite(vs_spkv) ? nlohmann::json(vs_spkv) : nlohmann::json(nullptr)},
+                    {"kv_entries", v.entries}, {"kv_bytes", v.entries * row_bytes}, {"kv_ratio", kv}});
+  }
+  fmt::print("KV ratio: K/V rows held at the end of each piece against full attention; Δ: paired over pieces\n");
+  if (!o.json.empty())
+    write_file_atomic(o.json, nlohmann::json{{"model", o.model}, {"inputs", o.inputs}, {"pieces", pieces.size()},
+                                             {"tokens", n_tokens}, {"layouts", o.layouts}, {"rows", rows}}.dump(2) + "\n");
+  if (!o.markdown.empty()) write_file_atomic(o.markdown, md);
+}
+
+void cmd_layout_export(const LayoutExportOptions& o) {
+  const Layout l = analysis::read_layout(o.layout);
+  const std::string model_type = o.model_type.empty() ? l.model_type : o.model_type;
+  std::vector<std::string> warnings;
+  const std::string hf = analysis::hf_config_fragment(l, model_type, warnings);
+  fs::create_directories(o.out_dir);
+  const fs::path out(o.out_dir);
+  write_file_atomic((out / "layout.json").string(), analysis::layout_json(l));
+  write_file_atomic((out / "hf_config_fragment.json").string(), hf);
+  write_file_atomic((out / "full_attention_heads.tsv").string(), analysis::duo_attention_tsv(l));
+  for (const auto& w : warnings) std::fprintf(stderr, "spkv: warning: %s\n", w.c_str());
+  fmt::print("{}: {} of {} heads global, window {}; wrote {}/layout.json, hf_config_fragment.json ({}), "
+             "full_attention_heads.tsv\n", l.name, l.n_global(), l.n_layers * l.n_kv_heads, l.window, o.out_dir,
+             model_type.empty() ? "model_type unknown" : model_type);
+}
+
+}  // namespace spkv
