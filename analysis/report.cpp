@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "analysis/gate_log_reader.h"
 #include "core/errors.h"
@@ -51,6 +52,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
   std::vector<std::vector<int64_t>> doc_kept, doc_elig;  // (documents, L * Hkv)
   std::vector<std::vector<int64_t>> above;               // (grid, L * Hkv): eligible keys with u >= tau
   std::vector<double> lengths, ratios;
+  std::unique_ptr<TokenRetentionCounter> tokens;
   for (const auto& path : paths) {
     GateLogReader log(path);
     const LogInfo& in = log.info();
@@ -61,6 +63,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       const auto config = nlohmann::json::parse(in.model_config, nullptr, false);
       if (config.is_object()) r.model_type = config.value("model_type", "");
       above.assign(tau_grid.size(), std::vector<int64_t>(in.n_layers * in.n_kv_heads, 0));
+      tokens = std::make_unique<TokenRetentionCounter>(in.n_layers * in.n_kv_heads);
     } else if (in.n_layers != r.n_layers || in.n_kv_heads != r.n_kv_heads || in.window != r.window ||
                in.keep_first != r.keep_first) {
       throw FileError(path, fmt::format("cannot be merged with {}: layers x KV heads {}x{}, window {}, keep_first {} "
@@ -70,6 +73,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
     r.logs.push_back(path);
     const int64_t LH = in.n_layers * in.n_kv_heads, W = in.window;
     const auto& off = log.token_offsets();
+    std::vector<int64_t> log_kept(LH, 0), log_elig(LH, 0);
     for (int64_t d = 0; d < in.n_documents; ++d) {
       const int64_t T = off[d + 1] - off[d];
       doc_kept.emplace_back(log.kept().begin() + d * LH, log.kept().begin() + (d + 1) * LH);
@@ -77,7 +81,8 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       // SP-KV entries at the end: each head's window, the kept eligible tokens, and the keep_first tokens
       // that have left the window (always kept). The dense cache holds T per head.
       int64_t kept_total = 0;
-      for (int64_t i = 0; i < LH; ++i) kept_total += doc_kept.back()[i];
+      for (int64_t i = 0; i < LH; ++i)
+        kept_total += doc_kept.back()[i], log_kept[i] += doc_kept.back()[i], log_elig[i] += doc_elig.back()[i];
       const double spkv = double(LH * std::min(T, W) + kept_total + LH * std::min(in.keep_first, std::max<int64_t>(0, T - W)));
       r.compression.push_back({log.document_ids()[d], T, double(LH * T) / spkv});
       lengths.push_back(double(T)), ratios.push_back(r.compression.back().compression);
@@ -87,7 +92,13 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       const auto u = log.u(off[d] + first, off[d] + last);  // (last - first, L, Hkv)
       for (size_t k = 0; k < tau_grid.size(); ++k)
         for (size_t j = 0; j < u.size(); ++j) above[k][j % LH] += u[j] >= tau_grid[k];
+      tokens->add(first, log.token_ids(off[d] + first, off[d] + last), log.token_text(off[d] + first, off[d] + last),
+                  log.z(off[d] + first, off[d] + last));
     }
+    std::vector<double> density(LH, std::nan(""));
+    for (int64_t i = 0; i < LH; ++i)
+      if (log_elig[i] > 0) density[i] = double(log_kept[i]) / double(log_elig[i]);
+    r.log_density.push_back(density);
     r.documents += in.n_documents, r.tokens += in.n_tokens;
   }
   const int64_t L = r.n_layers, Hkv = r.n_kv_heads, LH = L * Hkv;
@@ -104,6 +115,20 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
     for (size_t c : layer) r.per_head.push_back(density_summary(doc_kept, doc_elig, {c}));
   }
   r.compression_fit = fit_line(lengths, ratios);
+  r.retention = tokens->finish();
+  for (size_t a = 0; a < r.log_density.size(); ++a)
+    for (size_t b = a + 1; b < r.log_density.size(); ++b) {
+      Stability st;
+      st.a = a, st.b = b, st.spearman = spearman(r.log_density[a], r.log_density[b]);
+      int64_t n = 0;
+      for (int64_t i = 0; i < LH; ++i) {
+        st.diff.push_back(r.log_density[b][i] - r.log_density[a][i]);
+        if (std::isnan(st.diff.back())) continue;
+        st.mean_abs_diff += std::abs(st.diff.back()), st.max_abs_diff = std::max(st.max_abs_diff, std::abs(st.diff.back())), ++n;
+      }
+      if (n > 0) st.mean_abs_diff /= double(n);
+      r.stability.push_back(st);
+    }
   for (size_t k = 0; k < tau_grid.size(); ++k) {
     std::vector<double> per(LH, std::nan(""));
     int64_t a = 0, e = 0;
@@ -120,6 +145,52 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
 namespace {
 nlohmann::json summary_json(const Summary& s) {
   return {{"density", s.mean}, {"std_across_documents", s.stddev}, {"ci95", {s.ci_low, s.ci_high}}, {"documents", s.n}};
+}
+
+nlohmann::json rate_or_null(int64_t kept, int64_t eligible) {
+  return eligible > 0 ? nlohmann::json(double(kept) / double(eligible)) : nlohmann::json(nullptr);
+}
+
+// kept / eligible summed over the heads of layer il (all heads when il < 0).
+std::pair<int64_t, int64_t> sum_heads(const std::vector<int64_t>& kept, const std::vector<int64_t>& elig, int64_t il,
+                                      int64_t Hkv) {
+  int64_t k = 0, e = 0;
+  for (size_t i = 0; i < kept.size(); ++i)
+    if (il < 0 || int64_t(i) / Hkv == il) k += kept[i], e += elig[i];
+  return {k, e};
+}
+
+nlohmann::json strings_json(const std::vector<KeptString>& v) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& s : v) out.push_back({{"text", s.text}, {"kept", s.kept}, {"eligible", s.eligible}, {"rate", s.rate()}});
+  return out;
+}
+
+nlohmann::json tokens_json(const TokenRetention& t, int64_t Hkv) {
+  using nlohmann::json;
+  json classes = json::array(), positions = json::array(), most = json::array(), least = json::array();
+  for (int c = 0; c < kTokenClasses; ++c) {
+    const auto [k, e] = sum_heads(t.class_kept[c], t.class_eligible[c], -1, Hkv);
+    json per_head = json::array();
+    for (int64_t i = 0; i < t.heads; ++i) per_head.push_back(rate_or_null(t.class_kept[c][i], t.class_eligible[c][i]));
+    classes.push_back({{"class", token_class_name(TokenClass(c))}, {"kept", k}, {"eligible", e},
+                       {"retention", rate_or_null(k, e)}, {"per_head", per_head}});
+  }
+  for (size_t b = 0; b < t.position_kept.size(); ++b) {
+    const auto [k, e] = sum_heads(t.position_kept[b], t.position_eligible[b], -1, Hkv);
+    positions.push_back({{"from", t.position_edges[b]}, {"to", t.position_edges[b + 1]}, {"kept", k}, {"eligible", e},
+                         {"retention", rate_or_null(k, e)}});
+  }
+  for (int64_t i = 0; i < t.heads; ++i) most.push_back(strings_json(t.most_kept[i])), least.push_back(strings_json(t.least_kept[i]));
+  return {{"classes", classes}, {"positions", positions},
+          {"most_kept", {{"all_heads", strings_json(t.most_kept_all)}, {"per_head", most}}},
+          {"least_kept", {{"all_heads", strings_json(t.least_kept_all)}, {"per_head", least}}}};
+}
+
+nlohmann::json nan_to_null(const std::vector<double>& v) {
+  nlohmann::json out = nlohmann::json::array();
+  for (double x : v) out.push_back(std::isnan(x) ? nlohmann::json(nullptr) : nlohmann::json(x));
+  return out;
 }
 }  // namespace
 
@@ -146,7 +217,16 @@ std::string report_json(const Report& r) {
             {"compression", {{"per_document", docs},
                              {"fit", {{"slope", r.compression_fit.slope}, {"intercept", r.compression_fit.intercept},
                                       {"r2", r.compression_fit.r2}, {"documents", r.compression_fit.n}}}}},
-            {"tau_sweep", sweep}};
+            {"tau_sweep", sweep},
+            {"retention", tokens_json(r.retention, r.n_kv_heads)}};
+  json stab = json::array(), per_log = json::array();
+  for (const auto& d : r.log_density) per_log.push_back(nan_to_null(d));
+  for (const auto& st : r.stability)
+    stab.push_back({{"a", r.logs[st.a]}, {"b", r.logs[st.b]}, {"mean_abs_diff", st.mean_abs_diff},
+                    {"max_abs_diff", st.max_abs_diff}, {"spearman", std::isnan(st.spearman) ? json(nullptr) : json(st.spearman)},
+                    {"diff_b_minus_a", nan_to_null(st.diff)}});
+  j["density"]["per_log"] = per_log;
+  j["stability"] = stab;
   return j.dump(2) + "\n";
 }
 
@@ -177,7 +257,42 @@ std::string report_markdown(const Report& r) {
   for (size_t k = 0; k < r.tau_grid.size(); ++k) s += "---|";
   s += "\n| density |";
   for (double d : r.tau_overall) s += fmt::format(" {:.3f} |", d);
-  return s + "\n";
+  s += "\n";
+  // Which tokens are kept.
+  const auto& t = r.retention;
+  auto rate = [](std::pair<int64_t, int64_t> ke) { return ke.second > 0 ? fmt::format("{:.3f}", double(ke.first) / double(ke.second)) : std::string("–"); };
+  s += "\nRetention (kept / eligible keys) by token class:\n\n| class | eligible keys | all heads |";
+  for (int64_t il = 0; il < r.n_layers; ++il) s += fmt::format(" layer {} |", il);
+  s += "\n|---|---|---|";
+  for (int64_t il = 0; il < r.n_layers; ++il) s += "---|";
+  s += "\n";
+  for (int c = 0; c < kTokenClasses; ++c) {
+    s += fmt::format("| {} | {} | {} |", token_class_name(TokenClass(c)),
+                     sum_heads(t.class_kept[c], t.class_eligible[c], -1, r.n_kv_heads).second,
+                     rate(sum_heads(t.class_kept[c], t.class_eligible[c], -1, r.n_kv_heads)));
+    for (int64_t il = 0; il < r.n_layers; ++il) s += " " + rate(sum_heads(t.class_kept[c], t.class_eligible[c], il, r.n_kv_heads)) + " |";
+    s += "\n";
+  }
+  s += "\nRetention by position in the document:\n\n| positions | eligible keys | retention |\n|---|---|---|\n";
+  for (size_t b = 0; b < t.position_kept.size(); ++b) {
+    const auto ke = sum_heads(t.position_kept[b], t.position_eligible[b], -1, r.n_kv_heads);
+    if (ke.second > 0) s += fmt::format("| {}–{} | {} | {} |\n", t.position_edges[b], t.position_edges[b + 1] - 1, ke.second, rate(ke));
+  }
+  auto strings = [](const std::vector<KeptString>& v) {
+    std::string out;
+    for (const auto& x : v) {
+      std::string shown;
+      for (char c : x.text) shown += c == '\n' ? std::string("\\n") : c == '`' ? std::string("'") : std::string(1, c);
+      out += fmt::format(" `{}` {:.2f} ({}),", shown, x.rate(), x.eligible);
+    }
+    return out.empty() ? std::string(" –") : out.substr(0, out.size() - 1);
+  };
+  s += "\nMost kept token strings (all heads):" + strings(t.most_kept_all) + "\n";
+  s += "\nLeast kept token strings (all heads):" + strings(t.least_kept_all) + "\n";
+  for (const auto& st : r.stability)
+    s += fmt::format("\nStability, {} vs {}: per-head density differs by {:.3f} on average (at most {:.3f}); Spearman "
+                     "rank correlation {:.3f}\n", r.logs[st.a], r.logs[st.b], st.mean_abs_diff, st.max_abs_diff, st.spearman);
+  return s;
 }
 
 }  // namespace spkv::analysis

@@ -1,13 +1,15 @@
 // The analysis of one or more gate logs (`spkv analyze`): density per (layer, head), per layer and overall
 // with its spread across documents; compression per document against length with a least-squares fit;
-// and a counterfactual tau sweep from the logged u. Memory is bounded by the summaries and one document,
-// not by the token count. Torch-free, Qt-free. Not the layouts (those build on this report).
+// a counterfactual tau sweep from the logged u; which tokens are kept (tokens.h); and, given several logs
+// (e.g. of different corpora), how stable each head's density is between them. Memory is bounded by the
+// summaries, one document and the vocabulary, not by the token count. Torch-free, Qt-free. Not the layouts (those build on this report).
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "analysis/stats.h"
+#include "analysis/tokens.h"
 
 namespace spkv::analysis {
 
@@ -22,6 +24,13 @@ struct LinearFit {
   int64_t n = 0;
 };
 LinearFit fit_line(const std::vector<double>& x, const std::vector<double>& y);
+
+// Two logs compared head by head: the density difference (b - a) and the rank correlation of the densities.
+struct Stability {
+  size_t a = 0, b = 0;        // indices into Report::logs
+  std::vector<double> diff;   // (L * Hkv) NaN where either log has nothing eligible
+  double mean_abs_diff = 0, max_abs_diff = 0, spearman = 0;
+};
 
 struct Report {
   std::vector<std::string> logs;
@@ -41,6 +50,9 @@ struct Report {
   std::vector<double> tau_grid;
   std::vector<std::vector<double>> tau_density;  // (grid, L * Hkv)
   std::vector<double> tau_overall;               // (grid)
+  TokenRetention retention;  // which tokens are kept
+  std::vector<std::vector<double>> log_density;  // (logs, L * Hkv) each log's own per-head density
+  std::vector<Stability> stability;              // every pair of logs
 };
 
 // Reads the logs (same L, Hkv, W and keep_first; else FileError naming the log that differs) and computes

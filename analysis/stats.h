@@ -18,4 +18,9 @@ struct Summary {
 Summary summarize(const std::vector<double>& xs, const std::vector<double>& ws = {}, double level = 0.95,
                   int resamples = 2000, uint64_t seed = 1);
 
+// Spearman's rank correlation of x and y (Pearson correlation of their ranks; ties get their average
+// rank). Pairs where either value is NaN are left out; NaN when fewer than 2 pairs remain or a side is
+// constant.
+double spearman(const std::vector<double>& x, const std::vector<double>& y);
+
 }  // namespace spkv::analysis
