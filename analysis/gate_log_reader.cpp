@@ -96,6 +96,8 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   i.n_layers = m.num<int64_t>("n_layers", H5T_NATIVE_INT64), i.n_kv_heads = m.num<int64_t>("n_kv_heads", H5T_NATIVE_INT64);
   if (m.has_attr("attention_last_queries"))
     i.attention_last_queries = m.num<int64_t>("attention_last_queries", H5T_NATIVE_INT64);
+  i.attention_far = H5Lexists(m.file, "attention", H5P_DEFAULT) > 0 &&
+                    H5Lexists(m.file, "attention/received_far", H5P_DEFAULT) > 0;
   token_offsets_ = m.rows<int64_t>("documents/token_offsets", H5T_NATIVE_INT64, 0, -1);
   if (token_offsets_.empty()) m.fail("documents/token_offsets is empty (it starts with 0)");
   i.n_documents = int64_t(token_offsets_.size()) - 1, i.n_tokens = token_offsets_.back();
@@ -117,6 +119,15 @@ std::vector<float> GateLogReader::u(int64_t begin, int64_t end) const {
 }
 std::vector<uint8_t> GateLogReader::z(int64_t begin, int64_t end) const {
   return impl_->rows<uint8_t>("gates/z", H5T_NATIVE_UINT8, begin, end, info_.n_layers * info_.n_kv_heads);
+}
+std::vector<float> GateLogReader::received(int64_t begin, int64_t end) const {
+  return impl_->rows<float>("attention/received", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+}
+std::vector<float> GateLogReader::received_last(int64_t begin, int64_t end) const {
+  return impl_->rows<float>("attention/received_last", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+}
+std::vector<float> GateLogReader::received_far(int64_t begin, int64_t end) const {
+  return impl_->rows<float>("attention/received_far", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<int32_t> GateLogReader::token_ids(int64_t begin, int64_t end) const {
   return impl_->rows<int32_t>("tokens/ids", H5T_NATIVE_INT32, begin, end);

@@ -16,6 +16,7 @@ struct LogInfo {
   double tau = 0;
   int64_t window = 0, keep_first = 0, n_layers = 0, n_kv_heads = 0, attention_last_queries = 0;
   int64_t n_documents = 0, n_tokens = 0;
+  bool attention_far = false;  // /attention/received_far is present (a dense run with --attention-stats)
 };
 
 class GateLogReader {
@@ -40,6 +41,10 @@ class GateLogReader {
   std::vector<float> nll(int64_t begin, int64_t end) const;              // (n)
   std::vector<int32_t> cache_entries(int64_t begin, int64_t end) const;  // (n)
   std::vector<std::string> token_text(int64_t begin, int64_t end) const; // (n) UTF-8 bytes of each token
+  // /attention: the mass each key received from every query, the last queries, and the far queries.
+  std::vector<float> received(int64_t begin, int64_t end) const;       // (n, L, Hkv)
+  std::vector<float> received_last(int64_t begin, int64_t end) const;  // (n, L, Hkv)
+  std::vector<float> received_far(int64_t begin, int64_t end) const;   // (n, L, Hkv)
 
  private:
   struct Impl;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numeric>
 
 #include "analysis/gate_log_reader.h"
 #include "core/errors.h"
@@ -53,6 +54,9 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
   std::vector<std::vector<int64_t>> above;               // (grid, L * Hkv): eligible keys with u >= tau
   std::vector<double> lengths, ratios;
   std::unique_ptr<TokenRetentionCounter> tokens;
+  std::unique_ptr<AttentionCounter> attention;
+  r.has_attention = true;
+  for (const auto& path : paths) r.has_attention = r.has_attention && GateLogReader(path).info().attention_far;
   for (const auto& path : paths) {
     GateLogReader log(path);
     const LogInfo& in = log.info();
@@ -64,6 +68,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       if (config.is_object()) r.model_type = config.value("model_type", "");
       above.assign(tau_grid.size(), std::vector<int64_t>(in.n_layers * in.n_kv_heads, 0));
       tokens = std::make_unique<TokenRetentionCounter>(in.n_layers * in.n_kv_heads);
+      if (r.has_attention) attention = std::make_unique<AttentionCounter>(in.n_layers * in.n_kv_heads);
     } else if (in.n_layers != r.n_layers || in.n_kv_heads != r.n_kv_heads || in.window != r.window ||
                in.keep_first != r.keep_first) {
       throw FileError(path, fmt::format("cannot be merged with {}: layers x KV heads {}x{}, window {}, keep_first {} "
@@ -92,8 +97,11 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       const auto u = log.u(off[d] + first, off[d] + last);  // (last - first, L, Hkv)
       for (size_t k = 0; k < tau_grid.size(); ++k)
         for (size_t j = 0; j < u.size(); ++j) above[k][j % LH] += u[j] >= tau_grid[k];
-      tokens->add(first, log.token_ids(off[d] + first, off[d] + last), log.token_text(off[d] + first, off[d] + last),
-                  log.z(off[d] + first, off[d] + last));
+      const auto z = log.z(off[d] + first, off[d] + last);
+      tokens->add(first, log.token_ids(off[d] + first, off[d] + last), log.token_text(off[d] + first, off[d] + last), z);
+      if (attention)
+        attention->add(int64_t(doc_kept.size()), first, last - first, u, z, log.received(off[d] + first, off[d] + last),
+                       log.received_last(off[d] + first, off[d] + last), log.received_far(off[d] + first, off[d] + last));
     }
     std::vector<double> density(LH, std::nan(""));
     for (int64_t i = 0; i < LH; ++i)
@@ -116,6 +124,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
   }
   r.compression_fit = fit_line(lengths, ratios);
   r.retention = tokens->finish();
+  if (attention) r.attention = attention->finish();
   for (size_t a = 0; a < r.log_density.size(); ++a)
     for (size_t b = a + 1; b < r.log_density.size(); ++b) {
       Stability st;
@@ -192,6 +201,25 @@ nlohmann::json nan_to_null(const std::vector<double>& v) {
   for (double x : v) out.push_back(std::isnan(x) ? nlohmann::json(nullptr) : nlohmann::json(x));
   return out;
 }
+
+double ratio(double a, double b) { return b > 0 ? a / b : std::nan(""); }
+double sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+
+nlohmann::json attention_json(const AttentionReport& a) {
+  using nlohmann::json;
+  json policies = json::array(), bins = json::array();
+  for (int p = 0; p < kNumPolicies; ++p) {
+    std::vector<double> per_head;
+    for (int64_t h = 0; h < a.heads; ++h) per_head.push_back(ratio(a.kept_mass[p][h], a.total_mass[h]));
+    policies.push_back({{"policy", kPolicies[p]}, {"far_mass_share", ratio(sum(a.kept_mass[p]), sum(a.total_mass))},
+                        {"per_head", nan_to_null(per_head)}});
+  }
+  for (const auto& b : a.reliability)
+    bins.push_back({{"u_from", b.lo}, {"u_to", b.hi}, {"keys", b.keys}, {"mean_u", ratio(b.sum_u, double(b.keys))},
+                    {"useful_rate", ratio(double(b.useful), double(b.keys))}, {"mean_far_mass", ratio(b.sum_far, double(b.keys))}});
+  return {{"sinks", a.sinks}, {"kept_keys", a.kept_keys}, {"eligible_keys", a.eligible_keys}, {"policies", policies},
+          {"calibration", {{"auroc_per_head", nan_to_null(a.auroc)}, {"reliability", bins}}}};
+}
 }  // namespace
 
 std::string report_json(const Report& r) {
@@ -226,6 +254,7 @@ std::string report_json(const Report& r) {
                     {"max_abs_diff", st.max_abs_diff}, {"spearman", std::isnan(st.spearman) ? json(nullptr) : json(st.spearman)},
                     {"diff_b_minus_a", nan_to_null(st.diff)}});
   j["density"]["per_log"] = per_log;
+  if (r.has_attention) j["baselines"] = attention_json(r.attention);
   j["stability"] = stab;
   return j.dump(2) + "\n";
 }
@@ -289,6 +318,37 @@ std::string report_markdown(const Report& r) {
   };
   s += "\nMost kept token strings (all heads):" + strings(t.most_kept_all) + "\n";
   s += "\nLeast kept token strings (all heads):" + strings(t.least_kept_all) + "\n";
+  if (r.has_attention) {
+    const auto& a = r.attention;
+    s += fmt::format("\nBaselines at matched density (each keeps, per document and head, as many eligible keys as the "
+                     "gates kept: {} of {}): share of the far attention mass on the kept keys\n\n| policy | all heads |",
+                     std::accumulate(a.kept_keys.begin(), a.kept_keys.end(), int64_t(0)),
+                     std::accumulate(a.eligible_keys.begin(), a.eligible_keys.end(), int64_t(0)));
+    for (int64_t il = 0; il < r.n_layers; ++il) s += fmt::format(" layer {} |", il);
+    s += "\n|---|---|";
+    for (int64_t il = 0; il < r.n_layers; ++il) s += "---|";
+    s += "\n";
+    for (int p = 0; p < kNumPolicies; ++p) {
+      s += fmt::format("| {} | {:.3f} |", kPolicies[p], ratio(sum(a.kept_mass[p]), sum(a.total_mass)));
+      for (int64_t il = 0; il < r.n_layers; ++il) {
+        double k = 0, t = 0;
+        for (int64_t h = 0; h < r.n_kv_heads; ++h) k += a.kept_mass[p][il * r.n_kv_heads + h], t += a.total_mass[il * r.n_kv_heads + h];
+        s += fmt::format(" {:.3f} |", ratio(k, t));
+      }
+      s += "\n";
+    }
+    s += "\nCalibration: AUROC of u for the keys the oracle keeps, per layer (rows) and KV head:\n\n";
+    for (int64_t il = 0; il < r.n_layers; ++il) {
+      s += fmt::format("- layer {}:", il);
+      for (int64_t h = 0; h < r.n_kv_heads; ++h) s += fmt::format(" {:.3f}", a.auroc[il * r.n_kv_heads + h]);
+      s += "\n";
+    }
+    s += "\n| u | keys | mean u | useful (oracle keeps) | mean far mass |\n|---|---|---|---|---|\n";
+    for (const auto& b : a.reliability)
+      if (b.keys > 0)
+        s += fmt::format("| {:.1f}–{:.1f} | {} | {:.3f} | {:.3f} | {:.4f} |\n", b.lo, b.hi, b.keys, b.sum_u / double(b.keys),
+                         double(b.useful) / double(b.keys), b.sum_far / double(b.keys));
+  }
   for (const auto& st : r.stability)
     s += fmt::format("\nStability, {} vs {}: per-head density differs by {:.3f} on average (at most {:.3f}); Spearman "
                      "rank correlation {:.3f}\n", r.logs[st.a], r.logs[st.b], st.mean_abs_diff, st.max_abs_diff, st.spearman);

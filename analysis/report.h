@@ -1,6 +1,8 @@
 // The analysis of one or more gate logs (`spkv analyze`): density per (layer, head), per layer and overall
 // with its spread across documents; compression per document against length with a least-squares fit;
-// a counterfactual tau sweep from the logged u; which tokens are kept (tokens.h); and, given several logs
+// a counterfactual tau sweep from the logged u; which tokens are kept (tokens.h); eviction baselines at
+// matched density and the predictor's calibration when attention statistics were logged (attention.h);
+// and, given several logs
 // (e.g. of different corpora), how stable each head's density is between them. Memory is bounded by the
 // summaries, one document and the vocabulary, not by the token count. Torch-free, Qt-free. Not the layouts (those build on this report).
 #pragma once
@@ -8,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "analysis/attention.h"
 #include "analysis/stats.h"
 #include "analysis/tokens.h"
 
@@ -51,6 +54,8 @@ struct Report {
   std::vector<std::vector<double>> tau_density;  // (grid, L * Hkv)
   std::vector<double> tau_overall;               // (grid)
   TokenRetention retention;  // which tokens are kept
+  bool has_attention = false;  // every log is a dense run with attention statistics (/attention/received_far)
+  AttentionReport attention;   // baselines at matched density and calibration, when has_attention
   std::vector<std::vector<double>> log_density;  // (logs, L * Hkv) each log's own per-head density
   std::vector<Stability> stability;              // every pair of logs
 };

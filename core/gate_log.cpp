@@ -32,7 +32,7 @@ struct GateLogWriter::Impl {
   std::string path;
   GateLogHeader h;
   hid_t file = -1, f16 = -1;
-  Extendible ids, nll, position, cache_entries, text_offsets, text_bytes, u, z, received, received_last;
+  Extendible ids, nll, position, cache_entries, text_offsets, text_bytes, u, z, received, received_last, received_far;
   Extendible doc_tokens, doc_id_offsets, doc_id_bytes, doc_kept, doc_eligible;
   std::vector<int64_t> kept_total, eligible_total;  // (L, Hkv)
   int64_t n_docs = 0;
@@ -205,6 +205,7 @@ struct GateLogWriter::Impl {
     if (h.last_queries > 0) {
       received = make("attention/received", H5T_NATIVE_FLOAT, {L, Hkv});
       received_last = make("attention/received_last", H5T_NATIVE_FLOAT, {L, Hkv});
+      received_far = make("attention/received_far", H5T_NATIVE_FLOAT, {L, Hkv});
     }
     doc_tokens = make("documents/token_offsets", H5T_NATIVE_INT64, {});
     doc_id_offsets = make("documents/id_offsets", H5T_NATIVE_INT64, {});
@@ -270,7 +271,7 @@ struct GateLogWriter::Impl {
     n_docs = int64_t(tok_off.size()) - 1;
     const hsize_t T = hsize_t(tok_off.back());
     // Rows past the last complete document (a write cut off by a kill) are dropped.
-    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z, &received, &received_last}) {
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z, &received, &received_last, &received_far}) {
       if (e->id < 0) continue;  // no attention statistics
       if (e->rows < T) fail("a token dataset is shorter than documents/token_offsets says");
       truncate(*e, T);
@@ -292,7 +293,8 @@ struct GateLogWriter::Impl {
     const hsize_t T = d.tokens.size(), LH = hsize_t(h.n_layers * h.n_kv_heads);
     if (d.text.size() != T || d.nll.size() != T || d.u.size() != T * LH || d.z.size() != T * LH ||
         d.cache_entries.size() != T || d.kept.size() != LH || d.eligible.size() != LH ||
-        (received.id >= 0 && (d.received.size() != T * LH || d.received_last.size() != T * LH)))
+        (received.id >= 0 && (d.received.size() != T * LH || d.received_last.size() != T * LH ||
+                               d.received_far.size() != T * LH)))
       throw Error("gate log: document '" + d.id + "' has arrays of inconsistent lengths");
     std::vector<int32_t> pos(T);
     std::vector<int64_t> offs(T);
@@ -305,7 +307,9 @@ struct GateLogWriter::Impl {
     append(cache_entries, d.cache_entries.data(), T);
     append(text_bytes, bytes.data(), bytes.size()), append(text_offsets, offs.data(), T);
     append(u, d.u.data(), T), append(z, d.z.data(), T);
-    if (received.id >= 0) append(received, d.received.data(), T), append(received_last, d.received_last.data(), T);
+    if (received.id >= 0)
+      append(received, d.received.data(), T), append(received_last, d.received_last.data(), T),
+          append(received_far, d.received_far.data(), T);
     // The document index last: a document exists once its token_offsets entry does.
     if (doc_tokens.rows == 0) append(doc_tokens, &zero, 1), append(doc_id_offsets, &zero, 1);
     const int64_t tok_end = int64_t(ids.rows), id_end = int64_t(doc_id_bytes.rows + d.id.size());
@@ -356,7 +360,7 @@ struct GateLogWriter::Impl {
     if (file < 0) return;
     if (complete) attr_num(file, "complete", H5T_NATIVE_INT, 1);
     for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &received,
-                          &received_last, &doc_tokens, &doc_id_offsets, &doc_id_bytes, &doc_kept, &doc_eligible})
+                          &received_last, &received_far, &doc_tokens, &doc_id_offsets, &doc_id_bytes, &doc_kept, &doc_eligible})
       if (e->id >= 0) H5Dclose(e->id), e->id = -1;
     if (f16 >= 0) H5Tclose(f16), f16 = -1;
     H5Fclose(file);

@@ -45,6 +45,7 @@ struct LoggedDocument {
   // With attention statistics (header.last_queries > 0): (T, L, Hkv) attention mass each key received,
   // averaged over the query heads of its KV head, from every query and from the last queries.
   std::vector<float> received, received_last;
+  std::vector<float> received_far;  // ... and from the queries that see the key from outside the window
 };
 
 class GateLogWriter {

@@ -130,6 +130,9 @@ torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor&
     const int64_t tail = std::min(record_tail, T);
     received = p.sum(3).mean(2).transpose(1, 2).detach();                                     // (B, S, Hkv)
     received_tail = p.narrow(3, T - tail, tail).sum(3).mean(2).transpose(1, 2).detach();      // (B, S, Hkv)
+    auto ts = torch::arange(T, p.options().dtype(torch::kInt64)).unsqueeze(1) + (S - T);        // query positions
+    auto far = (ts - torch::arange(S, ts.options()).unsqueeze(0)) >= record_window;              // (T, S)
+    received_far = (p * far).sum(3).mean(2).transpose(1, 2).detach();                          // (B, S, Hkv)
   }
   return torch::matmul(p.view({B, n_kv_heads, G * T, S}), v).view({B, n_heads, T, head_dim});  // (B, H, T, D)
 }

@@ -52,9 +52,10 @@ struct AttentionImpl : torch::nn::Module {
   torch::Tensor last_utility;         // (B, T, Hkv) scores of the last forward call (with autograd graph)
   // Attention statistics (spkv run --attention-stats): when record_tail >= 0, attend() keeps the attention
   // mass each key received, averaged over the G query heads of its KV head and summed over every query
-  // (received) and over the last record_tail queries (received_tail). Both (B, S, Hkv), float32.
-  int64_t record_tail = -1;
-  mutable torch::Tensor received, received_tail;
+  // (received), over the last record_tail queries (received_tail), and over the queries that see the key
+  // from outside a window of record_window (t - s >= record_window: received_far). All (B, S, Hkv), float32.
+  int64_t record_tail = -1, record_window = 0;
+  mutable torch::Tensor received, received_tail, received_far;
 };
 TORCH_MODULE(Attention);
 

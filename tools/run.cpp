@@ -49,24 +49,27 @@ void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>&
 }
 
 // The attention mass each key of `tokens` received under full attention (the masked forward of model.cpp),
-// averaged over the query heads of its KV head: from every query, and from the last `tail` queries.
-// Fills two (T, L, Hkv) float32 arrays.
-void attention_stats(LlamaForCausalLM& model, const std::vector<int32_t>& tokens, int64_t tail,
-                     std::vector<float>& received, std::vector<float>& received_last) {
+// averaged over the query heads of its KV head: from every query, from the last `tail` queries, and from the
+// queries that see it from outside the window W. Fills three (T, L, Hkv) float32 arrays.
+void attention_stats(LlamaForCausalLM& model, const std::vector<int32_t>& tokens, int64_t tail, int64_t W,
+                     std::vector<float>& received, std::vector<float>& received_last, std::vector<float>& received_far) {
   torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> all, last;
-  for (auto& layer : *model->model->layers) layer->as<DecoderLayer>()->self_attn->record_tail = tail;
+  std::vector<torch::Tensor> all, last, far;
+  for (auto& layer : *model->model->layers) {
+    auto* attn = layer->as<DecoderLayer>()->self_attn.get();
+    attn->record_tail = tail, attn->record_window = W;
+  }
   model(torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0));
   for (auto& layer : *model->model->layers) {
     auto* attn = layer->as<DecoderLayer>()->self_attn.get();
-    all.push_back(attn->received[0]), last.push_back(attn->received_tail[0]);  // (T, Hkv)
-    attn->record_tail = -1, attn->received = torch::Tensor(), attn->received_tail = torch::Tensor();
+    all.push_back(attn->received[0]), last.push_back(attn->received_tail[0]), far.push_back(attn->received_far[0]);  // (T, Hkv)
+    attn->record_tail = -1, attn->received = attn->received_tail = attn->received_far = torch::Tensor();
   }
   auto flat = [](const std::vector<torch::Tensor>& per_layer, std::vector<float>& out) {
     auto t = torch::stack(per_layer, 1).to(torch::kFloat32).contiguous();  // (T, L, Hkv)
     out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
   };
-  flat(all, received), flat(last, received_last);
+  flat(all, received), flat(last, received_last), flat(far, received_far);
 }
 
 }  // namespace
@@ -167,7 +170,8 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     const TokenPiece& p = pieces[i];
     ScoredDocument s = score_document(engine, p.tokens);
     LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
-    if (o.attention_stats) attention_stats(model, p.tokens, o.last_queries, d.received, d.received_last);
+    if (o.attention_stats)
+      attention_stats(model, p.tokens, o.last_queries, c.spkv.window, d.received, d.received_last, d.received_far);
     if (d.cache_entries.back() != engine.cache().entries())
       throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
                               engine.cache().entries(), d.cache_entries.back()));

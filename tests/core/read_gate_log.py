@@ -70,19 +70,24 @@ def main(path):
     if "attention" in f:
         # Each query spreads a mass of 1 over the keys it sees: per document, layer and head, the received
         # mass sums to the number of queries (all of them, or the last `attention_last_queries`).
-        recv, last = f["attention/received"][:], f["attention/received_last"][:]
+        recv, last, far = f["attention/received"][:], f["attention/received_last"][:], f["attention/received_far"][:]
         n_last = int(a["attention_last_queries"])
-        ok_sum, ok_last = True, True
+        ok_sum, ok_last, ok_far = True, True, True
         for d in range(len(tok_off) - 1):
             b, e = int(tok_off[d]), int(tok_off[d + 1])
             ok_sum &= bool(np.allclose(recv[b:e].sum(axis=0), e - b, rtol=1e-4))
             ok_last &= bool(np.allclose(last[b:e].sum(axis=0), min(n_last, e - b), rtol=1e-4))
             ok_last &= bool((last[b:e] <= recv[b:e] + 1e-5).all())
+            # Query t spreads over keys s <= t - W a mass of at most 1; only keys before T - W receive any.
+            ok_far &= bool((far[b:e] <= recv[b:e] + 1e-5).all()) and bool(np.abs(far[b:e][max(0, e - b - W):]).max(initial=0) == 0)
+            ok_far &= bool((far[b:e].sum(axis=0) <= max(0, e - b - W) + 1e-3).all())
         checks["attention_received_sums"], checks["attention_last_sums"] = ok_sum, ok_last
+        checks["attention_far_bounds"] = ok_far
         for i, doc in enumerate(docs):
             b, e = int(tok_off[i]), int(tok_off[i + 1])
             doc["received"] = recv[b:e].reshape(e - b, -1).tolist()
             doc["received_last"] = last[b:e].reshape(e - b, -1).tolist()
+            doc["received_far"] = far[b:e].reshape(e - b, -1).tolist()
     out = {
         "attrs": {k: (text(v) if isinstance(v, (bytes, str)) else v.item() if hasattr(v, "item") else v)
                   for k, v in a.items()},

@@ -198,8 +198,8 @@ TEST(GateLog, DenseRunLogsAttentionStatisticsEqualToAFloat64Reference) {
   auto tok = load_tokenizer(kModel + "/tokenizer.model");
   for (size_t d = 0; d < texts.size(); ++d) {
     const auto ids = tok->encode(texts[d], true, false);
-    std::vector<double> recv, tail;
-    test::ref_forward(model, std::vector<int64_t>(ids.begin(), ids.end()), nullptr, &recv, 16, &tail);
+    std::vector<double> recv, tail, far;
+    test::ref_forward(model, std::vector<int64_t>(ids.begin(), ids.end()), nullptr, &recv, 16, &tail, 64, &far);
     const int64_t T = int64_t(ids.size()), L = 4, Hkv = 4;
     const json& got = log["documents"][d];
     ASSERT_EQ(int64_t(got["received"].size()), T);
@@ -209,6 +209,7 @@ TEST(GateLog, DenseRunLogsAttentionStatisticsEqualToAFloat64Reference) {
         for (int64_t h = 0; h < Hkv; ++h) {
           worst = std::max(worst, std::abs(got["received"][t][il * Hkv + h].get<double>() - recv[(il * T + t) * Hkv + h]));
           worst = std::max(worst, std::abs(got["received_last"][t][il * Hkv + h].get<double>() - tail[(il * T + t) * Hkv + h]));
+          worst = std::max(worst, std::abs(got["received_far"][t][il * Hkv + h].get<double>() - far[(il * T + t) * Hkv + h]));
         }
     EXPECT_LT(worst, 1e-4) << "document " << d;
   }
