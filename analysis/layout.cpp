@@ -163,7 +163,7 @@ std::vector<Layout> derive_layouts(const Report& r, int64_t g, int n_random) {
   for (int64_t k = 0; k < std::min(m, L); ++k) std::fill_n(by_layer.begin() + layers[k] * Hkv, Hkv, 1);
   add("guided-layers", fmt::format("per-layer projection: the {} layer(s) holding the most kept keys", std::min(m, L)), by_layer);
 
-  const int64_t p = std::max<int64_t>(1, std::llround(double(L) / double(m)));
+  const int64_t p = std::max<int64_t>(2, std::llround(double(L) / double(m)));  // at least one local layer a period
   for (int64_t offset : std::set<int64_t>{0, p - 1}) {
     std::vector<uint8_t> il_flags(LH, 0);
     for (int64_t il = offset; il < L; il += p) std::fill_n(il_flags.begin() + il * Hkv, Hkv, 1);

@@ -49,7 +49,7 @@ double spkv_kv_ratio(const Report& r);  // the dynamic SP-KV cache over the same
 // The layouts at a budget of g global heads, all measured against r:
 //   guided         the g densest heads (ties: more kept keys, then the lower index);
 //   guided-layers  its per-layer projection: the floor(g / Hkv) layers (at least 1) holding the most kept keys;
-//   interleaved-K  one global layer in every p = round(L / m) layers at offset K, for K = 0 and K = p - 1
+//   interleaved-K  one global layer in every p = max(2, round(L / m)) layers at offset K, for K = 0 and K = p - 1
 //                  (m as above; the paper's 3:1 layers at offsets 0 and 3 when p = 4);
 //   random-S       g heads drawn uniformly with seed S = 1..n_random.
 std::vector<Layout> derive_layouts(const Report& r, int64_t g, int n_random = 3);

@@ -124,6 +124,10 @@ TEST(Layout, FourLayersInterleaveThreeToOneAtOffsetsZeroAndThree) {
   EXPECT_EQ(by_name(ls, "guided").global, (std::vector<uint8_t>{0, 0, 0, 0, 0, 0, 1, 1}));
   EXPECT_NEAR(by_name(ls, "interleaved-0").coverage, 1.0 / 28.0, 1e-12);
   EXPECT_EQ(ls.size(), 4u);  // guided, guided-layers, two interleavings, no random
+  // A budget of 3 of 4 layers still interleaves (1:1 at offsets 0 and 1) instead of making every layer global.
+  const auto wide = derive_layouts(r, 6, 0);
+  EXPECT_EQ(by_name(wide, "interleaved-0").global, (std::vector<uint8_t>{1, 1, 0, 0, 1, 1, 0, 0}));
+  EXPECT_EQ(by_name(wide, "interleaved-1").global, (std::vector<uint8_t>{0, 0, 1, 1, 0, 0, 1, 1}));
 }
 
 TEST(Layout, BudgetsInEveryFormAndBadOnesAreRefused) {
