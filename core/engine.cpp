@@ -41,13 +41,13 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o) : model_(std::mov
   if (!o.layout.empty()) {
     layout_ = torch::tensor(std::vector<int64_t>(o.layout.begin(), o.layout.end())).view({c.n_layers, c.n_kv_heads}) != 0;
     cache_ = std::make_unique<SpkvKvCache>(s, o.layout_window);
-  }
-  else if (gated_)
+  } else if (gated_) {
     cache_ = std::make_unique<SpkvKvCache>(s, c.spkv.window);
-  else if (c.sliding_window > 0)  // a sliding window is a ring whose tokens are all dropped (keep = 0)
+  } else if (c.sliding_window > 0) {  // a sliding window is a ring whose tokens are all dropped (keep = 0)
     cache_ = std::make_unique<SpkvKvCache>(s, c.sliding_window);
-  else
+  } else {
     cache_ = std::make_unique<DenseKvCache>(s);
+  }
   model_->eval();
 }
 
@@ -100,9 +100,7 @@ EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
       if (c.spkv.keep_first > 0) keep = keep | (positions < c.spkv.keep_first).view({1, T, 1});
       us.push_back(u), keeps.push_back(keep);
     }
-    if (!opt_.layout.empty()) {  // the layout's fixed decisions replace the gates' in the cache
-      keep = layout_[il].view({1, 1, Hkv}).expand({B, T, Hkv});
-    }
+    if (!opt_.layout.empty()) keep = layout_[il].view({1, 1, Hkv}).expand({B, T, Hkv});  // fixed decisions replace the gates'
     auto y = attend(il, q, k, v, keep.to(torch::kUInt8));  // (B, H, T, D)
     x = x + attn->o_proj(y.transpose(1, 2).reshape({B, T, H * D}));
     x = x + layer->mlp(layer->post_attention_layernorm(x));
