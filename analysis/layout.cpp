@@ -126,13 +126,9 @@ double layout_kv_ratio(const std::vector<uint8_t>& global, const Report& r) {
 }
 
 double spkv_kv_ratio(const Report& r) {
-  const auto [all, local] = entries(r);
-  double kept = 0, pinned = 0;  // keep_first tokens that left the window stay cached too
-  for (int64_t i = 0; i < heads_of(r); ++i) kept += double(r.kept[i]);
-  for (const auto& d : r.compression)
-    pinned += double(std::min(r.keep_first, std::max<int64_t>(0, d.tokens - r.window)));
-  const double LH = double(heads_of(r));
-  return all > 0 ? (LH * local + kept + LH * pinned) / (LH * all) : std::nan("");
+  double all = 0, spkv = 0;
+  for (const auto& d : r.compression) all += double(d.tokens), spkv += d.spkv_entries;
+  return all > 0 ? spkv / (double(heads_of(r)) * all) : std::nan("");
 }
 
 std::vector<Layout> derive_layouts(const Report& r, int64_t g, int n_random) {

@@ -54,12 +54,11 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
   std::vector<std::vector<int64_t>> above;               // (grid, L * Hkv): eligible keys with u >= tau
   std::vector<double> lengths, ratios;
   std::unique_ptr<TokenRetentionCounter> tokens;
-  std::unique_ptr<AttentionCounter> attention;
-  r.has_attention = true;
-  for (const auto& path : paths) r.has_attention = r.has_attention && GateLogReader(path).info().attention_far;
+  std::unique_ptr<AttentionCounter> attention;  // dropped as soon as a log has no attention statistics
   for (const auto& path : paths) {
     GateLogReader log(path);
     const LogInfo& in = log.info();
+    if (!in.attention_far) attention.reset();
     if (r.logs.empty()) {
       r.n_layers = in.n_layers, r.n_kv_heads = in.n_kv_heads, r.window = in.window, r.keep_first = in.keep_first;
       r.tau = in.tau, r.gating_mode = in.gating_mode;
@@ -68,7 +67,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       if (config.is_object()) r.model_type = config.value("model_type", "");
       above.assign(tau_grid.size(), std::vector<int64_t>(in.n_layers * in.n_kv_heads, 0));
       tokens = std::make_unique<TokenRetentionCounter>(in.n_layers * in.n_kv_heads);
-      if (r.has_attention) attention = std::make_unique<AttentionCounter>(in.n_layers * in.n_kv_heads);
+      if (in.attention_far) attention = std::make_unique<AttentionCounter>(in.n_layers * in.n_kv_heads);
     } else if (in.n_layers != r.n_layers || in.n_kv_heads != r.n_kv_heads || in.window != r.window ||
                in.keep_first != r.keep_first) {
       throw FileError(path, fmt::format("cannot be merged with {}: layers x KV heads {}x{}, window {}, keep_first {} "
@@ -89,7 +88,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       for (int64_t i = 0; i < LH; ++i)
         kept_total += doc_kept.back()[i], log_kept[i] += doc_kept.back()[i], log_elig[i] += doc_elig.back()[i];
       const double spkv = double(LH * std::min(T, W) + kept_total + LH * std::min(in.keep_first, std::max<int64_t>(0, T - W)));
-      r.compression.push_back({log.document_ids()[d], T, double(LH * T) / spkv});
+      r.compression.push_back({log.document_ids()[d], T, double(LH * T) / spkv, spkv});
       lengths.push_back(double(T)), ratios.push_back(r.compression.back().compression);
       // Tau sweep over the eligible positions keep_first <= s < T - W.
       const int64_t first = std::min(T, in.keep_first), last = T - W;
@@ -124,6 +123,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
   }
   r.compression_fit = fit_line(lengths, ratios);
   r.retention = tokens->finish();
+  r.has_attention = attention != nullptr;
   if (attention) r.attention = attention->finish();
   for (size_t a = 0; a < r.log_density.size(); ++a)
     for (size_t b = a + 1; b < r.log_density.size(); ++b) {
@@ -203,6 +203,15 @@ nlohmann::json nan_to_null(const std::vector<double>& v) {
 }
 
 double ratio(double a, double b) { return b > 0 ? a / b : std::nan(""); }
+
+// " layer 0 | layer 1 | ...\n" then the separator row with `lead` leading columns.
+std::string layer_columns(int64_t L, int lead) {
+  std::string s;
+  for (int64_t il = 0; il < L; ++il) s += fmt::format(" layer {} |", il);
+  s += "\n|";
+  for (int64_t i = 0; i < L + lead; ++i) s += "---|";
+  return s + "\n";
+}
 double sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0); }
 
 nlohmann::json attention_json(const AttentionReport& a) {
@@ -290,11 +299,7 @@ std::string report_markdown(const Report& r) {
   // Which tokens are kept.
   const auto& t = r.retention;
   auto rate = [](std::pair<int64_t, int64_t> ke) { return ke.second > 0 ? fmt::format("{:.3f}", double(ke.first) / double(ke.second)) : std::string("–"); };
-  s += "\nRetention (kept / eligible keys) by token class:\n\n| class | eligible keys | all heads |";
-  for (int64_t il = 0; il < r.n_layers; ++il) s += fmt::format(" layer {} |", il);
-  s += "\n|---|---|---|";
-  for (int64_t il = 0; il < r.n_layers; ++il) s += "---|";
-  s += "\n";
+  s += "\nRetention (kept / eligible keys) by token class:\n\n| class | eligible keys | all heads |" + layer_columns(r.n_layers, 3);
   for (int c = 0; c < kTokenClasses; ++c) {
     s += fmt::format("| {} | {} | {} |", token_class_name(TokenClass(c)),
                      sum_heads(t.class_kept[c], t.class_eligible[c], -1, r.n_kv_heads).second,
@@ -324,10 +329,7 @@ std::string report_markdown(const Report& r) {
                      "gates kept: {} of {}): share of the far attention mass on the kept keys\n\n| policy | all heads |",
                      std::accumulate(a.kept_keys.begin(), a.kept_keys.end(), int64_t(0)),
                      std::accumulate(a.eligible_keys.begin(), a.eligible_keys.end(), int64_t(0)));
-    for (int64_t il = 0; il < r.n_layers; ++il) s += fmt::format(" layer {} |", il);
-    s += "\n|---|---|";
-    for (int64_t il = 0; il < r.n_layers; ++il) s += "---|";
-    s += "\n";
+    s += layer_columns(r.n_layers, 2);
     for (int p = 0; p < kNumPolicies; ++p) {
       s += fmt::format("| {} | {:.3f} |", kPolicies[p], ratio(sum(a.kept_mass[p]), sum(a.total_mass)));
       for (int64_t il = 0; il < r.n_layers; ++il) {

@@ -20,6 +20,7 @@ struct DocumentCompression {
   std::string id;
   int64_t tokens = 0;
   double compression = 0;  // dense KV entries / SP-KV KV entries at the end of the document
+  double spkv_entries = 0; // SP-KV KV entries at the end, over every (layer, head)
 };
 
 struct LinearFit {

@@ -21,19 +21,12 @@
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
+#include "tools/run.h"
 
 namespace spkv {
 namespace fs = std::filesystem;
 using analysis::Layout;
 
-namespace {
-std::string utc_now() {
-  char buf[32];
-  const std::time_t t = std::time(nullptr);
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-}  // namespace
 
 void cmd_layout_derive(const LayoutDeriveOptions& o) {
   const auto r = analysis::analyze_logs(o.logs);
@@ -47,7 +40,7 @@ void cmd_layout_derive(const LayoutDeriveOptions& o) {
   fmt::print("budget '{}': {} global heads of {}\n\n", o.budget, g, r.n_layers * r.n_kv_heads);
   fmt::print("{:<15} {:>7} {:>9} {:>9}  {}\n", "layout", "global", "coverage", "KV ratio", "how");
   for (auto& l : layouts) {
-    l.created = utc_now(), l.tool = o.tool;
+    l.created = now_iso8601(), l.tool = o.tool;
     fmt::print("{:<15} {:>7} {:>9.3f} {:>9.3f}  {}\n", l.name, l.n_global(), l.coverage, l.kv_ratio, l.method);
     write_file_atomic((fs::path(o.out_dir) / (l.name + ".json")).string(), analysis::layout_json(l));
   }
@@ -64,7 +57,12 @@ struct Variant {
   bool dense = false;
   std::vector<double> doc_sum, doc_n;  // per piece: summed NLL, scored tokens
   double entries = 0;                  // K/V rows held at the end of each piece, summed over pieces
+  double pooled_nll() const {
+    return std::accumulate(doc_sum.begin(), doc_sum.end(), 0.0) / std::accumulate(doc_n.begin(), doc_n.end(), 0.0);
+  }
 };
+
+nlohmann::json finite_or_null(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
 }  // namespace
 
 void cmd_layout_eval(const LayoutEvalOptions& o) {
@@ -114,8 +112,7 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
 
   // Paired comparisons against full attention: per-piece mean NLL differences, weighted by scored tokens.
   const Variant& full = variants[0];
-  const double full_nll = std::accumulate(full.doc_sum.begin(), full.doc_sum.end(), 0.0) /
-                          std::accumulate(full.doc_n.begin(), full.doc_n.end(), 0.0);
+  const double full_nll = full.pooled_nll();
   const double row_bytes = 2.0 * double(c.head_dim) * sizeof(float);  // one K and one V row
   nlohmann::json rows = nlohmann::json::array();
   std::string md = fmt::format("| layout | global heads | coverage | KV ratio | NLL | ΔNLL vs full | 95% CI of Δ | ΔNLL vs SP-KV |\n"
@@ -124,9 +121,7 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
   for (const auto& i : o.inputs) inputs += (inputs.empty() ? "" : ", ") + i;
   fmt::print("{} pieces, {} tokens of {}\n{:<18} {:>6} {:>8} {:>8} {:>8} {:>9} {:>19} {:>9}\n", pieces.size(), n_tokens,
              inputs, "layout", "global", "coverage", "KV ratio", "NLL", "vs full", "95% CI", "vs SP-KV");
-  const double spkv_nll = c.spkv.enabled ? std::accumulate(variants[1].doc_sum.begin(), variants[1].doc_sum.end(), 0.0) /
-                                               std::accumulate(variants[1].doc_n.begin(), variants[1].doc_n.end(), 0.0)
-                                         : std::nan("");
+  const double spkv_nll = c.spkv.enabled ? variants[1].pooled_nll() : std::nan("");
   for (const auto& v : variants) {
     std::vector<double> diffs, mean_nll;
     for (size_t i = 0; i < pieces.size(); ++i) {
@@ -148,11 +143,11 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
                       opt(vs_spkv, "{:+.2f}%"));
     rows.push_back({{"name", v.name}, {"layout", v.layout ? nlohmann::json(v.layout->global) : nlohmann::json(nullptr)},
                     {"global_heads", n_global >= 0 ? nlohmann::json(n_global) : nlohmann::json(nullptr)},
-                    {"coverage", std::isfinite(coverage) ? nlohmann::json(coverage) : nlohmann::json(nullptr)},
+                    {"coverage", finite_or_null(coverage)},
                     {"nll", nll.mean}, {"nll_ci95", {nll.ci_low, nll.ci_high}},
                     {"delta_nll_vs_full", delta.mean}, {"delta_nll_vs_full_ci95", {delta.ci_low, delta.ci_high}},
                     {"delta_pct_vs_full", pct},
-                    {"delta_pct_vs_spkv", std::isfinite(vs_spkv) ? nlohmann::json(vs_spkv) : nlohmann::json(nullptr)},
+                    {"delta_pct_vs_spkv", finite_or_null(vs_spkv)},
                     {"kv_entries", v.entries}, {"kv_bytes", v.entries * row_bytes}, {"kv_ratio", kv}});
   }
   fmt::print("KV ratio: K/V rows held at the end of each piece against full attention; Δ: paired over pieces\n");

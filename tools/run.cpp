@@ -21,7 +21,6 @@
 #include "core/tokenizer.h"
 
 namespace spkv {
-namespace {
 
 std::string now_iso8601() {
   const std::time_t t = std::time(nullptr);
@@ -29,6 +28,8 @@ std::string now_iso8601() {
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
   return buf;
 }
+
+namespace {
 
 void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>& eligible, int64_t L, int64_t Hkv) {
   int64_t k = 0, e = 0;

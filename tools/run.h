@@ -33,6 +33,9 @@ struct RunOptions {
 LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
                           bool gated);
 
+// The current UTC time, ISO 8601 (the log's `created`, a layout's provenance).
+std::string now_iso8601();
+
 // Throws spkv errors for bad inputs; returns early (file left incomplete, resumable) once `stop` is set.
 void cmd_run(const RunOptions& o, const std::atomic<bool>& stop);
 
