@@ -8,6 +8,7 @@
 namespace spkv::analysis {
 namespace {
 constexpr int kSchemaVersion = 1;  // the newest schema this build reads
+constexpr hid_t kFileType = -2;    // rows(): read the elements in the dataset's own type
 }
 
 struct GateLogReader::Impl {
@@ -40,7 +41,8 @@ struct GateLogReader::Impl {
     if (e < 0) fail(std::string("root attribute '") + name + "' is not a string");
     return out;
   }
-  // Rows [begin, end) of a dataset whose rows hold `row` elements, converted to `type`.
+  std::string str_or_empty(const char* name) const { return has_attr(name) ? str(name) : std::string(); }
+  // Rows [begin, end) of a dataset whose rows hold `row` elements, converted to `type` (kFileType: as stored).
   template <class T>
   std::vector<T> rows(const char* name, hid_t type, int64_t begin, int64_t end, int64_t row = 1) const {
     hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
@@ -61,7 +63,15 @@ struct GateLogReader::Impl {
       start[0] = hsize_t(begin), count[0] = hsize_t(end - begin);
       H5Sselect_hyperslab(fs, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr);
       hid_t ms = H5Screate_simple(rank, count.data(), nullptr);
-      const herr_t e = H5Dread(d, type, ms, fs, H5P_DEFAULT, out.data());
+      const hid_t mt = type == kFileType ? H5Dget_type(d) : type;
+      const size_t stored = H5Tget_size(mt);
+      if (type == kFileType && stored != sizeof(T)) {
+        H5Tclose(mt), H5Sclose(ms), H5Sclose(fs), H5Dclose(d);
+        fail(std::string(name) + ": stored elements are " + std::to_string(stored) + " bytes, expected " +
+             std::to_string(sizeof(T)));
+      }
+      const herr_t e = H5Dread(d, mt, ms, fs, H5P_DEFAULT, out.data());
+      if (type == kFileType) H5Tclose(mt);
       H5Sclose(ms);
       if (e < 0) {
         H5Sclose(fs), H5Dclose(d);
@@ -90,6 +100,7 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   i.gating_mode = m.str("gating_mode"), i.model_path = m.str("model_path"), i.created = m.str("created");
   i.git_commit = m.str("git_commit"), i.checkpoint_sha256 = m.str("checkpoint_sha256");
   i.model_config = m.str("model_config");
+  i.tokenizer = m.str_or_empty("tokenizer"), i.inputs = m.str_or_empty("inputs"), i.split_policy = m.str_or_empty("split_policy");
   i.complete = m.num<int>("complete", H5T_NATIVE_INT) != 0;
   i.tau = m.num<double>("tau", H5T_NATIVE_DOUBLE);
   i.window = m.num<int64_t>("window", H5T_NATIVE_INT64), i.keep_first = m.num<int64_t>("keep_first", H5T_NATIVE_INT64);
@@ -116,6 +127,9 @@ GateLogReader::~GateLogReader() {
 
 std::vector<float> GateLogReader::u(int64_t begin, int64_t end) const {
   return impl_->rows<float>("gates/u", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+}
+std::vector<uint16_t> GateLogReader::u_bits(int64_t begin, int64_t end) const {
+  return impl_->rows<uint16_t>("gates/u", kFileType, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<uint8_t> GateLogReader::z(int64_t begin, int64_t end) const {
   return impl_->rows<uint8_t>("gates/z", H5T_NATIVE_UINT8, begin, end, info_.n_layers * info_.n_kv_heads);

@@ -11,6 +11,7 @@ namespace spkv::analysis {
 
 struct LogInfo {
   std::string path, gating_mode, model_path, created, git_commit, checkpoint_sha256, model_config;
+  std::string tokenizer, inputs, split_policy;  // inputs: the run's inputs as a JSON list ("" in older logs)
   int schema_version = 0;
   bool complete = false;
   double tau = 0;
@@ -36,6 +37,7 @@ class GateLogReader {
 
   // Token rows [begin, end) of the token-axis datasets.
   std::vector<float> u(int64_t begin, int64_t end) const;                // (n, L, Hkv), float16 widened
+  std::vector<uint16_t> u_bits(int64_t begin, int64_t end) const;        // (n, L, Hkv) the float16 bit patterns as stored
   std::vector<uint8_t> z(int64_t begin, int64_t end) const;              // (n, L, Hkv)
   std::vector<int32_t> token_ids(int64_t begin, int64_t end) const;      // (n)
   std::vector<float> nll(int64_t begin, int64_t end) const;              // (n)

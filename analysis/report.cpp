@@ -44,6 +44,35 @@ Summary density_summary(const std::vector<std::vector<int64_t>>& kept, const std
 }
 }  // namespace
 
+double spkv_entries(int64_t T, int64_t window, int64_t keep_first, int64_t heads, int64_t kept_total) {
+  return double(heads * std::min(T, window) + kept_total + heads * std::min(keep_first, std::max<int64_t>(0, T - window)));
+}
+
+Report summary_report(const LogInfo& in, const std::vector<int64_t>& off, const std::vector<std::string>& ids,
+                      const std::vector<int64_t>& kept, const std::vector<int64_t>& eligible) {
+  Report r;
+  r.logs = {in.path};
+  r.n_layers = in.n_layers, r.n_kv_heads = in.n_kv_heads, r.window = in.window, r.keep_first = in.keep_first;
+  r.tau = in.tau, r.gating_mode = in.gating_mode, r.model_path = in.model_path, r.checkpoint_sha256 = in.checkpoint_sha256;
+  const auto config = nlohmann::json::parse(in.model_config, nullptr, false);
+  if (config.is_object()) r.model_type = config.value("model_type", "");
+  const int64_t LH = in.n_layers * in.n_kv_heads, D = int64_t(ids.size());
+  r.documents = D, r.tokens = off.back();
+  r.kept.assign(LH, 0), r.eligible.assign(LH, 0);
+  for (int64_t d = 0; d < D; ++d) {
+    int64_t kept_total = 0;
+    for (int64_t i = 0; i < LH; ++i) {
+      r.kept[i] += kept[d * LH + i], r.eligible[i] += eligible[d * LH + i], kept_total += kept[d * LH + i];
+    }
+    const int64_t T = off[d + 1] - off[d];
+    const double spkv = spkv_entries(T, in.window, in.keep_first, LH, kept_total);
+    r.compression.push_back({ids[d], T, double(LH * T) / spkv, spkv});
+  }
+  const double k = std::accumulate(r.kept.begin(), r.kept.end(), 0.0), e = std::accumulate(r.eligible.begin(), r.eligible.end(), 0.0);
+  r.overall.n = D, r.overall.mean = e > 0 ? k / e : std::nan("");
+  return r;
+}
+
 Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> tau_grid) {
   if (paths.empty()) throw InputError("analyze: no gate logs given");
   if (tau_grid.empty())
@@ -82,12 +111,10 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       const int64_t T = off[d + 1] - off[d];
       doc_kept.emplace_back(log.kept().begin() + d * LH, log.kept().begin() + (d + 1) * LH);
       doc_elig.emplace_back(log.eligible().begin() + d * LH, log.eligible().begin() + (d + 1) * LH);
-      // SP-KV entries at the end: each head's window, the kept eligible tokens, and the keep_first tokens
-      // that have left the window (always kept). The dense cache holds T per head.
       int64_t kept_total = 0;
       for (int64_t i = 0; i < LH; ++i)
         kept_total += doc_kept.back()[i], log_kept[i] += doc_kept.back()[i], log_elig[i] += doc_elig.back()[i];
-      const double spkv = double(LH * std::min(T, W) + kept_total + LH * std::min(in.keep_first, std::max<int64_t>(0, T - W)));
+      const double spkv = spkv_entries(T, W, in.keep_first, LH, kept_total);  // the dense cache holds T per head
       r.compression.push_back({log.document_ids()[d], T, double(LH * T) / spkv, spkv});
       lengths.push_back(double(T)), ratios.push_back(r.compression.back().compression);
       // Tau sweep over the eligible positions keep_first <= s < T - W.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "analysis/attention.h"
+#include "analysis/gate_log_reader.h"
 #include "analysis/stats.h"
 #include "analysis/tokens.h"
 
@@ -64,6 +65,16 @@ struct Report {
 // Reads the logs (same L, Hkv, W and keep_first; else FileError naming the log that differs) and computes
 // the report. tau_grid defaults to 0.05, 0.10, ..., 0.95.
 Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> tau_grid = {});
+
+// SP-KV KV entries at the end of a document of T tokens: every head's window, the keep_first tokens that
+// have left it (always kept) and the kept eligible tokens (kept_total, summed over the heads).
+double spkv_entries(int64_t T, int64_t window, int64_t keep_first, int64_t heads, int64_t kept_total);
+
+// The summary fields of one log's report from its per-document counts alone, without reading token rows:
+// settings, kept and eligible totals, the pooled overall density (mean only) and per-document compression,
+// which is what the layout functions read. kept and eligible: (D, L * Hkv); kept as logged or at another tau.
+Report summary_report(const LogInfo& info, const std::vector<int64_t>& token_offsets, const std::vector<std::string>& ids,
+                      const std::vector<int64_t>& kept, const std::vector<int64_t>& eligible);
 
 std::string report_json(const Report& r);      // the whole report, JSON
 std::string report_markdown(const Report& r);  // tables for people

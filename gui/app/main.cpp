@@ -1,68 +1,71 @@
-// spkv-studio entry point. The window today: a colour-map preview and File > Open; gate-log views
-// (heatmap, token strips, plots, layout designer) come with the log format. No torch anywhere in gui/.
+// spkv-studio: `spkv-studio [LOG.h5]` opens the app. For scripts and tests, --screenshot OUT.png opens the
+// log, applies --document, --head, --zoom-token and --tau, waits for the background jobs, saves the window and exits.
 #include <QApplication>
-#include <QComboBox>
-#include <QFileDialog>
-#include <QLabel>
-#include <QMainWindow>
-#include <QMenuBar>
-#include <QPainter>
-#include <QStatusBar>
-#include <QVBoxLayout>
+#include <QCommandLineParser>
+#include <QTimer>
+#include <cstdio>
 
-#include "gui/models/ColorMap.h"
+#include "gui/app/MainWindow.h"
+#include "gui/widgets/TokenView.h"
 
-namespace {
-class ColorBar : public QWidget {
-public:
-    explicit ColorBar(QWidget* parent = nullptr) : QWidget(parent), m_map(ColorMap::byName("viridis"))
-    {
-        setMinimumHeight(32);
+using spkv::gui::MainWindow;
+
+int main(int argc, char** argv) {
+  QApplication app(argc, argv);
+  QApplication::setApplicationName("spkv-studio");
+  QApplication::setOrganizationName("spkv");
+  QCommandLineParser cli;
+  cli.setApplicationDescription("Sparsity maps and layout design for SP-KV gate logs");
+  cli.addHelpOption();
+  cli.addPositionalArgument("log", "a gate log written by `spkv run` (HDF5)");
+  const QCommandLineOption shot("screenshot", "save the window to this PNG once loaded, then exit", "png");
+  const QCommandLineOption doc("document", "select this document index", "d", "0");
+  const QCommandLineOption head("head", "select this head, as LAYER,HEAD", "l,h");
+  const QCommandLineOption zoom("zoom-token", "zoom the token view onto this token", "t");
+  const QCommandLineOption tau("tau", "a counterfactual tau", "tau");
+  const QCommandLineOption size("size", "window size WxH", "wxh", "1400x900");
+  cli.addOptions({shot, doc, head, zoom, tau, size});
+  cli.process(app);
+
+  MainWindow win;
+  const QStringList wh = cli.value(size).split('x');
+  win.resize(wh.value(0).toInt(), wh.value(1).toInt());
+  win.show();
+  if (cli.positionalArguments().isEmpty()) {
+    if (cli.isSet(shot)) {
+      std::fprintf(stderr, "spkv-studio: --screenshot needs a log\n");
+      return 2;
     }
-    void setMap(const QString& name)
-    {
-        m_map = ColorMap::byName(name);
-        update();
-    }
-
-protected:
-    void paintEvent(QPaintEvent*) override
-    {
-        QPainter p(this);
-        for (int x = 0; x < width(); ++x) {
-            p.setPen(QColor(m_map.at(double(x) / std::max(1, width() - 1))));
-            p.drawLine(x, 0, x, height());
-        }
-    }
-
-private:
-    ColorMap m_map;
-};
-}  // namespace
-
-int main(int argc, char** argv)
-{
-    QApplication app(argc, argv);
-    QApplication::setApplicationName("spkv-studio");
-    QMainWindow win;
-    auto* central = new QWidget;
-    auto* layout = new QVBoxLayout(central);
-    auto* maps = new QComboBox;
-    maps->addItems(ColorMap::names());
-    auto* bar = new ColorBar;
-    QObject::connect(maps, &QComboBox::currentTextChanged, bar, &ColorBar::setMap);
-    layout->addWidget(new QLabel("Density colour map (0 = all dropped, 1 = all kept)"));
-    layout->addWidget(maps);
-    layout->addWidget(bar);
-    layout->addStretch();
-    win.setCentralWidget(central);
-    auto* file = win.menuBar()->addMenu("&File");
-    file->addAction("&Open...", [&] {
-        const QString path = QFileDialog::getOpenFileName(&win, "Open gate log", {}, "HDF5 gate logs (*.h5)");
-        if (!path.isEmpty()) win.statusBar()->showMessage(path + ": gate-log views are not available in this build");
-    });
-    file->addAction("&Quit", &app, &QApplication::quit);
-    win.resize(640, 240);
-    win.show();
     return app.exec();
+  }
+  win.openLog(cli.positionalArguments().first());
+  if (!cli.isSet(shot)) return app.exec();
+
+  // Scripted: each step waits for the jobs the previous one started.
+  auto fail = [](const QString& m) {
+    std::fprintf(stderr, "spkv-studio: %s\n", m.toUtf8().constData());
+    return 1;
+  };
+  if (!win.jobs().waitIdle(600000) || !win.corpus()) return fail(win.lastError().isEmpty() ? "the log did not open" : win.lastError());
+  win.selectDocument(cli.value(doc).toInt());
+  if (cli.isSet(head)) {
+    const QStringList lh = cli.value(head).split(',');
+    win.selectHead(lh.value(0).toInt(), lh.value(1).toInt());
+  }
+  if (!win.jobs().waitIdle(600000)) return fail("timed out");
+  if (cli.isSet(tau)) win.setTau(cli.value(tau).toDouble());
+  if (!win.jobs().waitIdle(600000)) return fail("timed out");
+  if (cli.isSet(zoom)) {
+    const double t = cli.value(zoom).toDouble();
+    auto& axis = win.tokenView()->axis();
+    axis.zoom(axis.tokens_per_pixel() * 40, 0);  // 40 px per token: the text is readable
+    axis.center_on(t);
+    emit win.tokenView()->tokenClicked(int64_t(t));
+    win.tokenView()->setCursor(int64_t(t));
+  }
+  if (!win.lastError().isEmpty()) return fail(win.lastError());
+  QApplication::processEvents();
+  if (!win.grab().save(cli.value(shot))) return fail("cannot write " + cli.value(shot));
+  std::printf("spkv-studio: wrote %s\n", cli.value(shot).toUtf8().constData());
+  return 0;
 }

@@ -1,0 +1,87 @@
+// The item models behind spkv-studio's views, filled from GateData (no widgets; tested with
+// QAbstractItemModelTester): the layer x KV-head density table with layout flags, the document list,
+// and one token's u and decision in every (layer, head).
+#pragma once
+#include <QAbstractTableModel>
+#include <vector>
+
+#include "gui/models/GateData.h"
+
+namespace spkv::gui {
+
+enum Roles {
+  DensityRole = Qt::UserRole + 1,  // double: kept / eligible (NaN when nothing was eligible)
+  GlobalRole,                      // bool: the head is global in the designed layout
+  ReferenceRole,                   // bool: the head is global in the overlaid reference layout
+  KeptRole,                        // bool (TokenDetailModel): the token is kept by this head
+};
+
+// Rows = layers, columns = KV heads. Display: the density with 3 decimals; tooltip: exact counts and the
+// interval across documents.
+class DensityModel : public QAbstractTableModel {
+  Q_OBJECT
+ public:
+  using QAbstractTableModel::QAbstractTableModel;
+  // (L * Hkv) kept and eligible totals; lo / hi the 5th and 95th percentile across documents (may be empty).
+  void setCounts(int64_t layers, int64_t heads, std::vector<int64_t> kept, std::vector<int64_t> eligible,
+                 std::vector<double> lo = {}, std::vector<double> hi = {}, QString scope = {});
+  void setGlobal(std::vector<uint8_t> flags);     // (L * Hkv) or empty
+  void setReference(std::vector<uint8_t> flags);  // (L * Hkv) or empty
+  double density(int layer, int head) const;
+  const std::vector<uint8_t>& global() const { return global_; }
+
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+  QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+  QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
+
+ private:
+  int64_t L_ = 0, H_ = 0;
+  std::vector<int64_t> kept_, eligible_;
+  std::vector<double> lo_, hi_;
+  std::vector<uint8_t> global_, reference_;
+  QString scope_;
+};
+
+// One row per document: id, tokens, density, compression (dense / SP-KV KV entries at its end).
+class DocumentModel : public QAbstractTableModel {
+  Q_OBJECT
+ public:
+  enum Column { Id, Tokens, Density, Compression, ColumnCount };
+  using QAbstractTableModel::QAbstractTableModel;
+  // kept: (D, LH), the corpus' logged counts or those at a counterfactual tau.
+  void setCorpus(const Corpus* c, const std::vector<int64_t>& kept);
+  double compression(int d) const { return compression_.at(size_t(d)); }
+  double density(int d) const { return density_.at(size_t(d)); }
+
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+  QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+  QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
+
+ private:
+  std::vector<QString> ids_;
+  std::vector<int64_t> tokens_;
+  std::vector<double> density_, compression_;
+};
+
+// One token of the selected document: rows = layers, columns = KV heads; display u, KeptRole the decision.
+class TokenDetailModel : public QAbstractTableModel {
+  Q_OBJECT
+ public:
+  using QAbstractTableModel::QAbstractTableModel;
+  void setToken(const Document* doc, int64_t t, int64_t layers, int64_t heads, const KeptRule& rule);
+  int64_t token() const { return t_; }
+
+  int rowCount(const QModelIndex& parent = {}) const override;
+  int columnCount(const QModelIndex& parent = {}) const override;
+  QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+  QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
+
+ private:
+  int64_t L_ = 0, H_ = 0, t_ = -1;
+  std::vector<float> u_;
+  std::vector<uint8_t> kept_;
+};
+
+}  // namespace spkv::gui

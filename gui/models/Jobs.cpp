@@ -1,0 +1,86 @@
+#include "gui/models/Jobs.h"
+
+#include <QCoreApplication>
+#include <QElapsedTimer>
+#include <QThread>
+#include <chrono>
+#include <exception>
+
+namespace spkv::gui {
+
+JobRunner::JobRunner(QObject* parent) : QObject(parent) { pool_.setMaxThreadCount(std::max(2, QThread::idealThreadCount())); }
+
+JobRunner::~JobRunner() {
+  cancelAll();
+  pool_.waitForDone();
+}
+
+void JobRunner::cancel(const QString& name) {
+  if (auto c = running_.take(name)) c->store(true);
+  if (running_.isEmpty()) emit busyChanged(false);
+}
+
+void JobRunner::cancelAll() {
+  for (auto& c : running_) c->store(true);
+  const bool was = !running_.isEmpty();
+  running_.clear();
+  if (was) emit busyChanged(false);
+}
+
+bool JobRunner::waitIdle(int timeout_ms) {
+  QElapsedTimer t;
+  t.start();
+  while (busy() && t.elapsed() < timeout_ms) {
+    QCoreApplication::processEvents(QEventLoop::AllEvents, 20);
+    QThread::msleep(1);
+  }
+  QCoreApplication::processEvents();
+  return !busy();
+}
+
+void JobRunner::launch(const QString& name, std::function<void(Cancel&, const Progress&)> work, std::function<void()> done) {
+  if (auto old = running_.take(name)) old->store(true);
+  auto flag = std::make_shared<Cancel>(false);
+  const bool was_busy = busy();
+  running_.insert(name, flag);
+  if (!was_busy) emit busyChanged(true);
+  QPointer<JobRunner> self(this);
+  // Called on the GUI thread: only the job still registered under its name reports.
+  auto current = [self, name, flag] { return self && self->running_.value(name) == flag && !flag->load(); };
+  auto finish = [self, name, flag] {
+    if (self && self->running_.value(name) == flag) {
+      self->running_.remove(name);
+      if (self->running_.isEmpty()) emit self->busyChanged(false);
+    }
+  };
+  pool_.start([=] {
+    auto last = std::chrono::steady_clock::now();
+    const Progress report = [&](double f) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last < std::chrono::milliseconds(100)) return;
+      last = now;
+      QMetaObject::invokeMethod(self, [=] { if (current()) emit self->progress(name, f); }, Qt::QueuedConnection);
+    };
+    try {
+      work(*flag, report);
+      QMetaObject::invokeMethod(self, [=] {
+        if (current()) {
+          finish();
+          done();
+          emit self->finished(name);
+        }
+      }, Qt::QueuedConnection);
+    } catch (const Cancelled&) {
+    } catch (const std::exception& e) {
+      const QString msg = QString::fromStdString(e.what());
+      QMetaObject::invokeMethod(self, [=] {
+        if (current()) {
+          finish();
+          emit self->failed(name, msg);
+        }
+      }, Qt::QueuedConnection);
+    }
+  });
+}
+
+}  // namespace spkv::gui
