@@ -110,8 +110,12 @@ void MainWindow::buildUi() {
   proxy->setSourceModel(&documents_), proxy->setSortRole(Qt::UserRole);
   doc_table_ = new QTableView;
   doc_table_->setModel(proxy), doc_table_->setSortingEnabled(true);
+  doc_table_->horizontalHeader()->setSortIndicator(-1, Qt::AscendingOrder);  // the log's order until a header is clicked
+  proxy->sort(-1);
   doc_table_->setSelectionBehavior(QAbstractItemView::SelectRows), doc_table_->setSelectionMode(QAbstractItemView::SingleSelection);
+  doc_table_->setTextElideMode(Qt::ElideLeft), doc_table_->setWordWrap(false);  // ids are paths: keep their ends
   doc_table_->horizontalHeader()->setSectionResizeMode(QHeaderView::ResizeToContents);
+  doc_table_->horizontalHeader()->setSectionResizeMode(DocumentModel::Id, QHeaderView::Stretch);
   doc_table_->verticalHeader()->hide();
   connect(doc_table_->selectionModel(), &QItemSelectionModel::currentRowChanged, this,
           [this, proxy](const QModelIndex& cur) { if (cur.isValid()) selectDocument(proxy->mapToSource(cur).row()); });
@@ -568,7 +572,7 @@ QString MainWindow::densityReadout() const {
 void MainWindow::refreshDocumentPlots() {
   if (!doc_ || !corpus_) return;
   Plot p;
-  p.title = "KV cache entries against position: " + QString::fromStdString(doc_->id);
+  p.title = QStringLiteral("KV cache entries against position, document %1 (%2)").arg(doc_->index).arg(QString::fromStdString(doc_->id));
   p.x_label = "position (tokens)", p.y_label = "K/V rows over all layers and heads";
   Series dense{Series::Kind::Line, "dense", QColor(150, 150, 150), {}, {}};
   Series spkv{Series::Kind::Line, tau_ ? QStringLiteral("SP-KV at tau %1").arg(*tau_, 0, 'f', 3) : "SP-KV (logged)",
@@ -707,6 +711,16 @@ void MainWindow::exportPlots(const QString& dir) {
   for (int i = 0; i < 3; ++i)
     for (const char* ext : {".png", ".svg"}) plots_[i]->exportTo(QDir(dir).filePath(QString(kPlotNames[i]) + ext));
   statusBar()->showMessage("wrote the plots to " + dir, 10000);
+}
+
+bool MainWindow::showTab(const QString& name) {
+  for (QTabWidget* tabs : {side_, bottom_})
+    for (int i = 0; i < tabs->count(); ++i)
+      if (tabs->tabText(i).compare(name, Qt::CaseInsensitive) == 0) {
+        tabs->setCurrentIndex(i);
+        return true;
+      }
+  return false;
 }
 
 // --- search -----------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class MainWindow : public QMainWindow {
   void searchStep(int step);
   void exportLayout(const QString& dir);    // layout.json, hf_config_fragment.json, full_attention_heads.tsv
   void exportPlots(const QString& dir);     // every plot as PNG and SVG
+  bool showTab(const QString& name);        // a side or bottom tab by its title (Run, Documents, Layout, Tokens, Plots)
 
   // For tests and benchmarks: state and parts.
   JobRunner& jobs() { return jobs_; }

@@ -1,5 +1,6 @@
 // spkv-studio: `spkv-studio [LOG.h5]` opens the app. For scripts and tests, --screenshot OUT.png opens the
-// log, applies --document, --head, --zoom-token and --tau, waits for the background jobs, saves the window and exits.
+// log, applies --document, --head, --zoom-token, --tau, --budget, --reference and --tab, waits for the
+// background jobs, saves the window and exits (non-zero, with the message, when the log cannot be shown).
 #include <QApplication>
 #include <QCommandLineParser>
 #include <QTimer>
@@ -24,7 +25,10 @@ int main(int argc, char** argv) {
   const QCommandLineOption zoom("zoom-token", "zoom the token view onto this token", "t");
   const QCommandLineOption tau("tau", "a counterfactual tau", "tau");
   const QCommandLineOption size("size", "window size WxH", "wxh", "1400x900");
-  cli.addOptions({shot, doc, head, zoom, tau, size});
+  const QCommandLineOption budget("budget", "layout designer: this many global heads", "n");
+  const QCommandLineOption reference("reference", "layout designer: overlay this layout (e.g. interleaved-0)", "name");
+  const QCommandLineOption tab("tab", "show this tab (Run, Documents, Layout, Tokens, Plots); repeatable", "name");
+  cli.addOptions({shot, doc, head, zoom, tau, size, budget, reference, tab});
   cli.process(app);
 
   MainWindow win;
@@ -63,6 +67,10 @@ int main(int argc, char** argv) {
     emit win.tokenView()->tokenClicked(int64_t(t));
     win.tokenView()->setCursor(int64_t(t));
   }
+  if (cli.isSet(budget)) win.setBudget(cli.value(budget).toInt());
+  if (cli.isSet(reference)) win.setReference(cli.value(reference));
+  for (const QString& t : cli.values(tab))
+    if (!win.showTab(t)) return fail("no tab '" + t + "'");
   if (!win.lastError().isEmpty()) return fail(win.lastError());
   QApplication::processEvents();
   if (!win.grab().save(cli.value(shot))) return fail("cannot write " + cli.value(shot));

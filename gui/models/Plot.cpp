@@ -53,6 +53,10 @@ void paint_plot(QPainter& p, const QRectF& area, const Plot& plot) {
   if (x1 <= x0) x1 = x0 + 1;
   if (y1 <= y0) y1 = y0 + 1;
   y1 += 0.04 * (y1 - y0);
+  if (std::any_of(plot.series.begin(), plot.series.end(), [](const Series& s) { return s.kind == Series::Kind::Points; })) {
+    const double pad = 0.03 * (x1 - x0);  // points at the extremes stay inside the frame
+    x0 -= pad, x1 += pad;
+  }
   const QRectF plotArea(QPointF(area.left() + fm.horizontalAdvance("00000.0") + fm.height() + 8, area.top() + 2 * fm.height() + 4),
                         QPointF(area.right() - 12, area.bottom() - 2.5 * fm.height() - 8));
   auto X = [&](double x) { return plotArea.left() + (x - x0) / (x1 - x0) * plotArea.width(); };
@@ -63,7 +67,8 @@ void paint_plot(QPainter& p, const QRectF& area, const Plot& plot) {
   QFont bold = normal;
   bold.setBold(true);
   p.setFont(bold);
-  p.drawText(QRectF(area.left(), area.top() + 2, area.width(), fm.height() + 2), Qt::AlignHCenter, plot.title);
+  p.drawText(QRectF(area.left(), area.top() + 2, area.width(), fm.height() + 2), Qt::AlignHCenter,
+             QFontMetricsF(bold).elidedText(plot.title, Qt::ElideMiddle, area.width() - 8));
   p.setFont(normal);
   for (double t : nice_ticks(x0, x1)) {
     p.setPen(QColor(230, 230, 230));

@@ -81,7 +81,7 @@ void HeatmapView::paintEvent(QPaintEvent*) {
       if (i.data(ReferenceRole).toBool()) {
         p.setPen(QPen(ink, 1.5));
         p.setBrush(col.lightnessF() > 0.55 ? QColor(0, 0, 0) : QColor(255, 255, 255));
-        const int r = std::max(2, std::min(c.width(), c.height()) / 8);
+        const int r = std::max(2, std::min(c.width(), c.height()) / 14);
         p.drawEllipse(QPoint(c.right() - r - 3, c.bottom() - r - 3), r, r);
         p.setBrush(Qt::NoBrush);
       }

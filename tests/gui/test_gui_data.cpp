@@ -188,3 +188,20 @@ TEST(GateData, NotAGateLogNamesTheFile) {
 
 }  // namespace
 }  // namespace spkv::gui
+
+namespace spkv::gui {
+namespace {
+// The house rule that keeps Qt's `slots` macro and torch apart: no torch, ATen or c10 include in gui/.
+TEST(GuiSources, IncludeNoTorch) {
+  namespace fs = std::filesystem;
+  int files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(fs::path(SPKV_SOURCE_DIR) / "gui")) {
+    if (!e.is_regular_file()) continue;
+    ++files;
+    const std::string text = test::read_file(e.path().string());
+    for (const char* bad : {"<torch/", "<ATen/", "<c10/", "\"torch/"}) EXPECT_EQ(text.find(bad), std::string::npos) << e.path() << " includes " << bad;
+  }
+  EXPECT_GT(files, 20);
+}
+}  // namespace
+}  // namespace spkv::gui

@@ -2,10 +2,11 @@
 // map at the known densities, select a head, zoom the token view and check kept and dropped tokens render in
 // their colours, move tau, search, click a token, design and export a layout (read back by the analysis
 // library), export the plots, show evaluations found next to the log, refuse bad files with a message, and
-// run the executable's --screenshot mode. Screenshots go to $SPKV_SCREENSHOTS when set.
+// run the executable's --screenshot mode. Screenshots go to build/tests/screenshots (or $SPKV_SCREENSHOTS).
 #include <gtest/gtest.h>
 
 #include <QApplication>
+#include <QDir>
 #include <QFile>
 #include <QImage>
 #include <QTest>
@@ -35,8 +36,11 @@ double doc0_density(int64_t i, Keep keep) {
   return k / e;
 }
 
-void save_screenshot(QWidget* w, const QString& name) {
-  if (const char* dir = std::getenv("SPKV_SCREENSHOTS")) w->grab().save(QString(dir) + "/" + name);
+void save_screenshot(QWidget* w, const QString& name) {  // into the build tree, or $SPKV_SCREENSHOTS
+  const char* env = std::getenv("SPKV_SCREENSHOTS");
+  const QString dir = env ? env : SPKV_SCREENSHOT_DIR;
+  QDir().mkpath(dir);
+  ASSERT_TRUE(w->grab().save(dir + "/" + name)) << (dir + "/" + name).toStdString();
 }
 
 class Studio : public ::testing::Test {
@@ -223,7 +227,8 @@ TEST(StudioExecutable, ScreenshotModeOpensTheLogAndWritesTheWindow) {
   const std::string log = test::write_known_log(tmp / "known.h5");
   const std::string png = tmp / "shot.png";
   const std::string cmd = "QT_QPA_PLATFORM=offscreen " + test::quote(SPKV_STUDIO) + " " + test::quote(log) +
-                          " --document 2 --head 1,2 --zoom-token 20 --size 1000x700 --screenshot " + test::quote(png) + " 2>&1";
+                          " --document 2 --head 1,2 --zoom-token 20 --budget 3 --reference random-1 --tab Layout --size 1000x700"
+                          " --screenshot " + test::quote(png) + " 2>&1";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   const QImage img(QString::fromStdString(png));
   ASSERT_FALSE(img.isNull());
