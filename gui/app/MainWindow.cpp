@@ -299,7 +299,6 @@ void MainWindow::exportInteractively(const QString& title, void (MainWindow::*wr
 
 // --- files ------------------------------------------------------------------------------------------
 void MainWindow::openLog(const QString& path) {
-  jobs_.cancelAll();
   const std::string p = path.toStdString();
   jobs_.start<std::shared_ptr<Corpus>>(
       "open", [p](Cancel&, const Progress&) { return std::make_shared<Corpus>(open_corpus(p)); },
@@ -342,6 +341,7 @@ void MainWindow::dragEnterEvent(QDragEnterEvent* e) {
 void MainWindow::dropEvent(QDropEvent* e) { openLog(e->mimeData()->urls().first().toLocalFile()); }
 
 void MainWindow::onCorpus(std::shared_ptr<Corpus> c) {
+  jobs_.cancelAll();  // the previous log's jobs (a log that fails to open leaves them running)
   corpus_ = c, doc_.reset(), tau_.reset(), hits_.clear(), hit_ = -1, reference_.clear();
   corpus_kept_ = c->kept;
   const auto& in = c->info;
@@ -364,7 +364,8 @@ void MainWindow::onCorpus(std::shared_ptr<Corpus> c) {
       row("documents", QString::number(in.n_documents)) + row("tokens", QString::number(in.n_tokens)) +
       row("corpus", inputs) + row("splitting", str(in.split_policy)) + "</table>");
   tau_slider_->blockSignals(true), tau_logged_->blockSignals(true);
-  tau_slider_->setValue(int(std::lround(in.tau * 1000))), tau_slider_->setEnabled(false), tau_logged_->setChecked(true);
+  tau_slider_->setValue(int(std::lround(in.tau * 1000))), tau_logged_->setChecked(true);
+  tau_slider_->setEnabled(false), tau_logged_->setEnabled(false);
   tau_slider_->blockSignals(false), tau_logged_->blockSignals(false);
   tokens_->setDocument(nullptr, nullptr);
   tokens_->setRows(in.n_layers, in.n_kv_heads, rows_->currentIndex() == 1);
@@ -385,7 +386,7 @@ void MainWindow::onCorpus(std::shared_ptr<Corpus> c) {
       [this, c](std::vector<uint32_t>& h) {
         if (c != corpus_) return;
         c->hist = std::move(h);
-        tau_slider_->setEnabled(true);
+        tau_slider_->setEnabled(true), tau_logged_->setEnabled(true);
       });
 }
 
@@ -520,16 +521,26 @@ void MainWindow::applyTau() {
 }
 
 // --- views ------------------------------------------------------------------------------------------
+std::vector<int64_t> MainWindow::corpusKept() const {
+  // At a counterfactual tau the u histograms answer at once, while the slider moves; without them (a tau
+  // set programmatically before they are read), the per-document counts the tau job returns.
+  const KeptRule r = rule();
+  if (r.logged) return corpus_->kept_total(r);
+  if (!corpus_->hist.empty()) return corpus_->kept_total(r);
+  const int64_t LH = corpus_->LH();
+  std::vector<int64_t> out(size_t(LH), 0);
+  for (size_t k = 0; k < corpus_kept_.size(); ++k) out[k % size_t(LH)] += corpus_kept_[k];
+  return out;
+}
+
 void MainWindow::refreshHeatmap() {
   if (!corpus_) return;
   const int64_t L = corpus_->info.n_layers, H = corpus_->info.n_kv_heads, LH = L * H;
-  const KeptRule r = rule();
   if (scope_->currentIndex() == 1 && doc_) {
     std::vector<int64_t> elig(corpus_->eligible.begin() + doc_->index * LH, corpus_->eligible.begin() + (doc_->index + 1) * LH);
     density_.setCounts(L, H, doc_kept_, elig, {}, {}, "document " + QString::fromStdString(doc_->id));
   } else {
-    // Corpus totals: logged counts, or the u histograms at a counterfactual tau (instant while the slider moves).
-    std::vector<int64_t> kept = r.logged || corpus_->hist.empty() ? corpus_->kept_total(KeptRule{}) : corpus_->kept_total(r);
+    std::vector<int64_t> kept = corpusKept();
     std::vector<double> lo(static_cast<size_t>(LH)), hi(static_cast<size_t>(LH));
     for (int64_t i = 0; i < LH; ++i) {
       std::vector<double> xs;
@@ -555,7 +566,7 @@ QString MainWindow::densityReadout() const {
     entries = analysis::spkv_entries(doc_->T, corpus_->info.window, corpus_->info.keep_first, LH, 0);
     dense = double(doc_->T * LH);
   } else {
-    k = rule().logged || corpus_->hist.empty() ? corpus_->kept_total(KeptRule{}) : corpus_->kept_total(rule());
+    k = corpusKept();
     for (int64_t e : corpus_->eligible_total()) elig += double(e);
     entries = corpus_->fixed_entries(), dense = corpus_->dense_entries();
   }

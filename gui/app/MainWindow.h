@@ -90,6 +90,7 @@ class MainWindow : public QMainWindow {
   void refreshLayouts();     // derive at the budget from the current counts
   void refreshLayoutView();  // designed + reference onto the heatmap, readouts
   KeptRule rule() const;
+  std::vector<int64_t> corpusKept() const;  // (LH) corpus totals under rule()
 
   JobRunner jobs_;
   std::shared_ptr<Corpus> corpus_;

@@ -16,7 +16,9 @@ JobRunner::~JobRunner() {
 }
 
 void JobRunner::cancel(const QString& name) {
-  if (auto c = running_.take(name)) c->store(true);
+  auto c = running_.take(name);
+  if (!c) return;
+  c->store(true);
   if (running_.isEmpty()) emit busyChanged(false);
 }
 

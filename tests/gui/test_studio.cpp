@@ -7,6 +7,11 @@
 
 #include <QApplication>
 #include <QDir>
+#include <QDropEvent>
+#include <QFileInfo>
+#include <QMimeData>
+#include <QSettings>
+#include <QUrl>
 #include <QFile>
 #include <QImage>
 #include <QTest>
@@ -200,6 +205,24 @@ TEST_F(Studio, EvaluationsNextToTheLogAreShownAndOverlaid) {
   std::vector<uint8_t> want(12, 0);
   want[9] = want[10] = want[11] = 1;
   for (int i = 0; i < 12; ++i) EXPECT_EQ(win.densityModel()->index(i / 4, i % 4).data(ReferenceRole).toBool(), want[size_t(i)] != 0);
+}
+
+TEST_F(Studio, DroppedFilesOpenAndOpenedFilesAreRecent) {
+  EXPECT_EQ(QSettings().value("recentFiles").toStringList().value(0), QFileInfo(QString::fromStdString(path)).absoluteFilePath());
+  const std::string other = test::write_known_log(tmp / "other.h5");
+  QMimeData mime;
+  mime.setUrls({QUrl::fromLocalFile(QString::fromStdString(other))});
+  QDragEnterEvent enter(QPoint(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+  QApplication::sendEvent(&win, &enter);
+  EXPECT_TRUE(enter.isAccepted());
+  QDropEvent drop(QPointF(10, 10), Qt::CopyAction, &mime, Qt::LeftButton, Qt::NoModifier);
+  QApplication::sendEvent(&win, &drop);
+  ASSERT_TRUE(win.jobs().waitIdle(60000));
+  EXPECT_EQ(win.corpus()->info.path, other);
+  const QStringList recent = QSettings().value("recentFiles").toStringList();
+  ASSERT_GE(recent.size(), 2);
+  EXPECT_EQ(recent[0], QFileInfo(QString::fromStdString(other)).absoluteFilePath());
+  EXPECT_EQ(recent[1], QFileInfo(QString::fromStdString(path)).absoluteFilePath());
 }
 
 TEST_F(Studio, BadFilesGetAMessageAndTheOpenLogStays) {
