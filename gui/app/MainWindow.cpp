@@ -62,7 +62,10 @@ DocBundle document_views(std::shared_ptr<const Document> doc, const KeptRule& r,
   return b;
 }
 
-QString mib(double bytes) { return QString::number(bytes / (1024.0 * 1024.0), 'f', 1) + " MiB"; }
+QString mib(double bytes) {
+  const double m = bytes / (1024.0 * 1024.0);
+  return m >= 10240 ? QString::number(m / 1024.0, 'f', 1) + " GiB" : QString::number(m, 'f', 1) + " MiB";
+}
 QString num(double x, int digits) { return std::isfinite(x) ? QString::number(x, 'f', digits) : QStringLiteral("–"); }
 
 void write_atomic(const QString& path, const std::string& text) {
@@ -435,6 +438,7 @@ void MainWindow::selectHead(int layer, int head) {
   sel_layer_ = layer, sel_head_ = head;
   heatmap_->setSelected(layer, head);
   tokens_->setSelectedHead(layer, head);
+  documents_.setHead(layer, head);
   statusBar()->showMessage(QStringLiteral("layer %1, KV head %2: density %3").arg(layer).arg(head).arg(num(density_.density(layer, head), 4)));
   refreshCorpusPlots();
 }

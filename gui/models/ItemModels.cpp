@@ -73,9 +73,10 @@ QVariant DensityModel::headerData(int section, Qt::Orientation o, int role) cons
 // --- DocumentModel ----------------------------------------------------------------------------------
 void DocumentModel::setCorpus(const Corpus* c, const std::vector<int64_t>& kept) {
   beginResetModel();
-  ids_.clear(), tokens_.clear(), density_.clear(), compression_.clear();
+  ids_.clear(), tokens_.clear(), density_.clear(), compression_.clear(), kept_.clear(), eligible_.clear();
   if (c) {
     const int64_t LH = c->LH();
+    LH_ = LH, heads_ = c->info.n_kv_heads, kept_ = kept, eligible_ = c->eligible;
     for (int64_t d = 0; d < c->D(); ++d) {
       int64_t k = 0, e = 0;
       for (int64_t i = 0; i < LH; ++i) k += kept[size_t(d * LH + i)], e += c->eligible[size_t(d * LH + i)];
@@ -84,7 +85,22 @@ void DocumentModel::setCorpus(const Corpus* c, const std::vector<int64_t>& kept)
       compression_.push_back(double(T * LH) / analysis::spkv_entries(T, c->info.window, c->info.keep_first, LH, k));
     }
   }
+  fillHeadDensity();
   endResetModel();
+}
+
+void DocumentModel::setHead(int64_t layer, int64_t head) {
+  layer_ = layer, head_ = head;
+  fillHeadDensity();
+  if (!ids_.empty()) emit dataChanged(index(0, HeadDensity), index(rowCount() - 1, HeadDensity));
+  emit headerDataChanged(Qt::Horizontal, HeadDensity, HeadDensity);
+}
+
+void DocumentModel::fillHeadDensity() {
+  head_density_.clear();
+  const size_t i = size_t(layer_ * heads_ + head_);
+  for (size_t d = 0; d < ids_.size(); ++d)
+    head_density_.push_back(i < size_t(LH_) ? ratio(kept_[d * size_t(LH_) + i], eligible_[d * size_t(LH_) + i]) : std::nan(""));
 }
 
 int DocumentModel::rowCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : int(ids_.size()); }
@@ -98,6 +114,7 @@ QVariant DocumentModel::data(const QModelIndex& index, int role) const {
       case Id: return ids_[d];
       case Tokens: return qlonglong(tokens_[d]);
       case Density: return fixed(density_[d], 3);
+      case HeadDensity: return fixed(head_density_[d], 3);
       case Compression: return fixed(compression_[d], 2) + "×";
     }
   }
@@ -106,6 +123,7 @@ QVariant DocumentModel::data(const QModelIndex& index, int role) const {
       case Id: return ids_[d];
       case Tokens: return qlonglong(tokens_[d]);
       case Density: return density_[d];
+      case HeadDensity: return head_density_[d];
       case Compression: return compression_[d];
     }
   }
@@ -115,7 +133,8 @@ QVariant DocumentModel::data(const QModelIndex& index, int role) const {
 
 QVariant DocumentModel::headerData(int section, Qt::Orientation o, int role) const {
   if (role != Qt::DisplayRole || o != Qt::Horizontal) return {};
-  static const char* names[] = {"document", "tokens", "density", "compression"};
+  if (section == HeadDensity) return QStringLiteral("L%1.H%2").arg(layer_).arg(head_);
+  static const char* names[] = {"document", "tokens", "density", "", "compression"};
   return section >= 0 && section < ColumnCount ? QVariant(names[section]) : QVariant();
 }
 

@@ -43,14 +43,17 @@ class DensityModel : public QAbstractTableModel {
   QString scope_;
 };
 
-// One row per document: id, tokens, density, compression (dense / SP-KV KV entries at its end).
+// One row per document: id, tokens, density, the selected head's density, compression (dense / SP-KV KV
+// entries at its end).
 class DocumentModel : public QAbstractTableModel {
   Q_OBJECT
  public:
-  enum Column { Id, Tokens, Density, Compression, ColumnCount };
+  enum Column { Id, Tokens, Density, HeadDensity, Compression, ColumnCount };
   using QAbstractTableModel::QAbstractTableModel;
   // kept: (D, LH), the corpus' logged counts or those at a counterfactual tau.
   void setCorpus(const Corpus* c, const std::vector<int64_t>& kept);
+  void setHead(int64_t layer, int64_t head);  // the head of the HeadDensity column
+  double headDensity(int d) const { return head_density_.at(size_t(d)); }
   double compression(int d) const { return compression_.at(size_t(d)); }
   double density(int d) const { return density_.at(size_t(d)); }
 
@@ -60,9 +63,12 @@ class DocumentModel : public QAbstractTableModel {
   QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
 
  private:
+  void fillHeadDensity();
   std::vector<QString> ids_;
   std::vector<int64_t> tokens_;
-  std::vector<double> density_, compression_;
+  std::vector<double> density_, compression_, head_density_;
+  std::vector<int64_t> kept_, eligible_;  // (D, LH)
+  int64_t LH_ = 0, head_ = 0, layer_ = 0, heads_ = 1;
 };
 
 // One token of the selected document: rows = layers, columns = KV heads; display u, KeptRole the decision.

@@ -170,6 +170,17 @@ TEST_F(KnownLogData, LevelOfDetailMeansEqualBruteForceOnBlockBoundaries) {
       const QRgb want = strip_color(half_to_float(doc.u[size_t(t * doc.LH + i)]), doc.kept(t, i, rule));
       EXPECT_EQ(img.pixel(int(axis.x_of(t + 0.5)), int(i)), want) << t << " " << i;
     }
+  // A strip per layer shows its heads' mean u and kept fraction.
+  const QImage layers = render_strips(doc, lod, axis, strip_rows(KnownLog::L, KnownLog::H, true), 400);
+  ASSERT_EQ(layers.height(), 3);
+  for (int64_t t : {7, 30})
+    for (int l = 0; l < 3; ++l) {
+      double u = 0, k = 0;
+      for (int64_t h = 0; h < 4; ++h) u += half_to_float(doc.u[size_t(t * doc.LH + l * 4 + h)]) / 4, k += doc.kept(t, l * 4 + h, rule) / 4.0;
+      const QRgb got = layers.pixel(int(axis.x_of(t + 0.5)), l), want = strip_color(u, k);
+      EXPECT_NEAR(qRed(got), qRed(want), 1);  // the mean is summed in another order
+      EXPECT_NEAR(qBlue(got), qBlue(want), 1);
+    }
   EXPECT_GT(qBlue(strip_color(0.7, 1)), qRed(strip_color(0.7, 1)));
   EXPECT_GT(qRed(strip_color(0.7, 0)), qBlue(strip_color(0.7, 0)));
 }

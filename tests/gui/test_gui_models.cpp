@@ -60,6 +60,15 @@ TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues
     EXPECT_NEAR(docs.density(d), k / e, 1e-12);
     EXPECT_NEAR(docs.compression(d), double(T * 12) / entries, 1e-12);
   }
+  docs.setHead(2, 1);  // head 9 keeps t mod 12 < 9
+  EXPECT_EQ(docs.headerData(DocumentModel::HeadDensity, Qt::Horizontal).toString(), "L2.H1");
+  for (int d = 0; d < 3; ++d) {
+    const int64_t T = KnownLog::lengths[size_t(d)];
+    double k = 0, e = 0;
+    for (int64_t t = 0; t < T; ++t)
+      if (KnownLog::eligible(t, T)) e += 1, k += KnownLog::kept_logged(t, 9);
+    EXPECT_NEAR(docs.headDensity(d), k / e, 1e-12);
+  }
   docs.setCorpus(nullptr, {});
   EXPECT_EQ(docs.rowCount(), 0);
 
