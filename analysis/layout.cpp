@@ -99,7 +99,10 @@ int64_t budget_heads(const Budget& b, const Report& r) {
       g = int64_t(b.value);
       break;
     case Budget::Kind::fraction: g = int64_t(std::llround(b.value * double(LH))); break;
-    case Budget::Kind::density: g = int64_t(std::llround(r.overall.mean * double(LH))); break;
+    case Budget::Kind::density:
+      if (!std::isfinite(r.overall.mean)) throw ConfigError("--budget density: the logs have no eligible keys, so no density");
+      g = int64_t(std::llround(r.overall.mean * double(LH)));
+      break;
     case Budget::Kind::kv_ratio:
       g = -1;
       for (int64_t k = 0; k <= LH; ++k)

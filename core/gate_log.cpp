@@ -212,6 +212,10 @@ struct GateLogWriter::Impl {
     doc_id_bytes = make("documents/id_bytes", H5T_NATIVE_UINT8, {});
     doc_kept = make("documents/kept", H5T_NATIVE_INT64, {L, Hkv});
     doc_eligible = make("documents/eligible", H5T_NATIVE_INT64, {L, Hkv});
+    // The CSR offsets start with 0, so that a log with no documents yet is already well-formed.
+    const int64_t zero = 0;
+    for (Extendible* e : {&text_offsets, &doc_tokens, &doc_id_offsets})
+      if (e->rows == 0) append(*e, &zero, 1);
   }
 
   void header() {
@@ -299,8 +303,6 @@ struct GateLogWriter::Impl {
     std::vector<int32_t> pos(T);
     std::vector<int64_t> offs(T);
     std::string bytes;
-    const int64_t zero = 0;
-    if (text_offsets.rows == 0) append(text_offsets, &zero, 1);
     const int64_t base = int64_t(text_bytes.rows);
     for (hsize_t t = 0; t < T; ++t) pos[t] = int32_t(t), bytes += d.text[t], offs[t] = base + int64_t(bytes.size());
     append(ids, d.tokens.data(), T), append(nll, d.nll.data(), T), append(position, pos.data(), T);
@@ -311,7 +313,6 @@ struct GateLogWriter::Impl {
       append(received, d.received.data(), T), append(received_last, d.received_last.data(), T),
           append(received_far, d.received_far.data(), T);
     // The document index last: a document exists once its token_offsets entry does.
-    if (doc_tokens.rows == 0) append(doc_tokens, &zero, 1), append(doc_id_offsets, &zero, 1);
     const int64_t tok_end = int64_t(ids.rows), id_end = int64_t(doc_id_bytes.rows + d.id.size());
     append(doc_id_bytes, d.id.data(), d.id.size()), append(doc_id_offsets, &id_end, 1);
     append(doc_kept, d.kept.data(), 1), append(doc_eligible, d.eligible.data(), 1);

@@ -376,8 +376,13 @@ void MainWindow::onCorpus(std::shared_ptr<Corpus> c) {
   documents_.setCorpus(c.get(), corpus_kept_);
   report_ = analysis::summary_report(in, c->offsets, c->ids, corpus_kept_, c->eligible);
   budget_->blockSignals(true);
-  budget_->setRange(0, int(c->LH()));
-  budget_->setValue(int(analysis::budget_heads(analysis::parse_budget("density"), report_)));
+  budget_->setRange(1, int(c->LH()));  // derive_layouts needs 1 .. L * Hkv global heads
+  int density_heads = 1;                 // a log without eligible keys (e.g. no document yet) has no density budget
+  try {
+    density_heads = std::max(1, int(analysis::budget_heads(analysis::parse_budget("density"), report_)));
+  } catch (const ConfigError&) {
+  }
+  budget_->setValue(density_heads);
   budget_->blockSignals(false);
   readEvaluations();
   refreshLayouts();

@@ -15,6 +15,7 @@
 #include <QFile>
 #include <QImage>
 #include <QTest>
+#include <cmath>
 #include <cstdlib>
 #include <hdf5.h>
 
@@ -243,6 +244,26 @@ TEST_F(Studio, BadFilesGetAMessageAndTheOpenLogStays) {
   win.openLog(QString::fromStdString(newer));
   ASSERT_TRUE(win.jobs().waitIdle(60000));
   EXPECT_TRUE(win.lastError().contains("schema version 99 is newer")) << win.lastError().toStdString();
+}
+
+TEST(StudioEmptyLog, ALogWithoutDocumentsOpensWithoutError) {
+  test::TempDir tmp;
+  GateLogHeader h;
+  h.n_layers = 2, h.n_kv_heads = 2, h.window = 4, h.gating_mode = "hard", h.model_config_json = "{}";
+  {
+    GateLogWriter w(tmp / "empty.h5", h, false, 0);
+    w.close();
+  }
+  MainWindow win;
+  win.show();
+  win.openLog(QString::fromStdString(tmp / "empty.h5"));
+  ASSERT_TRUE(win.jobs().waitIdle(60000));
+  ASSERT_TRUE(win.corpus()) << win.lastError().toStdString();
+  EXPECT_TRUE(win.lastError().isEmpty()) << win.lastError().toStdString();
+  EXPECT_EQ(win.densityModel()->rowCount(), 2);
+  EXPECT_TRUE(std::isnan(win.densityModel()->density(0, 0)));
+  EXPECT_FALSE(win.document());
+  win.grab();  // paints without data
 }
 
 TEST(StudioExecutable, ScreenshotModeOpensTheLogAndWritesTheWindow) {
