@@ -74,11 +74,6 @@ void write_atomic(const QString& path, const std::string& text) {
     throw FileError(path.toStdString(), "cannot write: " + f.errorString().toStdString());
 }
 
-double percentile(std::vector<double> xs, double q) {
-  if (xs.empty()) return std::nan("");
-  std::sort(xs.begin(), xs.end());
-  return xs[size_t(std::lround(q * double(xs.size() - 1)))];
-}
 }  // namespace
 
 MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
@@ -246,7 +241,7 @@ void MainWindow::buildUi() {
   connect(budget_, &QSpinBox::valueChanged, this, &MainWindow::setBudget);
   connect(budget_text_, &QLineEdit::returnPressed, this, [this] {
     try {
-      budget_->setValue(int(analysis::budget_heads(analysis::parse_budget(budget_text_->text().toStdString()), report_)));
+      if (stats_) budget_->setValue(int(analysis::budget_heads(analysis::parse_budget(budget_text_->text().toStdString()), report())));
     } catch (const std::exception& e) {
       showError(e.what());
     }
@@ -302,11 +297,18 @@ void MainWindow::exportInteractively(const QString& title, void (MainWindow::*wr
 
 // --- files ------------------------------------------------------------------------------------------
 void MainWindow::openLog(const QString& path) {
+  struct Opened {
+    std::shared_ptr<Corpus> corpus;
+    std::shared_ptr<const CorpusStats> stats;
+  };
   const std::string p = path.toStdString();
-  jobs_.start<std::shared_ptr<Corpus>>(
-      "open", [p](Cancel&, const Progress&) { return std::make_shared<Corpus>(open_corpus(p)); },
-      [this, path](std::shared_ptr<Corpus>& c) {
-        onCorpus(c);
+  jobs_.start<Opened>(
+      "open", [p](Cancel&, const Progress&) {
+        auto c = std::make_shared<Corpus>(open_corpus(p));
+        return Opened{c, std::make_shared<const CorpusStats>(corpus_stats(*c, c->kept))};
+      },
+      [this, path](Opened& o) {
+        onCorpus(o.corpus, o.stats);
         addRecent(path);
         emit logOpened(path);
       });
@@ -343,10 +345,10 @@ void MainWindow::dragEnterEvent(QDragEnterEvent* e) {
 
 void MainWindow::dropEvent(QDropEvent* e) { openLog(e->mimeData()->urls().first().toLocalFile()); }
 
-void MainWindow::onCorpus(std::shared_ptr<Corpus> c) {
+void MainWindow::onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const CorpusStats> stats) {
   jobs_.cancelAll();  // the previous log's jobs (a log that fails to open leaves them running)
   corpus_ = c, doc_.reset(), tau_.reset(), hits_.clear(), hit_ = -1, reference_.clear();
-  corpus_kept_ = c->kept;
+  stats_ = std::move(stats);
   const auto& in = c->info;
   setWindowTitle("spkv-studio — " + QFileInfo(QString::fromStdString(in.path)).fileName());
   QString inputs = QString::fromStdString(in.inputs);
@@ -373,13 +375,12 @@ void MainWindow::onCorpus(std::shared_ptr<Corpus> c) {
   tokens_->setDocument(nullptr, nullptr);
   tokens_->setRows(in.n_layers, in.n_kv_heads, rows_->currentIndex() == 1);
   detail_.setToken(nullptr, -1, 0, 0, {});
-  documents_.setCorpus(c.get(), corpus_kept_);
-  report_ = analysis::summary_report(in, c->offsets, c->ids, corpus_kept_, c->eligible);
+  documents_.setCorpus(c.get(), stats_.get());
   budget_->blockSignals(true);
   budget_->setRange(1, int(c->LH()));  // derive_layouts needs 1 .. L * Hkv global heads
   int density_heads = 1;                 // a log without eligible keys (e.g. no document yet) has no density budget
   try {
-    density_heads = std::max(1, int(analysis::budget_heads(analysis::parse_budget("density"), report_)));
+    density_heads = std::max(1, int(analysis::budget_heads(analysis::parse_budget("density"), report())));
   } catch (const ConfigError&) {
   }
   budget_->setValue(density_heads);
@@ -506,40 +507,30 @@ void MainWindow::applyTau() {
           if (scope_->currentIndex() == 1) refreshHeatmap();
         });
   }
-  auto after = [this] {
-    documents_.setCorpus(corpus_.get(), corpus_kept_);
-    report_ = analysis::summary_report(corpus_->info, corpus_->offsets, corpus_->ids, corpus_kept_, corpus_->eligible);
-    refreshCorpusPlots();
-    refreshLayouts();
-    refreshHeatmap();
-  };
-  if (r.logged) {
-    jobs_.cancel("documents at tau");
-    corpus_kept_ = corpus_->kept;
-    after();
-    return;
-  }
   const auto c = corpus_;
-  jobs_.start<std::vector<int64_t>>(
-      "documents at tau", [c, r](Cancel& k, const Progress& p) { return kept_per_document(*c, r.code, k, p); },
-      [this, c, after](std::vector<int64_t>& kept) {
-        if (c != corpus_) return;
-        corpus_kept_ = std::move(kept);
-        after();
+  jobs_.start<std::shared_ptr<const CorpusStats>>(
+      "documents at tau", [c, r](Cancel& k, const Progress& p) {
+        return std::make_shared<const CorpusStats>(corpus_stats(*c, r.logged ? c->kept : kept_per_document(*c, r.code, k, p)));
+      },
+      [this, c](std::shared_ptr<const CorpusStats>& s) {
+        if (c == corpus_) onStats(s);
       });
 }
 
-// --- views ------------------------------------------------------------------------------------------
+void MainWindow::onStats(std::shared_ptr<const CorpusStats> stats) {
+  stats_ = std::move(stats);
+  documents_.setCorpus(corpus_.get(), stats_.get());
+  refreshCorpusPlots();
+  refreshLayouts();
+  refreshHeatmap();
+}
+
 std::vector<int64_t> MainWindow::corpusKept() const {
   // At a counterfactual tau the u histograms answer at once, while the slider moves; without them (a tau
   // set programmatically before they are read), the per-document counts the tau job returns.
   const KeptRule r = rule();
   if (r.logged) return corpus_->kept_total(r);
-  if (!corpus_->hist.empty()) return corpus_->kept_total(r);
-  const int64_t LH = corpus_->LH();
-  std::vector<int64_t> out(size_t(LH), 0);
-  for (size_t k = 0; k < corpus_kept_.size(); ++k) out[k % size_t(LH)] += corpus_kept_[k];
-  return out;
+  return corpus_->hist.empty() ? stats_->kept_total : corpus_->kept_total(r);
 }
 
 void MainWindow::refreshHeatmap() {
@@ -549,15 +540,7 @@ void MainWindow::refreshHeatmap() {
     std::vector<int64_t> elig(corpus_->eligible.begin() + doc_->index * LH, corpus_->eligible.begin() + (doc_->index + 1) * LH);
     density_.setCounts(L, H, doc_kept_, elig, {}, {}, "document " + QString::fromStdString(doc_->id));
   } else {
-    std::vector<int64_t> kept = corpusKept();
-    std::vector<double> lo(static_cast<size_t>(LH)), hi(static_cast<size_t>(LH));
-    for (int64_t i = 0; i < LH; ++i) {
-      std::vector<double> xs;
-      for (int64_t d = 0; d < corpus_->D(); ++d)
-        if (const int64_t e = corpus_->eligible[size_t(d * LH + i)]) xs.push_back(double(corpus_kept_[size_t(d * LH + i)]) / double(e));
-      lo[size_t(i)] = percentile(xs, 0.05), hi[size_t(i)] = percentile(xs, 0.95);
-    }
-    density_.setCounts(L, H, std::move(kept), corpus_->eligible_total(), std::move(lo), std::move(hi),
+    density_.setCounts(L, H, corpusKept(), corpus_->eligible_total(), stats_->lo, stats_->hi,
                        QStringLiteral("corpus, %1 documents").arg(corpus_->D()));
   }
   readout_->setText(densityReadout());
@@ -632,7 +615,7 @@ void MainWindow::refreshCorpusPlots() {
   std::vector<double> counts(kBins, 0);
   for (int64_t d = 0; d < corpus_->D(); ++d) {
     int64_t k = 0, e = 0;
-    for (int64_t h = 0; h < H; ++h) k += corpus_kept_[size_t(d * LH + sel_layer_ * H + h)], e += corpus_->eligible[size_t(d * LH + sel_layer_ * H + h)];
+    for (int64_t h = 0; h < H; ++h) k += stats_->kept[size_t(d * LH + sel_layer_ * H + h)], e += corpus_->eligible[size_t(d * LH + sel_layer_ * H + h)];
     if (e > 0) counts[size_t(std::min<int64_t>(kBins - 1, int64_t(kBins * double(k) / double(e))))] += 1;
   }
   for (int b = 0; b < kBins; ++b) bars.x.push_back(double(b) / kBins), bars.y.push_back(counts[size_t(b)]);
@@ -648,7 +631,7 @@ void MainWindow::setBudget(int heads) {
 
 void MainWindow::refreshLayouts() {
   if (!corpus_) return;
-  derived_ = analysis::derive_layouts(report_, budget_->value());
+  derived_ = analysis::derive_layouts(report(), budget_->value());
   designed_ = derived_.front();  // guided
   const QString current = reference_box_->currentText();
   reference_box_->blockSignals(true);
@@ -684,8 +667,8 @@ void MainWindow::setReference(const QString& name) {
 }
 
 void MainWindow::refreshLayoutView() {
-  designed_.coverage = analysis::layout_coverage(designed_.global, report_);
-  designed_.kv_ratio = analysis::layout_kv_ratio(designed_.global, report_);
+  designed_.coverage = analysis::layout_coverage(designed_.global, report());
+  designed_.kv_ratio = analysis::layout_kv_ratio(designed_.global, report());
   density_.setGlobal(designed_.global);
   density_.setReference(reference_);
   layout_readout_->setText(layoutReadout());
@@ -694,17 +677,17 @@ void MainWindow::refreshLayoutView() {
 QString MainWindow::layoutReadout() const {
   if (!corpus_) return {};
   auto line = [&](const QString& name, const std::vector<uint8_t>& g) {
-    const double kv = analysis::layout_kv_ratio(g, report_);
+    const double kv = analysis::layout_kv_ratio(g, report());
     int64_t n = 0;
     for (auto x : g) n += x;
     QString s = QStringLiteral("%1: %2 of %3 heads global · coverage %4 · KV %5× of full")
-                    .arg(name).arg(n).arg(g.size()).arg(num(analysis::layout_coverage(g, report_), 3)).arg(num(kv, 3));
+                    .arg(name).arg(n).arg(g.size()).arg(num(analysis::layout_coverage(g, report()), 3)).arg(num(kv, 3));
     if (corpus_->head_dim > 0) s += " (" + mib(kv * corpus_->dense_entries() * corpus_->kv_bytes_per_entry()) + ")";
     return s;
   };
   QString s = line(QString::fromStdString(designed_.name), designed_.global);
   if (!reference_.empty()) s += "\n" + line(reference_box_->currentText() + " (dots)", reference_);
-  s += QStringLiteral("\ndynamic SP-KV: KV %1× of full").arg(num(analysis::spkv_kv_ratio(report_), 3));
+  s += QStringLiteral("\ndynamic SP-KV: KV %1× of full").arg(num(analysis::spkv_kv_ratio(report()), 3));
   return s;
 }
 
@@ -713,7 +696,7 @@ void MainWindow::exportLayout(const QString& dir) {
   if (!QDir().mkpath(dir)) throw FileError(dir.toStdString(), "cannot create the folder");
   analysis::Layout l = designed_;
   l.window = corpus_->info.window, l.tau = tau_ ? *tau_ : corpus_->info.tau, l.logs = {corpus_->info.path};
-  l.model_path = report_.model_path, l.checkpoint_sha256 = report_.checkpoint_sha256, l.model_type = report_.model_type;
+  l.model_path = report().model_path, l.checkpoint_sha256 = report().checkpoint_sha256, l.model_type = report().model_type;
   l.created = QDateTime::currentDateTimeUtc().toString(Qt::ISODate).toStdString(), l.tool = "spkv-studio";
   std::vector<std::string> warnings;
   const std::string hf = analysis::hf_config_fragment(l, l.model_type, warnings);

@@ -81,7 +81,9 @@ class MainWindow : public QMainWindow {
   void exportInteractively(const QString& title, void (MainWindow::*write)(const QString&));  // asks for a folder
   void addRecent(const QString& path);
   void rebuildRecentMenu();
-  void onCorpus(std::shared_ptr<Corpus> c);
+  void onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const CorpusStats> stats);
+  void onStats(std::shared_ptr<const CorpusStats> stats);  // new counts: document list, plots, layouts, heatmap
+  const analysis::Report& report() const { return stats_->report; }
   void readEvaluations();
   void applyTau();           // after the slider settles
   void refreshHeatmap();
@@ -97,9 +99,8 @@ class MainWindow : public QMainWindow {
   std::shared_ptr<const Document> doc_;
   std::vector<int64_t> doc_kept_;             // (LH) the document's kept eligible keys under rule()
   std::vector<double> doc_entries_;           // (T) its cache rows after each token under rule()
-  std::vector<int64_t> corpus_kept_;          // (D, LH) under rule() (the logged counts until a tau job returns)
+  std::shared_ptr<const CorpusStats> stats_;  // the corpus under rule() (the logged one until a tau job returns)
   std::optional<double> tau_;                 // counterfactual tau, or the logged decisions
-  analysis::Report report_;                   // summary report under rule(): what the layout functions need
   std::vector<analysis::Layout> derived_, evaluated_;
   analysis::Layout designed_;
   std::vector<uint8_t> reference_;

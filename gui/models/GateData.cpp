@@ -2,8 +2,6 @@
 // (each chunk under the HDF5 lock, so other jobs interleave and a cancel takes effect within a chunk).
 #include "gui/models/GateData.h"
 
-#include "analysis/report.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -105,6 +103,32 @@ Corpus open_corpus(const std::string& path) {
     if (!c.head_dim && dim && heads) c.head_dim = dim / heads;
   }
   return c;
+}
+
+CorpusStats corpus_stats(const Corpus& c, std::vector<int64_t> kept) {
+  const int64_t D = c.D(), LH = c.LH();
+  CorpusStats s;
+  s.kept_total.assign(size_t(LH), 0), s.lo.resize(size_t(LH)), s.hi.resize(size_t(LH));
+  std::vector<double> xs;
+  for (int64_t i = 0; i < LH; ++i) {
+    xs.clear();
+    for (int64_t d = 0; d < D; ++d) {
+      const size_t k = size_t(d * LH + i);
+      s.kept_total[size_t(i)] += kept[k];
+      if (c.eligible[k] > 0) xs.push_back(double(kept[k]) / double(c.eligible[k]));
+    }
+    std::sort(xs.begin(), xs.end());
+    auto at = [&](double q) { return xs.empty() ? std::nan("") : xs[size_t(std::lround(q * double(xs.size() - 1)))]; };
+    s.lo[size_t(i)] = at(0.05), s.hi[size_t(i)] = at(0.95);
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    int64_t k = 0, e = 0;
+    for (int64_t i = 0; i < LH; ++i) k += kept[size_t(d * LH + i)], e += c.eligible[size_t(d * LH + i)];
+    s.doc_density.push_back(e > 0 ? double(k) / double(e) : std::nan(""));
+  }
+  s.report = analysis::summary_report(c.info, c.offsets, c.ids, kept, c.eligible);
+  s.kept = std::move(kept);
+  return s;
 }
 
 std::vector<uint32_t> scan_histograms(const Corpus& c, Cancel& cancel, const Progress& progress) {

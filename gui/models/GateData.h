@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "analysis/gate_log_reader.h"
+#include "analysis/report.h"
 
 namespace spkv::gui {
 
@@ -53,6 +54,17 @@ struct Corpus {
 };
 
 Corpus open_corpus(const std::string& path);                      // the summaries only: fast
+
+// The corpus under one set of decisions (logged, or a counterfactual tau), aggregated off the GUI thread for
+// the heatmap, the document list and the layout designer.
+struct CorpusStats {
+  std::vector<int64_t> kept;         // (D, LH) kept eligible keys
+  std::vector<int64_t> kept_total;   // (LH)
+  std::vector<double> lo, hi;        // (LH) 5th and 95th percentile of the per-document density
+  std::vector<double> doc_density;   // (D) over every head
+  analysis::Report report;           // analysis::summary_report of these counts (compression per document, ...)
+};
+CorpusStats corpus_stats(const Corpus& c, std::vector<int64_t> kept);
 std::vector<uint32_t> scan_histograms(const Corpus& c, Cancel& cancel, const Progress& progress);  // Corpus::hist
 // Kept eligible keys of every document at a counterfactual tau: (D, LH).
 std::vector<int64_t> kept_per_document(const Corpus& c, uint16_t code, Cancel& cancel, const Progress& progress);

@@ -1,7 +1,5 @@
 #include "gui/models/ItemModels.h"
 
-#include "analysis/report.h"
-
 #include <QColor>
 #include <cmath>
 
@@ -71,18 +69,14 @@ QVariant DensityModel::headerData(int section, Qt::Orientation o, int role) cons
 }
 
 // --- DocumentModel ----------------------------------------------------------------------------------
-void DocumentModel::setCorpus(const Corpus* c, const std::vector<int64_t>& kept) {
+void DocumentModel::setCorpus(const Corpus* c, const CorpusStats* s) {
   beginResetModel();
-  ids_.clear(), tokens_.clear(), density_.clear(), compression_.clear(), kept_.clear(), eligible_.clear();
-  if (c) {
-    const int64_t LH = c->LH();
-    LH_ = LH, heads_ = c->info.n_kv_heads, kept_ = kept, eligible_ = c->eligible;
+  corpus_ = c && s ? c : nullptr, stats_ = c && s ? s : nullptr;
+  ids_.clear(), tokens_.clear(), density_.clear(), compression_.clear();
+  if (corpus_) {
     for (int64_t d = 0; d < c->D(); ++d) {
-      int64_t k = 0, e = 0;
-      for (int64_t i = 0; i < LH; ++i) k += kept[size_t(d * LH + i)], e += c->eligible[size_t(d * LH + i)];
-      const int64_t T = c->tokens(d);
-      ids_.push_back(QString::fromStdString(c->ids[d])), tokens_.push_back(T), density_.push_back(ratio(k, e));
-      compression_.push_back(double(T * LH) / analysis::spkv_entries(T, c->info.window, c->info.keep_first, LH, k));
+      ids_.push_back(QString::fromStdString(c->ids[d])), tokens_.push_back(c->tokens(d));
+      density_.push_back(s->doc_density[size_t(d)]), compression_.push_back(s->report.compression[size_t(d)].compression);
     }
   }
   fillHeadDensity();
@@ -98,9 +92,11 @@ void DocumentModel::setHead(int64_t layer, int64_t head) {
 
 void DocumentModel::fillHeadDensity() {
   head_density_.clear();
-  const size_t i = size_t(layer_ * heads_ + head_);
+  if (!corpus_) return;
+  const int64_t LH = corpus_->LH(), i = layer_ * corpus_->info.n_kv_heads + head_;
   for (size_t d = 0; d < ids_.size(); ++d)
-    head_density_.push_back(i < size_t(LH_) ? ratio(kept_[d * size_t(LH_) + i], eligible_[d * size_t(LH_) + i]) : std::nan(""));
+    head_density_.push_back(i < LH ? ratio(stats_->kept[d * size_t(LH) + size_t(i)], corpus_->eligible[d * size_t(LH) + size_t(i)])
+                                   : std::nan(""));
 }
 
 int DocumentModel::rowCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : int(ids_.size()); }

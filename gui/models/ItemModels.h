@@ -50,8 +50,7 @@ class DocumentModel : public QAbstractTableModel {
  public:
   enum Column { Id, Tokens, Density, HeadDensity, Compression, ColumnCount };
   using QAbstractTableModel::QAbstractTableModel;
-  // kept: (D, LH), the corpus' logged counts or those at a counterfactual tau.
-  void setCorpus(const Corpus* c, const std::vector<int64_t>& kept);
+  void setCorpus(const Corpus* c, const CorpusStats* s);  // null: empty
   void setHead(int64_t layer, int64_t head);  // the head of the HeadDensity column
   double headDensity(int d) const { return head_density_.at(size_t(d)); }
   double compression(int d) const { return compression_.at(size_t(d)); }
@@ -67,8 +66,9 @@ class DocumentModel : public QAbstractTableModel {
   std::vector<QString> ids_;
   std::vector<int64_t> tokens_;
   std::vector<double> density_, compression_, head_density_;
-  std::vector<int64_t> kept_, eligible_;  // (D, LH)
-  int64_t LH_ = 0, head_ = 0, layer_ = 0, heads_ = 1;
+  const Corpus* corpus_ = nullptr;
+  const CorpusStats* stats_ = nullptr;
+  int64_t layer_ = 0, head_ = 0;
 };
 
 // One token of the selected document: rows = layers, columns = KV heads; display u, KeptRole the decision.

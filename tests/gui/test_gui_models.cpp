@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <QAbstractItemModelTester>
+#include <algorithm>
 #include <cmath>
 
 #include "analysis/report.h"
@@ -44,7 +45,21 @@ TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues
 
   DocumentModel docs;
   QAbstractItemModelTester t2(&docs, QAbstractItemModelTester::FailureReportingMode::Fatal);
-  docs.setCorpus(&c, c.kept);
+  const CorpusStats stats = corpus_stats(c, c.kept);
+  // With 3 documents the 5th and 95th percentiles are the smallest and largest per-document density.
+  for (int64_t i : {3, 10}) {
+    std::vector<double> per_doc;
+    for (int64_t T : KnownLog::lengths) {
+      double k = 0, e = 0;
+      for (int64_t t = 0; t < T; ++t)
+        if (KnownLog::eligible(t, T)) e += 1, k += KnownLog::kept_logged(t, i);
+      per_doc.push_back(k / e);
+    }
+    EXPECT_NEAR(stats.lo[size_t(i)], *std::min_element(per_doc.begin(), per_doc.end()), 1e-12);
+    EXPECT_NEAR(stats.hi[size_t(i)], *std::max_element(per_doc.begin(), per_doc.end()), 1e-12);
+    EXPECT_LT(stats.lo[size_t(i)], stats.hi[size_t(i)]);
+  }
+  docs.setCorpus(&c, &stats);
   ASSERT_EQ(docs.rowCount(), 3);
   for (int d = 0; d < 3; ++d) {
     const int64_t T = KnownLog::lengths[size_t(d)];
@@ -69,7 +84,7 @@ TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues
       if (KnownLog::eligible(t, T)) e += 1, k += KnownLog::kept_logged(t, 9);
     EXPECT_NEAR(docs.headDensity(d), k / e, 1e-12);
   }
-  docs.setCorpus(nullptr, {});
+  docs.setCorpus(nullptr, nullptr);
   EXPECT_EQ(docs.rowCount(), 0);
 
   const Document doc = load_document(c, 1, cancel, [](double) {});
