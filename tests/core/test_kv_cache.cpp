@@ -8,6 +8,9 @@
 
 #include "core/errors.h"
 #include "core/kv_cache.h"
+#include "kernels/cpu/attention_ref.h"
+#include "kernels/cpu/cache_append_ref.h"
+#include "tests/kernels/append_cache.h"
 
 namespace spkv {
 namespace {
@@ -101,6 +104,55 @@ TEST(KvCache, InvalidShapesAreRejected) {
   EXPECT_THROW(SpkvKvCache({1, 2, 2, 8, 16}, 0), ConfigError);
   EXPECT_THROW(DenseKvCache({1, 0, 2, 8, 16}), ConfigError);
   EXPECT_THROW(DenseKvCache({1, 2, 2, 8, 0}), ConfigError);
+}
+
+// The fused append's CPU reference (the CUDA kernel's specification) against the cache the engine uses: the
+// same rows and gates give views with the same tokens in the same order, so decode attention over either is
+// bit-identical; a head whose page table or the free list runs out raises the overflow flag.
+TEST(KvCache, FusedAppendReferenceKeepsWhatTheCacheKeeps) {
+  const int64_t B = 3, Hkv = 2, D = 7, W = 5, P = 3, H = 4, N = 41;
+  SpkvKvCache cache({B, 1, Hkv, D, P}, W);
+  kernels::test::AppendCache fused(B, Hkv, D, W, P, /*max_pages=*/16, /*n_pages=*/B * Hkv * 16);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n;
+  auto random = [&](size_t size) {
+    std::vector<float> x(size);
+    for (auto& e : x) e = n(rng);
+    return x;
+  };
+  for (int64_t t = 0; t < N; ++t) {
+    const auto k = random(B * Hkv * D), v = random(B * Hkv * D);
+    std::vector<uint8_t> keep(B * Hkv);
+    for (int64_t i = 0; i < B * Hkv; ++i) keep[i] = i == 1 || (i != 4 && rng() % 3 == 0);  // head 1 keeps all, 4 none
+    for (int64_t b = 0; b < B; ++b) cache.append(b, 0, k.data() + b * Hkv * D, v.data() + b * Hkv * D, keep.data() + b * Hkv);
+    ASSERT_EQ(kernels::cpu::cache_append_ref(fused.params(k.data(), v.data(), keep.data())), kernels::Status::ok);
+    if (t % 10 != 3 && t != N - 1) continue;
+    // Decode attention over both views: identical outputs.
+    const auto q = random(B * H * D);
+    std::vector<float> y1(B * H * D, NAN), y2(B * H * D, NAN);
+    kernels::DecodeParams p;
+    p.q = q.data(), p.H = H, p.scale = 0.4f;
+    p.cache = cache.view(0), p.y = y1.data();
+    ASSERT_EQ(kernels::cpu::decode_attention_ref(p), kernels::Status::ok);
+    p.cache = fused.view(), p.y = y2.data();
+    ASSERT_EQ(kernels::cpu::decode_attention_ref(p), kernels::Status::ok);
+    EXPECT_EQ(y1, y2) << "after " << t + 1 << " tokens";
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t hk = 0; hk < Hkv; ++hk) EXPECT_EQ(fused.store_len[b * Hkv + hk], cache.entries(b, 0, hk) - std::min(t + 1, W));
+  }
+  EXPECT_EQ(fused.store_len[1], N - W);  // the head that keeps everything
+  EXPECT_EQ(fused.store_len[4], 0);      // the head that keeps nothing
+  EXPECT_EQ(fused.overflow[0], 0);
+  // Room for two pages per head: the heads that keep more than 2 * P tokens overflow, and keep their first 2 * P.
+  kernels::test::AppendCache tight(1, 2, D, W, P, /*max_pages=*/2, /*n_pages=*/8);
+  for (int64_t t = 0; t < 20; ++t) {
+    const auto k = random(2 * D), v = random(2 * D);
+    const std::vector<uint8_t> keep{1, 0};
+    ASSERT_EQ(kernels::cpu::cache_append_ref(tight.params(k.data(), v.data(), keep.data())), kernels::Status::ok);
+  }
+  EXPECT_EQ(tight.overflow[0], 1);
+  EXPECT_EQ(tight.store_len[0], 2 * P);
+  EXPECT_EQ(tight.free_next[0], 2);  // pages are taken only while the head's table has room
 }
 
 }  // namespace
