@@ -50,19 +50,19 @@ class MainWindow : public QMainWindow {
   bool showTab(const QString& name);        // a side or bottom tab by its title (Run, Documents, Layout, Tokens, Plots)
 
   // For tests and benchmarks: state and parts.
-  JobRunner& jobs() { return jobs_; }
-  const Corpus* corpus() const { return corpus_.get(); }
-  const Document* document() const { return doc_.get(); }
-  const analysis::Layout& designed() const { return designed_; }
-  HeatmapView* heatmap() const { return heatmap_; }
-  TokenView* tokenView() const { return tokens_; }
-  DensityModel* densityModel() { return &density_; }
-  DocumentModel* documentModel() { return &documents_; }
-  TokenDetailModel* tokenDetail() { return &detail_; }
+  JobRunner& jobs() { return m_jobs; }
+  const Corpus* corpus() const { return m_corpus.get(); }
+  const Document* document() const { return m_doc.get(); }
+  const analysis::Layout& designed() const { return m_designed; }
+  HeatmapView* heatmap() const { return m_heatmap; }
+  TokenView* tokenView() const { return m_tokens; }
+  DensityModel* densityModel() { return &m_density; }
+  DocumentModel* documentModel() { return &m_documents; }
+  TokenDetailModel* tokenDetail() { return &m_detail; }
   QString densityReadout() const;
   QString layoutReadout() const;
-  QString lastError() const { return last_error_; }
-  PlotView* plot(int i) const { return plots_[i]; }  // 0 cache entries, 1 compression, 2 density histogram
+  QString lastError() const { return m_lastError; }
+  PlotView* plot(int i) const { return m_plots[i]; }  // 0 cache entries, 1 compression, 2 density histogram
   int64_t searchHit() const;
 
  signals:
@@ -83,7 +83,7 @@ class MainWindow : public QMainWindow {
   void rebuildRecentMenu();
   void onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const CorpusStats> stats);
   void onStats(std::shared_ptr<const CorpusStats> stats);  // new counts: document list, plots, layouts, heatmap
-  const analysis::Report& report() const { return stats_->report; }
+  const analysis::Report& report() const { return m_stats->report; }
   void readEvaluations();
   void applyTau();           // after the slider settles
   void refreshHeatmap();
@@ -94,40 +94,40 @@ class MainWindow : public QMainWindow {
   KeptRule rule() const;
   std::vector<int64_t> corpusKept() const;  // (LH) corpus totals under rule()
 
-  JobRunner jobs_;
-  std::shared_ptr<Corpus> corpus_;
-  std::shared_ptr<const Document> doc_;
-  std::vector<int64_t> doc_kept_;             // (LH) the document's kept eligible keys under rule()
-  std::vector<double> doc_entries_;           // (T) its cache rows after each token under rule()
-  std::shared_ptr<const CorpusStats> stats_;  // the corpus under rule() (the logged one until a tau job returns)
-  std::optional<double> tau_;                 // counterfactual tau, or the logged decisions
-  std::vector<analysis::Layout> derived_, evaluated_;
-  analysis::Layout designed_;
-  std::vector<uint8_t> reference_;
-  int sel_layer_ = 0, sel_head_ = 0;
-  std::vector<int64_t> hits_;
-  int hit_ = -1;
-  QString last_error_;
+  JobRunner m_jobs;
+  std::shared_ptr<Corpus> m_corpus;
+  std::shared_ptr<const Document> m_doc;
+  std::vector<int64_t> m_docKept;             // (LH) the document's kept eligible keys under rule()
+  std::vector<double> m_docEntries;           // (T) its cache rows after each token under rule()
+  std::shared_ptr<const CorpusStats> m_stats;  // the corpus under rule() (the logged one until a tau job returns)
+  std::optional<double> m_tau;                 // counterfactual tau, or the logged decisions
+  std::vector<analysis::Layout> m_derived, m_evaluated;
+  analysis::Layout m_designed;
+  std::vector<uint8_t> m_reference;
+  int m_selLayer = 0, m_selHead = 0;
+  std::vector<int64_t> m_hits;
+  int m_hit = -1;
+  QString m_lastError;
 
-  DensityModel density_;
-  DocumentModel documents_;
-  TokenDetailModel detail_;
-  HeatmapView* heatmap_ = nullptr;
-  TokenView* tokens_ = nullptr;
-  PlotView* plots_[3] = {};
-  QLabel *provenance_ = nullptr, *readout_ = nullptr, *layout_readout_ = nullptr, *token_label_ = nullptr,
-         *job_label_ = nullptr, *search_label_ = nullptr;
-  QComboBox *colormap_ = nullptr, *scope_ = nullptr, *rows_ = nullptr, *reference_box_ = nullptr;
-  QSlider* tau_slider_ = nullptr;
-  QCheckBox *tau_logged_ = nullptr, *edit_heads_ = nullptr;
-  QSpinBox* budget_ = nullptr;
-  QLineEdit *budget_text_ = nullptr, *search_ = nullptr;
-  QTableView *doc_table_ = nullptr, *detail_table_ = nullptr;
-  QTableWidget* evals_ = nullptr;
-  QTabWidget *side_ = nullptr, *bottom_ = nullptr;
-  QProgressBar* progress_ = nullptr;
-  QMenu* recent_menu_ = nullptr;
-  QTimer* tau_timer_ = nullptr;
+  DensityModel m_density;
+  DocumentModel m_documents;
+  TokenDetailModel m_detail;
+  HeatmapView* m_heatmap = nullptr;
+  TokenView* m_tokens = nullptr;
+  PlotView* m_plots[3] = {};
+  QLabel *m_provenance = nullptr, *m_readout = nullptr, *m_layoutReadout = nullptr, *m_tokenLabel = nullptr,
+         *m_jobLabel = nullptr, *m_searchLabel = nullptr;
+  QComboBox *m_colormap = nullptr, *m_scope = nullptr, *m_rows = nullptr, *m_referenceBox = nullptr;
+  QSlider* m_tauSlider = nullptr;
+  QCheckBox *m_tauLogged = nullptr, *m_editHeads = nullptr;
+  QSpinBox* m_budget = nullptr;
+  QLineEdit *m_budgetText = nullptr, *m_search = nullptr;
+  QTableView *m_docTable = nullptr, *m_detailTable = nullptr;
+  QTableWidget* m_evals = nullptr;
+  QTabWidget *m_side = nullptr, *m_bottom = nullptr;
+  QProgressBar* m_progress = nullptr;
+  QMenu* m_recentMenu = nullptr;
+  QTimer* m_tauTimer = nullptr;
 };
 
 }  // namespace spkv::gui

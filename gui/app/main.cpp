@@ -62,8 +62,8 @@ int main(int argc, char** argv) {
   if (cli.isSet(zoom)) {
     const double t = cli.value(zoom).toDouble();
     auto& axis = win.tokenView()->axis();
-    axis.zoom(axis.tokens_per_pixel() * 40, 0);  // 40 px per token: the text is readable
-    axis.center_on(t);
+    axis.zoom(axis.tokensPerPixel() * 40, 0);  // 40 px per token: the text is readable
+    axis.centerOn(t);
     emit win.tokenView()->tokenClicked(int64_t(t));
     win.tokenView()->setCursor(int64_t(t));
   }

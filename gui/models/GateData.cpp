@@ -15,33 +15,33 @@ constexpr int64_t kChunkTokens = 16384;
 void check(const Cancel& c) {
   if (c.load()) throw Cancelled{};
 }
-uint16_t clamp_code(uint16_t h) { return h & 0x8000 ? 0 : std::min<uint16_t>(h, kHalfOne); }  // negative -> 0
+uint16_t clampCode(uint16_t h) { return h & 0x8000 ? 0 : std::min<uint16_t>(h, kHalfOne); }  // negative -> 0
 
 // A reader whose construction, every use and destruction (also on a cancel) hold the HDF5 lock.
 struct LockedReader {
   explicit LockedReader(const std::string& path) {
-    std::lock_guard<std::mutex> lock(hdf5_mutex());
+    std::lock_guard<std::mutex> lock(hdf5Mutex());
     r = std::make_unique<analysis::GateLogReader>(path);
   }
   ~LockedReader() {
-    std::lock_guard<std::mutex> lock(hdf5_mutex());
+    std::lock_guard<std::mutex> lock(hdf5Mutex());
     r.reset();
   }
   template <class F>
   auto operator()(F f) {
-    std::lock_guard<std::mutex> lock(hdf5_mutex());
+    std::lock_guard<std::mutex> lock(hdf5Mutex());
     return f(*r);
   }
   std::unique_ptr<analysis::GateLogReader> r;
 };
 }  // namespace
 
-std::mutex& hdf5_mutex() {
+std::mutex& hdf5Mutex() {
   static std::mutex m;
   return m;
 }
 
-float half_to_float(uint16_t h) {
+float halfToFloat(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
   if (exp == 0) return (sign ? -1.f : 1.f) * std::ldexp(float(man), -24);  // zero and subnormals
   uint32_t bits = sign | (exp == 31 ? 0x7f800000u | (man << 13) : ((exp + 112) << 23) | (man << 13));
@@ -50,18 +50,18 @@ float half_to_float(uint16_t h) {
   return f;
 }
 
-uint16_t tau_code(double tau) {
+uint16_t tauCode(double tau) {
   if (tau <= 0) return 0;
   int lo = 0, hi = kHalfOne + 1;  // the first code in [0, kHalfOne] whose value >= tau; kHalfOne + 1 if none
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
-    if (double(half_to_float(uint16_t(mid))) >= tau) hi = mid;
+    if (double(halfToFloat(uint16_t(mid))) >= tau) hi = mid;
     else lo = mid + 1;
   }
   return uint16_t(lo);
 }
 
-std::vector<int64_t> Corpus::kept_total(const KeptRule& rule) const {
+std::vector<int64_t> Corpus::keptTotal(const KeptRule& rule) const {
   const int64_t LH = this->LH();
   std::vector<int64_t> out(LH, 0);
   if (rule.logged) {
@@ -74,7 +74,7 @@ std::vector<int64_t> Corpus::kept_total(const KeptRule& rule) const {
   return out;
 }
 
-std::vector<int64_t> Corpus::eligible_total() const {
+std::vector<int64_t> Corpus::eligibleTotal() const {
   const int64_t LH = this->LH();
   std::vector<int64_t> out(LH, 0);
   for (int64_t d = 0; d < D(); ++d)
@@ -82,16 +82,16 @@ std::vector<int64_t> Corpus::eligible_total() const {
   return out;
 }
 
-double Corpus::fixed_entries() const {
+double Corpus::fixedEntries() const {
   double s = 0;
   for (int64_t d = 0; d < D(); ++d) s += analysis::spkv_entries(tokens(d), info.window, info.keep_first, LH(), 0);
   return s;
 }
 
-double Corpus::dense_entries() const { return double(info.n_tokens) * double(LH()); }
+double Corpus::denseEntries() const { return double(info.n_tokens) * double(LH()); }
 
-Corpus open_corpus(const std::string& path) {
-  std::lock_guard<std::mutex> lock(hdf5_mutex());
+Corpus openCorpus(const std::string& path) {
+  std::lock_guard<std::mutex> lock(hdf5Mutex());
   analysis::GateLogReader r(path);
   Corpus c;
   c.info = r.info(), c.offsets = r.token_offsets(), c.ids = r.document_ids(), c.kept = r.kept(), c.eligible = r.eligible();
@@ -105,16 +105,16 @@ Corpus open_corpus(const std::string& path) {
   return c;
 }
 
-CorpusStats corpus_stats(const Corpus& c, std::vector<int64_t> kept) {
+CorpusStats corpusStats(const Corpus& c, std::vector<int64_t> kept) {
   const int64_t D = c.D(), LH = c.LH();
   CorpusStats s;
-  s.kept_total.assign(size_t(LH), 0), s.lo.resize(size_t(LH)), s.hi.resize(size_t(LH));
+  s.keptTotal.assign(size_t(LH), 0), s.lo.resize(size_t(LH)), s.hi.resize(size_t(LH));
   std::vector<double> xs;
   for (int64_t i = 0; i < LH; ++i) {
     xs.clear();
     for (int64_t d = 0; d < D; ++d) {
       const size_t k = size_t(d * LH + i);
-      s.kept_total[size_t(i)] += kept[k];
+      s.keptTotal[size_t(i)] += kept[k];
       if (c.eligible[k] > 0) xs.push_back(double(kept[k]) / double(c.eligible[k]));
     }
     std::sort(xs.begin(), xs.end());
@@ -124,14 +124,14 @@ CorpusStats corpus_stats(const Corpus& c, std::vector<int64_t> kept) {
   for (int64_t d = 0; d < D; ++d) {
     int64_t k = 0, e = 0;
     for (int64_t i = 0; i < LH; ++i) k += kept[size_t(d * LH + i)], e += c.eligible[size_t(d * LH + i)];
-    s.doc_density.push_back(e > 0 ? double(k) / double(e) : std::nan(""));
+    s.docDensity.push_back(e > 0 ? double(k) / double(e) : std::nan(""));
   }
   s.report = analysis::summary_report(c.info, c.offsets, c.ids, kept, c.eligible);
   s.kept = std::move(kept);
   return s;
 }
 
-std::vector<uint32_t> scan_histograms(const Corpus& c, Cancel& cancel, const Progress& progress) {
+std::vector<uint32_t> scanHistograms(const Corpus& c, Cancel& cancel, const Progress& progress) {
   const int64_t LH = c.LH(), W = c.info.window, kf = c.info.keep_first;
   std::vector<uint32_t> hist(size_t(LH * (kHalfOne + 1)), 0);
   LockedReader reader(c.info.path);
@@ -140,14 +140,14 @@ std::vector<uint32_t> scan_histograms(const Corpus& c, Cancel& cancel, const Pro
     for (int64_t s = b; s < e; s += kChunkTokens) {
       check(cancel);
       const auto u = reader([&](auto& r) { return r.u_bits(s, std::min(e, s + kChunkTokens)); });
-      for (size_t k = 0; k < u.size(); ++k) ++hist[(k % size_t(LH)) * (kHalfOne + 1) + clamp_code(u[k])];
+      for (size_t k = 0; k < u.size(); ++k) ++hist[(k % size_t(LH)) * (kHalfOne + 1) + clampCode(u[k])];
       progress(double(std::min(e, s + kChunkTokens)) / double(std::max<int64_t>(1, c.info.n_tokens)));
     }
   }
   return hist;
 }
 
-std::vector<int64_t> kept_per_document(const Corpus& c, uint16_t code, Cancel& cancel, const Progress& progress) {
+std::vector<int64_t> keptPerDocument(const Corpus& c, uint16_t code, Cancel& cancel, const Progress& progress) {
   const int64_t LH = c.LH(), W = c.info.window, kf = c.info.keep_first;
   std::vector<int64_t> out(size_t(c.D() * LH), 0);
   LockedReader reader(c.info.path);
@@ -156,21 +156,21 @@ std::vector<int64_t> kept_per_document(const Corpus& c, uint16_t code, Cancel& c
     for (int64_t s = b; s < e; s += kChunkTokens) {
       check(cancel);
       const auto u = reader([&](auto& r) { return r.u_bits(s, std::min(e, s + kChunkTokens)); });
-      for (size_t k = 0; k < u.size(); ++k) out[size_t(d * LH) + k % size_t(LH)] += clamp_code(u[k]) >= code;
+      for (size_t k = 0; k < u.size(); ++k) out[size_t(d * LH) + k % size_t(LH)] += clampCode(u[k]) >= code;
     }
     progress(double(d + 1) / double(c.D()));
   }
   return out;
 }
 
-std::vector<int64_t> Document::kept_eligible(const KeptRule& r) const {
+std::vector<int64_t> Document::keptEligible(const KeptRule& r) const {
   std::vector<int64_t> out(size_t(LH), 0);
   for (int64_t t = std::max<int64_t>(0, keep_first); t < T - window; ++t)
     for (int64_t i = 0; i < LH; ++i) out[i] += kept(t, i, r);
   return out;
 }
 
-std::vector<double> Document::entries_by_position(const KeptRule& r) const {
+std::vector<double> Document::entriesByPosition(const KeptRule& r) const {
   // After token t each head holds the last min(t + 1, W) tokens plus the kept ones at positions <= t - W.
   std::vector<double> out(static_cast<size_t>(T));
   double stored = 0;
@@ -182,7 +182,7 @@ std::vector<double> Document::entries_by_position(const KeptRule& r) const {
   return out;
 }
 
-Document load_document(const Corpus& c, int64_t d, Cancel& cancel, const Progress& progress) {
+Document loadDocument(const Corpus& c, int64_t d, Cancel& cancel, const Progress& progress) {
   Document doc;
   doc.index = d, doc.begin = c.offsets[d], doc.T = c.tokens(d), doc.LH = c.LH(), doc.id = c.ids[d];
   doc.window = c.info.window, doc.keep_first = c.info.keep_first;
@@ -201,11 +201,11 @@ Document load_document(const Corpus& c, int64_t d, Cancel& cancel, const Progres
     doc.cache_entries.insert(doc.cache_entries.end(), ce.begin(), ce.end());
     progress(double(e - doc.begin) / double(std::max<int64_t>(1, doc.T)));
   }
-  for (auto& h : doc.u) h = clamp_code(h);
+  for (auto& h : doc.u) h = clampCode(h);
   return doc;
 }
 
-std::vector<int64_t> find_tokens(const Document& doc, const std::string& query) {
+std::vector<int64_t> findTokens(const Document& doc, const std::string& query) {
   std::vector<int64_t> out;
   if (query.empty()) return out;
   std::string text;
@@ -216,7 +216,7 @@ std::vector<int64_t> find_tokens(const Document& doc, const std::string& query) 
   return out;
 }
 
-Lod build_lod(const Document& doc, const KeptRule& rule, Cancel& cancel) {
+Lod buildLod(const Document& doc, const KeptRule& rule, Cancel& cancel) {
   Lod lod;
   lod.rule = rule;
   const int64_t LH = doc.LH;
@@ -230,7 +230,7 @@ Lod build_lod(const Document& doc, const KeptRule& rule, Cancel& cancel) {
     const int64_t b = t / block;
     ++count[b];
     for (int64_t i = 0; i < LH; ++i) {
-      su[b * LH + i] += half_to_float(doc.u[t * LH + i]);
+      su[b * LH + i] += halfToFloat(doc.u[t * LH + i]);
       sk[b * LH + i] += doc.kept(t, i, rule);
     }
   }
@@ -260,7 +260,7 @@ Lod build_lod(const Document& doc, const KeptRule& rule, Cancel& cancel) {
   return lod;
 }
 
-void lod_cell(const Document& doc, const Lod& lod, int64_t t0, int64_t t1, int64_t i, double& u, double& kept) {
+void lodCell(const Document& doc, const Lod& lod, int64_t t0, int64_t t1, int64_t i, double& u, double& kept) {
   t0 = std::max<int64_t>(0, t0), t1 = std::min(doc.T, t1);
   const int64_t span = t1 - t0;
   u = 0, kept = 0;
@@ -269,7 +269,7 @@ void lod_cell(const Document& doc, const Lod& lod, int64_t t0, int64_t t1, int64
   for (const auto& l : lod.levels)
     if (l.block * 2 <= span) lv = &l;
   if (!lv) {  // raw tokens
-    for (int64_t t = t0; t < t1; ++t) u += half_to_float(doc.u[t * doc.LH + i]), kept += doc.kept(t, i, lod.rule);
+    for (int64_t t = t0; t < t1; ++t) u += halfToFloat(doc.u[t * doc.LH + i]), kept += doc.kept(t, i, lod.rule);
     u /= double(span), kept /= double(span);
     return;
   }

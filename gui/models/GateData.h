@@ -1,7 +1,7 @@
 // What spkv-studio holds of a gate log, and the computations that fill it off the GUI thread: the corpus
 // (settings, per-document summaries, per-head histograms of u for counterfactual tau), one document's
 // token rows, and its level-of-detail pyramid. Plain C++ (no Qt, no torch): tested without a window.
-// HDF5 is not thread-safe in Debian's build, so every read holds hdf5_mutex(), one chunk at a time.
+// HDF5 is not thread-safe in Debian's build, so every read holds hdf5Mutex(), one chunk at a time.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -18,17 +18,17 @@ namespace spkv::gui {
 using Cancel = std::atomic<bool>;
 using Progress = std::function<void(double)>;  // fraction done, in [0, 1]
 struct Cancelled {};                            // thrown by a job that saw its Cancel flag set
-std::mutex& hdf5_mutex();
+std::mutex& hdf5Mutex();
 
-// float16 codes of non-negative values are ordered like their values: u >= tau iff code >= tau_code(tau).
+// float16 codes of non-negative values are ordered like their values: u >= tau iff code >= tauCode(tau).
 constexpr int kHalfOne = 0x3C00;  // the code of 1.0; u in [0, 1] has codes 0 .. kHalfOne
-float half_to_float(uint16_t code);
-uint16_t tau_code(double tau);    // the smallest code whose value is >= tau (kHalfOne + 1 when tau > 1)
+float halfToFloat(uint16_t code);
+uint16_t tauCode(double tau);    // the smallest code whose value is >= tau (kHalfOne + 1 when tau > 1)
 
 // Which keys count as kept: the logged decisions z, or u re-thresholded at a counterfactual tau.
 struct KeptRule {
   bool logged = true;
-  uint16_t code = 0;  // tau_code(tau) when !logged
+  uint16_t code = 0;  // tauCode(tau) when !logged
   int64_t keep_first = 0;
 };
 
@@ -38,36 +38,36 @@ struct Corpus {
   std::vector<std::string> ids;          // (D)
   std::vector<int64_t> kept, eligible;   // (D, LH) as logged
   int64_t head_dim = 0;                  // from the model config; 0 when it does not say
-  // Per head, how many eligible keys have each u code (filled by scan_histograms; empty before).
+  // Per head, how many eligible keys have each u code (filled by scanHistograms; empty before).
   std::vector<uint32_t> hist;            // (LH, kHalfOne + 1)
 
   int64_t D() const { return int64_t(ids.size()); }
   int64_t LH() const { return info.n_layers * info.n_kv_heads; }
   int64_t tokens(int64_t d) const { return offsets[d + 1] - offsets[d]; }
-  std::vector<int64_t> kept_total(const KeptRule& rule) const;  // (LH) over documents; rule.logged or hist
-  std::vector<int64_t> eligible_total() const;                  // (LH)
+  std::vector<int64_t> keptTotal(const KeptRule& rule) const;  // (LH) over documents; rule.logged or hist
+  std::vector<int64_t> eligibleTotal() const;                  // (LH)
   // KV entries at the end of every document, summed over documents and heads: what any rule keeps
   // (the window and keep_first) plus the kept eligible keys; and full attention's.
-  double fixed_entries() const;
-  double dense_entries() const;
-  double kv_bytes_per_entry() const { return 2.0 * double(head_dim) * 2.0; }  // K and V rows in 16-bit
+  double fixedEntries() const;
+  double denseEntries() const;
+  double kvBytesPerEntry() const { return 2.0 * double(head_dim) * 2.0; }  // K and V rows in 16-bit
 };
 
-Corpus open_corpus(const std::string& path);                      // the summaries only: fast
+Corpus openCorpus(const std::string& path);                      // the summaries only: fast
 
 // The corpus under one set of decisions (logged, or a counterfactual tau), aggregated off the GUI thread for
 // the heatmap, the document list and the layout designer.
 struct CorpusStats {
   std::vector<int64_t> kept;         // (D, LH) kept eligible keys
-  std::vector<int64_t> kept_total;   // (LH)
+  std::vector<int64_t> keptTotal;   // (LH)
   std::vector<double> lo, hi;        // (LH) 5th and 95th percentile of the per-document density
-  std::vector<double> doc_density;   // (D) over every head
+  std::vector<double> docDensity;   // (D) over every head
   analysis::Report report;           // analysis::summary_report of these counts (compression per document, ...)
 };
-CorpusStats corpus_stats(const Corpus& c, std::vector<int64_t> kept);
-std::vector<uint32_t> scan_histograms(const Corpus& c, Cancel& cancel, const Progress& progress);  // Corpus::hist
+CorpusStats corpusStats(const Corpus& c, std::vector<int64_t> kept);
+std::vector<uint32_t> scanHistograms(const Corpus& c, Cancel& cancel, const Progress& progress);  // Corpus::hist
 // Kept eligible keys of every document at a counterfactual tau: (D, LH).
-std::vector<int64_t> kept_per_document(const Corpus& c, uint16_t code, Cancel& cancel, const Progress& progress);
+std::vector<int64_t> keptPerDocument(const Corpus& c, uint16_t code, Cancel& cancel, const Progress& progress);
 
 struct Document {
   int64_t index = -1, begin = 0, T = 0, LH = 0, window = 0, keep_first = 0;
@@ -81,12 +81,12 @@ struct Document {
     return r.logged ? z[k] != 0 : (t < keep_first || u[k] >= r.code);
   }
   bool eligible(int64_t t) const { return t >= keep_first && t < T - window; }
-  std::vector<int64_t> kept_eligible(const KeptRule& r) const;  // (LH)
-  std::vector<double> entries_by_position(const KeptRule& r) const;  // (T) cache rows after each token, all heads
+  std::vector<int64_t> keptEligible(const KeptRule& r) const;  // (LH)
+  std::vector<double> entriesByPosition(const KeptRule& r) const;  // (T) cache rows after each token, all heads
 };
-Document load_document(const Corpus& c, int64_t d, Cancel& cancel, const Progress& progress);
+Document loadDocument(const Corpus& c, int64_t d, Cancel& cancel, const Progress& progress);
 // Tokens at which an occurrence of `query` starts in the document's text (token texts concatenated), in order.
-std::vector<int64_t> find_tokens(const Document& doc, const std::string& query);
+std::vector<int64_t> findTokens(const Document& doc, const std::string& query);
 
 // Level-of-detail pyramid: level k holds blocks of 4 * 2^k tokens, each (layer, head) cell the mean u and the
 // kept fraction, both scaled to 0..255. Raw tokens serve spans shorter than 4.
@@ -98,9 +98,9 @@ struct Lod {
   KeptRule rule;
   std::vector<LodLevel> levels;
 };
-Lod build_lod(const Document& doc, const KeptRule& rule, Cancel& cancel);
+Lod buildLod(const Document& doc, const KeptRule& rule, Cancel& cancel);
 // Mean u and kept fraction of head i over tokens [t0, t1) (t1 > t0), from the coarsest level whose blocks fit
 // the span, so the cost does not grow with the span. Exact on raw tokens; else exact to block boundaries.
-void lod_cell(const Document& doc, const Lod& lod, int64_t t0, int64_t t1, int64_t i, double& u, double& kept);
+void lodCell(const Document& doc, const Lod& lod, int64_t t0, int64_t t1, int64_t i, double& u, double& kept);
 
 }  // namespace spkv::gui

@@ -28,7 +28,7 @@ class DensityModel : public QAbstractTableModel {
   void setGlobal(std::vector<uint8_t> flags);     // (L * Hkv) or empty
   void setReference(std::vector<uint8_t> flags);  // (L * Hkv) or empty
   double density(int layer, int head) const;
-  const std::vector<uint8_t>& global() const { return global_; }
+  const std::vector<uint8_t>& global() const { return m_global; }
 
   int rowCount(const QModelIndex& parent = {}) const override;
   int columnCount(const QModelIndex& parent = {}) const override;
@@ -37,10 +37,10 @@ class DensityModel : public QAbstractTableModel {
 
  private:
   int64_t L_ = 0, H_ = 0;
-  std::vector<int64_t> kept_, eligible_;
-  std::vector<double> lo_, hi_;
-  std::vector<uint8_t> global_, reference_;
-  QString scope_;
+  std::vector<int64_t> m_kept, m_eligible;
+  std::vector<double> m_lo, m_hi;
+  std::vector<uint8_t> m_global, m_reference;
+  QString m_scope;
 };
 
 // One row per document: id, tokens, density, the selected head's density, compression (dense / SP-KV KV
@@ -52,9 +52,9 @@ class DocumentModel : public QAbstractTableModel {
   using QAbstractTableModel::QAbstractTableModel;
   void setCorpus(const Corpus* c, const CorpusStats* s);  // null: empty
   void setHead(int64_t layer, int64_t head);  // the head of the HeadDensity column
-  double headDensity(int d) const { return head_density_.at(size_t(d)); }
-  double compression(int d) const { return compression_.at(size_t(d)); }
-  double density(int d) const { return density_.at(size_t(d)); }
+  double headDensity(int d) const { return m_headDensity.at(size_t(d)); }
+  double compression(int d) const { return m_compression.at(size_t(d)); }
+  double density(int d) const { return m_density.at(size_t(d)); }
 
   int rowCount(const QModelIndex& parent = {}) const override;
   int columnCount(const QModelIndex& parent = {}) const override;
@@ -63,12 +63,12 @@ class DocumentModel : public QAbstractTableModel {
 
  private:
   void fillHeadDensity();
-  std::vector<QString> ids_;
-  std::vector<int64_t> tokens_;
-  std::vector<double> density_, compression_, head_density_;
-  const Corpus* corpus_ = nullptr;
-  const CorpusStats* stats_ = nullptr;
-  int64_t layer_ = 0, head_ = 0;
+  std::vector<QString> m_ids;
+  std::vector<int64_t> m_tokens;
+  std::vector<double> m_density, m_compression, m_headDensity;
+  const Corpus* m_corpus = nullptr;
+  const CorpusStats* m_stats = nullptr;
+  int64_t m_layer = 0, m_head = 0;
 };
 
 // One token of the selected document: rows = layers, columns = KV heads; display u, KeptRole the decision.
@@ -77,7 +77,7 @@ class TokenDetailModel : public QAbstractTableModel {
  public:
   using QAbstractTableModel::QAbstractTableModel;
   void setToken(const Document* doc, int64_t t, int64_t layers, int64_t heads, const KeptRule& rule);
-  int64_t token() const { return t_; }
+  int64_t token() const { return m_t; }
 
   int rowCount(const QModelIndex& parent = {}) const override;
   int columnCount(const QModelIndex& parent = {}) const override;
@@ -85,9 +85,9 @@ class TokenDetailModel : public QAbstractTableModel {
   QVariant headerData(int section, Qt::Orientation o, int role = Qt::DisplayRole) const override;
 
  private:
-  int64_t L_ = 0, H_ = 0, t_ = -1;
-  std::vector<float> u_;
-  std::vector<uint8_t> kept_;
+  int64_t L_ = 0, H_ = 0, m_t = -1;
+  std::vector<float> m_u;
+  std::vector<uint8_t> m_kept;
 };
 
 }  // namespace spkv::gui

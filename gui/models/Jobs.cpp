@@ -8,24 +8,24 @@
 
 namespace spkv::gui {
 
-JobRunner::JobRunner(QObject* parent) : QObject(parent) { pool_.setMaxThreadCount(std::max(2, QThread::idealThreadCount())); }
+JobRunner::JobRunner(QObject* parent) : QObject(parent) { m_pool.setMaxThreadCount(std::max(2, QThread::idealThreadCount())); }
 
 JobRunner::~JobRunner() {
   cancelAll();
-  pool_.waitForDone();
+  m_pool.waitForDone();
 }
 
 void JobRunner::cancel(const QString& name) {
-  auto c = running_.take(name);
+  auto c = m_running.take(name);
   if (!c) return;
   c->store(true);
-  if (running_.isEmpty()) emit busyChanged(false);
+  if (m_running.isEmpty()) emit busyChanged(false);
 }
 
 void JobRunner::cancelAll() {
-  for (auto& c : running_) c->store(true);
-  const bool was = !running_.isEmpty();
-  running_.clear();
+  for (auto& c : m_running) c->store(true);
+  const bool was = !m_running.isEmpty();
+  m_running.clear();
   if (was) emit busyChanged(false);
 }
 
@@ -41,21 +41,21 @@ bool JobRunner::waitIdle(int timeout_ms) {
 }
 
 void JobRunner::launch(const QString& name, std::function<void(Cancel&, const Progress&)> work, std::function<void()> done) {
-  if (auto old = running_.take(name)) old->store(true);
+  if (auto old = m_running.take(name)) old->store(true);
   auto flag = std::make_shared<Cancel>(false);
   const bool was_busy = busy();
-  running_.insert(name, flag);
+  m_running.insert(name, flag);
   if (!was_busy) emit busyChanged(true);
   QPointer<JobRunner> self(this);
   // Called on the GUI thread: only the job still registered under its name reports.
-  auto current = [self, name, flag] { return self && self->running_.value(name) == flag && !flag->load(); };
+  auto current = [self, name, flag] { return self && self->m_running.value(name) == flag && !flag->load(); };
   auto finish = [self, name, flag] {
-    if (self && self->running_.value(name) == flag) {
-      self->running_.remove(name);
-      if (self->running_.isEmpty()) emit self->busyChanged(false);
+    if (self && self->m_running.value(name) == flag) {
+      self->m_running.remove(name);
+      if (self->m_running.isEmpty()) emit self->busyChanged(false);
     }
   };
-  pool_.start([=] {
+  m_pool.start([=] {
     auto last = std::chrono::steady_clock::now();
     const Progress report = [&](double f) {
       const auto now = std::chrono::steady_clock::now();

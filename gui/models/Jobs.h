@@ -28,7 +28,7 @@ class JobRunner : public QObject {
   }
   void cancel(const QString& name);
   void cancelAll();
-  bool busy() const { return !running_.isEmpty(); }
+  bool busy() const { return !m_running.isEmpty(); }
   bool waitIdle(int timeout_ms);  // processes events until no job runs (tests, benchmarks)
 
  signals:
@@ -39,8 +39,8 @@ class JobRunner : public QObject {
 
  private:
   void launch(const QString& name, std::function<void(Cancel&, const Progress&)> work, std::function<void()> done);
-  QThreadPool pool_;
-  QHash<QString, std::shared_ptr<Cancel>> running_;
+  QThreadPool m_pool;
+  QHash<QString, std::shared_ptr<Cancel>> m_running;
 };
 
 }  // namespace spkv::gui

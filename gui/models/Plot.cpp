@@ -13,7 +13,7 @@
 
 namespace spkv::gui {
 
-std::vector<double> nice_ticks(double lo, double hi, int target) {
+std::vector<double> niceTicks(double lo, double hi, int target) {
   if (!(hi > lo)) hi = lo + 1;
   const double raw = (hi - lo) / std::max(1, target), mag = std::pow(10.0, std::floor(std::log10(raw)));
   double step = mag;
@@ -28,7 +28,7 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
 }
 
 namespace {
-QString tick_label(double v) {
+QString tickLabel(double v) {
   const double a = std::abs(v);
   if (a >= 1e6) return QString::number(v / 1e6, 'g', 4) + "M";
   if (a >= 1e4) return QString::number(v / 1e3, 'g', 4) + "k";
@@ -36,13 +36,13 @@ QString tick_label(double v) {
 }
 }  // namespace
 
-void paint_plot(QPainter& p, const QRectF& area, const Plot& plot) {
+void paintPlot(QPainter& p, const QRectF& area, const Plot& plot) {
   p.save();
   p.setRenderHint(QPainter::Antialiasing);
   p.fillRect(area, Qt::white);
   const QFontMetricsF fm(p.font());
   // Data range.
-  double x0 = INFINITY, x1 = -INFINITY, y0 = plot.y_from_zero ? 0 : INFINITY, y1 = -INFINITY;
+  double x0 = INFINITY, x1 = -INFINITY, y0 = plot.yFromZero ? 0 : INFINITY, y1 = -INFINITY;
   for (const auto& s : plot.series)
     for (size_t i = 0; i < s.x.size(); ++i) {
       if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
@@ -70,26 +70,26 @@ void paint_plot(QPainter& p, const QRectF& area, const Plot& plot) {
   p.drawText(QRectF(area.left(), area.top() + 2, area.width(), fm.height() + 2), Qt::AlignHCenter,
              QFontMetricsF(bold).elidedText(plot.title, Qt::ElideMiddle, area.width() - 8));
   p.setFont(normal);
-  for (double t : nice_ticks(x0, x1)) {
+  for (double t : niceTicks(x0, x1)) {
     p.setPen(QColor(230, 230, 230));
     p.drawLine(QPointF(X(t), plotArea.top()), QPointF(X(t), plotArea.bottom()));
     p.setPen(Qt::black);
-    p.drawText(QRectF(X(t) - 40, plotArea.bottom() + 3, 80, fm.height()), Qt::AlignHCenter, tick_label(t));
+    p.drawText(QRectF(X(t) - 40, plotArea.bottom() + 3, 80, fm.height()), Qt::AlignHCenter, tickLabel(t));
   }
-  for (double t : nice_ticks(y0, y1)) {
+  for (double t : niceTicks(y0, y1)) {
     p.setPen(QColor(230, 230, 230));
     p.drawLine(QPointF(plotArea.left(), Y(t)), QPointF(plotArea.right(), Y(t)));
     p.setPen(Qt::black);
     p.drawText(QRectF(area.left(), Y(t) - fm.height() / 2, plotArea.left() - area.left() - 4, fm.height()),
-               Qt::AlignRight | Qt::AlignVCenter, tick_label(t));
+               Qt::AlignRight | Qt::AlignVCenter, tickLabel(t));
   }
   p.drawRect(plotArea);
   p.drawText(QRectF(plotArea.left(), area.bottom() - fm.height() - 4, plotArea.width(), fm.height()), Qt::AlignHCenter,
-             plot.x_label);
+             plot.xLabel);
   p.save();
   p.translate(area.left() + 2, plotArea.center().y());
   p.rotate(-90);
-  p.drawText(QRectF(-plotArea.height() / 2, 0, plotArea.height(), fm.height()), Qt::AlignHCenter, plot.y_label);
+  p.drawText(QRectF(-plotArea.height() / 2, 0, plotArea.height(), fm.height()), Qt::AlignHCenter, plot.yLabel);
   p.restore();
   // Data, clipped to the plot area.
   p.save();
@@ -140,19 +140,19 @@ void paint_plot(QPainter& p, const QRectF& area, const Plot& plot) {
   p.restore();
 }
 
-void save_png(const Plot& plot, const QString& path, QSize size) {
+void savePng(const Plot& plot, const QString& path, QSize size) {
   QImage img(size, QImage::Format_ARGB32);
   img.fill(Qt::white);
   {
     QPainter p(&img);
-    paint_plot(p, QRectF(QPointF(0, 0), QSizeF(size)), plot);
+    paintPlot(p, QRectF(QPointF(0, 0), QSizeF(size)), plot);
   }
   QSaveFile f(path);
   if (!f.open(QIODevice::WriteOnly) || !img.save(&f, "PNG") || !f.commit())
     throw FileError(path.toStdString(), "cannot write the PNG: " + f.errorString().toStdString());
 }
 
-void save_svg(const Plot& plot, const QString& path, QSize size) {
+void saveSvg(const Plot& plot, const QString& path, QSize size) {
   QSaveFile f(path);
   if (!f.open(QIODevice::WriteOnly)) throw FileError(path.toStdString(), "cannot write the SVG: " + f.errorString().toStdString());
   {
@@ -163,7 +163,7 @@ void save_svg(const Plot& plot, const QString& path, QSize size) {
     gen.setTitle(plot.title);
     gen.setDescription("spkv-studio plot");
     QPainter p(&gen);
-    paint_plot(p, QRectF(QPointF(0, 0), QSizeF(size)), plot);
+    paintPlot(p, QRectF(QPointF(0, 0), QSizeF(size)), plot);
   }
   if (!f.commit()) throw FileError(path.toStdString(), "cannot write the SVG: " + f.errorString().toStdString());
 }

@@ -20,16 +20,16 @@ struct Series {
 };
 
 struct Plot {
-  QString title, x_label, y_label;
+  QString title, xLabel, yLabel;
   std::vector<Series> series;
-  bool y_from_zero = true;
+  bool yFromZero = true;
 };
 
 // Nice tick positions (1, 2, 5 x 10^k) covering [lo, hi], about `target` of them.
-std::vector<double> nice_ticks(double lo, double hi, int target = 6);
-void paint_plot(QPainter& p, const QRectF& area, const Plot& plot);
+std::vector<double> niceTicks(double lo, double hi, int target = 6);
+void paintPlot(QPainter& p, const QRectF& area, const Plot& plot);
 // Write the plot to a file (atomically: a temporary file renamed into place). Throws spkv::FileError.
-void save_png(const Plot& plot, const QString& path, QSize size = {900, 560});
-void save_svg(const Plot& plot, const QString& path, QSize size = {900, 560});
+void savePng(const Plot& plot, const QString& path, QSize size = {900, 560});
+void saveSvg(const Plot& plot, const QString& path, QSize size = {900, 560});
 
 }  // namespace spkv::gui

@@ -15,10 +15,10 @@ struct StripRows {
   std::vector<std::vector<int64_t>> heads;  // (rows) head indices (layer * Hkv + head) averaged into the row
   std::vector<QString> labels;              // (rows) stable names: "L2.H1" or "L2"
 };
-StripRows strip_rows(int64_t layers, int64_t heads, bool per_layer);
+StripRows stripRows(int64_t layers, int64_t heads, bool per_layer);
 
-QRgb strip_color(double u, double kept);  // u, kept fraction in [0, 1]
-// (rows.size() x width_px) image; pixel x covers tokens [axis.token_at(x), axis.token_at(x + 1)).
-QImage render_strips(const Document& doc, const Lod& lod, const TokenAxis& axis, const StripRows& rows, int width_px);
+QRgb stripColor(double u, double kept);  // u, kept fraction in [0, 1]
+// (rows.size() x width_px) image; pixel x covers tokens [axis.tokenAt(x), axis.tokenAt(x + 1)).
+QImage renderStrips(const Document& doc, const Lod& lod, const TokenAxis& axis, const StripRows& rows, int width_px);
 
 }  // namespace spkv::gui

@@ -6,48 +6,48 @@
 namespace spkv::gui {
 
 void TokenAxis::reset(int64_t n_tokens, double width_px) {
-  n_ = std::max<int64_t>(0, n_tokens), width_ = std::max(1.0, width_px), first_ = 0;
-  per_px_ = std::max(double(n_) / width_, 1.0 / kMaxPixelsPerToken);
+  m_n = std::max<int64_t>(0, n_tokens), m_width = std::max(1.0, width_px), m_first = 0;
+  m_perPx = std::max(double(m_n) / m_width, 1.0 / kMaxPixelsPerToken);
 }
 
 void TokenAxis::resize(double width_px) {
-  width_ = std::max(1.0, width_px);
+  m_width = std::max(1.0, width_px);
   clamp();
 }
 
-int64_t TokenAxis::token_index_at(double x) const {
-  const double t = std::floor(token_at(x));
-  return t < 0 || t >= double(n_) ? -1 : int64_t(t);
+int64_t TokenAxis::tokenIndexAt(double x) const {
+  const double t = std::floor(tokenAt(x));
+  return t < 0 || t >= double(m_n) ? -1 : int64_t(t);
 }
 
 void TokenAxis::zoom(double factor, double anchor_x) {
-  const double anchor = token_at(anchor_x);
-  per_px_ /= factor;
+  const double anchor = tokenAt(anchor_x);
+  m_perPx /= factor;
   clamp();
-  first_ = anchor - anchor_x * per_px_;
+  m_first = anchor - anchor_x * m_perPx;
   clamp();
 }
 
 void TokenAxis::pan(double dx_px) {
-  first_ -= dx_px * per_px_;
+  m_first -= dx_px * m_perPx;
   clamp();
 }
 
-void TokenAxis::center_on(double token) {
-  first_ = token - 0.5 * width_ * per_px_;
+void TokenAxis::centerOn(double token) {
+  m_first = token - 0.5 * m_width * m_perPx;
   clamp();
 }
 
 std::pair<int64_t, int64_t> TokenAxis::visible() const {
-  const int64_t b = std::clamp<int64_t>(int64_t(std::floor(first_)), 0, n_);
-  const int64_t e = std::clamp<int64_t>(int64_t(std::ceil(token_at(width_))), b, n_);
+  const int64_t b = std::clamp<int64_t>(int64_t(std::floor(m_first)), 0, m_n);
+  const int64_t e = std::clamp<int64_t>(int64_t(std::ceil(tokenAt(m_width))), b, m_n);
   return {b, e};
 }
 
 void TokenAxis::clamp() {
   // Between the whole document in view and kMaxPixelsPerToken; never scrolled past either end.
-  per_px_ = std::clamp(per_px_, 1.0 / kMaxPixelsPerToken, std::max(double(n_) / width_, 1.0 / kMaxPixelsPerToken));
-  first_ = std::clamp(first_, 0.0, std::max(0.0, double(n_) - width_ * per_px_));
+  m_perPx = std::clamp(m_perPx, 1.0 / kMaxPixelsPerToken, std::max(double(m_n) / m_width, 1.0 / kMaxPixelsPerToken));
+  m_first = std::clamp(m_first, 0.0, std::max(0.0, double(m_n) - m_width * m_perPx));
 }
 
 }  // namespace spkv::gui

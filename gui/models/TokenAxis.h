@@ -14,25 +14,25 @@ class TokenAxis {
   void reset(int64_t n_tokens, double width_px);
   void resize(double width_px);  // keeps the token at the left edge and the scale, within limits
 
-  double x_of(double token) const { return (token - first_) / per_px_; }
-  double token_at(double x) const { return first_ + x * per_px_; }
-  int64_t token_index_at(double x) const;  // the token under pixel x, or -1 outside the document
+  double xOf(double token) const { return (token - m_first) / m_perPx; }
+  double tokenAt(double x) const { return m_first + x * m_perPx; }
+  int64_t tokenIndexAt(double x) const;  // the token under pixel x, or -1 outside the document
 
   void zoom(double factor, double anchor_x);  // factor > 1 zooms in; the token under anchor_x stays put
   void pan(double dx_px);                      // content moves right by dx_px
-  void center_on(double token);
-  void fit() { reset(n_, width_); }
+  void centerOn(double token);
+  void fit() { reset(m_n, m_width); }
 
   std::pair<int64_t, int64_t> visible() const;  // tokens [begin, end) at least partly visible
-  double tokens_per_pixel() const { return per_px_; }
-  double first() const { return first_; }
-  double width() const { return width_; }
-  int64_t n_tokens() const { return n_; }
+  double tokensPerPixel() const { return m_perPx; }
+  double first() const { return m_first; }
+  double width() const { return m_width; }
+  int64_t nTokens() const { return m_n; }
 
  private:
   void clamp();
-  int64_t n_ = 0;
-  double width_ = 1, first_ = 0, per_px_ = 1;
+  int64_t m_n = 0;
+  double m_width = 1, m_first = 0, m_perPx = 1;
 };
 
 }  // namespace spkv::gui

@@ -12,21 +12,21 @@ constexpr int kLeft = 64, kTop = 22, kBar = 18, kBarGap = 14, kBarLabels = 40;
 }
 
 HeatmapView::HeatmapView(DensityModel* model, QWidget* parent)
-    : QWidget(parent), model_(model), map_(ColorMap::byName("viridis")) {
+    : QWidget(parent), m_model(model), m_map(ColorMap::byName("viridis")) {
   setMouseTracking(true);
   setMinimumSize(240, 160);
   auto repaint = [this] { update(); };
-  connect(model_, &QAbstractItemModel::dataChanged, this, repaint);
-  connect(model_, &QAbstractItemModel::modelReset, this, repaint);
+  connect(m_model, &QAbstractItemModel::dataChanged, this, repaint);
+  connect(m_model, &QAbstractItemModel::modelReset, this, repaint);
 }
 
 void HeatmapView::setColorMap(const QString& name) {
-  map_ = ColorMap::byName(name);
+  m_map = ColorMap::byName(name);
   update();
 }
 
 void HeatmapView::setSelected(int layer, int head) {
-  sel_layer_ = layer, sel_head_ = head;
+  m_selLayer = layer, m_selHead = head;
   update();
 }
 
@@ -36,7 +36,7 @@ QRect HeatmapView::gridRect() const {
 
 QRect HeatmapView::cellRect(int layer, int head) const {
   const QRect g = gridRect();
-  const int L = model_->rowCount(), H = model_->columnCount();
+  const int L = m_model->rowCount(), H = m_model->columnCount();
   if (L == 0 || H == 0) return {};
   const int x0 = g.left() + head * g.width() / H, x1 = g.left() + (head + 1) * g.width() / H;
   const int y0 = g.top() + layer * g.height() / L, y1 = g.top() + (layer + 1) * g.height() / L;
@@ -50,7 +50,7 @@ QRect HeatmapView::colorBarRect() const {
 
 bool HeatmapView::cellAt(QPoint p, int& layer, int& head) const {
   const QRect g = gridRect();
-  const int L = model_->rowCount(), H = model_->columnCount();
+  const int L = m_model->rowCount(), H = m_model->columnCount();
   if (!g.contains(p) || L == 0 || H == 0) return false;
   layer = (p.y() - g.top()) * L / g.height(), head = (p.x() - g.left()) * H / g.width();
   return layer >= 0 && layer < L && head >= 0 && head < H;
@@ -59,7 +59,7 @@ bool HeatmapView::cellAt(QPoint p, int& layer, int& head) const {
 void HeatmapView::paintEvent(QPaintEvent*) {
   QPainter p(this);
   p.fillRect(rect(), palette().window());
-  const int L = model_->rowCount(), H = model_->columnCount();
+  const int L = m_model->rowCount(), H = m_model->columnCount();
   if (L == 0 || H == 0) {
     p.drawText(rect(), Qt::AlignCenter, "Open a gate log (File > Open, or drop a .h5 file here)");
     return;
@@ -68,9 +68,9 @@ void HeatmapView::paintEvent(QPaintEvent*) {
   for (int l = 0; l < L; ++l)
     for (int h = 0; h < H; ++h) {
       const QRect c = cellRect(l, h);
-      const QModelIndex i = model_->index(l, h);
+      const QModelIndex i = m_model->index(l, h);
       const double d = i.data(DensityRole).toDouble();
-      const QColor col = QColor::fromRgb(map_.at(d));
+      const QColor col = QColor::fromRgb(m_map.at(d));
       p.fillRect(c, col);
       const QColor ink = col.lightnessF() > 0.55 ? Qt::black : Qt::white;
       if (i.data(GlobalRole).toBool()) {
@@ -90,10 +90,10 @@ void HeatmapView::paintEvent(QPaintEvent*) {
         p.drawText(c, Qt::AlignCenter, i.data(Qt::DisplayRole).toString());
       }
     }
-  if (sel_layer_ >= 0 && sel_layer_ < L && sel_head_ >= 0 && sel_head_ < H) {
+  if (m_selLayer >= 0 && m_selLayer < L && m_selHead >= 0 && m_selHead < H) {
     p.setPen(QPen(QColor(230, 30, 30), 3));
     p.setBrush(Qt::NoBrush);
-    p.drawRect(cellRect(sel_layer_, sel_head_).adjusted(1, 1, -1, -1));
+    p.drawRect(cellRect(m_selLayer, m_selHead).adjusted(1, 1, -1, -1));
   }
   // Axis labels: every layer when they fit, else every k-th.
   p.setPen(palette().windowText().color());
@@ -110,7 +110,7 @@ void HeatmapView::paintEvent(QPaintEvent*) {
   // Colour bar, 1 at the top.
   const QRect bar = colorBarRect();
   for (int y = bar.top(); y <= bar.bottom(); ++y) {
-    p.setPen(QColor::fromRgb(map_.at(1.0 - double(y - bar.top()) / std::max(1, bar.height() - 1))));
+    p.setPen(QColor::fromRgb(m_map.at(1.0 - double(y - bar.top()) / std::max(1, bar.height() - 1))));
     p.drawLine(bar.left(), y, bar.right(), y);
   }
   p.setPen(palette().windowText().color());
@@ -124,7 +124,7 @@ void HeatmapView::paintEvent(QPaintEvent*) {
 void HeatmapView::mousePressEvent(QMouseEvent* e) {
   int l, h;
   if (!cellAt(e->position().toPoint(), l, h)) return;
-  if (edit_) emit headToggled(l, h);
+  if (m_edit) emit headToggled(l, h);
   else emit headClicked(l, h);
 }
 
@@ -132,7 +132,7 @@ bool HeatmapView::event(QEvent* e) {
   if (e->type() == QEvent::ToolTip) {
     auto* he = static_cast<QHelpEvent*>(e);
     int l, h;
-    if (cellAt(he->pos(), l, h)) QToolTip::showText(he->globalPos(), model_->index(l, h).data(Qt::ToolTipRole).toString(), this);
+    if (cellAt(he->pos(), l, h)) QToolTip::showText(he->globalPos(), m_model->index(l, h).data(Qt::ToolTipRole).toString(), this);
     else QToolTip::hideText();
     return true;
   }

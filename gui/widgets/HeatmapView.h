@@ -15,10 +15,10 @@ class HeatmapView : public QWidget {
   explicit HeatmapView(DensityModel* model, QWidget* parent = nullptr);
   void setColorMap(const QString& name);
   void setSelected(int layer, int head);
-  void setEditMode(bool on) { edit_ = on; }
+  void setEditMode(bool on) { m_edit = on; }
   QRect cellRect(int layer, int head) const;  // widget coordinates
   QRect colorBarRect() const;
-  const ColorMap& colorMap() const { return map_; }
+  const ColorMap& colorMap() const { return m_map; }
   QSize sizeHint() const override { return {420, 360}; }
 
  signals:
@@ -33,10 +33,10 @@ class HeatmapView : public QWidget {
  private:
   QRect gridRect() const;
   bool cellAt(QPoint p, int& layer, int& head) const;
-  DensityModel* model_;
-  ColorMap map_;
-  int sel_layer_ = -1, sel_head_ = -1;
-  bool edit_ = false;
+  DensityModel* m_model;
+  ColorMap m_map;
+  int m_selLayer = -1, m_selHead = -1;
+  bool m_edit = false;
 };
 
 }  // namespace spkv::gui

@@ -13,26 +13,26 @@ namespace spkv::gui {
 PlotView::PlotView(QWidget* parent) : QWidget(parent) { setMinimumSize(300, 200); }
 
 void PlotView::setPlot(Plot plot) {
-  plot_ = std::move(plot);
+  m_plot = std::move(plot);
   update();
 }
 
 void PlotView::exportTo(const QString& path) const {
   const QString suffix = QFileInfo(path).suffix().toLower();
-  if (suffix == "png") save_png(plot_, path);
-  else if (suffix == "svg") save_svg(plot_, path);
+  if (suffix == "png") savePng(m_plot, path);
+  else if (suffix == "svg") saveSvg(m_plot, path);
   else throw FileError(path.toStdString(), "unknown plot format '" + suffix.toStdString() + "' (expected .png or .svg)");
 }
 
 void PlotView::paintEvent(QPaintEvent*) {
   QPainter p(this);
-  paint_plot(p, rect(), plot_);
+  paintPlot(p, rect(), m_plot);
 }
 
 void PlotView::contextMenuEvent(QContextMenuEvent* e) {
   QMenu menu(this);
   auto save = [this](const char* filter) {
-    const QString path = QFileDialog::getSaveFileName(this, "Export plot", plot_.title + "." + QString(filter).left(3), filter);
+    const QString path = QFileDialog::getSaveFileName(this, "Export plot", m_plot.title + "." + QString(filter).left(3), filter);
     if (path.isEmpty()) return;
     try {
       exportTo(path);

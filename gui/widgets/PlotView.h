@@ -11,7 +11,7 @@ class PlotView : public QWidget {
  public:
   explicit PlotView(QWidget* parent = nullptr);
   void setPlot(Plot plot);
-  const Plot& plot() const { return plot_; }
+  const Plot& plot() const { return m_plot; }
   void exportTo(const QString& path) const;  // .png or .svg by suffix; throws spkv::FileError
   QSize sizeHint() const override { return {600, 380}; }
 
@@ -23,7 +23,7 @@ class PlotView : public QWidget {
   void contextMenuEvent(QContextMenuEvent* e) override;
 
  private:
-  Plot plot_;
+  Plot m_plot;
 };
 
 }  // namespace spkv::gui

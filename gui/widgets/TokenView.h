@@ -21,8 +21,8 @@ class TokenView : public QWidget {
   void setSelectedHead(int layer, int head);
   void setCursor(int64_t token);  // -1: none
   void setHighlight(int64_t token);  // a search match, centred
-  TokenAxis& axis() { return axis_; }
-  int64_t cursor() const { return cursor_; }
+  TokenAxis& axis() { return m_axis; }
+  int64_t cursor() const { return m_cursor; }
   int rowsTop() const;             // y of the first strip
   int rowHeight() const;
   int rowOf(int layer, int head) const;  // strip index showing that head
@@ -45,16 +45,16 @@ class TokenView : public QWidget {
  private:
   int stripsWidth() const { return std::max(1, width() - kLabels); }
   static constexpr int kLabels = 56, kRuler = 18, kText = 20;
-  std::shared_ptr<const Document> doc_;
-  std::shared_ptr<const Lod> lod_;
-  StripRows rows_;
-  int64_t layers_ = 0, heads_ = 0;
-  bool per_layer_ = false;
-  int sel_layer_ = -1, sel_head_ = -1;
-  int64_t cursor_ = -1, highlight_ = -1;
-  TokenAxis axis_;
-  double drag_x_ = 0, press_x_ = 0;
-  bool dragging_ = false;
+  std::shared_ptr<const Document> m_doc;
+  std::shared_ptr<const Lod> m_lod;
+  StripRows m_rows;
+  int64_t m_layers = 0, m_heads = 0;
+  bool m_perLayer = false;
+  int m_selLayer = -1, m_selHead = -1;
+  int64_t m_cursor = -1, m_highlight = -1;
+  TokenAxis m_axis;
+  double m_dragX = 0, m_pressX = 0;
+  bool m_dragging = false;
 };
 
 }  // namespace spkv::gui

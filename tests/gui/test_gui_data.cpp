@@ -20,40 +20,40 @@ Progress none = [](double) {};
 
 TEST(GateData, TauCodeThresholdsLikeTheFloatComparisonForEveryCode) {
   for (double tau : {0.0, 1e-7, 0.05, 0.1, 0.3333, 0.5, 0.71, 0.999, 1.0, 1.5}) {
-    const uint16_t c = tau_code(tau);
+    const uint16_t c = tauCode(tau);
     for (int h = 0; h <= kHalfOne; ++h)
-      ASSERT_EQ(h >= c, double(half_to_float(uint16_t(h))) >= tau) << "tau " << tau << " code " << h;
+      ASSERT_EQ(h >= c, double(halfToFloat(uint16_t(h))) >= tau) << "tau " << tau << " code " << h;
   }
-  EXPECT_EQ(half_to_float(0x3C00), 1.0f);
-  EXPECT_EQ(half_to_float(0x3800), 0.5f);
-  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0f, -24));  // the smallest subnormal
+  EXPECT_EQ(halfToFloat(0x3C00), 1.0f);
+  EXPECT_EQ(halfToFloat(0x3800), 0.5f);
+  EXPECT_EQ(halfToFloat(0x0001), std::ldexp(1.0f, -24));  // the smallest subnormal
 }
 
 TEST(TokenAxis, MapsZoomsAboutTheAnchorAndClamps) {
   TokenAxis a;
   a.reset(100000, 1000);
-  EXPECT_DOUBLE_EQ(a.tokens_per_pixel(), 100);
+  EXPECT_DOUBLE_EQ(a.tokensPerPixel(), 100);
   EXPECT_EQ(a.visible(), std::make_pair(int64_t(0), int64_t(100000)));
-  EXPECT_EQ(a.token_index_at(250.5), 25050);
-  const double anchor = a.token_at(300);
+  EXPECT_EQ(a.tokenIndexAt(250.5), 25050);
+  const double anchor = a.tokenAt(300);
   a.zoom(8, 300);  // the token under the mouse stays under it
-  EXPECT_NEAR(a.token_at(300), anchor, 1e-9);
-  EXPECT_DOUBLE_EQ(a.tokens_per_pixel(), 12.5);
-  EXPECT_NEAR(a.x_of(a.token_at(123.25)), 123.25, 1e-9);
+  EXPECT_NEAR(a.tokenAt(300), anchor, 1e-9);
+  EXPECT_DOUBLE_EQ(a.tokensPerPixel(), 12.5);
+  EXPECT_NEAR(a.xOf(a.tokenAt(123.25)), 123.25, 1e-9);
   a.pan(-1e9);  // past the end: the last token ends at the right edge
-  EXPECT_NEAR(a.token_at(1000), 100000, 1e-6);
+  EXPECT_NEAR(a.tokenAt(1000), 100000, 1e-6);
   a.pan(1e9);
   EXPECT_DOUBLE_EQ(a.first(), 0);
   a.zoom(1e9, 0);  // at most kMaxPixelsPerToken
-  EXPECT_DOUBLE_EQ(a.tokens_per_pixel(), 1 / TokenAxis::kMaxPixelsPerToken);
+  EXPECT_DOUBLE_EQ(a.tokensPerPixel(), 1 / TokenAxis::kMaxPixelsPerToken);
   a.zoom(1e-9, 0);  // at least the whole document
-  EXPECT_DOUBLE_EQ(a.tokens_per_pixel(), 100);
-  a.center_on(50000);
-  EXPECT_EQ(a.token_index_at(1500), -1);  // right of the document's end is no token
+  EXPECT_DOUBLE_EQ(a.tokensPerPixel(), 100);
+  a.centerOn(50000);
+  EXPECT_EQ(a.tokenIndexAt(1500), -1);  // right of the document's end is no token
   a.reset(10, 1000);                      // a short document: 64 px per token at most
-  EXPECT_DOUBLE_EQ(a.tokens_per_pixel(), 1 / 64.0);
-  EXPECT_EQ(a.token_index_at(700), -1);
-  EXPECT_EQ(a.token_index_at(639), 9);
+  EXPECT_DOUBLE_EQ(a.tokensPerPixel(), 1 / 64.0);
+  EXPECT_EQ(a.tokenIndexAt(700), -1);
+  EXPECT_EQ(a.tokenIndexAt(639), 9);
 }
 
 TEST(Plot, NiceTicks) {
@@ -61,9 +61,9 @@ TEST(Plot, NiceTicks) {
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-9 * std::max(1.0, want[i]));
   };
-  expect(nice_ticks(0, 1, 5), {0, 0.2, 0.4, 0.6, 0.8, 1.0});
-  expect(nice_ticks(3, 97, 5), {20, 40, 60, 80});
-  expect(nice_ticks(0, 120000, 6), {0, 20000, 40000, 60000, 80000, 100000, 120000});
+  expect(niceTicks(0, 1, 5), {0, 0.2, 0.4, 0.6, 0.8, 1.0});
+  expect(niceTicks(3, 97, 5), {20, 40, 60, 80});
+  expect(niceTicks(0, 120000, 6), {0, 20000, 40000, 60000, 80000, 100000, 120000});
 }
 
 class KnownLogData : public ::testing::Test {
@@ -74,27 +74,27 @@ class KnownLogData : public ::testing::Test {
 
 TEST_F(KnownLogData, CorpusCountsHistogramsAndCounterfactualTauMatchTheRules) {
   Cancel cancel{false};
-  Corpus c = open_corpus(path);
+  Corpus c = openCorpus(path);
   ASSERT_EQ(c.D(), 3);
   EXPECT_EQ(c.head_dim, 16);  // dim 64 / 4 heads
-  c.hist = scan_histograms(c, cancel, none);
-  const auto elig = c.eligible_total();
-  const auto logged = c.kept_total(KeptRule{});
-  KeptRule at71{false, tau_code(0.71), KnownLog::keep_first};
-  const auto cf = c.kept_total(at71);
+  c.hist = scanHistograms(c, cancel, none);
+  const auto elig = c.eligibleTotal();
+  const auto logged = c.keptTotal(KeptRule{});
+  KeptRule at71{false, tauCode(0.71), KnownLog::keep_first};
+  const auto cf = c.keptTotal(at71);
   auto keep71 = [](int64_t t, int64_t i) { return t % 12 < i && t % 12 >= 6; };
   for (int64_t i = 0; i < KnownLog::LH; ++i) {
     EXPECT_NEAR(double(logged[i]) / double(elig[i]), KnownLog::density(i), 1e-12) << i;
     EXPECT_NEAR(double(cf[i]) / double(elig[i]), KnownLog::density(i, keep71), 1e-12) << i;
   }
   // The per-document rescan agrees with the histograms, and at tau 0.5 with the logged counts.
-  const auto per_doc = kept_per_document(c, at71.code, cancel, none);
+  const auto per_doc = keptPerDocument(c, at71.code, cancel, none);
   for (int64_t i = 0; i < KnownLog::LH; ++i) {
     int64_t s = 0;
     for (int64_t d = 0; d < c.D(); ++d) s += per_doc[size_t(d * KnownLog::LH + i)];
     EXPECT_EQ(s, cf[i]);
   }
-  EXPECT_EQ(kept_per_document(c, tau_code(0.5), cancel, none), c.kept);
+  EXPECT_EQ(keptPerDocument(c, tauCode(0.5), cancel, none), c.kept);
   // Histograms count exactly the eligible u values the reader returns as floats.
   analysis::GateLogReader r(path);
   const auto u = r.u(0, r.info().n_tokens);
@@ -105,56 +105,56 @@ TEST_F(KnownLogData, CorpusCountsHistogramsAndCounterfactualTauMatchTheRules) {
       for (int64_t t = 0; t < c.tokens(d); ++t)
         if (KnownLog::eligible(t, c.tokens(d)))
           for (int64_t i = 0; i < KnownLog::LH; ++i) want[i] += u[size_t((c.offsets[d] + t) * KnownLog::LH + i)] >= tau;
-    EXPECT_EQ(c.kept_total(KeptRule{false, tau_code(tau), 1}), want) << tau;
+    EXPECT_EQ(c.keptTotal(KeptRule{false, tauCode(tau), 1}), want) << tau;
   }
   cancel = true;
-  EXPECT_THROW(scan_histograms(c, cancel, none), Cancelled);
+  EXPECT_THROW(scanHistograms(c, cancel, none), Cancelled);
 }
 
 TEST_F(KnownLogData, DocumentRowsEntriesAndSearch) {
   Cancel cancel{false};
-  const Corpus c = open_corpus(path);
-  const Document doc = load_document(c, 2, cancel, none);
+  const Corpus c = openCorpus(path);
+  const Document doc = loadDocument(c, 2, cancel, none);
   ASSERT_EQ(doc.T, 200);
   EXPECT_EQ(doc.id, "known#2");
   for (int64_t t : {0, 5, 17, 199})
     for (int64_t i = 0; i < KnownLog::LH; ++i) {
       EXPECT_EQ(doc.kept(t, i, KeptRule{}), KnownLog::kept_logged(t, i));
-      EXPECT_EQ(half_to_float(doc.u[size_t(t * KnownLog::LH + i)]), test::from_half(test::to_half(KnownLog::u(t, i))));
+      EXPECT_EQ(halfToFloat(doc.u[size_t(t * KnownLog::LH + i)]), test::from_half(test::to_half(KnownLog::u(t, i))));
     }
-  const KeptRule at_u{false, tau_code(test::from_half(test::to_half(KnownLog::u(18, 7)))), 1};  // u >= tau keeps equality
+  const KeptRule at_u{false, tauCode(test::from_half(test::to_half(KnownLog::u(18, 7)))), 1};  // u >= tau keeps equality
   EXPECT_TRUE(doc.kept(18, 7, at_u));
   EXPECT_FALSE(doc.kept(17, 7, at_u));
   // Cache rows after each token, recomputed from the decisions, equal what the run logged.
-  const auto entries = doc.entries_by_position(KeptRule{});
+  const auto entries = doc.entriesByPosition(KeptRule{});
   for (int64_t t = 0; t < doc.T; ++t) ASSERT_EQ(entries[size_t(t)], double(doc.cache_entries[size_t(t)])) << t;
-  EXPECT_EQ(doc.kept_eligible(KeptRule{}), std::vector<int64_t>(c.kept.begin() + 2 * 12, c.kept.begin() + 3 * 12));
+  EXPECT_EQ(doc.keptEligible(KeptRule{}), std::vector<int64_t>(c.kept.begin() + 2 * 12, c.kept.begin() + 3 * 12));
   // "cat sat" starts in token 2 (" cat") of every 4-token cycle; ".\nthe" spans two tokens.
-  const auto hits = find_tokens(doc, "cat sat");
+  const auto hits = findTokens(doc, "cat sat");
   ASSERT_EQ(hits.size(), 50u);
   EXPECT_EQ(hits[0], 2);
   EXPECT_EQ(hits[1], 6);
-  EXPECT_EQ(find_tokens(doc, ".\nthe").front(), 4);
-  EXPECT_TRUE(find_tokens(doc, "dog").empty());
+  EXPECT_EQ(findTokens(doc, ".\nthe").front(), 4);
+  EXPECT_TRUE(findTokens(doc, "dog").empty());
 }
 
 TEST_F(KnownLogData, LevelOfDetailMeansEqualBruteForceOnBlockBoundaries) {
   Cancel cancel{false};
-  const Corpus c = open_corpus(path);
-  const Document doc = load_document(c, 2, cancel, none);
-  const KeptRule rule{false, tau_code(0.71), 1};
-  const Lod lod = build_lod(doc, rule, cancel);
+  const Corpus c = openCorpus(path);
+  const Document doc = loadDocument(c, 2, cancel, none);
+  const KeptRule rule{false, tauCode(0.71), 1};
+  const Lod lod = buildLod(doc, rule, cancel);
   ASSERT_EQ(lod.levels.front().block, 4);
   EXPECT_EQ(lod.levels.back().n, 1);
   auto brute = [&](int64_t t0, int64_t t1, int64_t i, double& u, double& k) {
     u = k = 0;
-    for (int64_t t = t0; t < t1; ++t) u += half_to_float(doc.u[size_t(t * doc.LH + i)]), k += doc.kept(t, i, rule);
+    for (int64_t t = t0; t < t1; ++t) u += halfToFloat(doc.u[size_t(t * doc.LH + i)]), k += doc.kept(t, i, rule);
     u /= double(t1 - t0), k /= double(t1 - t0);
   };
   for (auto [t0, t1] : {std::pair<int64_t, int64_t>{0, 3}, {5, 7}, {0, 8}, {16, 48}, {64, 192}, {0, 200}, {128, 200}})
     for (int64_t i : {0, 5, 11}) {
       double u, k, bu, bk;
-      lod_cell(doc, lod, t0, t1, i, u, k);
+      lodCell(doc, lod, t0, t1, i, u, k);
       brute(t0, t1, i, bu, bk);
       EXPECT_NEAR(u, bu, 0.5 / 255 + 1e-9) << t0 << ".." << t1 << " head " << i;  // 8-bit levels
       EXPECT_NEAR(k, bk, 0.5 / 255 + 1e-9) << t0 << ".." << t1 << " head " << i;
@@ -162,34 +162,34 @@ TEST_F(KnownLogData, LevelOfDetailMeansEqualBruteForceOnBlockBoundaries) {
   // Rendering: each pixel column of a zoomed-in view shows its token's colour; kept and dropped differ.
   TokenAxis axis;
   axis.reset(doc.T, 400);
-  axis.zoom(axis.tokens_per_pixel() * 10, 0);  // 10 px per token
-  const StripRows rows = strip_rows(KnownLog::L, KnownLog::H, false);
-  const QImage img = render_strips(doc, lod, axis, rows, 400);
+  axis.zoom(axis.tokensPerPixel() * 10, 0);  // 10 px per token
+  const StripRows rows = stripRows(KnownLog::L, KnownLog::H, false);
+  const QImage img = renderStrips(doc, lod, axis, rows, 400);
   for (int64_t t : {6, 7, 13, 30})
     for (int64_t i : {3, 7, 11}) {
-      const QRgb want = strip_color(half_to_float(doc.u[size_t(t * doc.LH + i)]), doc.kept(t, i, rule));
-      EXPECT_EQ(img.pixel(int(axis.x_of(t + 0.5)), int(i)), want) << t << " " << i;
+      const QRgb want = stripColor(halfToFloat(doc.u[size_t(t * doc.LH + i)]), doc.kept(t, i, rule));
+      EXPECT_EQ(img.pixel(int(axis.xOf(t + 0.5)), int(i)), want) << t << " " << i;
     }
   // A strip per layer shows its heads' mean u and kept fraction.
-  const QImage layers = render_strips(doc, lod, axis, strip_rows(KnownLog::L, KnownLog::H, true), 400);
+  const QImage layers = renderStrips(doc, lod, axis, stripRows(KnownLog::L, KnownLog::H, true), 400);
   ASSERT_EQ(layers.height(), 3);
   for (int64_t t : {7, 30})
     for (int l = 0; l < 3; ++l) {
       double u = 0, k = 0;
-      for (int64_t h = 0; h < 4; ++h) u += half_to_float(doc.u[size_t(t * doc.LH + l * 4 + h)]) / 4, k += doc.kept(t, l * 4 + h, rule) / 4.0;
-      const QRgb got = layers.pixel(int(axis.x_of(t + 0.5)), l), want = strip_color(u, k);
+      for (int64_t h = 0; h < 4; ++h) u += halfToFloat(doc.u[size_t(t * doc.LH + l * 4 + h)]) / 4, k += doc.kept(t, l * 4 + h, rule) / 4.0;
+      const QRgb got = layers.pixel(int(axis.xOf(t + 0.5)), l), want = stripColor(u, k);
       EXPECT_NEAR(qRed(got), qRed(want), 1);  // the mean is summed in another order
       EXPECT_NEAR(qBlue(got), qBlue(want), 1);
     }
-  EXPECT_GT(qBlue(strip_color(0.7, 1)), qRed(strip_color(0.7, 1)));
-  EXPECT_GT(qRed(strip_color(0.7, 0)), qBlue(strip_color(0.7, 0)));
+  EXPECT_GT(qBlue(stripColor(0.7, 1)), qRed(stripColor(0.7, 1)));
+  EXPECT_GT(qRed(stripColor(0.7, 0)), qBlue(stripColor(0.7, 0)));
 }
 
 TEST(GateData, NotAGateLogNamesTheFile) {
   test::TempDir tmp;
   test::write_file(tmp / "x.h5", "not hdf5 at all");
   try {
-    open_corpus(tmp / "x.h5");
+    openCorpus(tmp / "x.h5");
     FAIL();
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find(tmp / "x.h5"), std::string::npos);

@@ -17,12 +17,12 @@ using test::KnownLog;
 
 TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues) {
   test::TempDir tmp;
-  const Corpus c = open_corpus(test::write_known_log(tmp / "known.h5"));
+  const Corpus c = openCorpus(test::write_known_log(tmp / "known.h5"));
   Cancel cancel{false};
 
   DensityModel density;
   QAbstractItemModelTester t1(&density, QAbstractItemModelTester::FailureReportingMode::Fatal);
-  density.setCounts(KnownLog::L, KnownLog::H, c.kept_total(KeptRule{}), c.eligible_total(), {}, {}, "corpus");
+  density.setCounts(KnownLog::L, KnownLog::H, c.keptTotal(KeptRule{}), c.eligibleTotal(), {}, {}, "corpus");
   ASSERT_EQ(density.rowCount(), 3);
   ASSERT_EQ(density.columnCount(), 4);
   for (int l = 0; l < 3; ++l)
@@ -45,7 +45,7 @@ TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues
 
   DocumentModel docs;
   QAbstractItemModelTester t2(&docs, QAbstractItemModelTester::FailureReportingMode::Fatal);
-  const CorpusStats stats = corpus_stats(c, c.kept);
+  const CorpusStats stats = corpusStats(c, c.kept);
   // With 3 documents the 5th and 95th percentiles are the smallest and largest per-document density.
   for (int64_t i : {3, 10}) {
     std::vector<double> per_doc;
@@ -87,7 +87,7 @@ TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues
   docs.setCorpus(nullptr, nullptr);
   EXPECT_EQ(docs.rowCount(), 0);
 
-  const Document doc = load_document(c, 1, cancel, [](double) {});
+  const Document doc = loadDocument(c, 1, cancel, [](double) {});
   TokenDetailModel detail;
   QAbstractItemModelTester t3(&detail, QAbstractItemModelTester::FailureReportingMode::Fatal);
   detail.setToken(&doc, 19, 3, 4, KeptRule{});  // m = 7: heads 8..11 keep it
@@ -103,7 +103,7 @@ TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues
 TEST(ItemModels, SummaryReportFromCountsEqualsTheFullAnalysis) {
   test::TempDir tmp;
   const std::string path = test::write_known_log(tmp / "known.h5");
-  const Corpus c = open_corpus(path);
+  const Corpus c = openCorpus(path);
   const analysis::Report fast = analysis::summary_report(c.info, c.offsets, c.ids, c.kept, c.eligible);
   const analysis::Report full = analysis::analyze_logs({path});
   EXPECT_EQ(fast.kept, full.kept);

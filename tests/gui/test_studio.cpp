@@ -90,19 +90,19 @@ TEST_F(Studio, SelectAHeadZoomTheTokensAndSeeKeptAndDroppedApart) {
   const QRect cell = win.heatmap()->cellRect(1, 3);
   QTest::mouseClick(win.heatmap(), Qt::LeftButton, {}, cell.center());
   TokenView* tv = win.tokenView();
-  tv->axis().zoom(tv->axis().tokens_per_pixel() * 12, 0);  // 12 px per token
+  tv->axis().zoom(tv->axis().tokensPerPixel() * 12, 0);  // 12 px per token
   tv->repaint();
   const QImage img = tv->grab().toImage();
   save_screenshot(&win, "known_tokens.png");
   int kept_seen = 0, dropped_seen = 0;
   for (int64_t t = 12; t < 24; ++t) {
-    const int x = 56 + int(tv->axis().x_of(double(t) + 0.5));  // 56: the label column
+    const int x = 56 + int(tv->axis().xOf(double(t) + 0.5));  // 56: the label column
     for (int64_t i : {2, 9}) {
       const int row = tv->rowOf(int(i / 4), int(i % 4));
       const int y = tv->rowsTop() + row * tv->rowHeight() + tv->rowHeight() / 2;
       const bool kept = KnownLog::kept_logged(t, i);
       const QRgb px = img.pixel(x, y);
-      EXPECT_EQ(px, strip_color(test::from_half(test::to_half(KnownLog::u(t, i))), kept)) << "token " << t << " head " << i;
+      EXPECT_EQ(px, stripColor(test::from_half(test::to_half(KnownLog::u(t, i))), kept)) << "token " << t << " head " << i;
       (kept ? kept_seen : dropped_seen) += 1;
       if (kept) EXPECT_GT(qBlue(px), qRed(px));
       else EXPECT_GT(qRed(px), qBlue(px));
@@ -111,7 +111,7 @@ TEST_F(Studio, SelectAHeadZoomTheTokensAndSeeKeptAndDroppedApart) {
   EXPECT_GT(kept_seen, 0);
   EXPECT_GT(dropped_seen, 0);
   // Clicking a token shows every head's decision for it.
-  const int x = 56 + int(tv->axis().x_of(19.5));
+  const int x = 56 + int(tv->axis().xOf(19.5));
   QTest::mouseClick(tv, Qt::LeftButton, {}, QPoint(x, tv->rowsTop() + 5));
   EXPECT_EQ(win.tokenDetail()->token(), 19);
   for (int l = 0; l < 3; ++l)
@@ -147,7 +147,7 @@ TEST_F(Studio, SearchJumpsThroughOccurrences) {
   win.searchStep(-2);
   EXPECT_EQ(win.searchHit(), 38);  // wraps to the last of doc 0's 10 occurrences
   EXPECT_EQ(win.tokenDetail()->token(), 38);
-  EXPECT_LT(win.tokenView()->axis().tokens_per_pixel(), 1.0 / 7);  // zoomed in far enough to read
+  EXPECT_LT(win.tokenView()->axis().tokensPerPixel(), 1.0 / 7);  // zoomed in far enough to read
 }
 
 TEST_F(Studio, DesignedLayoutExportsTheThreeFormatsThroughTheAnalysisLibrary) {
