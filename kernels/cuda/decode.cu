@@ -9,18 +9,14 @@
 #include <cmath>
 
 #include "kernels/cuda/decode.h"
+#include "kernels/cuda/warp_softmax.cuh"
 
 namespace spkv::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kMaxG = int(kDecodeMaxGroup);
-constexpr int kMaxDL = int(kDecodeMaxDim / 32);  // elements per lane
-
-__device__ inline float warp_sum(float x) {
-  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
+constexpr int kMaxG = kWarpMaxG, kMaxDL = kWarpMaxDL;
+static_assert(kMaxG == kDecodeMaxGroup && 32 * kMaxDL == kDecodeMaxDim, "decode.h limits follow warp_softmax.cuh");
 
 // Where token j of head i lives: a ring slot, then the pages of the store.
 __device__ inline int64_t row_offset(const CacheView& c, int64_t b, int64_t i, int64_t j, int64_t ring_n, bool& in_ring,
@@ -42,49 +38,26 @@ __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(DecodeParams 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t ring_n = c.W > 0 ? c.ring_len[b] : 0, n = ring_n + c.store_len[i];
 
-  float q[kMaxG][kMaxDL], acc[kMaxG][kMaxDL], m[kMaxG], l[kMaxG];
-  for (int g = 0; g < kMaxG; ++g) {
-    m[g] = -INFINITY, l[g] = 0.f;
-    for (int e = 0; e < kMaxDL; ++e) {
-      const int64_t d = lane + 32 * e;
-      q[g][e] = g < G && d < D ? p.q[((b * p.H) + hk * G + g) * D + d] : 0.f;
-      acc[g][e] = 0.f;
-    }
-  }
+  WarpSoftmax sm;
+  sm.reset([&](int64_t g) { return p.q + (b * p.H + hk * G + g) * D; }, G, D, lane);
   for (int64_t base = split * kDecodeChunk; base < n; base += splits * kDecodeChunk) {
     const int64_t end = min(n, base + kDecodeChunk);
     for (int64_t j = base + warp; j < end; j += kWarps) {
       bool in_ring;
       int32_t page = 0;
       const int64_t off = row_offset(c, b, i, j, ring_n, in_ring, page);
-      const float* kr = in_ring ? c.ring_k + off : c.page_k[page] + off;
-      const float* vr = in_ring ? c.ring_v + off : c.page_v[page] + off;
-      float kv[kMaxDL], vv[kMaxDL];
-      for (int e = 0; e < kMaxDL; ++e) {
-        const int64_t d = lane + 32 * e;
-        kv[e] = d < D ? kr[d] : 0.f;
-        vv[e] = d < D ? vr[d] : 0.f;
-      }
-      for (int g = 0; g < kMaxG; ++g) {
-        if (g >= G) break;
-        float dot = 0.f;
-        for (int e = 0; e < kMaxDL; ++e) dot += q[g][e] * kv[e];
-        const float s = warp_sum(dot) * p.scale;
-        const float m_new = fmaxf(m[g], s);
-        const float corr = m[g] == -INFINITY ? 0.f : __expf(m[g] - m_new), w = __expf(s - m_new);
-        l[g] = l[g] * corr + w;
-        for (int e = 0; e < kMaxDL; ++e) acc[g][e] = acc[g][e] * corr + w * vv[e];
-        m[g] = m_new;
-      }
+      sm.add(in_ring ? c.ring_k + off : c.page_k[page] + off, in_ring ? c.ring_v + off : c.page_v[page] + off, G, D,
+             p.scale, lane);
     }
   }
   // Merge the warps: each writes its state; then thread t combines (g, d) pairs.
   __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
   __shared__ float sm_acc[kWarps][kMaxG][kDecodeMaxDim];
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) sm_m[warp][g] = m[g], sm_l[warp][g] = l[g];
+  for (int g = 0; g < kMaxG; ++g) {  // static bounds keep the state in registers
+    if (g >= G) break;
+    if (lane == 0) sm_m[warp][g] = sm.m[g], sm_l[warp][g] = sm.l[g];
     for (int e = 0; e < kMaxDL; ++e)
-      if (lane + 32 * e < D) sm_acc[warp][g][lane + 32 * e] = acc[g][e];
+      if (lane + 32 * e < D) sm_acc[warp][g][lane + 32 * e] = sm.acc[g][e];
   }
   __syncthreads();
   const int64_t rows = c.n_seq * p.H;

@@ -1,0 +1,55 @@
+// One warp's online softmax over a stream of keys for the G query heads that share them (GQA), used by the
+// prefill and decode kernels. Lane l holds elements l, l + 32, ... (D <= 32 * kWarpMaxDL) of the query rows,
+// of the current key and value, and of the accumulators, so each key and value row is read once per group.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+namespace spkv::kernels::cuda {
+
+constexpr int kWarpMaxG = 8, kWarpMaxDL = 8;
+
+__device__ inline float warp_sum(float x) {
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+struct WarpSoftmax {
+  float q[kWarpMaxG][kWarpMaxDL], acc[kWarpMaxG][kWarpMaxDL], m[kWarpMaxG], l[kWarpMaxG];
+
+  // q_row(g) points at query head g's row (D floats); G <= kWarpMaxG.
+  template <class Row>
+  __device__ void reset(Row q_row, int64_t G, int64_t D, int lane) {
+    for (int g = 0; g < kWarpMaxG; ++g) {
+      m[g] = -INFINITY, l[g] = 0.f;
+      for (int e = 0; e < kWarpMaxDL; ++e) {
+        const int64_t d = lane + 32 * e;
+        q[g][e] = g < G && d < D ? q_row(g)[d] : 0.f;
+        acc[g][e] = 0.f;
+      }
+    }
+  }
+
+  // One visible key (kr) and its value (vr), D floats each; every lane of the warp calls it.
+  __device__ void add(const float* kr, const float* vr, int64_t G, int64_t D, float scale, int lane) {
+    float kv[kWarpMaxDL], vv[kWarpMaxDL];
+    for (int e = 0; e < kWarpMaxDL; ++e) {
+      const int64_t d = lane + 32 * e;
+      kv[e] = d < D ? kr[d] : 0.f;
+      vv[e] = d < D ? vr[d] : 0.f;
+    }
+    for (int g = 0; g < kWarpMaxG; ++g) {
+      if (g >= G) break;
+      float dot = 0.f;
+      for (int e = 0; e < kWarpMaxDL; ++e) dot += q[g][e] * kv[e];
+      const float s = warp_sum(dot) * scale;
+      const float m_new = fmaxf(m[g], s);
+      const float corr = m[g] == -INFINITY ? 0.f : __expf(m[g] - m_new), w = __expf(s - m_new);
+      l[g] = l[g] * corr + w;
+      for (int e = 0; e < kWarpMaxDL; ++e) acc[g][e] = acc[g][e] * corr + w * vv[e];
+      m[g] = m_new;
+    }
+  }
+};
+
+}  // namespace spkv::kernels::cuda
