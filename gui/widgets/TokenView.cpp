@@ -1,5 +1,7 @@
 #include "gui/widgets/TokenView.h"
 
+#include "gui/models/Plot.h"
+
 #include <QHelpEvent>
 #include <QKeyEvent>
 #include <QMouseEvent>
@@ -94,13 +96,15 @@ void TokenView::paintEvent(QPaintEvent*) {
   // Ruler with token positions.
   p.setPen(Qt::lightGray);
   const auto [b, e] = m_axis.visible();
-  const double span = std::max(1.0, m_axis.tokensPerPixel() * 100);
-  const double step_t = std::pow(10.0, std::ceil(std::log10(span)));
-  for (double t = std::ceil(double(b) / step_t) * step_t; t < double(e); t += step_t) {
+  p.save();
+  p.setClipRect(QRect(kLabels, 0, W, kRuler));
+  for (double t : niceTicks(m_axis.first(), m_axis.tokenAt(W), std::max(2, W / 110))) {
+    if (t != std::floor(t)) continue;  // whole tokens only
     const int x = kLabels + int(std::lround(m_axis.xOf(t)));
     p.drawLine(x, kRuler - 5, x, kRuler);
     p.drawText(x + 2, kRuler - 5, QString::number(qlonglong(t)));
   }
+  p.restore();
   // The local window of the cursor token: keys it sees whatever their gates say.
   const double px_per_token = 1.0 / m_axis.tokensPerPixel();
   if (m_cursor >= 0) {
