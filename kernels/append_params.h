@@ -35,6 +35,9 @@ struct AppendParams {
   int32_t* overflow = nullptr;        // (1) set to 1 when a head's table or the free list ran out (row dropped)
 };
 
+// Every pointer is set and every size is positive (W >= 1: the fused append is the SP-KV cache's).
+bool valid(const AppendParams& p);
+
 // The CacheView of the memory an AppendParams updates. page_ptr_k / page_ptr_v: (n_pages) pointers to each
 // page's K / V rows (k_pool + p * page_size * D), built once for the pool; indptr: (n_seq * Hkv + 1) with
 // indptr[i] = i * max_pages. All in the same address space as the pool (host or device).

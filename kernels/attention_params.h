@@ -32,6 +32,10 @@ struct GatedAttentionParams {
   int64_t keep_sb = 0, keep_sh = 0;
 };
 
+// The pointers every kernel needs are set and the head counts divide (H a multiple of Hkv, D > 0). Kernels
+// answer Status::invalid_argument otherwise; adapters check shapes and devices first.
+bool valid(const GatedAttentionParams& p);
+
 // Fills the strides of p for contiguous (B, H|Hkv, T|S, D) tensors and a contiguous keep mask.
 void set_contiguous_strides(GatedAttentionParams& p);
 

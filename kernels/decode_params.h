@@ -41,4 +41,7 @@ struct DecodeParams {
   CacheView cache;
 };
 
+// The cache view and the query rows are set up consistently (pointers present, H a multiple of Hkv).
+bool valid(const DecodeParams& p);
+
 }  // namespace spkv::kernels

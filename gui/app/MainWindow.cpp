@@ -66,7 +66,6 @@ QString mib(double bytes) {
   const double m = bytes / (1024.0 * 1024.0);
   return m >= 10240 ? QString::number(m / 1024.0, 'f', 1) + " GiB" : QString::number(m, 'f', 1) + " MiB";
 }
-QString num(double x, int digits) { return std::isfinite(x) ? QString::number(x, 'f', digits) : QStringLiteral("–"); }
 
 void writeAtomic(const QString& path, const std::string& text) {
   QSaveFile f(path);
@@ -417,9 +416,9 @@ void MainWindow::readEvaluations() {
       const QString name = r.value("name").toString();
       cell(0, f.fileName()), cell(1, name);
       cell(2, r.value("global_heads").isDouble() ? QString::number(r.value("global_heads").toInt()) : "–");
-      cell(3, num(r.value("kv_ratio").toDouble(NAN), 3));
-      cell(4, num(r.value("delta_pct_vs_full").toDouble(NAN), 2) + "%");
-      cell(5, r.value("delta_pct_vs_spkv").isDouble() ? num(r.value("delta_pct_vs_spkv").toDouble(), 2) + "%" : "–");
+      cell(3, formatNumber(r.value("kv_ratio").toDouble(NAN), 3));
+      cell(4, formatNumber(r.value("delta_pct_vs_full").toDouble(NAN), 2) + "%");
+      cell(5, r.value("delta_pct_vs_spkv").isDouble() ? formatNumber(r.value("delta_pct_vs_spkv").toDouble(), 2) + "%" : "–");
       const QJsonArray flags = r.value("layout").toArray();
       if (flags.size() != LH) continue;  // full attention, SP-KV, or another model's shape
       analysis::Layout l;
@@ -445,7 +444,7 @@ void MainWindow::selectHead(int layer, int head) {
   m_heatmap->setSelected(layer, head);
   m_tokens->setSelectedHead(layer, head);
   m_documents.setHead(layer, head);
-  statusBar()->showMessage(QStringLiteral("layer %1, KV head %2: density %3").arg(layer).arg(head).arg(num(m_density.density(layer, head), 4)));
+  statusBar()->showMessage(QStringLiteral("layer %1, KV head %2: density %3").arg(layer).arg(head).arg(formatNumber(m_density.density(layer, head), 4)));
   refreshCorpusPlots();
 }
 
@@ -540,7 +539,7 @@ void MainWindow::refreshHeatmap() {
     std::vector<int64_t> elig(m_corpus->eligible.begin() + m_doc->index * LH, m_corpus->eligible.begin() + (m_doc->index + 1) * LH);
     m_density.setCounts(L, H, m_docKept, elig, {}, {}, "document " + QString::fromStdString(m_doc->id));
   } else {
-    m_density.setCounts(L, H, corpusKept(), m_corpus->eligibleTotal(), m_stats->lo, m_stats->hi,
+    m_density.setCounts(L, H, corpusKept(), m_corpus->eligible_total, m_stats->lo, m_stats->hi,
                        QStringLiteral("corpus, %1 documents").arg(m_corpus->D()));
   }
   m_readout->setText(densityReadout());
@@ -548,25 +547,17 @@ void MainWindow::refreshHeatmap() {
 
 QString MainWindow::densityReadout() const {
   if (!m_corpus) return {};
-  double kept = 0, elig = 0;
+  // The counts the heatmap shows, and the entries every head holds whatever the gates say.
+  const auto [k, e] = m_density.totals();
+  const double kept = double(k), elig = double(e);
   const int64_t LH = m_corpus->LH();
-  double entries = 0, dense = 0;
-  std::vector<int64_t> k;
-  if (m_scope->currentIndex() == 1 && m_doc) {
-    k = m_docKept;
-    for (int64_t i = 0; i < LH; ++i) elig += double(m_corpus->eligible[size_t(m_doc->index * LH + i)]);
-    entries = analysis::spkv_entries(m_doc->T, m_corpus->info.window, m_corpus->info.keep_first, LH, 0);
-    dense = double(m_doc->T * LH);
-  } else {
-    k = corpusKept();
-    for (int64_t e : m_corpus->eligibleTotal()) elig += double(e);
-    entries = m_corpus->fixedEntries(), dense = m_corpus->denseEntries();
-  }
-  for (int64_t x : k) kept += double(x);
-  entries += kept;
+  const bool doc = m_scope->currentIndex() == 1 && m_doc;
+  const double dense = doc ? double(m_doc->T * LH) : m_corpus->denseEntries();
+  const double entries = kept + (doc ? analysis::spkv_entries(m_doc->T, m_corpus->info.window, m_corpus->info.keep_first, LH, 0)
+                                     : m_corpus->fixed_entries);
   QString s = QStringLiteral("tau %1 (%2) · density %3 · KV entries %4 of %5 (%6×)")
                   .arg(m_tau ? *m_tau : m_corpus->info.tau, 0, 'f', 3).arg(m_tau ? "counterfactual" : "logged")
-                  .arg(num(elig > 0 ? kept / elig : NAN, 4)).arg(qlonglong(entries)).arg(qlonglong(dense)).arg(num(entries / dense, 3));
+                  .arg(formatNumber(elig > 0 ? kept / elig : NAN, 4)).arg(qlonglong(entries)).arg(qlonglong(dense)).arg(formatNumber(entries / dense, 3));
   if (m_corpus->head_dim > 0)
     s += QStringLiteral(" · KV %1 of %2 in 16-bit").arg(mib(entries * m_corpus->kvBytesPerEntry()), mib(dense * m_corpus->kvBytesPerEntry()));
   return s;
@@ -681,13 +672,13 @@ QString MainWindow::layoutReadout() const {
     int64_t n = 0;
     for (auto x : g) n += x;
     QString s = QStringLiteral("%1: %2 of %3 heads global · coverage %4 · KV %5× of full")
-                    .arg(name).arg(n).arg(g.size()).arg(num(analysis::layout_coverage(g, report()), 3)).arg(num(kv, 3));
+                    .arg(name).arg(n).arg(g.size()).arg(formatNumber(analysis::layout_coverage(g, report()), 3)).arg(formatNumber(kv, 3));
     if (m_corpus->head_dim > 0) s += " (" + mib(kv * m_corpus->denseEntries() * m_corpus->kvBytesPerEntry()) + ")";
     return s;
   };
   QString s = line(QString::fromStdString(m_designed.name), m_designed.global);
   if (!m_reference.empty()) s += "\n" + line(m_referenceBox->currentText() + " (dots)", m_reference);
-  s += QStringLiteral("\ndynamic SP-KV: KV %1× of full").arg(num(analysis::spkv_kv_ratio(report()), 3));
+  s += QStringLiteral("\ndynamic SP-KV: KV %1× of full").arg(formatNumber(analysis::spkv_kv_ratio(report()), 3));
   return s;
 }
 

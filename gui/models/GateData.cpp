@@ -62,39 +62,27 @@ uint16_t tauCode(double tau) {
 }
 
 std::vector<int64_t> Corpus::keptTotal(const KeptRule& rule) const {
+  if (rule.logged) return logged_kept_total;
   const int64_t LH = this->LH();
   std::vector<int64_t> out(LH, 0);
-  if (rule.logged) {
-    for (int64_t d = 0; d < D(); ++d)
-      for (int64_t i = 0; i < LH; ++i) out[i] += kept[d * LH + i];
-    return out;
-  }
   for (int64_t i = 0; i < LH; ++i)
     for (int c = rule.code; c <= kHalfOne; ++c) out[i] += hist[size_t(i * (kHalfOne + 1) + c)];
   return out;
 }
-
-std::vector<int64_t> Corpus::eligibleTotal() const {
-  const int64_t LH = this->LH();
-  std::vector<int64_t> out(LH, 0);
-  for (int64_t d = 0; d < D(); ++d)
-    for (int64_t i = 0; i < LH; ++i) out[i] += eligible[d * LH + i];
-  return out;
-}
-
-double Corpus::fixedEntries() const {
-  double s = 0;
-  for (int64_t d = 0; d < D(); ++d) s += analysis::spkv_entries(tokens(d), info.window, info.keep_first, LH(), 0);
-  return s;
-}
-
-double Corpus::denseEntries() const { return double(info.n_tokens) * double(LH()); }
 
 Corpus openCorpus(const std::string& path) {
   std::lock_guard<std::mutex> lock(hdf5Mutex());
   analysis::GateLogReader r(path);
   Corpus c;
   c.info = r.info(), c.offsets = r.token_offsets(), c.ids = r.document_ids(), c.kept = r.kept(), c.eligible = r.eligible();
+  c.eligible_total.assign(size_t(c.LH()), 0), c.logged_kept_total.assign(size_t(c.LH()), 0);
+  for (int64_t d = 0; d < c.D(); ++d) {
+    for (int64_t i = 0; i < c.LH(); ++i) {
+      c.eligible_total[size_t(i)] += c.eligible[size_t(d * c.LH() + i)];
+      c.logged_kept_total[size_t(i)] += c.kept[size_t(d * c.LH() + i)];
+    }
+    c.fixed_entries += analysis::spkv_entries(c.tokens(d), c.info.window, c.info.keep_first, c.LH(), 0);
+  }
   const auto cfg = nlohmann::json::parse(c.info.model_config, nullptr, false);
   if (cfg.is_object()) {
     const auto num = [&](const char* k) { return cfg.contains(k) && cfg[k].is_number() ? cfg[k].get<int64_t>() : 0; };
@@ -131,35 +119,38 @@ CorpusStats corpusStats(const Corpus& c, std::vector<int64_t> kept) {
   return s;
 }
 
-std::vector<uint32_t> scanHistograms(const Corpus& c, Cancel& cancel, const Progress& progress) {
-  const int64_t LH = c.LH(), W = c.info.window, kf = c.info.keep_first;
-  std::vector<uint32_t> hist(size_t(LH * (kHalfOne + 1)), 0);
+// Calls f(d, u) for the eligible rows (keep_first <= s < T - W) of every document, in chunks: u holds the
+// (rows, L, Hkv) float16 codes, negative ones as 0. Checks the cancel flag and reports progress per chunk.
+template <class F>
+void forEachEligibleChunk(const Corpus& c, Cancel& cancel, const Progress& progress, F f) {
   LockedReader reader(c.info.path);
   for (int64_t d = 0; d < c.D(); ++d) {
-    const int64_t b = c.offsets[d] + kf, e = c.offsets[d + 1] - W;  // the eligible rows
+    const int64_t b = c.offsets[d] + c.info.keep_first, e = c.offsets[d + 1] - c.info.window;
     for (int64_t s = b; s < e; s += kChunkTokens) {
       check(cancel);
-      const auto u = reader([&](auto& r) { return r.u_bits(s, std::min(e, s + kChunkTokens)); });
-      for (size_t k = 0; k < u.size(); ++k) ++hist[(k % size_t(LH)) * (kHalfOne + 1) + clampCode(u[k])];
+      auto u = reader([&](auto& r) { return r.u_bits(s, std::min(e, s + kChunkTokens)); });
+      for (auto& h : u) h = clampCode(h);
+      f(d, u);
       progress(double(std::min(e, s + kChunkTokens)) / double(std::max<int64_t>(1, c.info.n_tokens)));
     }
   }
+}
+
+std::vector<uint32_t> scanHistograms(const Corpus& c, Cancel& cancel, const Progress& progress) {
+  const size_t LH = size_t(c.LH());
+  std::vector<uint32_t> hist(LH * (kHalfOne + 1), 0);
+  forEachEligibleChunk(c, cancel, progress, [&](int64_t, const std::vector<uint16_t>& u) {
+    for (size_t k = 0; k < u.size(); ++k) ++hist[(k % LH) * (kHalfOne + 1) + u[k]];
+  });
   return hist;
 }
 
 std::vector<int64_t> keptPerDocument(const Corpus& c, uint16_t code, Cancel& cancel, const Progress& progress) {
-  const int64_t LH = c.LH(), W = c.info.window, kf = c.info.keep_first;
-  std::vector<int64_t> out(size_t(c.D() * LH), 0);
-  LockedReader reader(c.info.path);
-  for (int64_t d = 0; d < c.D(); ++d) {
-    const int64_t b = c.offsets[d] + kf, e = c.offsets[d + 1] - W;
-    for (int64_t s = b; s < e; s += kChunkTokens) {
-      check(cancel);
-      const auto u = reader([&](auto& r) { return r.u_bits(s, std::min(e, s + kChunkTokens)); });
-      for (size_t k = 0; k < u.size(); ++k) out[size_t(d * LH) + k % size_t(LH)] += clampCode(u[k]) >= code;
-    }
-    progress(double(d + 1) / double(c.D()));
-  }
+  const size_t LH = size_t(c.LH());
+  std::vector<int64_t> out(size_t(c.D()) * LH, 0);
+  forEachEligibleChunk(c, cancel, progress, [&](int64_t d, const std::vector<uint16_t>& u) {
+    for (size_t k = 0; k < u.size(); ++k) out[size_t(d) * LH + k % LH] += u[k] >= code;
+  });
   return out;
 }
 

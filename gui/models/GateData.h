@@ -37,6 +37,11 @@ struct Corpus {
   std::vector<int64_t> offsets;          // (D + 1) token offsets
   std::vector<std::string> ids;          // (D)
   std::vector<int64_t> kept, eligible;   // (D, LH) as logged
+  std::vector<int64_t> eligible_total;   // (LH) eligible summed over documents (tau does not change it)
+  std::vector<int64_t> logged_kept_total;// (LH) kept summed over documents, as logged
+  // KV entries at the end of every document, summed over documents and heads, that any rule keeps: the
+  // windows and the keep_first tokens. Add the kept eligible keys for a rule's total.
+  double fixed_entries = 0;
   int64_t head_dim = 0;                  // from the model config; 0 when it does not say
   // Per head, how many eligible keys have each u code (filled by scanHistograms; empty before).
   std::vector<uint32_t> hist;            // (LH, kHalfOne + 1)
@@ -45,11 +50,7 @@ struct Corpus {
   int64_t LH() const { return info.n_layers * info.n_kv_heads; }
   int64_t tokens(int64_t d) const { return offsets[d + 1] - offsets[d]; }
   std::vector<int64_t> keptTotal(const KeptRule& rule) const;  // (LH) over documents; rule.logged or hist
-  std::vector<int64_t> eligibleTotal() const;                  // (LH)
-  // KV entries at the end of every document, summed over documents and heads: what any rule keeps
-  // (the window and keep_first) plus the kept eligible keys; and full attention's.
-  double fixedEntries() const;
-  double denseEntries() const;
+  double denseEntries() const { return double(info.n_tokens) * double(LH()); }  // full attention's
   double kvBytesPerEntry() const { return 2.0 * double(head_dim) * 2.0; }  // K and V rows in 16-bit
 };
 

@@ -6,8 +6,9 @@
 namespace spkv::gui {
 namespace {
 double ratio(int64_t a, int64_t b) { return b > 0 ? double(a) / double(b) : std::nan(""); }
-QString fixed(double x, int digits) { return std::isfinite(x) ? QString::number(x, 'f', digits) : QStringLiteral("–"); }
 }  // namespace
+
+QString formatNumber(double x, int digits) { return std::isfinite(x) ? QString::number(x, 'f', digits) : QStringLiteral("–"); }
 
 // --- DensityModel -----------------------------------------------------------------------------------
 void DensityModel::setCounts(int64_t layers, int64_t heads, std::vector<int64_t> kept, std::vector<int64_t> eligible,
@@ -38,6 +39,12 @@ double DensityModel::density(int layer, int head) const {
   return ratio(m_kept[i], m_eligible[i]);
 }
 
+std::pair<int64_t, int64_t> DensityModel::totals() const {
+  int64_t k = 0, e = 0;
+  for (size_t i = 0; i < m_kept.size(); ++i) k += m_kept[i], e += m_eligible[i];
+  return {k, e};
+}
+
 int DensityModel::rowCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : int(L_); }
 int DensityModel::columnCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : int(H_); }
 
@@ -46,15 +53,15 @@ QVariant DensityModel::data(const QModelIndex& index, int role) const {
   const size_t i = size_t(index.row() * H_ + index.column());
   const double d = density(index.row(), index.column());
   switch (role) {
-    case Qt::DisplayRole: return fixed(d, 3);
+    case Qt::DisplayRole: return formatNumber(d, 3);
     case DensityRole: return d;
     case GlobalRole: return !m_global.empty() && m_global[i] != 0;
     case ReferenceRole: return !m_reference.empty() && m_reference[i] != 0;
     case Qt::ToolTipRole: {
       QString s = QStringLiteral("layer %1, KV head %2%3\ndensity %4 (kept %5 of %6 eligible keys)")
                       .arg(index.row()).arg(index.column()).arg(m_scope.isEmpty() ? QString() : " (" + m_scope + ")")
-                      .arg(fixed(d, 4)).arg(m_kept[i]).arg(m_eligible[i]);
-      if (!m_lo.empty()) s += QStringLiteral("\nacross documents: 5%–95% [%1, %2]").arg(fixed(m_lo[i], 3), fixed(m_hi[i], 3));
+                      .arg(formatNumber(d, 4)).arg(m_kept[i]).arg(m_eligible[i]);
+      if (!m_lo.empty()) s += QStringLiteral("\nacross documents: 5%–95% [%1, %2]").arg(formatNumber(m_lo[i], 3), formatNumber(m_hi[i], 3));
       if (!m_global.empty()) s += m_global[i] ? "\nlayout: global" : "\nlayout: local";
       return s;
     }
@@ -109,9 +116,9 @@ QVariant DocumentModel::data(const QModelIndex& index, int role) const {
     switch (index.column()) {
       case Id: return m_ids[d];
       case Tokens: return qlonglong(m_tokens[d]);
-      case Density: return fixed(m_density[d], 3);
-      case HeadDensity: return fixed(m_headDensity[d], 3);
-      case Compression: return fixed(m_compression[d], 2) + "×";
+      case Density: return formatNumber(m_density[d], 3);
+      case HeadDensity: return formatNumber(m_headDensity[d], 3);
+      case Compression: return formatNumber(m_compression[d], 2) + "×";
     }
   }
   if (role == Qt::UserRole) {  // sort key

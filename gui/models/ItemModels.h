@@ -3,11 +3,15 @@
 // and one token's u and decision in every (layer, head).
 #pragma once
 #include <QAbstractTableModel>
+#include <utility>
 #include <vector>
 
 #include "gui/models/GateData.h"
 
 namespace spkv::gui {
+
+// x with `digits` decimals, or "–" when it is not finite (a head with nothing eligible).
+QString formatNumber(double x, int digits);
 
 enum Roles {
   DensityRole = Qt::UserRole + 1,  // double: kept / eligible (NaN when nothing was eligible)
@@ -28,6 +32,7 @@ class DensityModel : public QAbstractTableModel {
   void setGlobal(std::vector<uint8_t> flags);     // (L * Hkv) or empty
   void setReference(std::vector<uint8_t> flags);  // (L * Hkv) or empty
   double density(int layer, int head) const;
+  std::pair<int64_t, int64_t> totals() const;  // kept and eligible over every head
   const std::vector<uint8_t>& global() const { return m_global; }
 
   int rowCount(const QModelIndex& parent = {}) const override;

@@ -19,10 +19,6 @@ inline float dot(const float* a, const float* b, int64_t D) {
   return s;
 }
 
-bool valid(const GatedAttentionParams& p) {
-  return p.q && p.k && p.v && p.y && p.q_pos && p.k_pos && p.Hkv > 0 && p.H % p.Hkv == 0 && p.D > 0;
-}
-
 // Per (b, hk, key block): the block's position range and whether any gate in it is open.
 struct BlockPlan {
   int64_t n_blocks = 0, n_tiles = 0;
@@ -130,9 +126,7 @@ Status gated_attention(const GatedAttentionParams& p) {
 
 Status decode_attention(const DecodeParams& p) {
   const CacheView& c = p.cache;
-  if (!p.q || !p.y || c.Hkv <= 0 || p.H % c.Hkv != 0 || c.D <= 0 || (c.W > 0 && !c.ring_len) ||
-      !c.store_indptr || !c.store_len)
-    return Status::invalid_argument;
+  if (!valid(p)) return Status::invalid_argument;
   const int64_t G = p.H / c.Hkv, D = c.D, n = c.n_seq * c.Hkv;
 #pragma omp parallel
   {

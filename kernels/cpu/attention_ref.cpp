@@ -16,6 +16,16 @@ const char* to_string(Status s) {
   return "?";
 }
 
+bool valid(const GatedAttentionParams& p) {
+  return p.q && p.k && p.v && p.y && p.q_pos && p.k_pos && p.Hkv > 0 && p.H % p.Hkv == 0 && p.D > 0;
+}
+
+bool valid(const DecodeParams& p) {
+  const CacheView& c = p.cache;
+  return p.q && p.y && c.Hkv > 0 && p.H % c.Hkv == 0 && c.D > 0 && (c.W <= 0 || (c.ring_len && c.ring_k && c.ring_v)) &&
+         c.store_indptr && c.store_len;
+}
+
 void set_contiguous_strides(GatedAttentionParams& p) {
   p.q_st = p.D, p.q_sh = p.T * p.D, p.q_sb = p.H * p.T * p.D;
   p.y_st = p.q_st, p.y_sh = p.q_sh, p.y_sb = p.q_sb;
@@ -27,8 +37,7 @@ void set_contiguous_strides(GatedAttentionParams& p) {
 namespace cpu {
 
 Status gated_attention_ref(const GatedAttentionParams& p) {
-  if (!p.q || !p.k || !p.v || !p.y || !p.q_pos || !p.k_pos || p.Hkv <= 0 || p.H % p.Hkv != 0 || p.D <= 0)
-    return Status::invalid_argument;
+  if (!valid(p)) return Status::invalid_argument;
   const int64_t G = p.H / p.Hkv;
   std::vector<double> score(p.S), acc(p.D);
   for (int64_t b = 0; b < p.B; ++b)
@@ -70,9 +79,7 @@ Status gated_attention_ref(const GatedAttentionParams& p) {
 
 Status decode_attention_ref(const DecodeParams& p) {
   const CacheView& c = p.cache;
-  if (!p.q || !p.y || c.Hkv <= 0 || p.H % c.Hkv != 0 || c.D <= 0 || (c.W > 0 && !c.ring_len) ||
-      !c.store_indptr || !c.store_len)
-    return Status::invalid_argument;
+  if (!valid(p)) return Status::invalid_argument;
   const int64_t G = p.H / c.Hkv, D = c.D;
   for (int64_t b = 0; b < c.n_seq; ++b)
     for (int64_t h = 0; h < p.H; ++h) {

@@ -4,6 +4,12 @@
 
 namespace spkv::kernels {
 
+bool valid(const AppendParams& p) {
+  return p.n_seq >= 0 && p.Hkv > 0 && p.D > 0 && p.W > 0 && p.page_size > 0 && p.k_new && p.v_new && p.keep_new &&
+         p.ring_k && p.ring_v && p.ring_pos && p.ring_keep && p.ring_len && p.seen && p.k_pool && p.v_pool &&
+         p.page_table && p.store_len && p.free_pages && p.free_next && p.overflow;
+}
+
 CacheView append_view(const AppendParams& a, const float* const* page_ptr_k, const float* const* page_ptr_v,
                       const int32_t* indptr) {
   CacheView v;
@@ -17,10 +23,7 @@ CacheView append_view(const AppendParams& a, const float* const* page_ptr_k, con
 namespace cpu {
 
 Status cache_append_ref(const AppendParams& p) {
-  if (p.n_seq < 0 || p.Hkv <= 0 || p.D <= 0 || p.W <= 0 || p.page_size <= 0 || !p.k_new || !p.v_new || !p.keep_new ||
-      !p.ring_k || !p.ring_v || !p.ring_pos || !p.ring_keep || !p.ring_len || !p.seen || !p.k_pool || !p.v_pool ||
-      !p.page_table || !p.store_len || !p.free_pages || !p.free_next || !p.overflow)
-    return Status::invalid_argument;
+  if (!valid(p)) return Status::invalid_argument;
   const int64_t D = p.D, W = p.W, P = p.page_size;
   for (int64_t b = 0; b < p.n_seq; ++b) {
     const int64_t pos = p.seen[b], slot = pos % W;

@@ -55,8 +55,7 @@ __global__ void gated_attention_ref_kernel(GatedAttentionParams p) {
 }  // namespace
 
 Status gated_attention_ref(const GatedAttentionParams& p, cudaStream_t stream) {
-  if (!p.q || !p.k || !p.v || !p.y || !p.q_pos || !p.k_pos || p.Hkv <= 0 || p.H % p.Hkv != 0 || p.D <= 0)
-    return Status::invalid_argument;
+  if (!valid(p)) return Status::invalid_argument;
   if (p.T == 0 || p.B == 0 || p.H == 0) return Status::ok;
   if (p.T > 2147483647 || p.H > 65535 || p.B > 65535) return Status::unsupported;
   dim3 grid(unsigned(p.T), unsigned(p.H), unsigned(p.B));

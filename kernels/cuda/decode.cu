@@ -155,9 +155,7 @@ int64_t decode_workspace_floats(int64_t n_seq, int64_t H, int64_t D, int64_t spl
 Status decode_attention(const DecodeParams& p, int64_t splits, float* workspace, int64_t workspace_floats,
                         cudaStream_t stream) {
   const CacheView& c = p.cache;
-  if (!p.q || !p.y || c.Hkv <= 0 || p.H % c.Hkv != 0 || c.D <= 0 || (c.W > 0 && (!c.ring_len || !c.ring_k || !c.ring_v)) ||
-      !c.store_indptr || !c.store_len || splits < 1 || !workspace ||
-      workspace_floats < decode_workspace_floats(c.n_seq, p.H, c.D, splits))
+  if (!valid(p) || splits < 1 || !workspace || workspace_floats < decode_workspace_floats(c.n_seq, p.H, c.D, splits))
     return Status::invalid_argument;
   if (p.H / c.Hkv > kDecodeMaxGroup || c.D > kDecodeMaxDim || splits > 65535 || c.n_seq * c.Hkv > 65535)
     return Status::unsupported;
@@ -170,10 +168,7 @@ Status decode_attention(const DecodeParams& p, int64_t splits, float* workspace,
 }
 
 Status cache_append(const AppendParams& p, cudaStream_t stream) {
-  if (p.n_seq < 0 || p.Hkv <= 0 || p.D <= 0 || p.W <= 0 || p.page_size <= 0 || !p.k_new || !p.v_new || !p.keep_new ||
-      !p.ring_k || !p.ring_v || !p.ring_pos || !p.ring_keep || !p.ring_len || !p.seen || !p.k_pool || !p.v_pool ||
-      !p.page_table || !p.store_len || !p.free_pages || !p.free_next || !p.overflow)
-    return Status::invalid_argument;
+  if (!valid(p)) return Status::invalid_argument;
   if (p.n_seq == 0) return Status::ok;
   if (p.n_seq * p.Hkv > 2147483647) return Status::unsupported;
   append_head_kernel<<<unsigned(p.n_seq * p.Hkv), 128, 0, stream>>>(p);

@@ -48,8 +48,7 @@ __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAtten
 }  // namespace
 
 Status gated_attention(const GatedAttentionParams& p, cudaStream_t stream) {
-  if (!p.q || !p.k || !p.v || !p.y || !p.q_pos || !p.k_pos || p.Hkv <= 0 || p.H % p.Hkv != 0 || p.D <= 0)
-    return Status::invalid_argument;
+  if (!valid(p)) return Status::invalid_argument;
   if (p.H / p.Hkv > kWarpMaxG || p.D > 32 * kWarpMaxDL) return Status::unsupported;
   const int64_t rows = p.B * p.Hkv * p.T;
   if (rows == 0) return Status::ok;

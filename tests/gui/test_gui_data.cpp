@@ -78,7 +78,9 @@ TEST_F(KnownLogData, CorpusCountsHistogramsAndCounterfactualTauMatchTheRules) {
   ASSERT_EQ(c.D(), 3);
   EXPECT_EQ(c.head_dim, 16);  // dim 64 / 4 heads
   c.hist = scanHistograms(c, cancel, none);
-  const auto elig = c.eligibleTotal();
+  const auto elig = c.eligible_total;
+  // Every head of every document ends holding its W window tokens and the keep_first token.
+  EXPECT_EQ(c.fixed_entries, double(KnownLog::LH * 3 * (KnownLog::W + KnownLog::keep_first)));
   const auto logged = c.keptTotal(KeptRule{});
   KeptRule at71{false, tauCode(0.71), KnownLog::keep_first};
   const auto cf = c.keptTotal(at71);

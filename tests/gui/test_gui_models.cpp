@@ -22,7 +22,7 @@ TEST(ItemModels, DensityDocumentAndTokenModelsPassTheTesterAndHoldTheKnownValues
 
   DensityModel density;
   QAbstractItemModelTester t1(&density, QAbstractItemModelTester::FailureReportingMode::Fatal);
-  density.setCounts(KnownLog::L, KnownLog::H, c.keptTotal(KeptRule{}), c.eligibleTotal(), {}, {}, "corpus");
+  density.setCounts(KnownLog::L, KnownLog::H, c.keptTotal(KeptRule{}), c.eligible_total, {}, {}, "corpus");
   ASSERT_EQ(density.rowCount(), 3);
   ASSERT_EQ(density.columnCount(), 4);
   for (int l = 0; l < 3; ++l)

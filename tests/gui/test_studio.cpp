@@ -120,6 +120,14 @@ TEST_F(Studio, SelectAHeadZoomTheTokensAndSeeKeptAndDroppedApart) {
 
 TEST_F(Studio, CounterfactualTauUpdatesTheHeatmapReadoutsAndDocuments) {
   const QString before = win.densityReadout();
+  // KV entries at the ends of the documents: each head's window and keep_first token, plus its kept keys.
+  double entries = 0, dense = 0;
+  for (int64_t T : KnownLog::lengths)
+    for (int64_t i = 0; i < KnownLog::LH; ++i) {
+      dense += double(T), entries += double(KnownLog::W + KnownLog::keep_first);
+      for (int64_t t = 0; t < T; ++t) entries += KnownLog::eligible(t, T) && KnownLog::kept_logged(t, i);
+    }
+  EXPECT_TRUE(before.contains(QStringLiteral("KV entries %1 of %2").arg(qlonglong(entries)).arg(qlonglong(dense)))) << before.toStdString();
   win.setTau(0.71);
   ASSERT_TRUE(win.jobs().waitIdle(60000));
   auto keep71 = [](int64_t t, int64_t i) { return t % 12 < i && t % 12 >= 6; };
