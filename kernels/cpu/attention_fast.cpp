@@ -63,6 +63,7 @@ BlockCount gated_attention_blocks(const GatedAttentionParams& p) {
 
 Status gated_attention(const GatedAttentionParams& p) {
   if (!valid(p)) return Status::invalid_argument;
+  if (!hard_only(p)) return Status::unsupported;
   if (p.T == 0) return Status::ok;
   const int64_t G = p.H / p.Hkv, D = p.D;
   if (p.S == 0) {

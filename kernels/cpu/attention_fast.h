@@ -7,7 +7,8 @@
 
 namespace spkv::kernels::cpu {
 
-// Gated (prefill) attention, same contract as gated_attention_ref. Queries go in tiles of 32 and keys in
+// Gated (prefill) attention, same contract as gated_attention_ref for hard gates (hard_only(p); otherwise
+// Status::unsupported: the soft mode is a training path, on the GPU). Queries go in tiles of 32 and keys in
 // blocks of 32; a key block is skipped without reading its keys when it is entirely in the future of the
 // tile, or when it is entirely outside the window of the tile and every gate in it is closed.
 Status gated_attention(const GatedAttentionParams& p);

@@ -7,6 +7,8 @@
 namespace spkv::kernels::cpu {
 
 Status gated_attention_ref(const GatedAttentionParams& p);
+// Its backward (attention_params.h), recomputing the probabilities in float64 (fwd.y and lse are not read).
+Status gated_attention_backward_ref(const GatedAttentionGradParams& g);
 
 // Decode attention over a compacted cache (decode_params.h): every ring and store token, in float64.
 Status decode_attention_ref(const DecodeParams& p);

@@ -56,6 +56,7 @@ __global__ void gated_attention_ref_kernel(GatedAttentionParams p) {
 
 Status gated_attention_ref(const GatedAttentionParams& p, cudaStream_t stream) {
   if (!valid(p)) return Status::invalid_argument;
+  if (!hard_only(p)) return Status::unsupported;
   if (p.T == 0 || p.B == 0 || p.H == 0) return Status::ok;
   if (p.T > 2147483647 || p.H > 65535 || p.B > 65535) return Status::unsupported;
   dim3 grid(unsigned(p.T), unsigned(p.H), unsigned(p.B));

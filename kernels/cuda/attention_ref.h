@@ -7,7 +7,7 @@
 
 namespace spkv::kernels::cuda {
 
-// All pointers in p are device pointers.
+// All pointers in p are device pointers. Hard gates only (hard_only(p)), else Status::unsupported.
 Status gated_attention_ref(const GatedAttentionParams& p, cudaStream_t stream);
 
 // Number of CUDA devices usable now (0 when there is no driver or device).
