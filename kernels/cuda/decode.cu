@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(DecodeParams 
       int32_t page = 0;
       const int64_t off = row_offset(c, b, i, j, ring_n, in_ring, page);
       sm.add(in_ring ? c.ring_k + off : c.page_k[page] + off, in_ring ? c.ring_v + off : c.page_v[page] + off, G, D,
-             p.scale, lane);
+             p.scale, 0.f, lane);
     }
   }
   // Merge the warps: each writes its state; then thread t combines (g, d) pairs.

@@ -1,5 +1,9 @@
-// Gated prefill attention (prefill.h): warp per (b, hk, t), online softmax per query head in registers,
-// key blocks of 32 chosen by a warp vote on visibility.
+// Gated prefill attention (prefill.h) and its backward.
+// Forward: warp per (b, hk, t), online softmax per query head in registers, key blocks of 32 chosen by a
+// warp vote on visibility. Backward (FlashAttention-2 style, recomputing the probabilities from lse):
+// delta = rowsum(dy * y) (warp per query row), then dq (warp per query row, over its visible keys) and
+// dk, dv, d_far_bias (warp per key row, over the queries that see it). Every output element has one owner:
+// no atomics, deterministic.
 #include <cmath>
 
 #include "kernels/cuda/prefill.h"
@@ -9,30 +13,52 @@ namespace spkv::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
+constexpr unsigned kAll = 0xffffffffu;
+
+// The score bias of key s for query t of (b, hk): 0 (local, or kept by a hard gate), far_bias (soft gates),
+// or -inf when the query does not see the key. The rule of attention_params.h.
+__device__ inline float key_bias(const GatedAttentionParams& p, int64_t b, int64_t hk, int64_t t, int64_t s) {
+  const int64_t dist = p.q_pos[t] - p.k_pos[s];
+  if (dist < 0 || (p.k_begin && s < p.k_begin[b * p.T + t])) return -INFINITY;
+  if (p.window <= 0 || dist < p.window) return 0.f;
+  if (p.far_bias) return p.far_bias[b * p.bias_sb + hk * p.bias_sh + s];
+  return p.keep && p.keep[b * p.keep_sb + hk * p.keep_sh + s] ? 0.f : -INFINITY;
+}
+
+__device__ inline bool is_far(const GatedAttentionParams& p, int64_t t, int64_t s) {
+  return p.window > 0 && p.q_pos[t] - p.k_pos[s] >= p.window;
+}
+
+// Lane l's share of a row: elements l, l + 32, ... (zero past D).
+__device__ inline void load_row(float (&r)[kWarpMaxDL], const float* row, int64_t D, int lane) {
+  for (int e = 0; e < kWarpMaxDL; ++e) r[e] = lane + 32 * e < D ? row[lane + 32 * e] : 0.f;
+}
+__device__ inline void store_row(float* row, const float (&r)[kWarpMaxDL], float scale, int64_t D, int lane) {
+  for (int e = 0; e < kWarpMaxDL; ++e)
+    if (lane + 32 * e < D) row[lane + 32 * e] = r[e] * scale;
+}
+__device__ inline float warp_dot(const float (&a)[kWarpMaxDL], const float (&b)[kWarpMaxDL]) {
+  float s = 0.f;
+  for (int e = 0; e < kWarpMaxDL; ++e) s += a[e] * b[e];
+  return warp_sum(s);
+}
 
 __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAttentionParams p) {
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, hk, t)
   if (row >= p.B * p.Hkv * p.T) return;  // whole warps leave together
   const int64_t t = row % p.T, hk = (row / p.T) % p.Hkv, b = row / (p.T * p.Hkv), G = p.H / p.Hkv, D = p.D;
-  const int64_t qp = p.q_pos[t];
   WarpSoftmax sm;
   sm.reset([&](int64_t g) { return p.q + b * p.q_sb + (hk * G + g) * p.q_sh + t * p.q_st; }, G, D, lane);
   for (int64_t s0 = 0; s0 < p.S; s0 += 32) {
     // Which of the block's keys this query sees: positions and gates only, no key rows.
-    const int64_t s = s0 + lane;
-    bool visible = false;
-    if (s < p.S) {
-      const int64_t dist = qp - p.k_pos[s];
-      const bool kept = p.keep && p.keep[b * p.keep_sb + hk * p.keep_sh + s];
-      visible = dist >= 0 && (p.window <= 0 || dist < p.window || kept);
-    }
-    unsigned mask = __ballot_sync(0xffffffffu, visible);
+    const float bias = s0 + lane < p.S ? key_bias(p, b, hk, t, s0 + lane) : -INFINITY;
+    unsigned mask = __ballot_sync(kAll, bias != -INFINITY);
     while (mask) {  // the visible keys, in order
       const int j = __ffs(mask) - 1;
       mask &= mask - 1;
       sm.add(p.k + b * p.k_sb + hk * p.k_sh + (s0 + j) * p.k_st, p.v + b * p.v_sb + hk * p.v_sh + (s0 + j) * p.v_st, G, D,
-             p.scale, lane);
+             p.scale, __shfl_sync(kAll, bias, j), lane);
     }
   }
   for (int g = 0; g < kWarpMaxG; ++g) {  // static bounds keep the state in registers
@@ -42,18 +68,120 @@ __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAtten
       const int64_t d = lane + 32 * e;
       if (d < D) y[d] = sm.l[g] > 0.f ? sm.acc[g][e] / sm.l[g] : 0.f;
     }
+    if (p.lse && lane == 0) p.lse[(b * p.H + hk * G + g) * p.T + t] = sm.l[g] > 0.f ? sm.m[g] + logf(sm.l[g]) : -INFINITY;
   }
 }
+
+// delta[b, h, t] = dy . y; warp per query row.
+__global__ void __launch_bounds__(kWarps * 32) delta_kernel(GatedAttentionGradParams g) {
+  const GatedAttentionParams& p = g.fwd;
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, t)
+  if (row >= p.B * p.H * p.T) return;
+  const int64_t t = row % p.T, h = (row / p.T) % p.H, b = row / (p.T * p.H), off = b * p.y_sb + h * p.y_sh + t * p.y_st;
+  float dy[kWarpMaxDL], y[kWarpMaxDL];
+  load_row(dy, g.dy + off, p.D, lane);
+  load_row(y, p.y + off, p.D, lane);
+  const float d = warp_dot(dy, y);
+  if (lane == 0) g.delta[row] = d;
+}
+
+// dq[b, h, t] = scale sum_s dS[s] k[s], dS[s] = P[s] (dy . v[s] - delta), P[s] = exp(score - lse); warp per query row.
+__global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParams g) {
+  const GatedAttentionParams& p = g.fwd;
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, t)
+  if (row >= p.B * p.H * p.T) return;
+  const int64_t t = row % p.T, h = (row / p.T) % p.H, b = row / (p.T * p.H), hk = h / (p.H / p.Hkv), D = p.D;
+  float q[kWarpMaxDL], dy[kWarpMaxDL], dq[kWarpMaxDL] = {}, kr[kWarpMaxDL], vr[kWarpMaxDL];
+  load_row(q, p.q + b * p.q_sb + h * p.q_sh + t * p.q_st, D, lane);
+  load_row(dy, g.dy + b * p.y_sb + h * p.y_sh + t * p.y_st, D, lane);
+  const float lse = p.lse[row], delta = g.delta[row];
+  for (int64_t s0 = 0; s0 < p.S; s0 += 32) {
+    const float bias = s0 + lane < p.S ? key_bias(p, b, hk, t, s0 + lane) : -INFINITY;
+    unsigned mask = __ballot_sync(kAll, bias != -INFINITY);
+    while (mask) {
+      const int j = __ffs(mask) - 1;
+      mask &= mask - 1;
+      load_row(kr, p.k + b * p.k_sb + hk * p.k_sh + (s0 + j) * p.k_st, D, lane);
+      load_row(vr, p.v + b * p.v_sb + hk * p.v_sh + (s0 + j) * p.v_st, D, lane);
+      const float pr = __expf(warp_dot(q, kr) * p.scale + __shfl_sync(kAll, bias, j) - lse);
+      const float ds = pr * (warp_dot(dy, vr) - delta);
+      for (int e = 0; e < kWarpMaxDL; ++e) dq[e] += ds * kr[e];
+    }
+  }
+  store_row(g.dq + b * p.q_sb + h * p.q_sh + t * p.q_st, dq, p.scale, D, lane);
+}
+
+// dk[s] = scale sum dS q, dv[s] = sum P dy, d_far_bias[s] = sum dS over far queries, the sums over the
+// queries t that see key s and the G query heads of its KV head; warp per key row (b, hk, s).
+__global__ void __launch_bounds__(kWarps * 32) dkv_kernel(GatedAttentionGradParams g) {
+  const GatedAttentionParams& p = g.fwd;
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, hk, s)
+  if (row >= p.B * p.Hkv * p.S) return;
+  const int64_t s = row % p.S, hk = (row / p.S) % p.Hkv, b = row / (p.S * p.Hkv), G = p.H / p.Hkv, D = p.D;
+  float kr[kWarpMaxDL], vr[kWarpMaxDL], dk[kWarpMaxDL] = {}, dv[kWarpMaxDL] = {}, q[kWarpMaxDL], dy[kWarpMaxDL];
+  float dbias = 0.f;
+  load_row(kr, p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st, D, lane);
+  load_row(vr, p.v + b * p.v_sb + hk * p.v_sh + s * p.v_st, D, lane);
+  for (int64_t t0 = 0; t0 < p.T; t0 += 32) {
+    const float bias = t0 + lane < p.T ? key_bias(p, b, hk, t0 + lane, s) : -INFINITY;
+    unsigned mask = __ballot_sync(kAll, bias != -INFINITY);
+    while (mask) {
+      const int j = __ffs(mask) - 1;
+      mask &= mask - 1;
+      const int64_t t = t0 + j;
+      const float bj = __shfl_sync(kAll, bias, j);
+      const bool far = is_far(p, t, s);
+      for (int64_t h = hk * G; h < hk * G + G; ++h) {
+        const int64_t qrow = (b * p.H + h) * p.T + t;
+        load_row(q, p.q + b * p.q_sb + h * p.q_sh + t * p.q_st, D, lane);
+        load_row(dy, g.dy + b * p.y_sb + h * p.y_sh + t * p.y_st, D, lane);
+        const float pr = __expf(warp_dot(q, kr) * p.scale + bj - p.lse[qrow]);
+        const float ds = pr * (warp_dot(dy, vr) - g.delta[qrow]);
+        for (int e = 0; e < kWarpMaxDL; ++e) dk[e] += ds * q[e], dv[e] += pr * dy[e];
+        if (far) dbias += ds;
+      }
+    }
+  }
+  store_row(g.dk + b * p.k_sb + hk * p.k_sh + s * p.k_st, dk, p.scale, D, lane);
+  store_row(g.dv + b * p.v_sb + hk * p.v_sh + s * p.v_st, dv, 1.f, D, lane);
+  if (g.d_far_bias && lane == 0) g.d_far_bias[b * p.bias_sb + hk * p.bias_sh + s] = dbias;
+}
+
+// Blocks of kWarps warps for `rows` warp rows, or 0 when the grid would be too large.
+unsigned blocks_for(int64_t rows) {
+  const int64_t n = (rows + kWarps - 1) / kWarps;
+  return n > 2147483647 ? 0u : unsigned(n);
+}
+
+bool supported(const GatedAttentionParams& p) { return p.H / p.Hkv <= kWarpMaxG && p.D <= 32 * kWarpMaxDL; }
 
 }  // namespace
 
 Status gated_attention(const GatedAttentionParams& p, cudaStream_t stream) {
   if (!valid(p)) return Status::invalid_argument;
-  if (p.H / p.Hkv > kWarpMaxG || p.D > 32 * kWarpMaxDL) return Status::unsupported;
+  if (!supported(p)) return Status::unsupported;
   const int64_t rows = p.B * p.Hkv * p.T;
   if (rows == 0) return Status::ok;
-  if ((rows + kWarps - 1) / kWarps > 2147483647) return Status::unsupported;
-  gated_attention_kernel<<<unsigned((rows + kWarps - 1) / kWarps), kWarps * 32, 0, stream>>>(p);
+  const unsigned blocks = blocks_for(rows);
+  if (blocks == 0) return Status::unsupported;
+  gated_attention_kernel<<<blocks, kWarps * 32, 0, stream>>>(p);
+  return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
+}
+
+Status gated_attention_backward(const GatedAttentionGradParams& g, cudaStream_t stream) {
+  const GatedAttentionParams& p = g.fwd;
+  if (!valid(g) || !p.lse || !g.delta) return Status::invalid_argument;
+  if (!supported(p)) return Status::unsupported;
+  const unsigned q_blocks = blocks_for(p.B * p.H * p.T), k_blocks = blocks_for(p.B * p.Hkv * p.S);
+  if ((q_blocks == 0 && p.B * p.H * p.T > 0) || (k_blocks == 0 && p.B * p.Hkv * p.S > 0)) return Status::unsupported;
+  if (q_blocks > 0) {
+    delta_kernel<<<q_blocks, kWarps * 32, 0, stream>>>(g);
+    dq_kernel<<<q_blocks, kWarps * 32, 0, stream>>>(g);
+  }
+  if (k_blocks > 0) dkv_kernel<<<k_blocks, kWarps * 32, 0, stream>>>(g);
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }
 

@@ -1,8 +1,9 @@
-// Gated prefill attention on the GPU with key-block skipping: the contract of cpu::gated_attention_ref
-// (causal + window + gate), float32. A warp owns one query position of one KV head and its G query heads,
-// so each visible key is read once for the group; keys go in blocks of 32, and a block none of whose keys
-// the query sees (future, or outside the window with every gate closed) is skipped without reading its
-// keys. Not yet tiled for tensor cores, nor the soft mode and its backward (docs/gpu.md).
+// Gated prefill attention on the GPU with key-block skipping, and its backward for training: the contract of
+// cpu::gated_attention_ref and gated_attention_backward_ref (causal + window + hard or soft gates, packed
+// documents), float32. A warp owns one query position of one KV head and its G query heads, so each visible
+// key is read once for the group; keys go in blocks of 32, and a block none of whose keys the query sees
+// (future, other document, or far with every gate closed) is skipped without reading its keys. Not yet tiled
+// for tensor cores (docs/gpu.md).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -12,5 +13,9 @@ namespace spkv::kernels::cuda {
 
 // All pointers in p are device pointers. Unsupported: H / Hkv > 8 or D > 256.
 Status gated_attention(const GatedAttentionParams& p, cudaStream_t stream);
+
+// The backward, from the forward's y and lse (both required) and dy; g.delta is a (B, H, T) workspace.
+// Writes every element of dq, dk, dv (and d_far_bias when set).
+Status gated_attention_backward(const GatedAttentionGradParams& g, cudaStream_t stream);
 
 }  // namespace spkv::kernels::cuda

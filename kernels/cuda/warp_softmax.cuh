@@ -30,8 +30,9 @@ struct WarpSoftmax {
     }
   }
 
-  // One visible key (kr) and its value (vr), D floats each; every lane of the warp calls it.
-  __device__ void add(const float* kr, const float* vr, int64_t G, int64_t D, float scale, int lane) {
+  // One visible key (kr) and its value (vr), D floats each, with an additive score bias; every lane of the
+  // warp calls it.
+  __device__ void add(const float* kr, const float* vr, int64_t G, int64_t D, float scale, float bias, int lane) {
     float kv[kWarpMaxDL], vv[kWarpMaxDL];
     for (int e = 0; e < kWarpMaxDL; ++e) {
       const int64_t d = lane + 32 * e;
@@ -42,7 +43,7 @@ struct WarpSoftmax {
       if (g >= G) break;
       float dot = 0.f;
       for (int e = 0; e < kWarpMaxDL; ++e) dot += q[g][e] * kv[e];
-      const float s = warp_sum(dot) * scale;
+      const float s = warp_sum(dot) * scale + bias;
       const float m_new = fmaxf(m[g], s);
       const float corr = m[g] == -INFINITY ? 0.f : __expf(m[g] - m_new), w = __expf(s - m_new);
       l[g] = l[g] * corr + w;

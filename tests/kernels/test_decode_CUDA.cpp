@@ -14,31 +14,12 @@
 #include "kernels/cuda/attention_ref.h"
 #include "kernels/cuda/decode.h"
 #include "tests/kernels/append_cache.h"
+#include "tests/kernels/device_buffers.h"
 
 namespace spkv::kernels {
 namespace {
 
-// Device copies that free themselves.
-struct Device {
-  std::vector<void*> owned;
-  ~Device() {
-    for (void* p : owned) cudaFree(p);
-  }
-  template <class T>
-  T* copy(const std::vector<T>& h) {
-    T* d = nullptr;
-    EXPECT_EQ(cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(T)), cudaSuccess);
-    if (!h.empty()) cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
-    owned.push_back(d);
-    return d;
-  }
-  template <class T>
-  std::vector<T> back(const T* d, size_t n) {
-    std::vector<T> h(n);
-    cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-};
+using test::Device;
 
 // A host cache in the append layout filled by the CPU reference, so the ring and store are realistic. Head
 // i (mod 5) keeps: nothing; only token 0 (a store of one row, a partly filled page); everything; every 3rd

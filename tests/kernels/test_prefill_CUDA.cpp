@@ -1,7 +1,8 @@
-// The CUDA gated prefill against the CPU reference on random data at odd sizes: a chunk of queries after
-// cached keys, queries and outputs in (B, T, H, D) order (strided), key blocks with every gate closed (the
-// skipped path), no window, no gates, and queries that see no key (y = 0). Poisoned outputs. Skips cleanly
-// without a CUDA device.
+// The CUDA gated prefill and its backward against the CPU reference on random data at odd sizes (G = 3,
+// D = 72): a chunk of queries after cached keys, queries and outputs in (B, T, H, D) order (strided); hard
+// gates with a key block whose gates are all closed (the skipped path), no window, no gates, queries that
+// see no key; soft gates (far_bias, a block of -inf) and packed documents (k_begin), forward with lse and
+// backward. Outputs are poisoned with NaN, so every element must be written. Skips cleanly without a device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -12,66 +13,119 @@
 #include "kernels/cpu/attention_ref.h"
 #include "kernels/cuda/attention_ref.h"
 #include "kernels/cuda/prefill.h"
+#include "tests/kernels/device_buffers.h"
 
 namespace spkv::kernels {
 namespace {
 
-template <class T>
-T* to_device(const std::vector<T>& h) {
-  T* d = nullptr;
-  cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(T));
-  if (!h.empty()) cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice);
-  return d;
-}
+enum class Gates { none, hard, soft };
 
-// Runs both on one configuration; returns the largest absolute difference (NaN if an element was not written).
-double max_error(int64_t window, bool gates, int64_t first_key_pos, std::mt19937& rng) {
+struct Case {
+  int64_t window = 16;
+  Gates gates = Gates::hard;
+  int64_t first_key_pos = 0;  // 1000: every key in the future
+  bool documents = false;     // row 1 packs documents starting at keys 100 and 120
+};
+
+struct Errors {
+  double y = 0, lse = 0, dq = 0, dk = 0, dv = 0, dbias = 0;
+};
+
+// Runs the forward (and with `backward` the backward) on the GPU and on the CPU reference.
+Errors run(const Case& c, bool backward, std::mt19937& rng) {
   const int64_t B = 2, H = 6, Hkv = 2, T = 45, S = 45 + 83, D = 72;
   std::normal_distribution<float> n;
-  std::vector<float> q(B * T * H * D), k(B * Hkv * S * D), v(B * Hkv * S * D), want(B * T * H * D, NAN);
-  for (auto* a : {&q, &k, &v})
+  std::uniform_real_distribution<float> unif(0.f, 1.f);
+  std::vector<float> q(B * T * H * D), k(B * Hkv * S * D), v(B * Hkv * S * D), dy(B * T * H * D);
+  for (auto* a : {&q, &k, &v, &dy})
     for (auto& x : *a) x = n(rng);
   std::vector<uint8_t> keep(B * Hkv * S);
-  for (int64_t i = 0; i < int64_t(keep.size()); ++i) keep[i] = (i % S) / 32 != 1 && rng() % 5 == 0;  // block 1 all closed
-  std::vector<int64_t> qpos(T), kpos(S);
-  for (int64_t s = 0; s < S; ++s) kpos[s] = first_key_pos + s;
+  std::vector<float> bias(B * Hkv * S);
+  for (int64_t i = 0; i < int64_t(keep.size()); ++i) {
+    const bool closed_block = (i % S) / 32 == 1;
+    keep[i] = !closed_block && rng() % 5 == 0;
+    bias[i] = closed_block ? -INFINITY : std::log(unif(rng) + 1e-8f);
+  }
+  std::vector<int64_t> qpos(T), kpos(S), k_begin(B * T, 0);
+  for (int64_t s = 0; s < S; ++s) kpos[s] = c.first_key_pos + s;
   for (int64_t t = 0; t < T; ++t) qpos[t] = S - T + t;  // the chunk after 83 cached tokens
-  GatedAttentionParams p;
-  p.B = B, p.H = H, p.Hkv = Hkv, p.T = T, p.S = S, p.D = D, p.window = window, p.scale = 1.0f / std::sqrt(float(D));
+  for (int64_t t = 0; c.documents && t < T; ++t) k_begin[T + t] = qpos[t] >= 120 ? 120 : qpos[t] >= 100 ? 100 : 0;
+
+  GatedAttentionGradParams want;
+  GatedAttentionParams& p = want.fwd;
+  p.B = B, p.H = H, p.Hkv = Hkv, p.T = T, p.S = S, p.D = D, p.window = c.window, p.scale = 1.0f / std::sqrt(float(D));
   set_contiguous_strides(p);
   p.q_st = H * D, p.q_sh = D, p.q_sb = T * H * D;  // (B, T, H, D)
   p.y_st = p.q_st, p.y_sh = p.q_sh, p.y_sb = p.q_sb;
-  p.q = q.data(), p.k = k.data(), p.v = v.data(), p.keep = gates ? keep.data() : nullptr;
-  p.q_pos = qpos.data(), p.k_pos = kpos.data(), p.y = want.data();
+  std::vector<float> y(q.size(), NAN), lse(B * H * T, NAN), dq(q.size(), NAN), dk(k.size(), NAN), dv(v.size(), NAN),
+      dbias(bias.size(), NAN);
+  p.q = q.data(), p.k = k.data(), p.v = v.data(), p.q_pos = qpos.data(), p.k_pos = kpos.data(), p.y = y.data();
+  p.keep = c.gates == Gates::hard ? keep.data() : nullptr;
+  p.far_bias = c.gates == Gates::soft ? bias.data() : nullptr;
+  p.k_begin = c.documents ? k_begin.data() : nullptr;
+  p.lse = lse.data();
+  want.dy = dy.data(), want.dq = dq.data(), want.dk = dk.data(), want.dv = dv.data();
+  want.d_far_bias = p.far_bias ? dbias.data() : nullptr;
   EXPECT_EQ(cpu::gated_attention_ref(p), Status::ok);
-  GatedAttentionParams g = p;
-  g.q = to_device(q), g.k = to_device(k), g.v = to_device(v), g.keep = gates ? to_device(keep) : nullptr;
-  g.q_pos = to_device(qpos), g.k_pos = to_device(kpos);
-  float* y = to_device(std::vector<float>(want.size(), NAN));
-  g.y = y;
+  if (backward) EXPECT_EQ(cpu::gated_attention_backward_ref(want), Status::ok);
+
+  test::Device dev;
+  auto poisoned = [&](const std::vector<float>& like) { return dev.copy(std::vector<float>(like.size(), NAN)); };
+  GatedAttentionGradParams got = want;
+  GatedAttentionParams& g = got.fwd;
+  g.q = dev.copy(q), g.k = dev.copy(k), g.v = dev.copy(v), g.q_pos = dev.copy(qpos), g.k_pos = dev.copy(kpos);
+  g.keep = p.keep ? dev.copy(keep) : nullptr;
+  g.far_bias = p.far_bias ? dev.copy(bias) : nullptr;
+  g.k_begin = p.k_begin ? dev.copy(k_begin) : nullptr;
+  g.y = poisoned(y), g.lse = poisoned(lse);
+  got.dy = dev.copy(dy), got.dq = poisoned(dq), got.dk = poisoned(dk), got.dv = poisoned(dv), got.delta = poisoned(lse);
+  got.d_far_bias = p.far_bias ? poisoned(dbias) : nullptr;
   EXPECT_EQ(cuda::gated_attention(g, nullptr), Status::ok);
+  if (backward) EXPECT_EQ(cuda::gated_attention_backward(got, nullptr), Status::ok);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<float> got(want.size());
-  cudaMemcpy(got.data(), y, got.size() * sizeof(float), cudaMemcpyDeviceToHost);
-  double err = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double e = std::abs(double(got[i]) - double(want[i]));
-    err = std::isnan(e) ? NAN : std::max(err, e);
-    if (std::isnan(err)) break;
-  }
-  for (const void* ptr : {(const void*)g.q, (const void*)g.k, (const void*)g.v, (const void*)g.keep, (const void*)g.q_pos,
-                          (const void*)g.k_pos, (const void*)y})
-    cudaFree(const_cast<void*>(ptr));
-  return err;
+
+  Errors e;
+  e.y = test::max_rel_error(dev.back(g.y, y.size()), y);
+  // lse is -inf where a query sees nothing: equal there, relative elsewhere.
+  const auto lse_got = dev.back(g.lse, lse.size());
+  for (size_t i = 0; i < lse.size(); ++i)
+    e.lse = std::max(e.lse, std::isinf(lse[i]) ? (lse_got[i] == lse[i] ? 0.0 : NAN) : std::abs(lse_got[i] - lse[i]) / (1 + std::abs(lse[i])));
+  if (!backward) return e;
+  e.dq = test::max_rel_error(dev.back(got.dq, dq.size()), dq);
+  e.dk = test::max_rel_error(dev.back(got.dk, dk.size()), dk);
+  e.dv = test::max_rel_error(dev.back(got.dv, dv.size()), dv);
+  if (p.far_bias) e.dbias = test::max_rel_error(dev.back(got.d_far_bias, dbias.size()), dbias);
+  return e;
 }
 
 TEST(GatedPrefill_CUDA, MatchesCpuReference) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(11);
-  EXPECT_LT(max_error(16, true, 0, rng), 2e-5);    // window + gates, a closed block skipped
-  EXPECT_LT(max_error(0, false, 0, rng), 2e-5);    // no window: plain causal
-  EXPECT_LT(max_error(16, false, 0, rng), 2e-5);   // window only (sliding window)
-  EXPECT_LT(max_error(16, true, 1000, rng), 1e-12);  // every key in the future: y = 0 everywhere
+  for (const Case& c : {Case{16, Gates::hard},            // window + gates, a closed block skipped
+                        Case{0, Gates::none},             // no window: plain causal
+                        Case{16, Gates::none},            // window only (sliding window)
+                        Case{16, Gates::soft},            // soft gates, a block of -inf biases skipped
+                        Case{16, Gates::soft, 0, true},   // ... with packed documents
+                        Case{16, Gates::hard, 0, true}}) {
+    const Errors e = run(c, false, rng);
+    EXPECT_LT(e.y, 2e-5) << "window " << c.window << " gates " << int(c.gates) << " documents " << c.documents;
+    EXPECT_LT(e.lse, 2e-5) << "window " << c.window << " gates " << int(c.gates) << " documents " << c.documents;
+  }
+  const Errors future = run(Case{16, Gates::hard, 1000}, false, rng);  // every key in the future: y = 0, lse = -inf
+  EXPECT_EQ(future.y, 0.0);
+  EXPECT_EQ(future.lse, 0.0);
+}
+
+TEST(GatedPrefill_CUDA, BackwardMatchesCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(12);
+  for (const Case& c : {Case{16, Gates::soft, 0, true}, Case{16, Gates::soft}, Case{16, Gates::hard}, Case{0, Gates::none},
+                        Case{16, Gates::hard, 1000}}) {
+    const Errors e = run(c, true, rng);
+    const auto what = ::testing::Message() << "window " << c.window << " gates " << int(c.gates) << " documents "
+                                           << c.documents << " first key " << c.first_key_pos;
+    for (double x : {e.y, e.dq, e.dk, e.dv, e.dbias}) EXPECT_LT(x, 1e-4) << what;
+  }
 }
 
 }  // namespace
