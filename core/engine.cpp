@@ -1,5 +1,5 @@
-// The engine's forward pass: the layers of model.cpp with the attention replaced by the CPU kernels over
-// the cache. Prefill gathers each head's cached keys (store, ring) ahead of the chunk's own keys and runs
+// The engine's forward pass: the layers of model.cpp with the attention replaced by the kernels over the
+// cache (CPU here; on a CUDA device, cuda_ops::DeviceKvCache does the same on the GPU). Prefill gathers each head's cached keys (store, ring) ahead of the chunk's own keys and runs
 // the gated kernel with their positions and decisions; decode runs the ragged decode kernel.
 #include "core/engine.h"
 
@@ -8,6 +8,7 @@
 
 #include "core/errors.h"
 #include "kernels/cpu/attention_fast.h"
+#include "kernels/torch/cuda_adapter.h"  // declarations only; defined where SPKV_TORCH_CUDA is
 
 namespace spkv {
 namespace {
@@ -20,13 +21,17 @@ void check(kernels::Status s, const char* what) {
 }
 }  // namespace
 
-Engine::Engine(LlamaForCausalLM model, const EngineOptions& o) : model_(std::move(model)), opt_(o) {
+Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
+    : model_(std::move(model)), opt_(o), device_(model_->parameters().front().device()) {
   const ModelConfig& c = model_->config;
   if (c.sliding_window > 0 && c.spkv.enabled)
     throw ConfigError("engine: an SP-KV model with a sliding_window (" + std::to_string(c.sliding_window) +
                       ") is not supported");
-  if (model_->parameters().front().device() != torch::kCPU)
-    throw ConfigError("engine: the model must be on the CPU (the engine's kernels are the CPU ones)");
+#ifndef SPKV_TORCH_CUDA
+  if (!device_.is_cpu())
+    throw ConfigError("engine: the model is on " + device_.str() +
+                      ", but this build has no CUDA kernels for LibTorch (docs/gpu.md: configure with a CUDA LibTorch)");
+#endif
   if (o.chunk < 1) throw ConfigError("engine: chunk " + std::to_string(o.chunk) + " must be at least 1");
   KvCacheShape s{o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, o.page_size};
   if (!o.layout.empty()) {
@@ -38,21 +43,58 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o) : model_(std::mov
     if (o.dense) throw ConfigError("engine: a layout and dense attention exclude each other");
   }
   gated_ = !o.layout.empty() || (c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense);
+  // The ring's window; 0: the dense cache, which keeps every token.
+  int64_t W = 0;
   if (!o.layout.empty()) {
     layout_ = torch::tensor(std::vector<int64_t>(o.layout.begin(), o.layout.end())).view({c.n_layers, c.n_kv_heads}) != 0;
-    cache_ = std::make_unique<SpkvKvCache>(s, o.layout_window);
+    W = o.layout_window;
   } else if (gated_) {
-    cache_ = std::make_unique<SpkvKvCache>(s, c.spkv.window);
+    W = c.spkv.window;
   } else if (c.sliding_window > 0) {  // a sliding window is a ring whose tokens are all dropped (keep = 0)
-    cache_ = std::make_unique<SpkvKvCache>(s, c.sliding_window);
+    W = c.sliding_window;
+  }
+  if (device_.is_cpu()) {
+    cache_ = W > 0 ? std::unique_ptr<KvCache>(std::make_unique<SpkvKvCache>(s, W)) : std::make_unique<DenseKvCache>(s);
   } else {
-    cache_ = std::make_unique<DenseKvCache>(s);
+#ifdef SPKV_TORCH_CUDA
+    // The GPU cache is always ring + store; the dense one keeps every token (its ring size does not matter).
+    dcache_ = std::make_unique<cuda_ops::DeviceKvCache>(o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, W > 0 ? W : o.page_size,
+                                                         o.page_size, c.max_seq_len, W == 0, device_);
+    model_->rope.cos = model_->rope.cos.to(device_), model_->rope.sin = model_->rope.sin.to(device_);
+    if (layout_.defined()) layout_ = layout_.to(device_);
+#endif
   }
   model_->eval();
 }
 
+Engine::~Engine() = default;
+
+const KvCache& Engine::cache() const {
+  if (!cache_) throw Error("engine: the cache is on " + device_.str() + "; use cache_entries() and cache_bytes()");
+  return *cache_;
+}
+
+int64_t Engine::cache_entries() const {
+  if (cache_) return cache_->entries();
+  int64_t n = 0;
+#ifdef SPKV_TORCH_CUDA
+  for (int64_t e : dcache_->entries()) n += e;
+#endif
+  return n;
+}
+
+int64_t Engine::cache_bytes() const {
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) return dcache_->bytes_used();
+#endif
+  return cache_->bytes_allocated();
+}
+
 void Engine::clear() {
-  for (int64_t b = 0; b < opt_.n_seq; ++b) cache_->clear(b);
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) dcache_->clear();
+#endif
+  for (int64_t b = 0; cache_ && b < opt_.n_seq; ++b) cache_->clear(b);
   pos_ = 0;
 }
 
@@ -66,7 +108,7 @@ EngineStep Engine::forward(const torch::Tensor& tokens) {
                      std::to_string(model_->config.max_seq_len) + ")");
   std::vector<EngineStep> parts;
   for (int64_t t0 = 0; t0 < T; t0 += opt_.chunk)
-    parts.push_back(forward_chunk(tokens.narrow(1, t0, std::min(opt_.chunk, T - t0)).to(torch::kInt64)));
+    parts.push_back(forward_chunk(tokens.narrow(1, t0, std::min(opt_.chunk, T - t0)).to(device_, torch::kInt64)));
   if (parts.size() == 1) return parts[0];
   EngineStep out;
   std::vector<torch::Tensor> logits, utility, keep;
@@ -83,7 +125,10 @@ EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
   torch::NoGradGuard no_grad;
   const ModelConfig& c = model_->config;
   const int64_t B = tokens.size(0), T = tokens.size(1), H = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim;
-  auto positions = torch::arange(pos_, pos_ + T, torch::kInt64);  // (T)
+  auto positions = torch::arange(pos_, pos_ + T, torch::TensorOptions(torch::kInt64).device(device_));  // (T)
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) dcache_->reserve(T);
+#endif
   auto x = model_->model->embed_tokens(tokens);                    // (B, T, C)
   std::vector<torch::Tensor> us, keeps;
   for (int64_t il = 0; il < c.n_layers; ++il) {
@@ -93,7 +138,7 @@ EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
     auto q = model_->rope.apply(attn->q_proj(h).view({B, T, H, D}).transpose(1, 2), positions);    // (B, H, T, D)
     auto k = model_->rope.apply(attn->k_proj(h).view({B, T, Hkv, D}).transpose(1, 2), positions);  // (B, Hkv, T, D)
     auto v = attn->v_proj(h).view({B, T, Hkv, D}).transpose(1, 2);                                // (B, Hkv, T, D)
-    auto keep = torch::zeros({B, T, Hkv}, torch::kBool);  // (B, T, Hkv)
+    auto keep = torch::zeros({B, T, Hkv}, torch::TensorOptions(torch::kBool).device(device_));  // (B, T, Hkv)
     if (attn->utility) {
       auto u = attn->utility(attn->tap_residual ? x : h);  // (B, T, Hkv)
       keep = u >= model_->gates.tau;
@@ -108,13 +153,16 @@ EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
   pos_ += T;
   x = model_->model->norm(x);
   EngineStep out;
-  out.logits = model_->lm_head ? model_->lm_head(x) : torch::matmul(x, model_->model->embed_tokens->weight.t());
-  if (!us.empty()) out.utility = torch::stack(us, 2), out.keep = torch::stack(keeps, 2);  // (B, T, L, Hkv)
+  out.logits = (model_->lm_head ? model_->lm_head(x) : torch::matmul(x, model_->model->embed_tokens->weight.t())).cpu();
+  if (!us.empty()) out.utility = torch::stack(us, 2).cpu(), out.keep = torch::stack(keeps, 2).cpu();  // (B, T, L, Hkv)
   return out;
 }
 
 torch::Tensor Engine::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& keep) {
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) return dcache_->attend(il, q, k, v, keep);
+#endif
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1);
   auto qc = q.contiguous();
   auto y = torch::empty_like(qc);                  // (B, H, T, D)

@@ -10,6 +10,9 @@
 #include "core/model.h"
 
 namespace spkv {
+namespace cuda_ops {
+class DeviceKvCache;  // kernels/torch/cuda_adapter.h
+}
 
 struct EngineOptions {
   int64_t n_seq = 1;       // B: sequences fed in lockstep
@@ -36,16 +39,23 @@ struct EngineStep {
 // the window iff the decision is "keep". The model's gate mode selects the cache: dense -> DenseKvCache,
 // any other mode -> SpkvKvCache with hard decisions at model->gates.tau (soft scores cannot be compacted).
 // Results equal the masked full-sequence forward in hard mode (tested to 1e-4).
+//
+// Device: the model's. On the CPU, the cache is a KvCache and the kernels the CPU ones; on a CUDA device
+// (a build with a CUDA LibTorch, docs/gpu.md), a cuda_ops::DeviceKvCache with the CUDA kernels. Results
+// come back on the CPU either way.
 class Engine {
  public:
   explicit Engine(LlamaForCausalLM model, const EngineOptions& o = {});
+  ~Engine();
   // Feeds tokens (B, T) int64 at the next T positions of every sequence; T > o.chunk is split into chunks.
   // Throws InputError past the model's context.
   EngineStep forward(const torch::Tensor& tokens);
   void clear();  // forgets every sequence
   int64_t position() const { return pos_; }  // tokens fed to each sequence so far
   bool gated() const { return gated_; }       // decisions evict (SpkvKvCache) rather than being only logged
-  const KvCache& cache() const { return *cache_; }
+  const KvCache& cache() const;  // the CPU cache (throws on a CUDA device)
+  int64_t cache_entries() const;   // K/V rows held, summed over every (sequence, layer, KV head)
+  int64_t cache_bytes() const;     // K/V bytes allocated (CPU) or handed out (CUDA)
   LlamaForCausalLM& model() { return model_; }
 
  private:
@@ -59,7 +69,9 @@ class Engine {
   EngineOptions opt_;
   bool gated_ = false;
   int64_t pos_ = 0;
-  std::unique_ptr<KvCache> cache_;
+  torch::Device device_;
+  std::unique_ptr<KvCache> cache_;                   // on the CPU
+  std::unique_ptr<cuda_ops::DeviceKvCache> dcache_;  // on a CUDA device
   torch::Tensor layout_;  // (L, Hkv) bool, undefined without a layout
 };
 

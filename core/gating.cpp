@@ -49,6 +49,7 @@ AttentionMask make_attention_mask(const ModelConfig& c, int64_t T, const torch::
     is_start.narrow(1, 1, T - 1).copy_(seg.narrow(1, 1, T - 1) != seg.narrow(1, 0, T - 1));
     auto start = std::get<0>(torch::where(is_start, idx.unsqueeze(0), torch::zeros_like(seg)).cummax(1));
     m.positions = idx.unsqueeze(0) - start;                                                // (B, T)
+    m.k_begin = start.contiguous();                                                        // (B, T)
   } else {
     m.positions = idx.unsqueeze(0);  // (1, T)
   }
@@ -56,7 +57,9 @@ AttentionMask make_attention_mask(const ModelConfig& c, int64_t T, const torch::
                .masked_fill(visible.logical_not(), kNegInf)
                .unsqueeze(1)
                .unsqueeze(1);  // (B|1, 1, 1, T, S)
+  m.index = idx;
   if (c.spkv.enabled) {
+    if (c.spkv.keep_first > 0) m.first = m.positions < c.spkv.keep_first;  // (B|1, S)
     auto far = visible & (d >= c.spkv.window).unsqueeze(0);                 // (B|1, T, S)
     if (c.spkv.keep_first > 0) far = far & (m.positions >= c.spkv.keep_first).unsqueeze(1);
     m.evictable = far.any(1);                                               // (B|1, S)

@@ -34,6 +34,10 @@ struct AttentionMask {
   torch::Tensor far;        // (B|1, 1, 1, T, S) bool: visible but t - s >= W and not kept by keep_first;
                             //   undefined for a model without SP-KV
   torch::Tensor evictable;  // (B|1, S) bool: keys some query sees outside the window (density denominator)
+  // The same mask in the terms of the CUDA kernels (kernels/attention_params.h), which take no (T, S) tensor:
+  torch::Tensor index;      // (T) int64: 0 .. T-1, the kernels' query and key positions
+  torch::Tensor k_begin;    // (B, T) int64: the first key of each query's document; undefined without segments
+  torch::Tensor first;      // (B|1, S) bool: keys at document positions < keep_first (no gate bias); or undefined
 };
 
 // segments: (B, T) int64 document index per token, non-decreasing along T, or undefined (one document per

@@ -6,6 +6,9 @@
 #include <sstream>
 
 #include "core/errors.h"
+#ifdef SPKV_TORCH_CUDA
+#include "kernels/torch/cuda_adapter.h"
+#endif
 
 namespace spkv {
 namespace F = torch::nn::functional;
@@ -89,7 +92,12 @@ torch::Tensor causal_bias(const torch::Tensor& q_pos, const torch::Tensor& k_pos
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c)
-    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim), tap_residual(c.spkv.tap == "residual") {
+    : n_heads(c.n_heads),
+      n_kv_heads(c.n_kv_heads),
+      head_dim(c.head_dim),
+      tap_residual(c.spkv.tap == "residual"),
+      spkv_window(c.spkv.enabled ? c.spkv.window : 0),
+      sliding_window(c.sliding_window) {
   auto lin = [&](int64_t in, int64_t out, bool bias) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
@@ -109,13 +117,31 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
   q = rope.apply(q, mask.positions);
   k = rope.apply(k, mask.positions);
-  auto bias = mask.bias.to(q.scalar_type());  // (B|1, 1, 1, T, S)
+  torch::Tensor far_bias;  // (B, Hkv, 1, 1, S): the gates' bias on far keys
   if (utility) {
     last_utility = utility(tap_residual ? residual : x);  // (B, T, Hkv)
-    if (gates.mode != GateMode::dense)
-      bias = torch::where(mask.far, gate_bias(last_utility, gates, is_training()), bias);  // (B, Hkv, 1, T, S)
+    if (gates.mode != GateMode::dense) far_bias = gate_bias(last_utility, gates, is_training());
   }
-  auto y = attend(q, k, v, bias);  // (B, H, T, D)
+  torch::Tensor y;  // (B, H, T, D)
+#ifdef SPKV_TORCH_CUDA
+  // The CUDA kernels take the window and the far keys' bias instead of a (T, S) mask: every case but an SP-KV
+  // model that also has a sliding window, and the attention statistics, which need the probabilities.
+  if (q.is_cuda() && record_tail < 0 && !(far_bias.defined() && sliding_window > 0)) {
+    cuda_ops::Gates g;
+    g.q_pos = g.k_pos = mask.index, g.k_begin = mask.k_begin, g.window = sliding_window;
+    if (far_bias.defined()) {
+      auto fb = far_bias.view({B, n_kv_heads, T});  // (B, Hkv, S)
+      if (mask.first.defined()) fb = torch::where(mask.first.unsqueeze(1), torch::zeros_like(fb), fb);
+      g.far_bias = fb, g.window = spkv_window;
+    }
+    y = cuda_ops::gated_attention(q, k, v, g);
+  }
+#endif
+  if (!y.defined()) {
+    auto bias = mask.bias.to(q.scalar_type());  // (B|1, 1, 1, T, S)
+    if (far_bias.defined()) bias = torch::where(mask.far, far_bias, bias);  // (B, Hkv, 1, T, S)
+    y = attend(q, k, v, bias);
+  }
   return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
 }
 
@@ -280,6 +306,18 @@ int64_t LlamaForCausalLMImpl::parameter_count() {
   int64_t n = 0;
   for (auto& p : parameters()) n += p.numel();
   return n;
+}
+
+torch::Device parse_device(const std::string& name) {
+  const bool cuda = name == "cuda" || (name.rfind("cuda:", 0) == 0 && name.size() > 5 &&
+                                       name.find_first_not_of("0123456789", 5) == std::string::npos);
+  if (name != "cpu" && !cuda) throw ConfigError("--device " + name + ": expected cpu, cuda or cuda:N");
+  if (cuda && !torch::cuda::is_available())
+    throw ConfigError("--device " + name + ": this spkv was built with a LibTorch without CUDA, or no GPU is visible");
+  const torch::Device d(name);
+  if (cuda && d.has_index() && d.index() >= int64_t(torch::cuda::device_count()))
+    throw ConfigError("--device " + name + ": this machine has " + std::to_string(torch::cuda::device_count()) + " GPUs");
+  return d;
 }
 
 LlamaForCausalLM load_model(const std::string& path) {

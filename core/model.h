@@ -47,6 +47,7 @@ struct AttentionImpl : torch::nn::Module {
 
   int64_t n_heads, n_kv_heads, head_dim;
   bool tap_residual = false;
+  int64_t spkv_window = 0, sliding_window = 0;  // W of the gates; the model's sliding window (0: none)
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   UtilityPredictor utility{nullptr};  // null without SP-KV
   torch::Tensor last_utility;         // (B, T, Hkv) scores of the last forward call (with autograd graph)
@@ -115,5 +116,9 @@ TORCH_MODULE(LlamaForCausalLM);
 
 // load_checkpoint + construct + load, ready for inference (eval mode, no grad needed).
 LlamaForCausalLM load_model(const std::string& path);
+
+// "cpu", "cuda" or "cuda:N" (a --device flag). Throws ConfigError for another name, or for a CUDA device that
+// this build's LibTorch or this machine cannot use.
+torch::Device parse_device(const std::string& name);
 
 }  // namespace spkv

@@ -124,7 +124,7 @@ json run_toy_reversal(const ToyOptions& o) {
     to.progress = o.progress;
     json curve = json::array();
     to.eval_hook = [&](LlamaForCausalLM& m) {
-      json j = reversal_metrics(m, val, torch::Device(o.device), task.n_numbers);
+      json j = reversal_metrics(m, val, parse_device(o.device), task.n_numbers);
       curve.push_back(j);
       return j;
     };

@@ -365,9 +365,7 @@ json EvalResult::to_json() const {
 // --- the loop ------------------------------------------------------------------------------------------
 
 TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
-  const torch::Device device(o.device);
-  if (device.is_cuda() && !torch::cuda::is_available())
-    throw ConfigError("--device " + o.device + ": this spkv was built with a LibTorch without CUDA, or no GPU is visible");
+  const torch::Device device = parse_device(o.device);
   if (data.vocab_size() > r.model.vocab_size)
     throw ConfigError(r.path + ": the data has token ids up to " + std::to_string(data.vocab_size() - 1) +
                       " but the model's vocab_size is " + std::to_string(r.model.vocab_size));

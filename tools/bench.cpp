@@ -78,7 +78,7 @@ DecodeResult run_decode(LlamaForCausalLM& model, const std::vector<int32_t>& pro
   for (int64_t i = 0; i < steps; ++i)
     next = engine.forward(torch::full({1, 1}, next, torch::kInt64)).logits[0][-1].argmax().item<int64_t>();
   r.decode_s = seconds_since(t0);
-  r.bytes = engine.cache().bytes_allocated(), r.entries = engine.cache().entries();
+  r.bytes = engine.cache_bytes(), r.entries = engine.cache_entries();
   return r;
 }
 
@@ -93,6 +93,7 @@ void cmd_bench_decode(const BenchOptions& o) {
   LlamaForCausalLM model(ck.config);
   model->load(ck);
   model->eval();
+  model->to(parse_device(o.device));
   auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
   const auto tokens = corpus_tokens(o.inputs, *tok, max_ctx);
   const ModelConfig& c = model->config;
@@ -117,7 +118,7 @@ void cmd_bench_decode(const BenchOptions& o) {
   fmt::print("KV MB: bytes the caches allocated (rings + pages); predicted ratio: (W + density (T - W)) / T\n");
   if (!o.json.empty())
     write_file_atomic(o.json, nlohmann::json{{"bench", "decode"}, {"model", o.model}, {"window", c.spkv.window},
-                                             {"tau", model->gates.tau}, {"machine", machine()}, {"rows", rows}}.dump(2) + "\n");
+                                             {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"rows", rows}}.dump(2) + "\n");
 }
 
 void cmd_bench_run(const BenchOptions& o) {

@@ -13,6 +13,7 @@ struct BenchOptions {
   int64_t steps = 64;                              // decode: tokens decoded (timed) after each prompt
   int64_t chunk = 256;                             // prefill chunk
   int64_t max_docs = 40;                           // run: documents
+  std::string device = "cpu";                      // decode: cpu, cuda or cuda:N
 };
 
 void cmd_bench_decode(const BenchOptions& o);

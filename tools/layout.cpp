@@ -104,7 +104,7 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
       double sum = 0;
       for (double x : s.nll) sum += x;
       v.doc_sum.push_back(sum), v.doc_n.push_back(double(s.nll.size()));
-      v.entries += double(engine.cache().entries());
+      v.entries += double(engine.cache_entries());
       bar.add(int64_t(p.tokens.size()), v.name);
     }
   }

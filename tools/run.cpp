@@ -60,14 +60,14 @@ void attention_stats(LlamaForCausalLM& model, const std::vector<int32_t>& tokens
     auto* attn = layer->as<DecoderLayer>()->self_attn.get();
     attn->record_tail = tail, attn->record_window = W;
   }
-  model(torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0));
+  model(torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0).to(model->parameters().front().device()));
   for (auto& layer : *model->model->layers) {
     auto* attn = layer->as<DecoderLayer>()->self_attn.get();
     all.push_back(attn->received[0]), last.push_back(attn->received_tail[0]), far.push_back(attn->received_far[0]);  // (T, Hkv)
     attn->record_tail = -1, attn->received = attn->received_tail = attn->received_far = torch::Tensor();
   }
   auto flat = [](const std::vector<torch::Tensor>& per_layer, std::vector<float>& out) {
-    auto t = torch::stack(per_layer, 1).to(torch::kFloat32).contiguous();  // (T, L, Hkv)
+    auto t = torch::stack(per_layer, 1).to(torch::kCPU, torch::kFloat32).contiguous();  // (T, L, Hkv)
     out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
   };
   flat(all, received), flat(last, received_last), flat(far, received_far);
@@ -121,6 +121,7 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     model->gates.tau = o.tau;
   }
   if (o.window > 0) c.spkv.window = o.window;
+  model->to(parse_device(o.device));
   if (o.attention_stats && !o.dense)
     throw ConfigError("--attention-stats needs --dense: the statistics are those of full attention");
   auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
@@ -173,9 +174,9 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
     if (o.attention_stats)
       attention_stats(model, p.tokens, o.last_queries, c.spkv.window, d.received, d.received_last, d.received_far);
-    if (d.cache_entries.back() != engine.cache().entries())
+    if (d.cache_entries.back() != engine.cache_entries())
       throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
-                              engine.cache().entries(), d.cache_entries.back()));
+                              engine.cache_entries(), d.cache_entries.back()));
     for (size_t j = 0; j < kept.size(); ++j) kept[j] += d.kept[j], eligible[j] += d.eligible[j];
     log.add(std::move(d));
     bar.add(int64_t(p.tokens.size()), fmt::format("doc {}/{}", i + 1, pieces.size()));

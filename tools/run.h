@@ -25,6 +25,7 @@ struct RunOptions {
   int64_t last_queries = 32;     // ... in total and from this many final queries (SnapKV's window)
   bool resume = false;
   double flush_seconds = 5;  // how often the partial log is flushed (what a kill can lose)
+  std::string device = "cpu";  // cpu, cuda or cuda:N (a build with a CUDA LibTorch)
   std::string tool_version, git_commit;
 };
 

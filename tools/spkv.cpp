@@ -464,6 +464,7 @@ int main(int argc, char** argv) {
   run->add_option("--tau", ro.tau, "gate threshold (default: the model's)");
   run->add_option("--window", ro.window, "local window W (default: the model's)")->check(CLI::PositiveNumber);
   run->add_option("--chunk", ro.chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+  run->add_option("--device", ro.device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
   run->add_option("--max-docs", ro.max_docs, "at most this many input documents (0 = all)");
   run->add_flag("--dense", ro.dense, "full attention; log what the gates would decide");
   run->add_flag("--attention-stats", ro.attention_stats, "with --dense: log the attention mass each key received, in total and from the last queries");
@@ -521,6 +522,7 @@ int main(int argc, char** argv) {
   }
   bdec->add_option("--contexts", bo.contexts, "prompt lengths")->delimiter(',');
   bdec->add_option("--steps", bo.steps, "decode steps timed after each prompt")->check(CLI::PositiveNumber);
+  bdec->add_option("--device", bo.device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
   brun->add_option("--max-docs", bo.max_docs, "documents of the corpus")->check(CLI::PositiveNumber);
 
   auto* tr = app.add_subcommand("train", "train or adapt a model from a recipe (JSON); see docs/training.md");

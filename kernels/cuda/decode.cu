@@ -141,7 +141,38 @@ __global__ void append_advance_kernel(AppendParams p) {
   p.seen[b] = pos + 1;
 }
 
+// Block (i = b * Hkv + hk, row group); warp per row j of [0, n_store + W), lanes over D.
+__global__ void __launch_bounds__(kWarps * 32) gather_kernel(GatherParams g) {
+  const CacheView& c = g.cache;
+  const int64_t i = blockIdx.x, b = i / c.Hkv, D = c.D, lane = threadIdx.x % 32;
+  const int64_t j = int64_t(blockIdx.y) * kWarps + threadIdx.x / 32;
+  if (j >= g.n_store + c.W) return;
+  const float *kr = nullptr, *vr = nullptr;
+  uint8_t keep = 0;
+  if (j < c.store_len[i]) {
+    const int32_t page = c.store_pages[c.store_indptr[i] + j / c.page_size];
+    kr = c.page_k[page] + (j % c.page_size) * D, vr = c.page_v[page] + (j % c.page_size) * D, keep = 1;
+  } else if (j >= g.n_store && j - g.n_store < c.ring_len[b]) {
+    const int64_t off = (i * c.W + j - g.n_store) * D;
+    kr = c.ring_k + off, vr = c.ring_v + off, keep = c.ring_keep[i * c.W + j - g.n_store];
+  }
+  if (lane == 0) g.keep[i * g.S + j] = keep;
+  if (!kr) return;
+  for (int64_t d = lane; d < D; d += 32) g.k[(i * g.S + j) * D + d] = kr[d], g.v[(i * g.S + j) * D + d] = vr[d];
+}
+
 }  // namespace
+
+Status cache_gather(const GatherParams& g, cudaStream_t stream) {
+  const CacheView& c = g.cache;
+  if (!g.k || !g.v || !g.keep || c.W < 1 || !c.ring_len || !c.store_len || g.n_store < 0 || g.S < g.n_store + c.W)
+    return Status::invalid_argument;
+  const int64_t rows = (g.n_store + c.W + kWarps - 1) / kWarps;
+  if (c.n_seq * c.Hkv == 0 || rows == 0) return Status::ok;
+  if (c.n_seq * c.Hkv > 2147483647 || rows > 65535) return Status::unsupported;
+  gather_kernel<<<dim3(unsigned(c.n_seq * c.Hkv), unsigned(rows)), kWarps * 32, 0, stream>>>(g);
+  return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
+}
 
 int64_t decode_splits(int64_t max_tokens, int64_t max_splits) {
   const int64_t s = (max_tokens + kDecodeChunk - 1) / kDecodeChunk;

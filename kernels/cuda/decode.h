@@ -25,6 +25,19 @@ int64_t decode_workspace_floats(int64_t n_seq, int64_t H, int64_t D, int64_t spl
 Status decode_attention(const DecodeParams& p, int64_t splits, float* workspace, int64_t workspace_floats,
                         cudaStream_t stream);
 
+// Dense rows of what the cache holds, for a gated prefill over the cache (the chunk's own rows go after
+// them): for each (b, hk), rows [0, store_len) are the store (keep 1), rows up to n_store padding (keep 0,
+// K/V not written), rows n_store + slot the W ring slots (keep = ring_keep; a slot past ring_len keeps 0).
+struct GatherParams {
+  CacheView cache;
+  int64_t n_store = 0;    // at least every head's store_len
+  int64_t S = 0;          // rows per head in k, v and keep (>= n_store + W)
+  float* k = nullptr;     // (n_seq, Hkv, S, D)
+  float* v = nullptr;     // (n_seq, Hkv, S, D)
+  uint8_t* keep = nullptr;// (n_seq, Hkv, S)
+};
+Status cache_gather(const GatherParams& g, cudaStream_t stream);
+
 // Same contract as cpu::cache_append_ref (the page ids a head gets may differ: the free list is handed out
 // by an atomic counter in whatever order the heads get there).
 Status cache_append(const AppendParams& p, cudaStream_t stream);

@@ -205,5 +205,42 @@ TEST(Engine, BenchDecodeReportsKvBytesThatFollowTheDensity) {
   }
 }
 
+TEST(Engine, DeviceFlagErrorsAreClear) {
+  const std::string dir = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
+  if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " is absent";
+  auto r = test::run_spkv("bench decode -m " + test::quote(dir) + " --device gpu");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--device gpu: expected cpu, cuda or cuda:N"), std::string::npos) << r.err;
+  if (torch::cuda::is_available()) return;
+  test::TempDir tmp;
+  r = test::run_spkv("run -m " + test::quote(dir) + " --out " + (tmp / "x.h5") + " " + test::quote(dir + "/heldout") + " --device cuda");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--device cuda: this spkv was built with a LibTorch without CUDA"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "x.h5.partial"));
+}
+
+// On a GPU (a build with a CUDA LibTorch): the engine with the model on CUDA (DeviceKvCache, the CUDA
+// kernels) against the CPU engine, for SP-KV, dense and a layout: logits, decisions and cache entries.
+TEST(Engine_CUDA, MatchesTheCpuEngine) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto tokens = random_tokens(2 * 150, 53, 4).view({2, 150});
+  for (int variant = 0; variant < 3; ++variant) {
+    auto cpu_model = random_model(tiny_config(9, 0.5, 2), 60);
+    auto gpu_model = random_model(tiny_config(9, 0.5, 2), 60);
+    gpu_model->to(torch::kCUDA);
+    EngineOptions o = options(2, 23, /*dense=*/variant == 1);
+    if (variant == 2) o.layout = {1, 0, 0, 1}, o.layout_window = 7;
+    Engine cpu(cpu_model, o), gpu(gpu_model, o);
+    for (auto [t0, T] : std::vector<std::pair<int64_t, int64_t>>{{0, 61}, {61, 1}, {62, 30}, {92, 1}, {93, 1}, {94, 56}}) {
+      auto part = tokens.narrow(1, t0, T);
+      EngineStep a = cpu.forward(part), b = gpu.forward(part);
+      ASSERT_TRUE(b.logits.device().is_cpu());
+      EXPECT_LT(max_rel(b.logits, a.logits), 1e-4) << "variant " << variant << " tokens " << t0 << " + " << T;
+      EXPECT_TRUE(torch::equal(a.keep, b.keep)) << "variant " << variant << " tokens " << t0 << " + " << T;
+      EXPECT_EQ(cpu.cache_entries(), gpu.cache_entries()) << "variant " << variant << " tokens " << t0 << " + " << T;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace spkv

@@ -292,5 +292,30 @@ TEST(Gating, CheckpointRoundTripAndContradictingPredictorShapes) {
   EXPECT_GT(u.min().item<double>(), 0.98);  // every gate open
 }
 
+// On a GPU (a build with a CUDA LibTorch): the model's attention in the CUDA kernels against the masked
+// LibTorch path on the CPU, forward and backward, for soft, annealed, hard and dense gates over packed rows.
+TEST(Gating_CUDA, KernelPathMatchesTheMaskedPathForwardAndBackward) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (GateMode mode : {GateMode::soft, GateMode::annealed, GateMode::hard, GateMode::dense}) {
+    const ModelConfig c = spkv_config(1);
+    LlamaForCausalLM a(c), b(c);
+    randomize(a, 31), randomize(b, 31);
+    b->to(torch::kCUDA);
+    for (auto* m : {&a, &b}) (*m)->gates.mode = mode, (*m)->gates.anneal = 0.4;
+    auto toks = torch::tensor(tokens(2 * 40, 7, c.vocab_size)).view({2, 40});
+    auto seg = torch::zeros({2, 40}, torch::kInt64);
+    seg[1].narrow(0, 17, 23).fill_(1);  // row 1 packs two documents
+    auto la = a(toks, seg), lb = b(toks.to(torch::kCUDA), seg.to(torch::kCUDA));
+    EXPECT_LT(rel_diff(lb.cpu().to(torch::kFloat64), la.to(torch::kFloat64)), 1e-5) << int(mode);
+    la.pow(2).mean().backward(), lb.pow(2).mean().backward();
+    auto pa = a->named_parameters(), pb = b->named_parameters();
+    for (const auto& item : pa) {
+      const auto& ga = item.value().grad();
+      if (!ga.defined()) continue;
+      EXPECT_LT(rel_diff(pb[item.key()].grad().cpu().to(torch::kFloat64), ga.to(torch::kFloat64)), 1e-4) << int(mode) << " " << item.key();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace spkv
