@@ -10,22 +10,23 @@
 
 namespace spkv::kernels {
 
-struct AppendParams {
+template <class Row>  // float, or bf16 on the GPU
+struct AppendParamsT {
   int64_t n_seq = 0, Hkv = 0, D = 0, W = 0, page_size = 0;
   // The step's rows: one new token per sequence, at position seen[b].
-  const float* k_new = nullptr;       // (n_seq, Hkv, D)
-  const float* v_new = nullptr;       // (n_seq, Hkv, D)
+  const Row* k_new = nullptr;         // (n_seq, Hkv, D)
+  const Row* v_new = nullptr;         // (n_seq, Hkv, D)
   const uint8_t* keep_new = nullptr;  // (n_seq, Hkv) gate decisions of the new token
   // The ring, updated in place (same layout as CacheView).
-  float* ring_k = nullptr;            // (n_seq, Hkv, W, D)
-  float* ring_v = nullptr;            // (n_seq, Hkv, W, D)
+  Row* ring_k = nullptr;              // (n_seq, Hkv, W, D)
+  Row* ring_v = nullptr;              // (n_seq, Hkv, W, D)
   int64_t* ring_pos = nullptr;        // (n_seq, W)
   uint8_t* ring_keep = nullptr;       // (n_seq, Hkv, W)
   int32_t* ring_len = nullptr;        // (n_seq)
   int64_t* seen = nullptr;            // (n_seq) tokens appended so far; incremented
   // The store: page p holds K rows k_pool[p * page_size * D ...] and V rows likewise.
-  float* k_pool = nullptr;            // (n_pages, page_size, D)
-  float* v_pool = nullptr;            // (n_pages, page_size, D)
+  Row* k_pool = nullptr;              // (n_pages, page_size, D)
+  Row* v_pool = nullptr;              // (n_pages, page_size, D)
   int32_t* page_table = nullptr;      // (n_seq * Hkv, max_pages) page ids of each head, in order
   int32_t* store_len = nullptr;       // (n_seq * Hkv) tokens in each head's store
   int64_t max_pages = 0;              // page-table capacity per head
@@ -35,13 +36,28 @@ struct AppendParams {
   int32_t* overflow = nullptr;        // (1) set to 1 when a head's table or the free list ran out (row dropped)
 };
 
+using AppendParams = AppendParamsT<float>;
+
 // Every pointer is set and every size is positive (W >= 1: the fused append is the SP-KV cache's).
-bool valid(const AppendParams& p);
+template <class Row>
+bool valid(const AppendParamsT<Row>& p) {
+  return p.n_seq >= 0 && p.Hkv > 0 && p.D > 0 && p.W > 0 && p.page_size > 0 && p.k_new && p.v_new && p.keep_new &&
+         p.ring_k && p.ring_v && p.ring_pos && p.ring_keep && p.ring_len && p.seen && p.k_pool && p.v_pool &&
+         p.page_table && p.store_len && p.free_pages && p.free_next && p.overflow;
+}
 
 // The CacheView of the memory an AppendParams updates. page_ptr_k / page_ptr_v: (n_pages) pointers to each
 // page's K / V rows (k_pool + p * page_size * D), built once for the pool; indptr: (n_seq * Hkv + 1) with
 // indptr[i] = i * max_pages. All in the same address space as the pool (host or device).
-CacheView append_view(const AppendParams& a, const float* const* page_ptr_k, const float* const* page_ptr_v,
-                      const int32_t* indptr);
+template <class Row>
+CacheViewT<Row> append_view(const AppendParamsT<Row>& a, const Row* const* page_ptr_k, const Row* const* page_ptr_v,
+                            const int32_t* indptr) {
+  CacheViewT<Row> v;
+  v.n_seq = a.n_seq, v.Hkv = a.Hkv, v.D = a.D, v.W = a.W, v.page_size = a.page_size;
+  v.ring_k = a.ring_k, v.ring_v = a.ring_v, v.ring_pos = a.ring_pos, v.ring_keep = a.ring_keep, v.ring_len = a.ring_len;
+  v.page_k = page_ptr_k, v.page_v = page_ptr_v;
+  v.store_indptr = indptr, v.store_pages = a.page_table, v.store_len = a.store_len;
+  return v;
+}
 
 }  // namespace spkv::kernels

@@ -14,17 +14,19 @@ namespace spkv::kernels {
 //  - the long-term store: the tokens that left the ring with their gate open, in pages of page_size tokens,
 //    CSR over i = b * Hkv + hk: pages store_pages[store_indptr[i] .. store_indptr[i + 1]) hold
 //    store_len[i] tokens in order (the last page may be partly filled).
-struct CacheView {
+// Rows are float32, or bf16 on the GPU (Row).
+template <class Row>
+struct CacheViewT {
   int64_t n_seq = 0, Hkv = 0, D = 0;
   int64_t W = 0;
-  const float* ring_k = nullptr;     // (n_seq, Hkv, W, D)
-  const float* ring_v = nullptr;     // (n_seq, Hkv, W, D)
+  const Row* ring_k = nullptr;       // (n_seq, Hkv, W, D)
+  const Row* ring_v = nullptr;       // (n_seq, Hkv, W, D)
   const int64_t* ring_pos = nullptr; // (n_seq, W) position of the token in each slot
   const uint8_t* ring_keep = nullptr;// (n_seq, Hkv, W) gate decision of the token in each slot
   const int32_t* ring_len = nullptr; // (n_seq)
   int64_t page_size = 0;
-  const float* const* page_k = nullptr;  // page id -> K rows (page_size, D)
-  const float* const* page_v = nullptr;  // page id -> V rows (page_size, D)
+  const Row* const* page_k = nullptr;    // page id -> K rows (page_size, D)
+  const Row* const* page_v = nullptr;    // page id -> V rows (page_size, D)
   const int32_t* store_indptr = nullptr; // (n_seq * Hkv + 1)
   const int32_t* store_pages = nullptr;  // (store_indptr[n_seq * Hkv]) page ids
   const int32_t* store_len = nullptr;    // (n_seq * Hkv) tokens in the store
@@ -33,15 +35,24 @@ struct CacheView {
 // One new query token per sequence, already appended to the cache:
 // y[b, h] = softmax over (ring ∪ store of (b, hk)) of q[b, h] . k * scale, @ v, with hk = h / (H / Hkv).
 // Every ring token is within the window of the newest token; every store token was kept by its gate.
-struct DecodeParams {
-  const float* q = nullptr;  // (n_seq, H, D)
-  float* y = nullptr;        // (n_seq, H, D)
+template <class Row>
+struct DecodeParamsT {
+  const Row* q = nullptr;  // (n_seq, H, D)
+  Row* y = nullptr;        // (n_seq, H, D)
   int64_t H = 0;
   float scale = 0.0f;
-  CacheView cache;
+  CacheViewT<Row> cache;
 };
 
+using CacheView = CacheViewT<float>;
+using DecodeParams = DecodeParamsT<float>;
+
 // The cache view and the query rows are set up consistently (pointers present, H a multiple of Hkv).
-bool valid(const DecodeParams& p);
+template <class Row>
+bool valid(const DecodeParamsT<Row>& p) {
+  const CacheViewT<Row>& c = p.cache;
+  return p.q && p.y && c.Hkv > 0 && p.H % c.Hkv == 0 && c.D > 0 && (c.W <= 0 || (c.ring_len && c.ring_k && c.ring_v)) &&
+         c.store_indptr && c.store_len;
+}
 
 }  // namespace spkv::kernels

@@ -16,32 +16,6 @@ const char* to_string(Status s) {
   return "?";
 }
 
-bool valid(const GatedAttentionParams& p) {
-  return p.q && p.k && p.v && p.y && p.q_pos && p.k_pos && p.Hkv > 0 && p.H % p.Hkv == 0 && p.D > 0 &&
-         !(p.keep && p.far_bias);
-}
-
-bool valid(const GatedAttentionGradParams& g) {
-  return valid(g.fwd) && g.dy && g.dq && g.dk && g.dv && (g.fwd.far_bias || !g.d_far_bias);
-}
-
-bool hard_only(const GatedAttentionParams& p) { return !p.far_bias && !p.k_begin && !p.lse; }
-
-bool valid(const DecodeParams& p) {
-  const CacheView& c = p.cache;
-  return p.q && p.y && c.Hkv > 0 && p.H % c.Hkv == 0 && c.D > 0 && (c.W <= 0 || (c.ring_len && c.ring_k && c.ring_v)) &&
-         c.store_indptr && c.store_len;
-}
-
-void set_contiguous_strides(GatedAttentionParams& p) {
-  p.q_st = p.D, p.q_sh = p.T * p.D, p.q_sb = p.H * p.T * p.D;
-  p.y_st = p.q_st, p.y_sh = p.q_sh, p.y_sb = p.q_sb;
-  p.k_st = p.D, p.k_sh = p.S * p.D, p.k_sb = p.Hkv * p.S * p.D;
-  p.v_st = p.k_st, p.v_sh = p.k_sh, p.v_sb = p.k_sb;
-  p.keep_sh = p.S, p.keep_sb = p.Hkv * p.S;
-  p.bias_sh = p.keep_sh, p.bias_sb = p.keep_sb;
-}
-
 namespace cpu {
 namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();

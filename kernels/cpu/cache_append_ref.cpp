@@ -2,25 +2,7 @@
 
 #include <algorithm>
 
-namespace spkv::kernels {
-
-bool valid(const AppendParams& p) {
-  return p.n_seq >= 0 && p.Hkv > 0 && p.D > 0 && p.W > 0 && p.page_size > 0 && p.k_new && p.v_new && p.keep_new &&
-         p.ring_k && p.ring_v && p.ring_pos && p.ring_keep && p.ring_len && p.seen && p.k_pool && p.v_pool &&
-         p.page_table && p.store_len && p.free_pages && p.free_next && p.overflow;
-}
-
-CacheView append_view(const AppendParams& a, const float* const* page_ptr_k, const float* const* page_ptr_v,
-                      const int32_t* indptr) {
-  CacheView v;
-  v.n_seq = a.n_seq, v.Hkv = a.Hkv, v.D = a.D, v.W = a.W, v.page_size = a.page_size;
-  v.ring_k = a.ring_k, v.ring_v = a.ring_v, v.ring_pos = a.ring_pos, v.ring_keep = a.ring_keep, v.ring_len = a.ring_len;
-  v.page_k = page_ptr_k, v.page_v = page_ptr_v;
-  v.store_indptr = indptr, v.store_pages = a.page_table, v.store_len = a.store_len;
-  return v;
-}
-
-namespace cpu {
+namespace spkv::kernels::cpu {
 
 Status cache_append_ref(const AppendParams& p) {
   if (!valid(p)) return Status::invalid_argument;
@@ -59,5 +41,4 @@ Status cache_append_ref(const AppendParams& p) {
   return Status::ok;
 }
 
-}  // namespace cpu
-}  // namespace spkv::kernels
+}  // namespace spkv::kernels::cpu

@@ -19,7 +19,8 @@ constexpr int kMaxG = kWarpMaxG, kMaxDL = kWarpMaxDL;
 static_assert(kMaxG == kDecodeMaxGroup && 32 * kMaxDL == kDecodeMaxDim, "decode.h limits follow warp_softmax.cuh");
 
 // Where token j of head i lives: a ring slot, then the pages of the store.
-__device__ inline int64_t row_offset(const CacheView& c, int64_t b, int64_t i, int64_t j, int64_t ring_n, bool& in_ring,
+template <class Row>
+__device__ inline int64_t row_offset(const CacheViewT<Row>& c, int64_t b, int64_t i, int64_t j, int64_t ring_n, bool& in_ring,
                                      int32_t& page) {
   if (j < ring_n) {
     in_ring = true;
@@ -31,8 +32,10 @@ __device__ inline int64_t row_offset(const CacheView& c, int64_t b, int64_t i, i
   return (s % c.page_size) * c.D;
 }
 
-__global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(DecodeParams p, float* part_m, float* part_l, float* part_acc) {
-  const CacheView& c = p.cache;
+template <class Row>
+__global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(DecodeParamsT<Row> p, float* part_m, float* part_l,
+                                                                   float* part_acc) {
+  const CacheViewT<Row>& c = p.cache;
   const int64_t split = blockIdx.x, splits = gridDim.x, i = blockIdx.y;
   const int64_t Hkv = c.Hkv, D = c.D, G = p.H / Hkv, b = i / Hkv, hk = i % Hkv;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -79,7 +82,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(DecodeParams 
 }
 
 // Block per query row (b, h): y = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M); 0 when nothing was seen.
-__global__ void decode_combine_kernel(DecodeParams p, int64_t splits, const float* part_m, const float* part_l,
+template <class Row>
+__global__ void decode_combine_kernel(DecodeParamsT<Row> p, int64_t splits, const float* part_m, const float* part_l,
                                       const float* part_acc) {
   const int64_t r = blockIdx.x, rows = p.cache.n_seq * p.H, D = p.cache.D;
   float M = -INFINITY;
@@ -93,13 +97,14 @@ __global__ void decode_combine_kernel(DecodeParams p, int64_t splits, const floa
     if (M != -INFINITY)
       for (int64_t s = 0; s < splits; ++s)
         if (part_m[s * rows + r] != -INFINITY) A += part_acc[(s * rows + r) * D + d] * __expf(part_m[s * rows + r] - M);
-    p.y[r * D + d] = L > 0.f ? A / L : 0.f;
+    store(p.y + r * D + d, L > 0.f ? A / L : 0.f);
   }
 }
 
 // Block per head i = b * Hkv + hk: the evicted ring row onto the store (thread 0 allocates), then the new row
 // into the ring. Every block reads seen[b] before append_advance_kernel (next on the stream) moves it.
-__global__ void append_head_kernel(AppendParams p) {
+template <class Row>
+__global__ void append_head_kernel(AppendParamsT<Row> p) {
   const int64_t i = blockIdx.x, b = i / p.Hkv, D = p.D, W = p.W, P = p.page_size;
   const int64_t pos = p.seen[b], slot = pos % W, row = i * W + slot;
   __shared__ int64_t at;  // pool offset of the store row, or -1
@@ -132,7 +137,8 @@ __global__ void append_head_kernel(AppendParams p) {
   if (threadIdx.x == 0) p.ring_keep[row] = p.keep_new[i] ? 1 : 0;
 }
 
-__global__ void append_advance_kernel(AppendParams p) {
+template <class Row>
+__global__ void append_advance_kernel(AppendParamsT<Row> p) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= p.n_seq) return;
   const int64_t pos = p.seen[b];
@@ -142,12 +148,13 @@ __global__ void append_advance_kernel(AppendParams p) {
 }
 
 // Block (i = b * Hkv + hk, row group); warp per row j of [0, n_store + W), lanes over D.
-__global__ void __launch_bounds__(kWarps * 32) gather_kernel(GatherParams g) {
-  const CacheView& c = g.cache;
+template <class Row>
+__global__ void __launch_bounds__(kWarps * 32) gather_kernel(GatherParamsT<Row> g) {
+  const CacheViewT<Row>& c = g.cache;
   const int64_t i = blockIdx.x, b = i / c.Hkv, D = c.D, lane = threadIdx.x % 32;
   const int64_t j = int64_t(blockIdx.y) * kWarps + threadIdx.x / 32;
   if (j >= g.n_store + c.W) return;
-  const float *kr = nullptr, *vr = nullptr;
+  const Row *kr = nullptr, *vr = nullptr;
   uint8_t keep = 0;
   if (j < c.store_len[i]) {
     const int32_t page = c.store_pages[c.store_indptr[i] + j / c.page_size];
@@ -161,10 +168,9 @@ __global__ void __launch_bounds__(kWarps * 32) gather_kernel(GatherParams g) {
   for (int64_t d = lane; d < D; d += 32) g.k[(i * g.S + j) * D + d] = kr[d], g.v[(i * g.S + j) * D + d] = vr[d];
 }
 
-}  // namespace
-
-Status cache_gather(const GatherParams& g, cudaStream_t stream) {
-  const CacheView& c = g.cache;
+template <class Row>
+Status gather(const GatherParamsT<Row>& g, cudaStream_t stream) {
+  const CacheViewT<Row>& c = g.cache;
   if (!g.k || !g.v || !g.keep || c.W < 1 || !c.ring_len || !c.store_len || g.n_store < 0 || g.S < g.n_store + c.W)
     return Status::invalid_argument;
   const int64_t rows = (g.n_store + c.W + kWarps - 1) / kWarps;
@@ -174,18 +180,9 @@ Status cache_gather(const GatherParams& g, cudaStream_t stream) {
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }
 
-int64_t decode_splits(int64_t max_tokens, int64_t max_splits) {
-  const int64_t s = (max_tokens + kDecodeChunk - 1) / kDecodeChunk;
-  return s < 1 ? 1 : (s > max_splits ? max_splits : s);
-}
-
-int64_t decode_workspace_floats(int64_t n_seq, int64_t H, int64_t D, int64_t splits) {
-  return splits * n_seq * H * (2 + D);
-}
-
-Status decode_attention(const DecodeParams& p, int64_t splits, float* workspace, int64_t workspace_floats,
-                        cudaStream_t stream) {
-  const CacheView& c = p.cache;
+template <class Row>
+Status decode(const DecodeParamsT<Row>& p, int64_t splits, float* workspace, int64_t workspace_floats, cudaStream_t stream) {
+  const CacheViewT<Row>& c = p.cache;
   if (!valid(p) || splits < 1 || !workspace || workspace_floats < decode_workspace_floats(c.n_seq, p.H, c.D, splits))
     return Status::invalid_argument;
   if (p.H / c.Hkv > kDecodeMaxGroup || c.D > kDecodeMaxDim || splits > 65535 || c.n_seq * c.Hkv > 65535)
@@ -198,13 +195,37 @@ Status decode_attention(const DecodeParams& p, int64_t splits, float* workspace,
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }
 
-Status cache_append(const AppendParams& p, cudaStream_t stream) {
+template <class Row>
+Status append(const AppendParamsT<Row>& p, cudaStream_t stream) {
   if (!valid(p)) return Status::invalid_argument;
   if (p.n_seq == 0) return Status::ok;
   if (p.n_seq * p.Hkv > 2147483647) return Status::unsupported;
   append_head_kernel<<<unsigned(p.n_seq * p.Hkv), 128, 0, stream>>>(p);
   append_advance_kernel<<<unsigned((p.n_seq + 127) / 128), 128, 0, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
+}
+
+}  // namespace
+
+Status cache_gather(const GatherParams& g, cudaStream_t stream) { return gather(g, stream); }
+Status cache_gather(const GatherParamsT<bf16>& g, cudaStream_t stream) { return gather(g, stream); }
+Status decode_attention(const DecodeParams& p, int64_t splits, float* workspace, int64_t workspace_floats, cudaStream_t stream) {
+  return decode(p, splits, workspace, workspace_floats, stream);
+}
+Status decode_attention(const DecodeParamsT<bf16>& p, int64_t splits, float* workspace, int64_t workspace_floats,
+                        cudaStream_t stream) {
+  return decode(p, splits, workspace, workspace_floats, stream);
+}
+Status cache_append(const AppendParams& p, cudaStream_t stream) { return append(p, stream); }
+Status cache_append(const AppendParamsT<bf16>& p, cudaStream_t stream) { return append(p, stream); }
+
+int64_t decode_splits(int64_t max_tokens, int64_t max_splits) {
+  const int64_t s = (max_tokens + kDecodeChunk - 1) / kDecodeChunk;
+  return s < 1 ? 1 : (s > max_splits ? max_splits : s);
+}
+
+int64_t decode_workspace_floats(int64_t n_seq, int64_t H, int64_t D, int64_t splits) {
+  return splits * n_seq * H * (2 + D);
 }
 
 }  // namespace spkv::kernels::cuda

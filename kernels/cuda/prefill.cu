@@ -17,7 +17,8 @@ constexpr unsigned kAll = 0xffffffffu;
 
 // The score bias of key s for query t of (b, hk): 0 (local, or kept by a hard gate), far_bias (soft gates),
 // or -inf when the query does not see the key. The rule of attention_params.h.
-__device__ inline float key_bias(const GatedAttentionParams& p, int64_t b, int64_t hk, int64_t t, int64_t s) {
+template <class Row>
+__device__ inline float key_bias(const GatedAttentionParamsT<Row>& p, int64_t b, int64_t hk, int64_t t, int64_t s) {
   const int64_t dist = p.q_pos[t] - p.k_pos[s];
   if (dist < 0 || (p.k_begin && s < p.k_begin[b * p.T + t])) return -INFINITY;
   if (p.window <= 0 || dist < p.window) return 0.f;
@@ -25,17 +26,20 @@ __device__ inline float key_bias(const GatedAttentionParams& p, int64_t b, int64
   return p.keep && p.keep[b * p.keep_sb + hk * p.keep_sh + s] ? 0.f : -INFINITY;
 }
 
-__device__ inline bool is_far(const GatedAttentionParams& p, int64_t t, int64_t s) {
+template <class Row>
+__device__ inline bool is_far(const GatedAttentionParamsT<Row>& p, int64_t t, int64_t s) {
   return p.window > 0 && p.q_pos[t] - p.k_pos[s] >= p.window;
 }
 
-// Lane l's share of a row: elements l, l + 32, ... (zero past D).
-__device__ inline void load_row(float (&r)[kWarpMaxDL], const float* row, int64_t D, int lane) {
-  for (int e = 0; e < kWarpMaxDL; ++e) r[e] = lane + 32 * e < D ? row[lane + 32 * e] : 0.f;
+// Lane l's share of a row: elements l, l + 32, ... (zero past D), in float32.
+template <class Row>
+__device__ inline void load_row(float (&r)[kWarpMaxDL], const Row* row, int64_t D, int lane) {
+  for (int e = 0; e < kWarpMaxDL; ++e) r[e] = lane + 32 * e < D ? to_float(row[lane + 32 * e]) : 0.f;
 }
-__device__ inline void store_row(float* row, const float (&r)[kWarpMaxDL], float scale, int64_t D, int lane) {
+template <class Row>
+__device__ inline void store_row(Row* row, const float (&r)[kWarpMaxDL], float scale, int64_t D, int lane) {
   for (int e = 0; e < kWarpMaxDL; ++e)
-    if (lane + 32 * e < D) row[lane + 32 * e] = r[e] * scale;
+    if (lane + 32 * e < D) store(row + lane + 32 * e, r[e] * scale);
 }
 __device__ inline float warp_dot(const float (&a)[kWarpMaxDL], const float (&b)[kWarpMaxDL]) {
   float s = 0.f;
@@ -43,7 +47,8 @@ __device__ inline float warp_dot(const float (&a)[kWarpMaxDL], const float (&b)[
   return warp_sum(s);
 }
 
-__global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAttentionParams p) {
+template <class Row>
+__global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAttentionParamsT<Row> p) {
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, hk, t)
   if (row >= p.B * p.Hkv * p.T) return;  // whole warps leave together
@@ -63,18 +68,19 @@ __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAtten
   }
   for (int g = 0; g < kWarpMaxG; ++g) {  // static bounds keep the state in registers
     if (g >= G) break;
-    float* y = p.y + b * p.y_sb + (hk * G + g) * p.y_sh + t * p.y_st;
+    Row* y = p.y + b * p.y_sb + (hk * G + g) * p.y_sh + t * p.y_st;
     for (int e = 0; e < kWarpMaxDL; ++e) {
       const int64_t d = lane + 32 * e;
-      if (d < D) y[d] = sm.l[g] > 0.f ? sm.acc[g][e] / sm.l[g] : 0.f;
+      if (d < D) store(y + d, sm.l[g] > 0.f ? sm.acc[g][e] / sm.l[g] : 0.f);
     }
     if (p.lse && lane == 0) p.lse[(b * p.H + hk * G + g) * p.T + t] = sm.l[g] > 0.f ? sm.m[g] + logf(sm.l[g]) : -INFINITY;
   }
 }
 
 // delta[b, h, t] = dy . y; warp per query row.
-__global__ void __launch_bounds__(kWarps * 32) delta_kernel(GatedAttentionGradParams g) {
-  const GatedAttentionParams& p = g.fwd;
+template <class Row>
+__global__ void __launch_bounds__(kWarps * 32) delta_kernel(GatedAttentionGradParamsT<Row> g) {
+  const GatedAttentionParamsT<Row>& p = g.fwd;
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, t)
   if (row >= p.B * p.H * p.T) return;
@@ -87,8 +93,9 @@ __global__ void __launch_bounds__(kWarps * 32) delta_kernel(GatedAttentionGradPa
 }
 
 // dq[b, h, t] = scale sum_s dS[s] k[s], dS[s] = P[s] (dy . v[s] - delta), P[s] = exp(score - lse); warp per query row.
-__global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParams g) {
-  const GatedAttentionParams& p = g.fwd;
+template <class Row>
+__global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParamsT<Row> g) {
+  const GatedAttentionParamsT<Row>& p = g.fwd;
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, t)
   if (row >= p.B * p.H * p.T) return;
@@ -115,8 +122,9 @@ __global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParam
 
 // dk[s] = scale sum dS q, dv[s] = sum P dy, d_far_bias[s] = sum dS over far queries, the sums over the
 // queries t that see key s and the G query heads of its KV head; warp per key row (b, hk, s).
-__global__ void __launch_bounds__(kWarps * 32) dkv_kernel(GatedAttentionGradParams g) {
-  const GatedAttentionParams& p = g.fwd;
+template <class Row>
+__global__ void __launch_bounds__(kWarps * 32) dkv_kernel(GatedAttentionGradParamsT<Row> g) {
+  const GatedAttentionParamsT<Row>& p = g.fwd;
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, hk, s)
   if (row >= p.B * p.Hkv * p.S) return;
@@ -156,11 +164,13 @@ unsigned blocks_for(int64_t rows) {
   return n > 2147483647 ? 0u : unsigned(n);
 }
 
-bool supported(const GatedAttentionParams& p) { return p.H / p.Hkv <= kWarpMaxG && p.D <= 32 * kWarpMaxDL; }
+template <class Row>
+bool supported(const GatedAttentionParamsT<Row>& p) {
+  return p.H / p.Hkv <= kWarpMaxG && p.D <= 32 * kWarpMaxDL;
+}
 
-}  // namespace
-
-Status gated_attention(const GatedAttentionParams& p, cudaStream_t stream) {
+template <class Row>
+Status forward(const GatedAttentionParamsT<Row>& p, cudaStream_t stream) {
   if (!valid(p)) return Status::invalid_argument;
   if (!supported(p)) return Status::unsupported;
   const int64_t rows = p.B * p.Hkv * p.T;
@@ -171,8 +181,9 @@ Status gated_attention(const GatedAttentionParams& p, cudaStream_t stream) {
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }
 
-Status gated_attention_backward(const GatedAttentionGradParams& g, cudaStream_t stream) {
-  const GatedAttentionParams& p = g.fwd;
+template <class Row>
+Status backward(const GatedAttentionGradParamsT<Row>& g, cudaStream_t stream) {
+  const GatedAttentionParamsT<Row>& p = g.fwd;
   if (!valid(g) || !p.lse || !g.delta) return Status::invalid_argument;
   if (!supported(p)) return Status::unsupported;
   const unsigned q_blocks = blocks_for(p.B * p.H * p.T), k_blocks = blocks_for(p.B * p.Hkv * p.S);
@@ -184,5 +195,12 @@ Status gated_attention_backward(const GatedAttentionGradParams& g, cudaStream_t 
   if (k_blocks > 0) dkv_kernel<<<k_blocks, kWarps * 32, 0, stream>>>(g);
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }
+
+}  // namespace
+
+Status gated_attention(const GatedAttentionParams& p, cudaStream_t stream) { return forward(p, stream); }
+Status gated_attention(const GatedAttentionParamsT<bf16>& p, cudaStream_t stream) { return forward(p, stream); }
+Status gated_attention_backward(const GatedAttentionGradParams& g, cudaStream_t stream) { return backward(g, stream); }
+Status gated_attention_backward(const GatedAttentionGradParamsT<bf16>& g, cudaStream_t stream) { return backward(g, stream); }
 
 }  // namespace spkv::kernels::cuda

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/bf16.h"
+
 namespace spkv::kernels::cuda {
 
 constexpr int kWarpMaxG = 8, kWarpMaxDL = 8;
@@ -17,27 +19,28 @@ __device__ inline float warp_sum(float x) {
 struct WarpSoftmax {
   float q[kWarpMaxG][kWarpMaxDL], acc[kWarpMaxG][kWarpMaxDL], m[kWarpMaxG], l[kWarpMaxG];
 
-  // q_row(g) points at query head g's row (D floats); G <= kWarpMaxG.
+  // q_row(g) points at query head g's row (D elements, float or bf16); G <= kWarpMaxG.
   template <class Row>
   __device__ void reset(Row q_row, int64_t G, int64_t D, int lane) {
     for (int g = 0; g < kWarpMaxG; ++g) {
       m[g] = -INFINITY, l[g] = 0.f;
       for (int e = 0; e < kWarpMaxDL; ++e) {
         const int64_t d = lane + 32 * e;
-        q[g][e] = g < G && d < D ? q_row(g)[d] : 0.f;
+        q[g][e] = g < G && d < D ? to_float(q_row(g)[d]) : 0.f;
         acc[g][e] = 0.f;
       }
     }
   }
 
-  // One visible key (kr) and its value (vr), D floats each, with an additive score bias; every lane of the
-  // warp calls it.
-  __device__ void add(const float* kr, const float* vr, int64_t G, int64_t D, float scale, float bias, int lane) {
+  // One visible key (kr) and its value (vr), D elements each, with an additive score bias; every lane of
+  // the warp calls it.
+  template <class Row>
+  __device__ void add(const Row* kr, const Row* vr, int64_t G, int64_t D, float scale, float bias, int lane) {
     float kv[kWarpMaxDL], vv[kWarpMaxDL];
     for (int e = 0; e < kWarpMaxDL; ++e) {
       const int64_t d = lane + 32 * e;
-      kv[e] = d < D ? kr[d] : 0.f;
-      vv[e] = d < D ? vr[d] : 0.f;
+      kv[e] = d < D ? to_float(kr[d]) : 0.f;
+      vv[e] = d < D ? to_float(vr[d]) : 0.f;
     }
     for (int g = 0; g < kWarpMaxG; ++g) {
       if (g >= G) break;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "core/errors.h"
 #include "kernels/cuda/decode.h"
@@ -49,13 +50,21 @@ void check(kernels::Status s, const char* what) {
 
 cudaStream_t stream_of(const torch::Device& d) { return c10::cuda::getCurrentCUDAStream(d.index()).stream(); }
 
-kernels::GatedAttentionParams params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_pos,
-                                     const Tensor& k_pos, int64_t window, const Tensor& keep, const Tensor& far_bias,
-                                     const Tensor& k_begin) {
-  kernels::GatedAttentionParams p;
+// The kernels' row type for a float32 or bfloat16 tensor (at::BFloat16 and kernels::bf16 are the same 16 bits).
+template <class Row>
+Row* rows(const Tensor& t) {
+  if constexpr (std::is_same_v<Row, float>) return t.data_ptr<float>();
+  else return reinterpret_cast<Row*>(t.data_ptr<at::BFloat16>());
+}
+
+template <class Row>
+kernels::GatedAttentionParamsT<Row> params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_pos,
+                                           const Tensor& k_pos, int64_t window, const Tensor& keep, const Tensor& far_bias,
+                                           const Tensor& k_begin) {
+  kernels::GatedAttentionParamsT<Row> p;
   p.B = q.size(0), p.H = q.size(1), p.T = q.size(2), p.D = q.size(3), p.Hkv = k.size(1), p.S = k.size(2);
   p.window = window, p.scale = float(1.0 / std::sqrt(double(p.D)));
-  p.q = q.data_ptr<float>(), p.k = k.data_ptr<float>(), p.v = v.data_ptr<float>();
+  p.q = rows<Row>(q), p.k = rows<Row>(k), p.v = rows<Row>(v);
   p.q_pos = q_pos.data_ptr<int64_t>(), p.k_pos = k_pos.data_ptr<int64_t>();
   p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_st = q.stride(2);
   p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_st = k.stride(2);
@@ -70,16 +79,43 @@ kernels::GatedAttentionParams params(const Tensor& q, const Tensor& k, const Ten
   return p;
 }
 
-// y (B, H, T, D) contiguous and lse (B, H, T) from the forward kernel.
-std::pair<Tensor, Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_pos, const Tensor& k_pos,
-                                  int64_t window, const Tensor& keep, const Tensor& far_bias, const Tensor& k_begin) {
+// y (B, H, T, D) contiguous and lse (B, H, T) float32 from the forward kernel.
+template <class Row>
+std::pair<Tensor, Tensor> forward_rows(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_pos,
+                                       const Tensor& k_pos, int64_t window, const Tensor& keep, const Tensor& far_bias,
+                                       const Tensor& k_begin) {
   auto y = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
-  auto lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options());
-  kernels::GatedAttentionParams p = params(q, k, v, q_pos, k_pos, window, keep, far_bias, k_begin);
-  p.y = y.data_ptr<float>(), p.y_sb = y.stride(0), p.y_sh = y.stride(1), p.y_st = y.stride(2);
+  auto lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat32));
+  auto p = params<Row>(q, k, v, q_pos, k_pos, window, keep, far_bias, k_begin);
+  p.y = rows<Row>(y), p.y_sb = y.stride(0), p.y_sh = y.stride(1), p.y_st = y.stride(2);
   p.lse = lse.data_ptr<float>();
   check(kernels::cuda::gated_attention(p, stream_of(q.device())), "gated attention");
   return {y, lse};
+}
+
+std::pair<Tensor, Tensor> forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_pos, const Tensor& k_pos,
+                                  int64_t window, const Tensor& keep, const Tensor& far_bias, const Tensor& k_begin) {
+  return q.scalar_type() == torch::kBFloat16 ? forward_rows<kernels::bf16>(q, k, v, q_pos, k_pos, window, keep, far_bias, k_begin)
+                                             : forward_rows<float>(q, k, v, q_pos, k_pos, window, keep, far_bias, k_begin);
+}
+
+// dq, dk, dv (the strides of q, k, v) and d_far_bias from the saved forward and dy.
+template <class Row>
+torch::autograd::tensor_list backward_rows(const torch::autograd::variable_list& s, const Tensor& dy_in, int64_t window) {
+  const Tensor &q = s[0], &k = s[1], &v = s[2], &far_bias = s[3], &y = s[8], &lse = s[9];
+  auto dy = dy_in.contiguous();  // y is contiguous; dy takes its strides
+  auto like = [](const Tensor& t) { return torch::empty_strided(t.sizes(), t.strides(), t.options()); };
+  Tensor dq = like(q), dk = like(k), dv = like(v), dfb = far_bias.defined() ? like(far_bias) : Tensor();
+  auto delta = torch::empty_like(lse);
+  kernels::GatedAttentionGradParamsT<Row> g;
+  g.fwd = params<Row>(q, k, v, s[4], s[5], window, s[6], far_bias, s[7]);
+  g.fwd.y = rows<Row>(y), g.fwd.y_sb = y.stride(0), g.fwd.y_sh = y.stride(1), g.fwd.y_st = y.stride(2);
+  g.fwd.lse = lse.data_ptr<float>();
+  g.dy = rows<Row>(dy), g.dq = rows<Row>(dq), g.dk = rows<Row>(dk), g.dv = rows<Row>(dv);
+  g.d_far_bias = dfb.defined() ? dfb.data_ptr<float>() : nullptr;
+  g.delta = delta.data_ptr<float>();
+  check(kernels::cuda::gated_attention_backward(g, stream_of(q.device())), "gated attention backward");
+  return {dq, dk, dv, dfb, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
 }
 
 struct GatedAttentionFunction : torch::autograd::Function<GatedAttentionFunction> {
@@ -93,21 +129,10 @@ struct GatedAttentionFunction : torch::autograd::Function<GatedAttentionFunction
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grad) {
     const auto s = ctx->get_saved_variables();
-    const Tensor &q = s[0], &k = s[1], &v = s[2], &far_bias = s[3], &y = s[8], &lse = s[9];
-    c10::cuda::CUDAGuard guard(q.device());
-    auto dy = grad[0].contiguous();  // y is contiguous; dy takes its strides
-    auto like = [](const Tensor& t) { return torch::empty_strided(t.sizes(), t.strides(), t.options()); };
-    Tensor dq = like(q), dk = like(k), dv = like(v), dfb = far_bias.defined() ? like(far_bias) : Tensor();
-    auto delta = torch::empty_like(lse);
-    kernels::GatedAttentionGradParams g;
-    g.fwd = params(q, k, v, s[4], s[5], ctx->saved_data["window"].toInt(), s[6], far_bias, s[7]);
-    g.fwd.y = y.data_ptr<float>(), g.fwd.y_sb = y.stride(0), g.fwd.y_sh = y.stride(1), g.fwd.y_st = y.stride(2);
-    g.fwd.lse = lse.data_ptr<float>();
-    g.dy = dy.data_ptr<float>(), g.dq = dq.data_ptr<float>(), g.dk = dk.data_ptr<float>(), g.dv = dv.data_ptr<float>();
-    g.d_far_bias = dfb.defined() ? dfb.data_ptr<float>() : nullptr;
-    g.delta = delta.data_ptr<float>();
-    check(kernels::cuda::gated_attention_backward(g, stream_of(q.device())), "gated attention backward");
-    return {dq, dk, dv, dfb, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    c10::cuda::CUDAGuard guard(s[0].device());
+    const int64_t window = ctx->saved_data["window"].toInt();
+    return s[0].scalar_type() == torch::kBFloat16 ? backward_rows<kernels::bf16>(s, grad[0].to(torch::kBFloat16), window)
+                                                  : backward_rows<float>(s, grad[0], window);
   }
 };
 
@@ -121,9 +146,10 @@ Tensor gated_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
   const torch::Device dev = q_in.device();
   const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), D = q_in.size(3);
   const int64_t Hkv = k_in.defined() && k_in.dim() == 4 ? k_in.size(1) : 0, S = Hkv ? k_in.size(2) : 0;
-  expect(where, "q", q_in, {B, H, T, D}, torch::kFloat32, dev);
-  expect(where, "k", k_in, {B, Hkv, S, D}, torch::kFloat32, dev);
-  expect(where, "v", v_in, {B, Hkv, S, D}, torch::kFloat32, dev);
+  const auto rows_type = q_in.scalar_type() == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat32;  // rows: one of the two
+  expect(where, "q", q_in, {B, H, T, D}, rows_type, dev);
+  expect(where, "k", k_in, {B, Hkv, S, D}, rows_type, dev);
+  expect(where, "v", v_in, {B, Hkv, S, D}, rows_type, dev);
   if (Hkv == 0 || H % Hkv != 0)
     throw InputError(std::string(where) + ": q's " + std::to_string(H) + " heads are not a multiple of k's " + std::to_string(Hkv));
   expect(where, "q_pos", g.q_pos, {T}, torch::kInt64, dev);
@@ -255,7 +281,7 @@ Tensor DeviceKvCache::attend(int64_t il, const Tensor& q, const Tensor& k, const
   for (int64_t p = pos0 - ring; p < pos0; ++p) k_pos[n_store + p % W_] = p;
   for (int64_t t = 0; t < T; ++t) k_pos[n_store + W_ + t] = q_pos[t] = pos0 + t;
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto y = cuda_ops::forward(prepared(q), K, V, torch::tensor(q_pos, i64).to(dev_), torch::tensor(k_pos, i64).to(dev_), W_,
+  auto y = cuda_ops::forward_rows<float>(prepared(q), K, V, torch::tensor(q_pos, i64).to(dev_), torch::tensor(k_pos, i64).to(dev_), W_,
                              kept, Tensor(), Tensor()).first;
   append_all();
   return y;

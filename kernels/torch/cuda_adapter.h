@@ -18,8 +18,8 @@ struct Gates {
   torch::Tensor k_begin;       // (B, T) int64: each query's first visible key (packed documents); or undefined
 };
 
-// y (B, H, T, D) = gated attention of q (B, H, T, D) over k, v (B, Hkv, S, D): float32 tensors on one CUDA
-// device whose last dimension is contiguous. Differentiable in q, k, v and far_bias (the CUDA backward).
+// y (B, H, T, D) = gated attention of q (B, H, T, D) over k, v (B, Hkv, S, D): float32 or bfloat16 tensors
+// (all three the same) on one CUDA device whose last dimension is contiguous. Differentiable in q, k, v and far_bias (the CUDA backward).
 // Throws spkv::InputError naming the tensor, spkv::Error when a kernel fails.
 torch::Tensor gated_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Gates& g);
 

@@ -1,12 +1,14 @@
 // The gated-attention CPU reference in soft mode (kernels/cpu/attention_ref.h), forward and backward, against
 // the model's own masked attention (make_attention_mask, gate_bias) in float64 with torch autograd: packed
 // documents, the SP-KV window, keep_first and log(u) gate biases, some of them -inf. It is the contract that
-// the GPU training path implements, and the specification its *_CUDA tests compare against.
+// the GPU training path implements, and the specification its *_CUDA tests compare against. Also the
+// kernels' bf16 rounding against LibTorch's.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "core/gating.h"
+#include "kernels/bf16.h"
 #include "kernels/cpu/attention_fast.h"
 #include "kernels/cpu/attention_ref.h"
 
@@ -95,6 +97,19 @@ TEST(AttentionGradRef, KeepAndFarBiasExcludeEachOtherAndTheFastPathSaysUnsupport
   EXPECT_EQ(kernels::cpu::gated_attention_ref(p), kernels::Status::ok);
   EXPECT_FALSE(kernels::hard_only(p));
   EXPECT_EQ(kernels::cpu::gated_attention(p), kernels::Status::unsupported);
+}
+
+TEST(Bf16, RoundsToNearestEvenLikeLibTorch) {
+  std::vector<float> xs{0.f, -0.f, 1.f, 1.f + 1.f / 256, 1.f + 3.f / 512, 1.f + 1.f / 512, -2.5e-39f, 1e-45f, 3.4e38f,
+                        INFINITY, -INFINITY, 65504.f, -1.0009765625f};
+  torch::manual_seed(9);
+  auto r = torch::randn({4000}) * torch::pow(10.0, torch::randint(-30, 30, {4000}).to(torch::kFloat32));
+  for (int64_t i = 0; i < r.size(0); ++i) xs.push_back(r[i].item<float>());
+  for (float x : xs) {
+    EXPECT_EQ(kernels::to_bf16(x).bits, c10::BFloat16(x).x) << x;
+    EXPECT_EQ(kernels::to_float(kernels::to_bf16(x)), float(c10::BFloat16(x))) << x;
+  }
+  EXPECT_TRUE(std::isnan(kernels::to_float(kernels::to_bf16(NAN))));
 }
 
 }  // namespace

@@ -1,14 +1,41 @@
-// Device copies of host vectors for the *_CUDA tests, freed with the holder; and the largest difference
-// between a result and its reference, NaN when an element was not written (outputs are poisoned with NaN).
+// Device copies of host vectors for the *_CUDA tests, freed with the holder; float32 <-> bf16 rows; and the
+// largest difference between a result and its reference, NaN when an element was not written (outputs are
+// poisoned with NaN).
 #pragma once
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "kernels/bf16.h"
+
 namespace spkv::kernels::test {
+
+// Rows of type Row (float or bf16) from float32 values, and back.
+template <class Row>
+std::vector<Row> as_rows(const std::vector<float>& x) {
+  std::vector<Row> out;
+  for (float f : x) {
+    if constexpr (std::is_same_v<Row, float>) out.push_back(f);
+    else out.push_back(to_bf16(f));
+  }
+  return out;
+}
+template <class Row>
+std::vector<float> as_floats(const std::vector<Row>& x) {
+  std::vector<float> out;
+  for (const Row& r : x) out.push_back(to_float(r));
+  return out;
+}
+// Rounds values to what Row can hold, so that a float32 reference sees exactly the kernel's inputs.
+template <class Row>
+void round_to(std::vector<float>& x) {
+  if constexpr (!std::is_same_v<Row, float>)
+    for (float& f : x) f = to_float(to_bf16(f));
+}
 
 struct Device {
   std::vector<void*> owned;

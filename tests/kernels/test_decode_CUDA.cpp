@@ -1,7 +1,8 @@
 // The CUDA decode path against the CPU references, on random data at odd sizes: decode attention over ragged
 // per-head caches (store lengths 0, 1, a full page, partial pages, several splits; a sequence with nothing
 // cached), with poisoned outputs and several split counts; and the fused append over many steps, compared
-// row by row. Skips cleanly without a CUDA device.
+// row by row. float32 and bf16 rows: for bf16 the reference gets the bf16 values. Skips cleanly without a
+// CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -24,6 +25,7 @@ using test::Device;
 // A host cache in the append layout filled by the CPU reference, so the ring and store are realistic. Head
 // i (mod 5) keeps: nothing; only token 0 (a store of one row, a partly filled page); everything; every 3rd
 // token; every 50th.
+template <class Row>
 test::AppendCache filled_cache(int64_t B, int64_t Hkv, int64_t D, int64_t W, int64_t P, int64_t steps, std::mt19937& rng) {
   const int64_t pages = (steps + P - 1) / P + 1;
   test::AppendCache c(B, Hkv, D, W, P, pages, B * Hkv * pages);
@@ -41,6 +43,7 @@ test::AppendCache filled_cache(int64_t B, int64_t Hkv, int64_t D, int64_t W, int
     std::vector<float> k(B * Hkv * D), v(B * Hkv * D);
     for (auto& x : k) x = n(rng);
     for (auto& x : v) x = n(rng);
+    test::round_to<Row>(k), test::round_to<Row>(v);
     std::vector<uint8_t> keep(B * Hkv);
     for (int64_t i = 0; i < B * Hkv; ++i) keep[i] = keeps(i, t);
     EXPECT_EQ(cpu::cache_append_ref(c.params(k.data(), v.data(), keep.data())), Status::ok);
@@ -48,96 +51,115 @@ test::AppendCache filled_cache(int64_t B, int64_t Hkv, int64_t D, int64_t W, int
   return c;
 }
 
-TEST(DecodeAttention_CUDA, MatchesCpuReferenceOnRaggedCaches) {
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+// Tolerance relative to the largest output: float32 arithmetic, then (bf16) one rounding of the output.
+template <class Row>
+void decode_matches(double tol) {
   std::mt19937 rng(3);
   std::normal_distribution<float> n;
   const int64_t B = 2, Hkv = 5, G = 3, H = Hkv * G, D = 72, W = 16, P = 7, steps = 700;
-  test::AppendCache c = filled_cache(B, Hkv, D, W, P, steps, rng);
+  test::AppendCache c = filled_cache<Row>(B, Hkv, D, W, P, steps, rng);
   ASSERT_EQ(c.store_len[0], 0);
   ASSERT_EQ(c.store_len[1], 1);
   ASSERT_EQ(c.store_len[2], steps - W);
   std::vector<float> q(B * H * D), want(B * H * D, NAN);
   for (auto& x : q) x = n(rng);
+  test::round_to<Row>(q);
   DecodeParams p;
   p.q = q.data(), p.y = want.data(), p.H = H, p.scale = 1.0f / std::sqrt(float(D)), p.cache = c.view();
   ASSERT_EQ(cpu::decode_attention_ref(p), Status::ok);
 
   Device dev;
-  DecodeParams g = p;
-  CacheView& v = g.cache;
-  v.ring_k = dev.copy(c.ring_k), v.ring_v = dev.copy(c.ring_v), v.ring_pos = dev.copy(c.ring_pos);
+  auto rows = [&](const std::vector<float>& x) { return dev.copy(test::as_rows<Row>(x)); };
+  DecodeParamsT<Row> g;
+  g.H = H, g.scale = p.scale;
+  CacheViewT<Row>& v = g.cache;
+  v.n_seq = B, v.Hkv = Hkv, v.D = D, v.W = W, v.page_size = P;
+  v.ring_k = rows(c.ring_k), v.ring_v = rows(c.ring_v), v.ring_pos = dev.copy(c.ring_pos);
   v.ring_keep = dev.copy(c.ring_keep), v.ring_len = dev.copy(c.ring_len);
-  const float* kpool = dev.copy(c.k_pool);
-  const float* vpool = dev.copy(c.v_pool);
-  std::vector<const float*> pk, pv;
+  const Row* kpool = rows(c.k_pool);
+  const Row* vpool = rows(c.v_pool);
+  std::vector<const Row*> pk, pv;
   for (int64_t page = 0; page < c.n_pages; ++page) pk.push_back(kpool + page * P * D), pv.push_back(vpool + page * P * D);
   v.page_k = dev.copy(pk), v.page_v = dev.copy(pv);
   v.store_indptr = dev.copy(c.indptr), v.store_pages = dev.copy(c.page_table), v.store_len = dev.copy(c.store_len);
-  g.q = dev.copy(q);
+  g.q = rows(q);
   int64_t most = 0;
   for (int64_t i = 0; i < B * Hkv; ++i) most = std::max<int64_t>(most, W + c.store_len[i]);
   for (int64_t splits : {int64_t(1), int64_t(2), cuda::decode_splits(most), int64_t(9)}) {
     const int64_t ws = cuda::decode_workspace_floats(B, H, D, splits);
     float* work = dev.copy(std::vector<float>(size_t(ws), NAN));
-    float* y = dev.copy(std::vector<float>(want.size(), NAN));  // poisoned: every element must be written
+    Row* y = rows(std::vector<float>(want.size(), NAN));  // poisoned: every element must be written
     g.y = y;
     ASSERT_EQ(cuda::decode_attention(g, splits, work, ws, nullptr), Status::ok);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const auto got = dev.back(y, want.size());
-    double err = 0;
-    for (size_t i = 0; i < got.size(); ++i) err = std::max(err, double(std::abs(got[i] - want[i])));
-    EXPECT_LT(err, 2e-5) << splits << " splits";  // NaN (an unwritten element) fails too
+    EXPECT_LT(test::max_rel_error(test::as_floats(dev.back(y, want.size())), want), tol) << splits << " splits";  // NaN fails too
   }
   // An empty cache (no ring, no store) gives zeros.
   std::vector<int32_t> zeros_len(B, 0), zeros_store(B * Hkv, 0);
   g.cache.ring_len = dev.copy(zeros_len), g.cache.store_len = dev.copy(zeros_store);
   float* work = dev.copy(std::vector<float>(size_t(cuda::decode_workspace_floats(B, H, D, 2)), NAN));
-  float* y = dev.copy(std::vector<float>(want.size(), NAN));
+  Row* y = rows(std::vector<float>(want.size(), NAN));
   g.y = y;
   ASSERT_EQ(cuda::decode_attention(g, 2, work, cuda::decode_workspace_floats(B, H, D, 2), nullptr), Status::ok);
-  for (float x : dev.back(y, want.size())) ASSERT_EQ(x, 0.0f);
+  for (float x : test::as_floats(dev.back(y, want.size()))) ASSERT_EQ(x, 0.0f);
   EXPECT_EQ(cuda::decode_attention(g, 2, work, 10, nullptr), Status::invalid_argument);  // workspace too small
 }
 
-// Runs `steps` appends of random rows and gates on a CPU and a GPU copy of the same cache.
-void append_both(test::AppendCache& cpu_cache, test::AppendCache& gpu_cache, Device& dev, AppendParams& g, int64_t steps,
-                 const std::vector<uint8_t>* fixed_keep, std::mt19937& rng) {
+TEST(DecodeAttention_CUDA, MatchesCpuReferenceOnRaggedCaches) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  decode_matches<float>(2e-5);
+}
+
+TEST(DecodeAttention_CUDA, Bf16MatchesCpuReferenceOnRaggedCaches) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  decode_matches<bf16>(1e-2);
+}
+
+// Runs `steps` appends of random rows and gates on a CPU and a GPU copy (rows of type Row) of the same cache;
+// gpu_cache gets the GPU's store back as float32.
+template <class Row>
+void append_both(test::AppendCache& cpu_cache, test::AppendCache& gpu_cache, Device& dev, AppendParamsT<Row>& g,
+                 int64_t steps, const std::vector<uint8_t>* fixed_keep, std::mt19937& rng) {
   std::normal_distribution<float> n;
   const int64_t rows = cpu_cache.B * cpu_cache.Hkv;
-  g = gpu_cache.params(nullptr, nullptr, nullptr);
-  g.ring_k = dev.copy(gpu_cache.ring_k), g.ring_v = dev.copy(gpu_cache.ring_v), g.ring_pos = dev.copy(gpu_cache.ring_pos);
+  auto to_dev = [&](const std::vector<float>& x) { return dev.copy(test::as_rows<Row>(x)); };
+  const AppendParams f = gpu_cache.params(nullptr, nullptr, nullptr);
+  g.n_seq = f.n_seq, g.Hkv = f.Hkv, g.D = f.D, g.W = f.W, g.page_size = f.page_size, g.max_pages = f.max_pages, g.n_free = f.n_free;
+  g.ring_k = to_dev(gpu_cache.ring_k), g.ring_v = to_dev(gpu_cache.ring_v), g.ring_pos = dev.copy(gpu_cache.ring_pos);
   g.ring_keep = dev.copy(gpu_cache.ring_keep), g.ring_len = dev.copy(gpu_cache.ring_len), g.seen = dev.copy(gpu_cache.seen);
-  g.k_pool = dev.copy(gpu_cache.k_pool), g.v_pool = dev.copy(gpu_cache.v_pool), g.page_table = dev.copy(gpu_cache.page_table);
+  g.k_pool = to_dev(gpu_cache.k_pool), g.v_pool = to_dev(gpu_cache.v_pool), g.page_table = dev.copy(gpu_cache.page_table);
   g.store_len = dev.copy(gpu_cache.store_len), g.free_pages = dev.copy(gpu_cache.free_pages);
   g.free_next = dev.copy(gpu_cache.free_next), g.overflow = dev.copy(gpu_cache.overflow);
   for (int64_t t = 0; t < steps; ++t) {
     std::vector<float> k(rows * cpu_cache.D), v(rows * cpu_cache.D);
     for (auto& x : k) x = n(rng);
     for (auto& x : v) x = n(rng);
+    test::round_to<Row>(k), test::round_to<Row>(v);
     std::vector<uint8_t> keep(rows);
     for (auto& x : keep) x = rng() % 2;
     if (fixed_keep) keep = *fixed_keep;
     ASSERT_EQ(cpu::cache_append_ref(cpu_cache.params(k.data(), v.data(), keep.data())), Status::ok);
-    g.k_new = dev.copy(k), g.v_new = dev.copy(v), g.keep_new = dev.copy(keep);
+    g.k_new = to_dev(k), g.v_new = to_dev(v), g.keep_new = dev.copy(keep);
     ASSERT_EQ(cuda::cache_append(g, nullptr), Status::ok);
   }
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   gpu_cache.store_len = dev.back(g.store_len, gpu_cache.store_len.size());
   gpu_cache.page_table = dev.back(g.page_table, gpu_cache.page_table.size());
-  gpu_cache.k_pool = dev.back(g.k_pool, gpu_cache.k_pool.size()), gpu_cache.v_pool = dev.back(g.v_pool, gpu_cache.v_pool.size());
+  gpu_cache.k_pool = test::as_floats(dev.back(g.k_pool, gpu_cache.k_pool.size()));
+  gpu_cache.v_pool = test::as_floats(dev.back(g.v_pool, gpu_cache.v_pool.size()));
 }
 
-TEST(CacheAppend_CUDA, MatchesCpuReferenceRowByRow) {
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+// Copies are exact in both row types: the reference got the bf16 values.
+template <class Row>
+void append_matches() {
   std::mt19937 rng(4);
   const int64_t B = 3, Hkv = 4, D = 40, W = 9, P = 5, steps = 83;
   test::AppendCache cpu_cache(B, Hkv, D, W, P, 16, B * Hkv * 16), gpu_cache = cpu_cache;
   Device dev;
-  AppendParams g;
+  AppendParamsT<Row> g;
   append_both(cpu_cache, gpu_cache, dev, g, steps, nullptr, rng);
-  EXPECT_EQ(dev.back(g.ring_k, cpu_cache.ring_k.size()), cpu_cache.ring_k);
-  EXPECT_EQ(dev.back(g.ring_v, cpu_cache.ring_v.size()), cpu_cache.ring_v);
+  EXPECT_EQ(test::as_floats(dev.back(g.ring_k, cpu_cache.ring_k.size())), cpu_cache.ring_k);
+  EXPECT_EQ(test::as_floats(dev.back(g.ring_v, cpu_cache.ring_v.size())), cpu_cache.ring_v);
   EXPECT_EQ(dev.back(g.ring_pos, cpu_cache.ring_pos.size()), cpu_cache.ring_pos);
   EXPECT_EQ(dev.back(g.ring_keep, cpu_cache.ring_keep.size()), cpu_cache.ring_keep);
   EXPECT_EQ(dev.back(g.ring_len, cpu_cache.ring_len.size()), cpu_cache.ring_len);
@@ -150,6 +172,16 @@ TEST(CacheAppend_CUDA, MatchesCpuReferenceRowByRow) {
     EXPECT_EQ(gpu_cache.store_rows(i, gpu_cache.k_pool), cpu_cache.store_rows(i, cpu_cache.k_pool)) << "head " << i;
     EXPECT_EQ(gpu_cache.store_rows(i, gpu_cache.v_pool), cpu_cache.store_rows(i, cpu_cache.v_pool)) << "head " << i;
   }
+}
+
+TEST(CacheAppend_CUDA, MatchesCpuReferenceRowByRow) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  append_matches<float>();
+}
+
+TEST(CacheAppend_CUDA, Bf16MatchesCpuReferenceRowByRow) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  append_matches<bf16>();
 }
 
 TEST(CacheAppend_CUDA, AFullPageTableRaisesOverflowLikeTheReference) {

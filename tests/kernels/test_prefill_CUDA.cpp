@@ -2,11 +2,13 @@
 // D = 72): a chunk of queries after cached keys, queries and outputs in (B, T, H, D) order (strided); hard
 // gates with a key block whose gates are all closed (the skipped path), no window, no gates, queries that
 // see no key; soft gates (far_bias, a block of -inf) and packed documents (k_begin), forward with lse and
-// backward. Outputs are poisoned with NaN, so every element must be written. Skips cleanly without a device.
+// backward; float32 and bf16 rows (the reference gets the bf16 values, so only the output rounding differs).
+// Outputs are poisoned with NaN, so every element must be written. Skips cleanly without a device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <type_traits>
 #include <random>
 #include <vector>
 
@@ -31,14 +33,17 @@ struct Errors {
   double y = 0, lse = 0, dq = 0, dk = 0, dv = 0, dbias = 0;
 };
 
-// Runs the forward (and with `backward` the backward) on the GPU and on the CPU reference.
+// Runs the forward (and with `backward` the backward) on the GPU with Row rows and on the CPU reference.
+template <class Row>
 Errors run(const Case& c, bool backward, std::mt19937& rng) {
   const int64_t B = 2, H = 6, Hkv = 2, T = 45, S = 45 + 83, D = 72;
   std::normal_distribution<float> n;
   std::uniform_real_distribution<float> unif(0.f, 1.f);
   std::vector<float> q(B * T * H * D), k(B * Hkv * S * D), v(B * Hkv * S * D), dy(B * T * H * D);
-  for (auto* a : {&q, &k, &v, &dy})
+  for (auto* a : {&q, &k, &v, &dy}) {
     for (auto& x : *a) x = n(rng);
+    test::round_to<Row>(*a);
+  }
   std::vector<uint8_t> keep(B * Hkv * S);
   std::vector<float> bias(B * Hkv * S);
   for (int64_t i = 0; i < int64_t(keep.size()); ++i) {
@@ -71,35 +76,47 @@ Errors run(const Case& c, bool backward, std::mt19937& rng) {
 
   test::Device dev;
   auto poisoned = [&](const std::vector<float>& like) { return dev.copy(std::vector<float>(like.size(), NAN)); };
-  GatedAttentionGradParams got = want;
-  GatedAttentionParams& g = got.fwd;
-  g.q = dev.copy(q), g.k = dev.copy(k), g.v = dev.copy(v), g.q_pos = dev.copy(qpos), g.k_pos = dev.copy(kpos);
+  auto rows = [&](const std::vector<float>& x) { return dev.copy(test::as_rows<Row>(x)); };
+  auto poisoned_rows = [&](const std::vector<float>& like) { return rows(std::vector<float>(like.size(), NAN)); };
+  GatedAttentionGradParamsT<Row> got;
+  GatedAttentionParamsT<Row>& g = got.fwd;
+  g.B = B, g.H = H, g.Hkv = Hkv, g.T = T, g.S = S, g.D = D, g.window = c.window, g.scale = p.scale;
+  set_contiguous_strides(g);
+  g.q_st = p.q_st, g.q_sh = p.q_sh, g.q_sb = p.q_sb, g.y_st = p.y_st, g.y_sh = p.y_sh, g.y_sb = p.y_sb;
+  g.q = rows(q), g.k = rows(k), g.v = rows(v), g.q_pos = dev.copy(qpos), g.k_pos = dev.copy(kpos);
   g.keep = p.keep ? dev.copy(keep) : nullptr;
   g.far_bias = p.far_bias ? dev.copy(bias) : nullptr;
   g.k_begin = p.k_begin ? dev.copy(k_begin) : nullptr;
-  g.y = poisoned(y), g.lse = poisoned(lse);
-  got.dy = dev.copy(dy), got.dq = poisoned(dq), got.dk = poisoned(dk), got.dv = poisoned(dv), got.delta = poisoned(lse);
+  g.y = poisoned_rows(y), g.lse = poisoned(lse);
+  got.dy = rows(dy), got.dq = poisoned_rows(dq), got.dk = poisoned_rows(dk), got.dv = poisoned_rows(dv), got.delta = poisoned(lse);
   got.d_far_bias = p.far_bias ? poisoned(dbias) : nullptr;
   EXPECT_EQ(cuda::gated_attention(g, nullptr), Status::ok);
   if (backward) EXPECT_EQ(cuda::gated_attention_backward(got, nullptr), Status::ok);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
   Errors e;
-  e.y = test::max_rel_error(dev.back(g.y, y.size()), y);
+  auto back = [&](const Row* d, size_t n) { return test::as_floats(dev.back(d, n)); };
+  e.y = test::max_rel_error(back(g.y, y.size()), y);
   // lse is -inf where a query sees nothing: equal there, relative elsewhere.
   const auto lse_got = dev.back(g.lse, lse.size());
   for (size_t i = 0; i < lse.size(); ++i)
     e.lse = std::max(e.lse, std::isinf(lse[i]) ? (lse_got[i] == lse[i] ? 0.0 : NAN) : std::abs(lse_got[i] - lse[i]) / (1 + std::abs(lse[i])));
   if (!backward) return e;
-  e.dq = test::max_rel_error(dev.back(got.dq, dq.size()), dq);
-  e.dk = test::max_rel_error(dev.back(got.dk, dk.size()), dk);
-  e.dv = test::max_rel_error(dev.back(got.dv, dv.size()), dv);
+  e.dq = test::max_rel_error(back(got.dq, dq.size()), dq);
+  e.dk = test::max_rel_error(back(got.dk, dk.size()), dk);
+  e.dv = test::max_rel_error(back(got.dv, dv.size()), dv);
   if (p.far_bias) e.dbias = test::max_rel_error(dev.back(got.d_far_bias, dbias.size()), dbias);
   return e;
 }
 
-TEST(GatedPrefill_CUDA, MatchesCpuReference) {
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+// Tolerances, relative to the largest element: float32 arithmetic, then (bf16) one rounding of the output.
+template <class Row>
+constexpr double kForwardTol = std::is_same_v<Row, float> ? 2e-5 : 1e-2;
+template <class Row>
+constexpr double kBackwardTol = std::is_same_v<Row, float> ? 1e-4 : 2e-2;
+
+template <class Row>
+void forward_matches() {
   std::mt19937 rng(11);
   for (const Case& c : {Case{16, Gates::hard},            // window + gates, a closed block skipped
                         Case{0, Gates::none},             // no window: plain causal
@@ -107,25 +124,45 @@ TEST(GatedPrefill_CUDA, MatchesCpuReference) {
                         Case{16, Gates::soft},            // soft gates, a block of -inf biases skipped
                         Case{16, Gates::soft, 0, true},   // ... with packed documents
                         Case{16, Gates::hard, 0, true}}) {
-    const Errors e = run(c, false, rng);
-    EXPECT_LT(e.y, 2e-5) << "window " << c.window << " gates " << int(c.gates) << " documents " << c.documents;
+    const Errors e = run<Row>(c, false, rng);
+    EXPECT_LT(e.y, kForwardTol<Row>) << "window " << c.window << " gates " << int(c.gates) << " documents " << c.documents;
     EXPECT_LT(e.lse, 2e-5) << "window " << c.window << " gates " << int(c.gates) << " documents " << c.documents;
   }
-  const Errors future = run(Case{16, Gates::hard, 1000}, false, rng);  // every key in the future: y = 0, lse = -inf
+  const Errors future = run<Row>(Case{16, Gates::hard, 1000}, false, rng);  // every key in the future: y = 0, lse = -inf
   EXPECT_EQ(future.y, 0.0);
   EXPECT_EQ(future.lse, 0.0);
 }
 
-TEST(GatedPrefill_CUDA, BackwardMatchesCpuReference) {
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+template <class Row>
+void backward_matches() {
   std::mt19937 rng(12);
   for (const Case& c : {Case{16, Gates::soft, 0, true}, Case{16, Gates::soft}, Case{16, Gates::hard}, Case{0, Gates::none},
                         Case{16, Gates::hard, 1000}}) {
-    const Errors e = run(c, true, rng);
+    const Errors e = run<Row>(c, true, rng);
     const auto what = ::testing::Message() << "window " << c.window << " gates " << int(c.gates) << " documents "
                                            << c.documents << " first key " << c.first_key_pos;
-    for (double x : {e.y, e.dq, e.dk, e.dv, e.dbias}) EXPECT_LT(x, 1e-4) << what;
+    for (double x : {e.y, e.dq, e.dk, e.dv, e.dbias}) EXPECT_LT(x, kBackwardTol<Row>) << what;
   }
+}
+
+TEST(GatedPrefill_CUDA, MatchesCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  forward_matches<float>();
+}
+
+TEST(GatedPrefill_CUDA, Bf16MatchesCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  forward_matches<bf16>();
+}
+
+TEST(GatedPrefill_CUDA, BackwardMatchesCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  backward_matches<float>();
+}
+
+TEST(GatedPrefill_CUDA, Bf16BackwardMatchesCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  backward_matches<bf16>();
 }
 
 }  // namespace

@@ -18,13 +18,15 @@ double max_rel(const torch::Tensor& got, const torch::Tensor& want) {
   return ((got.to(torch::kFloat64).cpu() - want.cpu()).abs().max() / want.abs().max().cpu()).item<double>();
 }
 
-TEST(TorchAdapter_CUDA, GatedAttentionGradientsMatchTorchAutograd) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+// Rows of dtype `rows` (the float64 reference starts from the same values); tolerances relative to the largest
+// element.
+void autograd_matches(torch::ScalarType rows, double tol_y, double tol_grad) {
   torch::manual_seed(5);
   const int64_t B = 2, H = 6, Hkv = 2, G = H / Hkv, T = 53, D = 40, W = 7;
   auto cuda = torch::TensorOptions().device(torch::kCUDA);
-  auto q = torch::randn({B, T, H, D}, cuda).transpose(1, 2).requires_grad_();  // strided (B, H, T, D)
-  auto k = torch::randn({B, Hkv, T, D}, cuda).requires_grad_(), v = torch::randn({B, Hkv, T, D}, cuda).requires_grad_();
+  auto r = cuda.dtype(rows);
+  auto q = torch::randn({B, T, H, D}, r).transpose(1, 2).requires_grad_();  // strided (B, H, T, D)
+  auto k = torch::randn({B, Hkv, T, D}, r).requires_grad_(), v = torch::randn({B, Hkv, T, D}, r).requires_grad_();
   auto fb = torch::log(torch::rand({B, Hkv, T}, cuda) + 1e-8).requires_grad_();
   auto pos = torch::arange(T, cuda.dtype(torch::kInt64));
   auto k_begin = torch::zeros({B, T}, cuda.dtype(torch::kInt64));
@@ -32,7 +34,7 @@ TEST(TorchAdapter_CUDA, GatedAttentionGradientsMatchTorchAutograd) {
   cuda_ops::Gates g;
   g.q_pos = g.k_pos = pos, g.window = W, g.far_bias = fb, g.k_begin = k_begin;
   auto y = cuda_ops::gated_attention(q, k, v, g);
-  auto dy = torch::randn({B, H, T, D}, cuda);
+  auto dy = torch::randn({B, H, T, D}, r);
   (y * dy).sum().backward();
 
   // The formula in float64: causal, same document, local (t - s < W) or far with bias fb.
@@ -47,11 +49,18 @@ TEST(TorchAdapter_CUDA, GatedAttentionGradientsMatchTorchAutograd) {
   auto y64 = torch::matmul(torch::softmax(scores, -1), v64.unsqueeze(2)).view({B, H, T, D});
   (y64 * dy.to(torch::kFloat64)).sum().backward();
 
-  EXPECT_LT(max_rel(y.detach(), y64.detach()), 1e-5);
-  EXPECT_LT(max_rel(q.grad(), q64.grad()), 1e-4);
-  EXPECT_LT(max_rel(k.grad(), k64.grad()), 1e-4);
-  EXPECT_LT(max_rel(v.grad(), v64.grad()), 1e-4);
-  EXPECT_LT(max_rel(fb.grad(), fb64.grad()), 1e-4);
+  EXPECT_EQ(y.scalar_type(), rows);
+  EXPECT_LT(max_rel(y.detach(), y64.detach()), tol_y);
+  EXPECT_LT(max_rel(q.grad(), q64.grad()), tol_grad);
+  EXPECT_LT(max_rel(k.grad(), k64.grad()), tol_grad);
+  EXPECT_LT(max_rel(v.grad(), v64.grad()), tol_grad);
+  EXPECT_LT(max_rel(fb.grad(), fb64.grad()), tol_grad);
+}
+
+TEST(TorchAdapter_CUDA, GatedAttentionGradientsMatchTorchAutograd) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  autograd_matches(torch::kFloat32, 1e-5, 1e-4);
+  autograd_matches(torch::kBFloat16, 1e-2, 2e-2);
 }
 
 TEST(TorchAdapter_CUDA, BadInputsNameTheTensor) {
