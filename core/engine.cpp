@@ -1,6 +1,7 @@
 // The engine's forward pass: the layers of model.cpp with the attention replaced by the kernels over the
-// cache (CPU here; on a CUDA device, cuda_ops::DeviceKvCache does the same on the GPU). Prefill gathers each head's cached keys (store, ring) ahead of the chunk's own keys and runs
-// the gated kernel with their positions and decisions; decode runs the ragged decode kernel.
+// cache (the CPU ones here; on a CUDA device, cuda_ops::DeviceKvCache does the same on the GPU). Prefill
+// gathers each head's cached keys (store, ring) ahead of the chunk's own keys and runs the gated kernel with
+// their positions and decisions; decode runs the ragged decode kernel.
 #include "core/engine.h"
 
 #include <cmath>

@@ -20,8 +20,8 @@ struct WarpSoftmax {
   float q[kWarpMaxG][kWarpMaxDL], acc[kWarpMaxG][kWarpMaxDL], m[kWarpMaxG], l[kWarpMaxG];
 
   // q_row(g) points at query head g's row (D elements, float or bf16); G <= kWarpMaxG.
-  template <class Row>
-  __device__ void reset(Row q_row, int64_t G, int64_t D, int lane) {
+  template <class QueryRow>
+  __device__ void reset(QueryRow q_row, int64_t G, int64_t D, int lane) {
     for (int g = 0; g < kWarpMaxG; ++g) {
       m[g] = -INFINITY, l[g] = 0.f;
       for (int e = 0; e < kWarpMaxDL; ++e) {
