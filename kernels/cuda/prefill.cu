@@ -1,9 +1,8 @@
 // Gated prefill attention (prefill.h) and its backward.
 // Forward: warp per (b, hk, t), online softmax per query head in registers, key blocks of 32 chosen by a
 // warp vote on visibility. Backward (FlashAttention-2 style, recomputing the probabilities from lse):
-// delta = rowsum(dy * y) (warp per query row), then dq (warp per query row, over its visible keys) and
-// dk, dv, d_far_bias (warp per key row, over the queries that see it). Every output element has one owner:
-// no atomics, deterministic.
+// delta = rowsum(dy * y) and dq (warp per query row, over its visible keys), then dk, dv, d_far_bias (warp
+// per key row, over the queries that see it). Every output element has one owner: no atomics, deterministic.
 #include <cmath>
 
 #include "kernels/cuda/prefill.h"
@@ -47,6 +46,21 @@ __device__ inline float warp_dot(const float (&a)[kWarpMaxDL], const float (&b)[
   return warp_sum(s);
 }
 
+// visit(i, bias) for every i < n in order whose bias_of(i) is not -inf, 32 at a time: a warp vote on the
+// biases (positions and gates only) skips a block of 32 with nothing visible. Every lane of the warp calls it.
+template <class BiasOf, class Visit>
+__device__ inline void for_each_visible(int64_t n, int lane, BiasOf bias_of, Visit visit) {
+  for (int64_t i0 = 0; i0 < n; i0 += 32) {
+    const float bias = i0 + lane < n ? bias_of(i0 + lane) : -INFINITY;
+    unsigned mask = __ballot_sync(kAll, bias != -INFINITY);
+    while (mask) {
+      const int j = __ffs(mask) - 1;
+      mask &= mask - 1;
+      visit(i0 + j, __shfl_sync(kAll, bias, j));
+    }
+  }
+}
+
 template <class Row>
 __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAttentionParamsT<Row> p) {
   const int lane = threadIdx.x % 32;
@@ -55,17 +69,9 @@ __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAtten
   const int64_t t = row % p.T, hk = (row / p.T) % p.Hkv, b = row / (p.T * p.Hkv), G = p.H / p.Hkv, D = p.D;
   WarpSoftmax sm;
   sm.reset([&](int64_t g) { return p.q + b * p.q_sb + (hk * G + g) * p.q_sh + t * p.q_st; }, G, D, lane);
-  for (int64_t s0 = 0; s0 < p.S; s0 += 32) {
-    // Which of the block's keys this query sees: positions and gates only, no key rows.
-    const float bias = s0 + lane < p.S ? key_bias(p, b, hk, t, s0 + lane) : -INFINITY;
-    unsigned mask = __ballot_sync(kAll, bias != -INFINITY);
-    while (mask) {  // the visible keys, in order
-      const int j = __ffs(mask) - 1;
-      mask &= mask - 1;
-      sm.add(p.k + b * p.k_sb + hk * p.k_sh + (s0 + j) * p.k_st, p.v + b * p.v_sb + hk * p.v_sh + (s0 + j) * p.v_st, G, D,
-             p.scale, __shfl_sync(kAll, bias, j), lane);
-    }
-  }
+  for_each_visible(p.S, lane, [&](int64_t s) { return key_bias(p, b, hk, t, s); }, [&](int64_t s, float bias) {
+    sm.add(p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st, p.v + b * p.v_sb + hk * p.v_sh + s * p.v_st, G, D, p.scale, bias, lane);
+  });
   for (int g = 0; g < kWarpMaxG; ++g) {  // static bounds keep the state in registers
     if (g >= G) break;
     Row* y = p.y + b * p.y_sb + (hk * G + g) * p.y_sh + t * p.y_st;
@@ -77,22 +83,8 @@ __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAtten
   }
 }
 
-// delta[b, h, t] = dy . y; warp per query row.
-template <class Row>
-__global__ void __launch_bounds__(kWarps * 32) delta_kernel(GatedAttentionGradParamsT<Row> g) {
-  const GatedAttentionParamsT<Row>& p = g.fwd;
-  const int lane = threadIdx.x % 32;
-  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, t)
-  if (row >= p.B * p.H * p.T) return;
-  const int64_t t = row % p.T, h = (row / p.T) % p.H, b = row / (p.T * p.H), off = b * p.y_sb + h * p.y_sh + t * p.y_st;
-  float dy[kWarpMaxDL], y[kWarpMaxDL];
-  load_row(dy, g.dy + off, p.D, lane);
-  load_row(y, p.y + off, p.D, lane);
-  const float d = warp_dot(dy, y);
-  if (lane == 0) g.delta[row] = d;
-}
-
-// dq[b, h, t] = scale sum_s dS[s] k[s], dS[s] = P[s] (dy . v[s] - delta), P[s] = exp(score - lse); warp per query row.
+// delta[b, h, t] = dy . y (written for dkv_kernel) and dq[b, h, t] = scale sum_s dS[s] k[s], with
+// dS[s] = P[s] (dy . v[s] - delta) and P[s] = exp(score - lse); warp per query row.
 template <class Row>
 __global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParamsT<Row> g) {
   const GatedAttentionParamsT<Row>& p = g.fwd;
@@ -101,22 +93,19 @@ __global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParam
   if (row >= p.B * p.H * p.T) return;
   const int64_t t = row % p.T, h = (row / p.T) % p.H, b = row / (p.T * p.H), hk = h / (p.H / p.Hkv), D = p.D;
   float q[kWarpMaxDL], dy[kWarpMaxDL], dq[kWarpMaxDL] = {}, kr[kWarpMaxDL], vr[kWarpMaxDL];
+  const int64_t y_off = b * p.y_sb + h * p.y_sh + t * p.y_st;
+  load_row(dy, g.dy + y_off, D, lane);
+  load_row(q, p.y + y_off, D, lane);  // y, for delta; q is loaded next
+  const float lse = p.lse[row], delta = warp_dot(dy, q);
+  if (lane == 0) g.delta[row] = delta;
   load_row(q, p.q + b * p.q_sb + h * p.q_sh + t * p.q_st, D, lane);
-  load_row(dy, g.dy + b * p.y_sb + h * p.y_sh + t * p.y_st, D, lane);
-  const float lse = p.lse[row], delta = g.delta[row];
-  for (int64_t s0 = 0; s0 < p.S; s0 += 32) {
-    const float bias = s0 + lane < p.S ? key_bias(p, b, hk, t, s0 + lane) : -INFINITY;
-    unsigned mask = __ballot_sync(kAll, bias != -INFINITY);
-    while (mask) {
-      const int j = __ffs(mask) - 1;
-      mask &= mask - 1;
-      load_row(kr, p.k + b * p.k_sb + hk * p.k_sh + (s0 + j) * p.k_st, D, lane);
-      load_row(vr, p.v + b * p.v_sb + hk * p.v_sh + (s0 + j) * p.v_st, D, lane);
-      const float pr = __expf(warp_dot(q, kr) * p.scale + __shfl_sync(kAll, bias, j) - lse);
-      const float ds = pr * (warp_dot(dy, vr) - delta);
-      for (int e = 0; e < kWarpMaxDL; ++e) dq[e] += ds * kr[e];
-    }
-  }
+  for_each_visible(p.S, lane, [&](int64_t s) { return key_bias(p, b, hk, t, s); }, [&](int64_t s, float bias) {
+    load_row(kr, p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st, D, lane);
+    load_row(vr, p.v + b * p.v_sb + hk * p.v_sh + s * p.v_st, D, lane);
+    const float pr = __expf(warp_dot(q, kr) * p.scale + bias - lse);
+    const float ds = pr * (warp_dot(dy, vr) - delta);
+    for (int e = 0; e < kWarpMaxDL; ++e) dq[e] += ds * kr[e];
+  });
   store_row(g.dq + b * p.q_sb + h * p.q_sh + t * p.q_st, dq, p.scale, D, lane);
 }
 
@@ -133,26 +122,18 @@ __global__ void __launch_bounds__(kWarps * 32) dkv_kernel(GatedAttentionGradPara
   float dbias = 0.f;
   load_row(kr, p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st, D, lane);
   load_row(vr, p.v + b * p.v_sb + hk * p.v_sh + s * p.v_st, D, lane);
-  for (int64_t t0 = 0; t0 < p.T; t0 += 32) {
-    const float bias = t0 + lane < p.T ? key_bias(p, b, hk, t0 + lane, s) : -INFINITY;
-    unsigned mask = __ballot_sync(kAll, bias != -INFINITY);
-    while (mask) {
-      const int j = __ffs(mask) - 1;
-      mask &= mask - 1;
-      const int64_t t = t0 + j;
-      const float bj = __shfl_sync(kAll, bias, j);
-      const bool far = is_far(p, t, s);
-      for (int64_t h = hk * G; h < hk * G + G; ++h) {
-        const int64_t qrow = (b * p.H + h) * p.T + t;
-        load_row(q, p.q + b * p.q_sb + h * p.q_sh + t * p.q_st, D, lane);
-        load_row(dy, g.dy + b * p.y_sb + h * p.y_sh + t * p.y_st, D, lane);
-        const float pr = __expf(warp_dot(q, kr) * p.scale + bj - p.lse[qrow]);
-        const float ds = pr * (warp_dot(dy, vr) - g.delta[qrow]);
-        for (int e = 0; e < kWarpMaxDL; ++e) dk[e] += ds * q[e], dv[e] += pr * dy[e];
-        if (far) dbias += ds;
-      }
+  for_each_visible(p.T, lane, [&](int64_t t) { return key_bias(p, b, hk, t, s); }, [&](int64_t t, float bias) {
+    const bool far = is_far(p, t, s);
+    for (int64_t h = hk * G; h < hk * G + G; ++h) {
+      const int64_t qrow = (b * p.H + h) * p.T + t;
+      load_row(q, p.q + b * p.q_sb + h * p.q_sh + t * p.q_st, D, lane);
+      load_row(dy, g.dy + b * p.y_sb + h * p.y_sh + t * p.y_st, D, lane);
+      const float pr = __expf(warp_dot(q, kr) * p.scale + bias - p.lse[qrow]);
+      const float ds = pr * (warp_dot(dy, vr) - g.delta[qrow]);
+      for (int e = 0; e < kWarpMaxDL; ++e) dk[e] += ds * q[e], dv[e] += pr * dy[e];
+      if (far) dbias += ds;
     }
-  }
+  });
   store_row(g.dk + b * p.k_sb + hk * p.k_sh + s * p.k_st, dk, p.scale, D, lane);
   store_row(g.dv + b * p.v_sb + hk * p.v_sh + s * p.v_st, dv, 1.f, D, lane);
   if (g.d_far_bias && lane == 0) g.d_far_bias[b * p.bias_sb + hk * p.bias_sh + s] = dbias;
@@ -188,10 +169,7 @@ Status backward(const GatedAttentionGradParamsT<Row>& g, cudaStream_t stream) {
   if (!supported(p)) return Status::unsupported;
   const unsigned q_blocks = blocks_for(p.B * p.H * p.T), k_blocks = blocks_for(p.B * p.Hkv * p.S);
   if ((q_blocks == 0 && p.B * p.H * p.T > 0) || (k_blocks == 0 && p.B * p.Hkv * p.S > 0)) return Status::unsupported;
-  if (q_blocks > 0) {
-    delta_kernel<<<q_blocks, kWarps * 32, 0, stream>>>(g);
-    dq_kernel<<<q_blocks, kWarps * 32, 0, stream>>>(g);
-  }
+  if (q_blocks > 0) dq_kernel<<<q_blocks, kWarps * 32, 0, stream>>>(g);
   if (k_blocks > 0) dkv_kernel<<<k_blocks, kWarps * 32, 0, stream>>>(g);
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }

@@ -210,10 +210,9 @@ void DeviceKvCache::reserve(int64_t T) {
   if (k_pool_.size(0) - used < need) grow(std::max(k_pool_.size(0), need));
 }
 
-void DeviceKvCache::append(int64_t il, const Tensor& k, const Tensor& v, const Tensor& keep) {
+kernels::AppendParams DeviceKvCache::layer_params(int64_t il) const {
   kernels::AppendParams a;
   a.n_seq = B_, a.Hkv = Hkv_, a.D = D_, a.W = W_, a.page_size = P_;
-  a.k_new = k.data_ptr<float>(), a.v_new = v.data_ptr<float>(), a.keep_new = keep.data_ptr<uint8_t>();
   a.ring_k = ring_k_[il].data_ptr<float>(), a.ring_v = ring_v_[il].data_ptr<float>();
   a.ring_pos = ring_pos_[il].data_ptr<int64_t>(), a.ring_keep = ring_keep_[il].data_ptr<uint8_t>();
   a.ring_len = ring_len_[il].data_ptr<int32_t>(), a.seen = seen_[il].data_ptr<int64_t>();
@@ -222,6 +221,12 @@ void DeviceKvCache::append(int64_t il, const Tensor& k, const Tensor& v, const T
   a.max_pages = max_pages_;
   a.free_pages = free_pages_.data_ptr<int32_t>(), a.free_next = counters_.data_ptr<int32_t>();
   a.n_free = k_pool_.size(0), a.overflow = counters_.data_ptr<int32_t>() + 1;
+  return a;
+}
+
+void DeviceKvCache::append(int64_t il, const Tensor& k, const Tensor& v, const Tensor& keep) {
+  kernels::AppendParams a = layer_params(il);
+  a.k_new = k.data_ptr<float>(), a.v_new = v.data_ptr<float>(), a.keep_new = keep.data_ptr<uint8_t>();
   check(kernels::cuda::cache_append(a, stream_of(dev_)), "cache append");
   ++pos_[il];
 }
@@ -243,13 +248,7 @@ Tensor DeviceKvCache::attend(int64_t il, const Tensor& q, const Tensor& k, const
       append(il, k.select(2, t).contiguous(), v.select(2, t).contiguous(), keep_u8.select(1, t).contiguous());
   };
   const auto view = [&] {
-    kernels::AppendParams a;
-    a.n_seq = B_, a.Hkv = Hkv_, a.D = D_, a.W = W_, a.page_size = P_, a.max_pages = max_pages_;
-    a.ring_k = ring_k_[il].data_ptr<float>(), a.ring_v = ring_v_[il].data_ptr<float>();
-    a.ring_pos = ring_pos_[il].data_ptr<int64_t>(), a.ring_keep = ring_keep_[il].data_ptr<uint8_t>();
-    a.ring_len = ring_len_[il].data_ptr<int32_t>();
-    a.page_table = page_table_[il].data_ptr<int32_t>(), a.store_len = store_len_[il].data_ptr<int32_t>();
-    return kernels::append_view(a, reinterpret_cast<const float* const*>(page_k_.data_ptr<int64_t>()),
+    return kernels::append_view(layer_params(il), reinterpret_cast<const float* const*>(page_k_.data_ptr<int64_t>()),
                                 reinterpret_cast<const float* const*>(page_v_.data_ptr<int64_t>()), indptr_.data_ptr<int32_t>());
   };
   if (T == 1) {  // decode: the token joins the cache, then attends over it

@@ -7,6 +7,8 @@
 
 #include <vector>
 
+#include "kernels/append_params.h"
+
 namespace spkv::cuda_ops {
 
 // What positions, gates and documents add to causal attention; the rule is kernels/attention_params.h's.
@@ -45,6 +47,7 @@ class DeviceKvCache {
   int64_t bytes_reserved() const;                // the rings plus the whole pool
 
  private:
+  kernels::AppendParams layer_params(int64_t il) const;  // layer il's memory; no new rows yet
   void append(int64_t il, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& keep);  // (B, Hkv, D)
   void grow(int64_t pages);
 
