@@ -110,7 +110,7 @@ class Generator {
     Builder b;
     b.doc.kind = kind;
     if (kind == "kv") {
-      const int64_t k = 4 + uniform(5);
+      const int64_t k = o_.min_facts + uniform(o_.max_facts - o_.min_facts + 1);
       auto names = distinct(k, 0, kNumNames);
       auto values = distinct(k, 1000, 10000);
       const int64_t fixed = k * 64 + 12;
@@ -199,6 +199,8 @@ std::vector<TaskDoc> generate_tasks(const std::vector<std::string>& filler, cons
   if (o.kinds.empty()) throw ConfigError("tasks: no kinds given");
   if (o.min_chars < 1 || o.max_chars < o.min_chars || o.min_gap_chars < 0)
     throw ConfigError("tasks: need 1 <= min_chars <= max_chars and min_gap_chars >= 0");
+  if (o.min_facts < 1 || o.max_facts < o.min_facts || o.max_facts > kNumNames)
+    throw ConfigError("tasks: need 1 <= min_facts <= max_facts <= " + std::to_string(kNumNames));
   int64_t filler_bytes = 0;
   for (auto& d : filler) filler_bytes += int64_t(d.size());
   if (filler.empty() || filler_bytes < 4 * o.max_chars)
@@ -273,6 +275,65 @@ std::vector<std::vector<int64_t>> span_tokens(const Tokenizer& tok, const std::v
     out.push_back(std::move(idx));
   }
   return out;
+}
+
+json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, int64_t window) {
+  struct Tally {
+    int64_t documents = 0, tokens = 0, answers = 0, answer_tokens = 0, beyond = 0;
+    std::vector<int64_t> distances;
+  };
+  std::map<std::string, Tally> by_kind;
+  Tally all;
+  Progress bar("composition", int64_t(docs.size()), "doc");
+  for (const TaskDoc& d : docs) {
+    const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
+    Tally& t = by_kind[d.kind];
+    t.documents += 1, t.tokens += int64_t(ids.size());
+    if (!d.answers.empty()) {
+      const auto answers = span_tokens(tok, ids, d.text, d.answers);
+      const auto facts = span_tokens(tok, ids, d.text, d.facts);
+      for (size_t a = 0; a < answers.size(); ++a) {
+        if (answers[a].empty()) continue;
+        const std::string text = d.text.substr(size_t(d.answers[a].begin), size_t(d.answers[a].end - d.answers[a].begin));
+        int64_t fact_end = -1;  // the last token of the matching fact
+        bool matched = false;
+        for (size_t f = 0; f < facts.size(); ++f) {
+          if (facts[f].empty() || d.facts[f].begin >= d.answers[a].begin) continue;
+          const bool same = d.text.compare(size_t(d.facts[f].begin), size_t(d.facts[f].end - d.facts[f].begin), text) == 0;
+          if (same || !matched) fact_end = facts[f].back();
+          matched = matched || same;
+        }
+        t.answers += 1, t.answer_tokens += int64_t(answers[a].size());
+        if (fact_end < 0) continue;
+        const int64_t dist = answers[a].front() - 1 - fact_end;
+        t.distances.push_back(dist);
+        t.beyond += dist >= window;
+      }
+    }
+    bar.add(1);
+  }
+  bar.finish();
+  for (auto& [k, t] : by_kind) {
+    all.documents += t.documents, all.tokens += t.tokens, all.answers += t.answers;
+    all.answer_tokens += t.answer_tokens, all.beyond += t.beyond;
+    all.distances.insert(all.distances.end(), t.distances.begin(), t.distances.end());
+  }
+  auto summary = [&](Tally& t) {
+    json j = {{"documents", t.documents}, {"tokens", t.tokens},
+              {"token_share", all.tokens ? double(t.tokens) / double(all.tokens) : 0.0}, {"answers", t.answers},
+              {"answer_tokens", t.answer_tokens},
+              {"answer_token_share", all.tokens ? double(t.answer_tokens) / double(all.tokens) : 0.0},
+              {"beyond_window", t.beyond}};
+    if (!t.distances.empty()) {
+      std::sort(t.distances.begin(), t.distances.end());
+      auto q = [&](double p) { return t.distances[size_t(p * double(t.distances.size() - 1) + 0.5)]; };
+      j["distance"] = {{"min", q(0)}, {"median", q(0.5)}, {"p90", q(0.9)}, {"max", q(1)}};
+    }
+    return j;
+  };
+  json kinds = json::object();
+  for (auto& [k, t] : by_kind) kinds[k] = summary(t);
+  return {{"window", window}, {"kinds", kinds}, {"all", summary(all)}};
 }
 
 json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs) {

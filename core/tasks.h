@@ -29,6 +29,7 @@ struct TaskGenOptions {
   std::vector<std::string> kinds = {"kv", "needle", "reversal", "copy"};  // used in turn
   int64_t min_chars = 1800, max_chars = 3400;  // document length, filler included
   int64_t min_gap_chars = 600;  // at least this much filler between the last fact and the first answer
+  int64_t min_facts = 4, max_facts = 8;  // key-value pairs in a "kv" document (all are queried)
 };
 
 // filler: natural-text documents to cut filler spans from (at line boundaries). Deterministic in the
@@ -45,6 +46,13 @@ std::vector<TaskDoc> read_tasks_jsonl(const std::string& path);
 // the encoding has one. Throws TokenizerError when the tokens do not decode back to `text`.
 std::vector<std::vector<int64_t>> span_tokens(const Tokenizer& tok, const std::vector<int32_t>& ids,
                                               const std::string& text, const std::vector<ByteSpan>& spans);
+
+// The make-up of a training corpus, per kind (a task kind, or for plain text the name its caller gives):
+// documents, tokens (BOS included), answers and answer tokens, and for every answer its distance: from the
+// query that predicts the answer's first token back to the last token of its fact (the fact with the same
+// text, else the last fact before the answer). "beyond_window" counts answers with distance >= window,
+// whose fact a window-only model cannot see. Shares are of all tokens. Throws TokenizerError as span_tokens.
+nlohmann::json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, int64_t window);
 
 // Teacher-forced greedy accuracy on the answer tokens, per kind and overall: answers, tokens, token_acc
 // (argmax equals the answer token) and exact (every token of an answer right). With SP-KV (hard gates at

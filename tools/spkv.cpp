@@ -267,6 +267,44 @@ void cmd_tasks_generate(const std::vector<std::string>& filler_inputs, const std
   fmt::print("wrote {} tasks to {}\n", docs.size(), out);
 }
 
+// Task files (.jsonl with spans) count by their kinds, text documents by their file's name.
+void cmd_tasks_stats(const std::string& tokenizer, const std::vector<std::string>& inputs, const std::string& separator,
+                     int64_t window, const std::string& json_out) {
+  auto tok = load_tokenizer(tokenizer);
+  std::vector<TaskDoc> docs;
+  for (const std::string& in : inputs) {
+    if (fs::path(in).extension() == ".jsonl") {
+      for (auto& d : read_tasks_jsonl(in)) docs.push_back(std::move(d));
+      continue;
+    }
+    for (auto& d : read_documents(in, separator)) {
+      TaskDoc t;
+      t.kind = fs::path(d.id.substr(0, d.id.rfind('#'))).stem().string();
+      t.text = std::move(d.text);
+      docs.push_back(std::move(t));
+    }
+  }
+  const auto r = task_composition(*tok, docs, window);
+  fmt::print("{:<14} {:>9} {:>11} {:>7} {:>9} {:>9} {:>7}  {:>24}  {:>8}\n", "kind", "documents", "tokens", "share",
+             "answers", "ans. tok", "share", "distance min/med/p90/max", "beyond W");
+  auto row = [](const std::string& k, const nlohmann::json& t) {
+    std::string dist = "-", beyond = "-";
+    if (t.contains("distance")) {
+      const auto& q = t["distance"];
+      dist = fmt::format("{}/{}/{}/{}", q["min"].get<int64_t>(), q["median"].get<int64_t>(), q["p90"].get<int64_t>(),
+                         q["max"].get<int64_t>());
+      beyond = fmt::format("{:.3f}", double(t["beyond_window"].get<int64_t>()) / double(t["answers"].get<int64_t>()));
+    }
+    fmt::print("{:<14} {:>9} {:>11} {:>7.3f} {:>9} {:>9} {:>7.3f}  {:>24}  {:>8}\n", k, t["documents"].get<int64_t>(),
+               t["tokens"].get<int64_t>(), t["token_share"].get<double>(), t["answers"].get<int64_t>(),
+               t["answer_tokens"].get<int64_t>(), t["answer_token_share"].get<double>(), dist, beyond);
+  };
+  for (auto& [k, t] : r["kinds"].items()) row(k, t);
+  row("all", r["all"]);
+  fmt::print("(distance: tokens from the query that predicts an answer's first token back to its fact; W = {})\n", window);
+  if (!json_out.empty()) write_file_atomic(json_out, r.dump(2) + "\n");
+}
+
 void print_task_results(const nlohmann::json& r) {
   fmt::print("{:<10} {:>8} {:>8} {:>10} {:>8} {:>10}\n", "kind", "answers", "tokens", "token acc", "exact", "truncated");
   auto row = [](const std::string& k, const nlohmann::json& t) {
@@ -445,6 +483,18 @@ int main(int argc, char** argv) {
   tgen->add_option("--min-chars", tg.min_chars, "shortest document in bytes");
   tgen->add_option("--max-chars", tg.max_chars, "longest document in bytes");
   tgen->add_option("--min-gap", tg.min_gap_chars, "filler bytes between the last fact and the first answer");
+  tgen->add_option("--min-facts", tg.min_facts, "fewest key-value pairs in a kv document");
+  tgen->add_option("--max-facts", tg.max_facts, "most key-value pairs in a kv document");
+  auto* tstats = tasks->add_subcommand("stats", "a corpus' make-up: tokens and answer tokens per kind, fact-to-answer distances");
+  std::string ts_tok, ts_json;
+  std::vector<std::string> ts_inputs;
+  int64_t ts_window = 64;
+  tstats->add_option("--tokenizer,-t", ts_tok, "tokenizer file")->required();
+  tstats->add_option("inputs", ts_inputs, "task files (.jsonl) and text files or folders (counted by file name)")->required();
+  tstats->add_option("--separator", separator, "document separator inside text files");
+  tstats->add_option("--window", ts_window, "local window W: answers whose fact is at least W tokens back count as beyond it")
+      ->check(CLI::PositiveNumber);
+  tstats->add_option("--json", ts_json, "also write the results here");
   auto* teval = tasks->add_subcommand("eval", "teacher-forced accuracy on the answers of a task file, and what the gates keep");
   ma.add(teval);
   std::string te_tasks, te_json;
@@ -574,6 +624,7 @@ int main(int argc, char** argv) {
     if (*tk) cmd_tokenize(tk_tok, tk_inputs, tk_val, separator, tk_out, val_every);
     if (*ttk) cmd_train_tokenizer(ttk_inputs, separator, sp);
     if (*tgen) cmd_tasks_generate(tg_filler, separator, tg, tg_out);
+    if (*tstats) cmd_tasks_stats(ts_tok, ts_inputs, separator, ts_window, ts_json);
     if (*teval) cmd_tasks_eval(ma, te_tasks, max_docs, ov, te_json);
     if (*tr) cmd_train(recipe, to);
     if (*rev) cmd_toy(toy_o);

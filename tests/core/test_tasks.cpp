@@ -155,6 +155,10 @@ TEST(Tasks, BadFilesAndOptionsNameTheProblem) {
   o.kinds = {"kv", "sorting"};
   EXPECT_THROW(generate_tasks(make_filler(), o), ConfigError);
   EXPECT_THROW(generate_tasks({"too short\n"}, TaskGenOptions{}), InputError);
+  o.kinds = {"kv"}, o.min_facts = 5, o.max_facts = 4;
+  EXPECT_THROW(generate_tasks(make_filler(), o), ConfigError);
+  o.min_facts = 12, o.max_facts = 12, o.n = 3;
+  for (const TaskDoc& d : generate_tasks(make_filler(), o)) EXPECT_EQ(d.facts.size(), 12u);
 }
 
 TEST(Tasks, CommandLineErrorsNameTheFileAndLeaveNothingBehind) {
@@ -170,8 +174,8 @@ TEST(Tasks, CommandLineErrorsNameTheFileAndLeaveNothingBehind) {
   EXPECT_NE(r.err.find("bad.jsonl:2: not JSON"), std::string::npos) << r.err;
 }
 
-TEST(Tasks, SpansMapToTheTokensThatSpellThem) {
-  TempDir tmp;
+// A small SentencePiece tokenizer trained on the filler.
+std::unique_ptr<Tokenizer> filler_tokenizer(const TempDir& tmp) {
   std::string text;
   for (auto& d : make_filler()) text += d;
   test::write_file(tmp / "f.txt", text);
@@ -180,7 +184,12 @@ TEST(Tasks, SpansMapToTheTokensThatSpellThem) {
   so.out_model = tmp / "f.model";
   so.vocab_size = 320;
   train_sentencepiece(so);
-  auto tok = load_tokenizer(so.out_model);
+  return load_tokenizer(so.out_model);
+}
+
+TEST(Tasks, SpansMapToTheTokensThatSpellThem) {
+  TempDir tmp;
+  auto tok = filler_tokenizer(tmp);
   TaskGenOptions o;
   o.n = 9, o.min_chars = 900, o.max_chars = 1600, o.min_gap_chars = 400;
   for (const TaskDoc& d : generate_tasks(make_filler(), o)) {
@@ -202,6 +211,73 @@ TEST(Tasks, SpansMapToTheTokensThatSpellThem) {
       EXPECT_LT(prefix_len(idx.back()), d.answers[k].end);
     }
   }
+}
+
+// The composition recounted by decoding prefixes: an answer's first token is the first whose prefix
+// reaches past the answer's first byte, a fact's last token the first whose prefix covers its last byte.
+// Answers out of order match the fact with their text (kv), others the last fact before them.
+TEST(Tasks, CompositionCountsTokensAndFactDistances) {
+  TempDir tmp;
+  auto tok = filler_tokenizer(tmp);
+  TaskGenOptions o;
+  o.n = 12, o.min_chars = 900, o.max_chars = 1600, o.min_gap_chars = 400, o.min_facts = 3, o.max_facts = 9;
+  o.kinds = {"kv", "needle", "copy-shuffled"};
+  auto docs = generate_tasks(make_filler(), o);
+  TaskDoc plain;
+  plain.kind = "text", plain.text = make_filler()[1];
+  docs.push_back(plain);
+
+  std::map<std::string, std::vector<int64_t>> dist;
+  std::map<std::string, int64_t> tokens, answer_tokens;
+  int64_t all_tokens = 0;
+  for (const TaskDoc& d : docs) {
+    const auto ids = tok->encode(d.text, true, false);
+    tokens[d.kind] += int64_t(ids.size()), all_tokens += int64_t(ids.size());
+    auto prefix_len = [&](size_t n) { return int64_t(tok->decode(std::vector<int32_t>(ids.begin(), ids.begin() + int64_t(n))).size()); };
+    auto first_reaching = [&](int64_t byte) {  // the first token index whose prefix through it exceeds `byte`
+      size_t n = 0;
+      while (prefix_len(n + 1) <= byte) ++n;
+      return int64_t(n);
+    };
+    for (const ByteSpan& a : d.answers) {
+      const std::string text = at(d, a);
+      const ByteSpan* fact = nullptr;
+      for (const ByteSpan& f : d.facts)
+        if (f.begin < a.begin && (at(d, f) == text || !fact || at(d, *fact) != text)) fact = &f;
+      ASSERT_NE(fact, nullptr);
+      const int64_t a0 = first_reaching(a.begin), a1 = first_reaching(a.end - 1);
+      answer_tokens[d.kind] += a1 - a0 + 1;
+      dist[d.kind].push_back(a0 - 1 - first_reaching(fact->end - 1));
+    }
+  }
+  // A window between the kv distances splits them.
+  auto& kv = dist["kv"];
+  std::sort(kv.begin(), kv.end());
+  ASSERT_GT(kv.size(), 20u);
+  ASSERT_LT(kv.front(), kv.back());
+  const int64_t window = kv[kv.size() / 2];
+  const auto r = task_composition(*tok, docs, window);
+  EXPECT_EQ(r["all"]["tokens"].get<int64_t>(), all_tokens);
+  EXPECT_EQ(r["kinds"]["text"]["tokens"].get<int64_t>(), tokens["text"]);
+  EXPECT_EQ(r["kinds"]["text"]["answers"].get<int64_t>(), 0);
+  EXPECT_FALSE(r["kinds"]["text"].contains("distance"));
+  for (const char* k : {"kv", "needle", "copy-shuffled"}) {
+    auto& v = dist[k];
+    std::sort(v.begin(), v.end());
+    const auto& j = r["kinds"][k];
+    SCOPED_TRACE(k);
+    EXPECT_EQ(j["tokens"].get<int64_t>(), tokens[k]);
+    EXPECT_NEAR(j["token_share"].get<double>(), double(tokens[k]) / double(all_tokens), 1e-12);
+    EXPECT_EQ(j["answers"].get<int64_t>(), int64_t(v.size()));
+    EXPECT_EQ(j["answer_tokens"].get<int64_t>(), answer_tokens[k]);
+    EXPECT_EQ(j["distance"]["min"].get<int64_t>(), v.front());
+    EXPECT_EQ(j["distance"]["max"].get<int64_t>(), v.back());
+    EXPECT_EQ(j["distance"]["median"].get<int64_t>(), v[size_t(0.5 * double(v.size() - 1) + 0.5)]);
+    EXPECT_EQ(j["beyond_window"].get<int64_t>(), std::count_if(v.begin(), v.end(), [&](int64_t x) { return x >= window; }));
+  }
+  const int64_t beyond_kv = r["kinds"]["kv"]["beyond_window"].get<int64_t>();
+  EXPECT_GT(beyond_kv, 0);
+  EXPECT_LT(beyond_kv, int64_t(kv.size()));
 }
 
 // On a real model: token accuracy and exact match equal a recount from the logits, and a one-key window
