@@ -87,8 +87,9 @@ void write_model_dir(const fs::path& dir, LlamaForCausalLM& m, const Recipe& r,
 // --- data ----------------------------------------------------------------------------------------------
 
 TokenFileSource::TokenFileSource(const std::string& train, const std::string& val, int64_t seq_len,
-                                 int64_t batch_size, int64_t n_val_batches, uint64_t seed)
-    : train_(train), val_(val), seq_len_(seq_len), batch_size_(batch_size), n_val_(n_val_batches), seed_(seed) {
+                                 int64_t batch_size, int64_t n_val_batches, uint64_t seed, bool align_short_documents)
+    : train_(train), val_(val), seq_len_(seq_len), batch_size_(batch_size), n_val_(n_val_batches), seed_(seed),
+      align_(align_short_documents) {
   for (const TokenFile* f : {&train_, &val_})
     if (f->n_tokens() < seq_len + 1)
       throw InputError(f->path() + ": " + std::to_string(f->n_tokens()) + " tokens, fewer than one window of seq_len + 1 = " +
@@ -115,7 +116,12 @@ Batch TokenFileSource::train_batch(int64_t step, int64_t micro) {
   std::mt19937_64 rng(mix(mix(seed_, uint64_t(step)), uint64_t(micro)));
   std::uniform_int_distribution<int64_t> pick(0, train_.n_tokens() - (seq_len_ + 1));
   std::vector<int64_t> starts(batch_size_);
-  for (auto& s : starts) s = pick(rng);
+  for (auto& s : starts) {
+    s = pick(rng);
+    if (!align_) continue;
+    const int64_t d = train_.doc_of(s);
+    if (train_.doc_begin(d + 1) - train_.doc_begin(d) <= seq_len_ + 1) s = train_.doc_begin(d);
+  }
   return window_batch(train_, starts);
 }
 
@@ -161,11 +167,14 @@ Recipe parse_recipe(const json& j, const std::string& path) {
 
   if (!j.contains("data")) throw ConfigError(path + ": missing field 'data'");
   const json& d = j["data"];
-  check_keys(d, {"train", "val", "seq_len", "batch_size"}, path + ": data");
+  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows"}, path + ": data");
   read(d, "train", r.train_data, path + ": data");
   read(d, "val", r.val_data, path + ": data");
   read(d, "seq_len", r.seq_len, path + ": data");
   read(d, "batch_size", r.batch_size, path + ": data");
+  read(d, "windows", r.windows, path + ": data");
+  if (r.windows != "random" && r.windows != "documents")
+    throw ConfigError(path + ": data.windows must be \"random\" or \"documents\", got \"" + r.windows + "\"");
   r.train_data = resolve(base, r.train_data);
   r.val_data = resolve(base, r.val_data);
   if (j.contains("optim")) {

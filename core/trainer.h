@@ -31,11 +31,14 @@ struct BatchSource {
 };
 
 // Random windows of seq_len + 1 tokens from a token file; documents are packed and never see each other.
-// Validation: the first n_val non-overlapping windows of the validation file.
+// A window starts at a uniformly drawn token; with `align_short_documents`, a start that falls in a
+// document of at most seq_len + 1 tokens moves to that document's first token, so short documents (task
+// documents whose answers need facts from their beginning) are always trained whole, while long ones are
+// still cut anywhere. Validation: the first n_val non-overlapping windows of the validation file.
 class TokenFileSource : public BatchSource {
  public:
   TokenFileSource(const std::string& train, const std::string& val, int64_t seq_len, int64_t batch_size,
-                  int64_t n_val_batches, uint64_t seed);
+                  int64_t n_val_batches, uint64_t seed, bool align_short_documents = false);
   Batch train_batch(int64_t step, int64_t micro) override;
   std::vector<Batch> val_batches() override;
   int64_t vocab_size() const override { return std::max(train_.vocab_size(), val_.vocab_size()); }
@@ -45,6 +48,7 @@ class TokenFileSource : public BatchSource {
   TokenFile train_, val_;
   int64_t seq_len_, batch_size_, n_val_;
   uint64_t seed_;
+  bool align_;
 };
 
 struct Recipe {
@@ -57,6 +61,7 @@ struct Recipe {
   // data
   std::string train_data, val_data;
   int64_t seq_len = 256, batch_size = 16;
+  std::string windows = "random";  // "random" | "documents": see TokenFileSource's align_short_documents
   // optimizer (AdamW); the predictor is its own parameter group
   double lr = 1e-3, min_lr_ratio = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   double predictor_lr_mult = 5.0, predictor_weight_decay = 0.1, grad_clip = 1.0;

@@ -348,7 +348,7 @@ void cmd_train(const std::string& recipe_path, TrainOptions o) {
   Recipe r = load_recipe(recipe_path);
   if (r.train_data.empty() || r.val_data.empty())
     throw ConfigError(recipe_path + ": data.train and data.val must name token files (from `spkv tokenize`)");
-  TokenFileSource data(r.train_data, r.val_data, r.seq_len, r.batch_size, r.eval_batches, r.seed);
+  TokenFileSource data(r.train_data, r.val_data, r.seq_len, r.batch_size, r.eval_batches, r.seed, r.windows == "documents");
   o.stop = &g_stop;
   std::signal(SIGINT, on_sigint);
   TrainResult res = train(r, data, o);

@@ -94,6 +94,36 @@ TEST(TokenFile, PackedWindowsMarkEveryDocumentStart) {
   EXPECT_FALSE(torch::equal(src.train_batch(3, 1).tokens, b.tokens));
 }
 
+// With aligned windows, a start drawn inside a document that fits a window moves to its first token; starts
+// in longer documents stay. Every token is its own flat index, so a window's first token is its start.
+TEST(TokenFile, AlignedWindowsStartShortDocumentsAtTheirFirstToken) {
+  test::TempDir dir;
+  std::vector<std::vector<int32_t>> docs;
+  int32_t next = 0;
+  for (int d = 0; d < 40; ++d) {
+    std::vector<int32_t> doc(size_t(d % 2 ? 20 + d : 66 + 3 * d));  // short ones fit 65 tokens, long ones do not
+    for (auto& t : doc) t = next++;
+    docs.push_back(doc);
+  }
+  write_token_file(dir / "a.tok", docs, next);
+  TokenFile f(dir / "a.tok");
+  TokenFileSource plain(dir / "a.tok", dir / "a.tok", 64, 8, 1, 9), aligned(dir / "a.tok", dir / "a.tok", 64, 8, 1, 9, true);
+  int moved = 0, kept = 0;
+  for (int64_t step = 0; step < 20; ++step) {
+    const Batch p = plain.train_batch(step, 0), a = aligned.train_batch(step, 0);
+    for (int64_t r = 0; r < 8; ++r) {
+      const int64_t drawn = p.tokens[r][0].item<int64_t>(), start = a.tokens[r][0].item<int64_t>();
+      const int64_t d = f.doc_of(drawn);
+      const bool fits = f.doc_begin(d + 1) - f.doc_begin(d) <= 65;
+      EXPECT_EQ(start, fits ? f.doc_begin(d) : drawn);
+      moved += fits && drawn != start, kept += !fits;
+      EXPECT_EQ(a.tokens[r][64].item<int64_t>(), start + 64);
+    }
+  }
+  EXPECT_GT(moved, 10);
+  EXPECT_GT(kept, 10);
+}
+
 json tiny_recipe(const std::string& dir) {
   return {{"seed", 3},
           {"model", {{"hidden_size", 32}, {"intermediate_size", 64}, {"num_hidden_layers", 2},
@@ -142,6 +172,9 @@ TEST(Trainer, BadRecipesNameTheField) {
   j = tiny_recipe("/d");
   j["schedule"]["gating"] = "sometimes";
   EXPECT_NE(err(j).find("schedule.gating 'sometimes'"), std::string::npos);
+  j = tiny_recipe("/d");
+  j["data"]["windows"] = "aligned";
+  EXPECT_NE(err(j).find("r.json: data.windows must be \"random\" or \"documents\", got \"aligned\""), std::string::npos);
   j = tiny_recipe("/d");
   j["data"]["seq_len"] = 65;
   EXPECT_NE(err(j).find("data.seq_len must be in [2, max_position_embeddings = 64]"), std::string::npos);
