@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -336,7 +337,7 @@ json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, in
   return {{"window", window}, {"kinds", kinds}, {"all", summary(all)}};
 }
 
-json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs) {
+json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs, bool progress) {
   torch::NoGradGuard no_grad;
   m->eval();
   const ModelConfig& c = m->config;
@@ -345,14 +346,16 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
   std::map<std::string, Tally> by_kind;
   auto counts = torch::zeros({c.n_layers, c.n_kv_heads, 2}, torch::kInt64);  // [kept, counted]: all, facts, other
   auto keep_fact = counts.clone(), keep_other = counts.clone();
-  Progress bar("tasks", int64_t(docs.size()), "doc");
+  std::optional<Progress> bar;
+  if (progress) bar.emplace("tasks", int64_t(docs.size()), "doc");
+  const auto device = m->parameters().front().device();
   for (const TaskDoc& d : docs) {
     const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
     const auto answers = span_tokens(tok, ids, d.text, d.answers);
     const auto facts = span_tokens(tok, ids, d.text, d.facts);
     const int64_t T = std::min<int64_t>(int64_t(ids.size()), c.max_seq_len);
-    auto x = torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + T)).unsqueeze(0);  // (1, T)
-    auto pred = m(x)[0].argmax(-1);                                                             // (T)
+    auto x = torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + T)).unsqueeze(0).to(device);  // (1, T)
+    auto pred = m(x)[0].argmax(-1).to(torch::kCPU);                                                       // (T)
     auto pa = pred.accessor<int64_t, 1>();
     Tally& t = by_kind[d.kind];
     for (auto& a : answers) {
@@ -372,13 +375,13 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
       for (auto& f : facts)
         for (int64_t i : f)
           if (i < T) is_fact[0][i] = true;
-      counts += m->gate_counts();
-      keep_fact += m->gate_counts(is_fact & ev);
-      keep_other += m->gate_counts(~is_fact & ev);
+      counts += m->gate_counts().to(torch::kCPU);
+      keep_fact += m->gate_counts(is_fact & ev).to(torch::kCPU);
+      keep_other += m->gate_counts(~is_fact & ev).to(torch::kCPU);
     }
-    bar.add(1);
+    if (bar) bar->add(1);
   }
-  bar.finish();
+  if (bar) bar->finish();
   auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
   json out = json::object(), kinds = json::object();
   Tally all;

@@ -59,6 +59,7 @@ nlohmann::json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>
 // m->gates.tau): density and the keep rate of fact keys vs all other evictable keys, pooled and per
 // layer and head. Documents longer than the context are scored on their first max_seq_len tokens; answers
 // beyond it are counted in "truncated".
-nlohmann::json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs);
+nlohmann::json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs,
+                              bool progress = true);
 
 }  // namespace spkv

@@ -198,9 +198,11 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   if (j.contains("eval")) {
     const json& e = j["eval"];
     const std::string w = path + ": eval";
-    check_keys(e, {"every", "batches", "checkpoint_every"}, w);
+    check_keys(e, {"every", "batches", "checkpoint_every", "tasks", "tasks_docs"}, w);
     read(e, "every", r.eval_every, w), read(e, "batches", r.eval_batches, w);
     read(e, "checkpoint_every", r.checkpoint_every, w);
+    read(e, "tasks", r.eval_tasks, w), read(e, "tasks_docs", r.eval_tasks_docs, w);
+    r.eval_tasks = resolve(base, r.eval_tasks);
   }
   auto need = [&](bool ok, const std::string& what) {
     if (!ok) throw ConfigError(path + ": " + what);
@@ -220,6 +222,8 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   need(r.hard_at >= 0 && r.hard_at <= 1, "schedule.hard_at must be in [0, 1]");
   need(r.anneal_steps >= 1, "schedule.anneal_steps must be >= 1");
   need(r.eval_every >= 1 && r.eval_batches >= 1, "eval.every and eval.batches must be >= 1");
+  need(r.eval_tasks.empty() || !r.tokenizer.empty(), "eval.tasks needs a tokenizer (field 'tokenizer')");
+  need(r.eval_tasks_docs >= 1, "eval.tasks_docs must be >= 1");
   return r;
 }
 

@@ -73,6 +73,8 @@ struct Recipe {
   std::string gating = "soft_then_hard";  // soft_then_hard | soft | ste
   // reporting
   int64_t eval_every = 100, eval_batches = 8, checkpoint_every = 0;  // checkpoint_every 0 = at every eval
+  std::string eval_tasks;  // a task file (.jsonl) scored at every evaluation (the caller's eval_hook); "" = none
+  int64_t eval_tasks_docs = 100;  // its first this many documents
 
   int64_t switch_step() const;  // first step of the hard phase (steps when there is none)
   // The gate settings and whether the predictor is frozen at a step (0-based).

@@ -351,6 +351,23 @@ void cmd_train(const std::string& recipe_path, TrainOptions o) {
   TokenFileSource data(r.train_data, r.val_data, r.seq_len, r.batch_size, r.eval_batches, r.seed, r.windows == "documents");
   o.stop = &g_stop;
   std::signal(SIGINT, on_sigint);
+  std::vector<TaskDoc> tasks;
+  std::unique_ptr<Tokenizer> tok;
+  if (!r.eval_tasks.empty()) {  // checked before the first step, scored at every evaluation
+    tasks = read_tasks_jsonl(r.eval_tasks);
+    if (int64_t(tasks.size()) > r.eval_tasks_docs) tasks.resize(size_t(r.eval_tasks_docs));
+    tok = load_tokenizer(r.tokenizer);
+    o.eval_hook = [&](LlamaForCausalLM& m) {  // hard gates at tau, as inference and the validation NLL
+      const GateSettings saved = m->gates;
+      if (m->config.spkv.enabled) m->gates.mode = GateMode::hard;
+      auto t = evaluate_tasks(m, *tok, tasks, /*progress=*/false);
+      m->gates = saved;
+      nlohmann::json out = {{"tasks", t["kinds"]}};
+      out["tasks"]["all"] = t["all"];
+      if (t.contains("gates")) out["tasks_gates"] = {{"keep_facts", t["gates"]["keep_facts"]}, {"keep_other", t["gates"]["keep_other"]}};
+      return out;
+    };
+  }
   TrainResult res = train(r, data, o);
   if (res.interrupted) {
     fmt::print("stopped after step {}; checkpoint in {}/checkpoints; continue with --resume\n", res.step, o.out_dir);

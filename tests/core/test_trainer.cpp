@@ -278,5 +278,49 @@ TEST(Trainer, AdaptationStartsAtTheDenseModel) {
   EXPECT_LT(((m(x) - want).norm() / want.norm()).item<double>(), 1e-2);
 }
 
+// `eval.tasks` scores task documents at every evaluation, with hard gates; the last score equals
+// `spkv tasks eval` of the saved model on the same documents (a separate process and code path).
+TEST(Trainer, CommandLineScoresTasksAtEveryEvaluation) {
+  const std::string model = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
+  if (!std::filesystem::exists(model + "/heldout/tasks.jsonl")) GTEST_SKIP() << model << " is absent";
+  test::TempDir tmp;
+  auto r = test::run_spkv("tokenize -t " + test::quote(model + "/tokenizer.model") + " --out " + (tmp / "tok") + " " +
+                          test::quote(model + "/heldout/text") + " --val-every 4");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json recipe = tiny_recipe(tmp / "tok");
+  recipe["model"]["vocab_size"] = 2048;
+  recipe["model"]["max_position_embeddings"] = 1024;  // the task documents are scored whole
+  recipe["spkv"] = {{"window", 16}, {"predictor_hidden", 8}, {"init_bias", 0.2}};
+  recipe["data"]["seq_len"] = 128;
+  recipe["tokenizer"] = model + "/tokenizer.model";
+  recipe["schedule"] = {{"steps", 4}, {"warmup", 1}};
+  recipe["eval"] = {{"every", 2}, {"batches", 1}, {"tasks", model + "/heldout/tasks.jsonl"}, {"tasks_docs", 5}};
+  test::write_file(tmp / "r.json", recipe.dump());
+  r = test::run_spkv("train --recipe " + (tmp / "r.json") + " --out " + (tmp / "run"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<json> evals;
+  std::istringstream log(test::read_file(tmp / "run/train_log.jsonl"));
+  for (std::string line; std::getline(log, line);)
+    if (auto j = json::parse(line); j["type"] == "eval") evals.push_back(j);
+  ASSERT_EQ(evals.size(), 2u);
+  r = test::run_spkv("tasks eval -m " + (tmp / "run/model") + " " + test::quote(model + "/heldout/tasks.jsonl") +
+                     " --max-docs 5 --json " + (tmp / "t.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json want = json::parse(test::read_file(tmp / "t.json"));
+  const json& got = evals.back();
+  ASSERT_TRUE(got.contains("tasks")) << got.dump();
+  EXPECT_GT(want["all"]["answers"].get<double>(), 5);
+  for (auto& [kind, w] : want["kinds"].items()) {
+    SCOPED_TRACE(kind);
+    EXPECT_EQ(got["tasks"][kind]["answers"], w["answers"]);
+    EXPECT_NEAR(got["tasks"][kind]["token_acc"].get<double>(), w["token_acc"].get<double>(), 1e-12);
+    EXPECT_NEAR(got["tasks"][kind]["exact"].get<double>(), w["exact"].get<double>(), 1e-12);
+  }
+  EXPECT_NEAR(got["tasks_gates"]["keep_facts"].get<double>(), want["gates"]["keep_facts"].get<double>(), 1e-12);
+  EXPECT_NEAR(got["tasks_gates"]["keep_other"].get<double>(), want["gates"]["keep_other"].get<double>(), 1e-12);
+  // Gates that start near u = 0.55 with tau 0.5 are partly closed: the hard mask is what was scored.
+  EXPECT_GT(want["gates"]["keep_other"].get<double>(), 0.0);
+}
+
 }  // namespace
 }  // namespace spkv
