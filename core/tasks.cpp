@@ -119,7 +119,7 @@ class Generator {
       const int64_t gap = std::max(o_.min_gap_chars, budget * 3 / 10);
       auto pieces = split(budget - gap, k);
       for (int64_t i = 0; i < k; ++i) {
-        b.add(filler(pieces[size_t(i)]));
+        if (pieces[size_t(i)] >= 60) b.add(filler(pieces[size_t(i)]));  // a whole line may run 200 bytes over
         b.add(std::string("The code of the ") + kNames[names[size_t(i)]] + " is");
         b.add(" " + std::to_string(values[size_t(i)]), Role::fact);
         b.add(".\n");
@@ -280,7 +280,7 @@ std::vector<std::vector<int64_t>> span_tokens(const Tokenizer& tok, const std::v
 
 json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, int64_t window) {
   struct Tally {
-    int64_t documents = 0, tokens = 0, answers = 0, answer_tokens = 0, beyond = 0;
+    int64_t documents = 0, tokens = 0, longest = 0, answers = 0, answer_tokens = 0, beyond = 0;
     std::vector<int64_t> distances;
   };
   std::map<std::string, Tally> by_kind;
@@ -289,7 +289,7 @@ json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, in
   for (const TaskDoc& d : docs) {
     const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
     Tally& t = by_kind[d.kind];
-    t.documents += 1, t.tokens += int64_t(ids.size());
+    t.documents += 1, t.tokens += int64_t(ids.size()), t.longest = std::max(t.longest, int64_t(ids.size()));
     if (!d.answers.empty()) {
       const auto answers = span_tokens(tok, ids, d.text, d.answers);
       const auto facts = span_tokens(tok, ids, d.text, d.facts);
@@ -316,11 +316,12 @@ json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, in
   bar.finish();
   for (auto& [k, t] : by_kind) {
     all.documents += t.documents, all.tokens += t.tokens, all.answers += t.answers;
+    all.longest = std::max(all.longest, t.longest);
     all.answer_tokens += t.answer_tokens, all.beyond += t.beyond;
     all.distances.insert(all.distances.end(), t.distances.begin(), t.distances.end());
   }
   auto summary = [&](Tally& t) {
-    json j = {{"documents", t.documents}, {"tokens", t.tokens},
+    json j = {{"documents", t.documents}, {"tokens", t.tokens}, {"longest_document", t.longest},
               {"token_share", all.tokens ? double(t.tokens) / double(all.tokens) : 0.0}, {"answers", t.answers},
               {"answer_tokens", t.answer_tokens},
               {"answer_token_share", all.tokens ? double(t.answer_tokens) / double(all.tokens) : 0.0},

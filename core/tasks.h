@@ -48,7 +48,7 @@ std::vector<std::vector<int64_t>> span_tokens(const Tokenizer& tok, const std::v
                                               const std::string& text, const std::vector<ByteSpan>& spans);
 
 // The make-up of a training corpus, per kind (a task kind, or for plain text the name its caller gives):
-// documents, tokens (BOS included), answers and answer tokens, and for every answer its distance: from the
+// documents, tokens (BOS included), the longest document's tokens, answers and answer tokens, and for every answer its distance: from the
 // query that predicts the answer's first token back to the last token of its fact (the fact with the same
 // text, else the last fact before the answer). "beyond_window" counts answers with distance >= window,
 // whose fact a window-only model cannot see. Shares are of all tokens. Throws TokenizerError as span_tokens.

@@ -285,7 +285,7 @@ void cmd_tasks_stats(const std::string& tokenizer, const std::vector<std::string
     }
   }
   const auto r = task_composition(*tok, docs, window);
-  fmt::print("{:<14} {:>9} {:>11} {:>7} {:>9} {:>9} {:>7}  {:>24}  {:>8}\n", "kind", "documents", "tokens", "share",
+  fmt::print("{:<14} {:>9} {:>11} {:>7} {:>7} {:>9} {:>9} {:>7}  {:>24}  {:>8}\n", "kind", "documents", "tokens", "longest", "share",
              "answers", "ans. tok", "share", "distance min/med/p90/max", "beyond W");
   auto row = [](const std::string& k, const nlohmann::json& t) {
     std::string dist = "-", beyond = "-";
@@ -295,8 +295,8 @@ void cmd_tasks_stats(const std::string& tokenizer, const std::vector<std::string
                          q["max"].get<int64_t>());
       beyond = fmt::format("{:.3f}", double(t["beyond_window"].get<int64_t>()) / double(t["answers"].get<int64_t>()));
     }
-    fmt::print("{:<14} {:>9} {:>11} {:>7.3f} {:>9} {:>9} {:>7.3f}  {:>24}  {:>8}\n", k, t["documents"].get<int64_t>(),
-               t["tokens"].get<int64_t>(), t["token_share"].get<double>(), t["answers"].get<int64_t>(),
+    fmt::print("{:<14} {:>9} {:>11} {:>7} {:>7.3f} {:>9} {:>9} {:>7.3f}  {:>24}  {:>8}\n", k, t["documents"].get<int64_t>(),
+               t["tokens"].get<int64_t>(), t["longest_document"].get<int64_t>(), t["token_share"].get<double>(), t["answers"].get<int64_t>(),
                t["answer_tokens"].get<int64_t>(), t["answer_token_share"].get<double>(), dist, beyond);
   };
   for (auto& [k, t] : r["kinds"].items()) row(k, t);

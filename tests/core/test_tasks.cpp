@@ -228,11 +228,12 @@ TEST(Tasks, CompositionCountsTokensAndFactDistances) {
   docs.push_back(plain);
 
   std::map<std::string, std::vector<int64_t>> dist;
-  std::map<std::string, int64_t> tokens, answer_tokens;
+  std::map<std::string, int64_t> tokens, answer_tokens, longest;
   int64_t all_tokens = 0;
   for (const TaskDoc& d : docs) {
     const auto ids = tok->encode(d.text, true, false);
     tokens[d.kind] += int64_t(ids.size()), all_tokens += int64_t(ids.size());
+    longest[d.kind] = std::max(longest[d.kind], int64_t(ids.size()));
     auto prefix_len = [&](size_t n) { return int64_t(tok->decode(std::vector<int32_t>(ids.begin(), ids.begin() + int64_t(n))).size()); };
     auto first_reaching = [&](int64_t byte) {  // the first token index whose prefix through it exceeds `byte`
       size_t n = 0;
@@ -267,6 +268,7 @@ TEST(Tasks, CompositionCountsTokensAndFactDistances) {
     const auto& j = r["kinds"][k];
     SCOPED_TRACE(k);
     EXPECT_EQ(j["tokens"].get<int64_t>(), tokens[k]);
+    EXPECT_EQ(j["longest_document"].get<int64_t>(), longest[k]);
     EXPECT_NEAR(j["token_share"].get<double>(), double(tokens[k]) / double(all_tokens), 1e-12);
     EXPECT_EQ(j["answers"].get<int64_t>(), int64_t(v.size()));
     EXPECT_EQ(j["answer_tokens"].get<int64_t>(), answer_tokens[k]);
