@@ -109,7 +109,11 @@ LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const To
   return d;
 }
 
-void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
+bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
+  if (o.resume && std::filesystem::exists(o.out) && !std::filesystem::exists(GateLogWriter::partial_path(o.out))) {
+    fmt::print(stderr, "{} is already complete: nothing to resume\n", o.out);
+    return true;
+  }
   Checkpoint ck = load_checkpoint(o.model);
   LlamaForCausalLM model(ck.config);
   model->load(ck);
@@ -184,13 +188,14 @@ void cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   if (i < pieces.size()) {
     bar.finish();
     fmt::print("stopped after {} of {} documents; {} holds them; continue with --resume\n", i, pieces.size(), partial);
-    return;  // the writer's destructor flushes and leaves the partial log, marked incomplete
+    return false;  // the writer's destructor flushes and leaves the partial log, marked incomplete
   }
   log.close();
   bar.finish();
   fmt::print("wrote {} ({} documents, {} tokens this run; gating {}, window {}, tau {})\n", o.out, pieces.size(),
              total_tokens - skipped_tokens, h.gating_mode, h.window, h.tau);
   if (done.empty()) print_density(kept, eligible, c.n_layers, c.n_kv_heads);
+  return true;
 }
 
 }  // namespace spkv

@@ -38,6 +38,7 @@ LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const To
 std::string now_iso8601();
 
 // Throws spkv errors for bad inputs; returns early (file left incomplete, resumable) once `stop` is set.
-void cmd_run(const RunOptions& o, const std::atomic<bool>& stop);
+// Returns false when `stop` ended the run before its last document (the partial log is left to --resume).
+bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop);
 
 }  // namespace spkv

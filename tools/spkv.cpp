@@ -338,19 +338,28 @@ void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_do
 }
 
 
+// Ctrl-C (SIGINT) and a batch scheduler's SIGTERM ask run and train to stop after the current document or
+// step, leaving what resumes; a second signal stops at once. A command stopped so exits 128 + the signal.
 std::atomic<bool> g_stop{false};
-void on_sigint(int) {
+std::atomic<int> g_signal{0};
+void on_stop_signal(int sig) {
+  g_signal = sig;
   g_stop = true;
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once
+  std::signal(sig, SIG_DFL);
+}
+void catch_stop_signals() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
 }
 
-void cmd_train(const std::string& recipe_path, TrainOptions o) {
+// Returns false when interrupted before the last step.
+bool cmd_train(const std::string& recipe_path, TrainOptions o) {
   Recipe r = load_recipe(recipe_path);
   if (r.train_data.empty() || r.val_data.empty())
     throw ConfigError(recipe_path + ": data.train and data.val must name token files (from `spkv tokenize`)");
   TokenFileSource data(r.train_data, r.val_data, r.seq_len, r.batch_size, r.eval_batches, r.seed, r.windows == "documents");
   o.stop = &g_stop;
-  std::signal(SIGINT, on_sigint);
+  catch_stop_signals();
   std::vector<TaskDoc> tasks;
   std::unique_ptr<Tokenizer> tok;
   if (!r.eval_tasks.empty()) {  // checked before the first step, scored at every evaluation
@@ -371,12 +380,13 @@ void cmd_train(const std::string& recipe_path, TrainOptions o) {
   TrainResult res = train(r, data, o);
   if (res.interrupted) {
     fmt::print("stopped after step {}; checkpoint in {}/checkpoints; continue with --resume\n", res.step, o.out_dir);
-    return;
+    return false;
   }
   fmt::print("trained {} steps; model in {}\n", res.step, res.model_dir);
   if (res.last_eval.contains("val_nll")) fmt::print("final validation NLL {:.6f}", res.last_eval["val_nll"].get<double>());
   if (res.last_eval.contains("density")) fmt::print("  density {:.4f}", res.last_eval["density"].get<double>());
   fmt::print("\n");
+  return true;
 }
 
 void cmd_toy(ToyOptions o) {
@@ -623,6 +633,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  bool complete = true;  // false: a stop signal ended run or train early
   try {
     at::set_num_threads(threads);
     set_blas_threads(blas_threads);
@@ -643,7 +654,7 @@ int main(int argc, char** argv) {
     if (*tgen) cmd_tasks_generate(tg_filler, separator, tg, tg_out);
     if (*tstats) cmd_tasks_stats(ts_tok, ts_inputs, separator, ts_window, ts_json);
     if (*teval) cmd_tasks_eval(ma, te_tasks, max_docs, ov, te_json);
-    if (*tr) cmd_train(recipe, to);
+    if (*tr) complete = cmd_train(recipe, to);
     if (*rev) cmd_toy(toy_o);
     if (*ev) cmd_eval(ma, input, separator, max_docs, ov, ev_json);
     if (*conv) cmd_convert(ma, out);
@@ -663,13 +674,18 @@ int main(int argc, char** argv) {
       if (*brun) cmd_bench_run(bo);
     }
     if (*run) {
-      std::signal(SIGINT, on_sigint);
-      cmd_run(ro, g_stop);
+      catch_stop_signals();
+      complete = cmd_run(ro, g_stop);
     }
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "spkv: error: %s\n", one_line(e.what()).c_str());
     return 1;
+  }
+  if (!complete && g_signal != 0) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "spkv: stopped by %s\n", g_signal == SIGTERM ? "SIGTERM" : "SIGINT");
+    return 128 + g_signal;
   }
   return 0;
 }

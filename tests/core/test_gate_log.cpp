@@ -180,6 +180,47 @@ TEST(GateLog, KilledRunLeavesAReadableLogThatResumeCompletes) {
   EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
 }
 
+// SIGTERM, as a batch scheduler sends it, stops a run after its current document with exit status 143
+// (so `spkv run ... && spkv analyze` does not go on); --resume completes it, and --resume on the finished
+// log is a no-op that says so.
+TEST(GateLog, TerminatedRunExitsNonZeroAndResumeOfAFinishedLogIsANoOp) {
+  SPKV_REQUIRE_MODEL_AND_H5PY();
+  test::TempDir tmp;
+  const std::string args = test::quote(kHeldout) + " --separator '<|endoftext|>' --max-docs 30 -m " + test::quote(kModel);
+  const std::string out = tmp / "t.h5", partial = out + ".partial";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(SPKV_BIN) + " run " + args + " --flush-seconds 0 --out " + out + " >/dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::error_code ec;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (!std::filesystem::exists(partial) || std::filesystem::file_size(partial, ec) < 400000))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "SIGTERM should be caught, not kill the run";
+  ASSERT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << "the run finished before the signal, or ignored it";
+  const json part = read_log(partial);
+  expect_checks(part);
+  EXPECT_EQ(part["attrs"]["complete"], 0);
+  EXPECT_GT(part["documents"].size(), 0u);
+
+  auto resumed = test::run_spkv("run " + args + " --out " + out + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(read_log(out)["attrs"]["complete"], 1);
+  const std::string sha = sha256_files({out});
+  auto again = test::run_spkv("run " + args + " --out " + out + " --resume");
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("t.h5 is already complete: nothing to resume"), std::string::npos) << again.err;
+  EXPECT_EQ(sha256_files({out}), sha);
+  EXPECT_FALSE(std::filesystem::exists(partial));
+}
+
 TEST(GateLog, DenseRunLogsAttentionStatisticsEqualToAFloat64Reference) {
   SPKV_REQUIRE_MODEL_AND_H5PY();
   test::TempDir tmp;

@@ -3,8 +3,15 @@
 // and adaptation of stories260K starting at the dense model's logits with predictors drawn from the seed.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint.h"
@@ -276,6 +283,46 @@ TEST(Trainer, AdaptationStartsAtTheDenseModel) {
   EXPECT_LT(rel, 1e-2);
   m->gates.mode = GateMode::soft;
   EXPECT_LT(((m(x) - want).norm() / want.norm()).item<double>(), 1e-2);
+}
+
+// Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and exits 130, so a script that chains
+// commands stops; the run resumes from that checkpoint.
+TEST(Trainer, InterruptedRunExitsNonZeroWithACheckpoint) {
+  test::TempDir dir;
+  write_token_file(dir / "train.tok", markov_docs(200, 64, 4), 64);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  json recipe = tiny_recipe(dir.path.string());
+  recipe["schedule"]["steps"] = 100000;
+  recipe["eval"]["every"] = 100000;
+  test::write_file(dir / "recipe.json", recipe.dump());
+  const std::string log = dir / "run/train_log.jsonl";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(SPKV_BIN) + " train --recipe " + test::quote(dir / "recipe.json") +
+                            " --out " + test::quote(dir / "run") + " >/dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  auto lines = [&] {  // complete lines of the log so far (only steps: the first evaluation is far away)
+    std::ifstream in(log);
+    return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
+  };
+  while (std::chrono::steady_clock::now() < deadline && lines() < 3)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "SIGINT should be caught";
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGINT);
+  const int64_t steps = int64_t(read_log(log, "step").size());
+  EXPECT_GE(steps, 3);
+  EXPECT_TRUE(std::filesystem::exists(dir / "run/checkpoints")) << "the stop writes a checkpoint";
+  auto resumed = test::run_spkv("train --recipe " + test::quote(dir / "recipe.json") + " --out " +
+                                test::quote(dir / "run") + " --resume --stop-after " + std::to_string(steps + 2));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(int64_t(read_log(log, "step").size()), steps + 2);
 }
 
 // `eval.tasks` scores task documents at every evaluation, with hard gates; the last score equals
