@@ -81,42 +81,17 @@ class HfBpeTokenizer : public Tokenizer {
     } catch (const json::parse_error& e) {
       throw TokenizerError(file, std::string("invalid JSON: ") + e.what());
     }
-    const json& m = j.value("model", json::object());
-    if (m.value("type", "BPE") != "BPE" || !m.contains("vocab") || !m.contains("merges"))
-      throw TokenizerError(file, "model.type must be BPE with vocab and merges");
-    for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) vocab_[it.key()] = it.value().get<int32_t>();
-    int32_t rank = 0;
-    for (auto& mg : m["merges"]) {
-      std::string a, b;
-      if (mg.is_string()) {
-        const std::string s = mg.get<std::string>();
-        const size_t sp = s.find(' ', 1);
-        if (sp == std::string::npos) throw TokenizerError(file, "merge '" + s + "' has no space");
-        a = s.substr(0, sp), b = s.substr(sp + 1);
-      } else {
-        a = mg.at(0).get<std::string>(), b = mg.at(1).get<std::string>();
-      }
-      merges_.emplace(a + '\x01' + b, rank++);
+    try {
+      read_model(j, file);
+      const json& norm = j.value("normalizer", json());
+      if (!norm.is_null() && norm.value("type", "") != "NFC")
+        throw TokenizerError(file, "normalizer '" + norm.value("type", "?") + "' is not supported (none or NFC)");
+      parse_pre_tokenizer(j.value("pre_tokenizer", json()), file);
+    } catch (const json::exception& e) {  // a field of the wrong JSON type that the checks do not name
+      throw TokenizerError(file, std::string("malformed tokenizer.json: ") + e.what());
     }
-    ignore_merges_ = m.value("ignore_merges", false);
-    byte_fallback_ = m.value("byte_fallback", false);
-    if (m.contains("unk_token") && m["unk_token"].is_string() && vocab_.count(m["unk_token"].get<std::string>()))
-      unk_id_ = vocab_.at(m["unk_token"].get<std::string>());
-
-    if (j.contains("added_tokens"))
-      for (auto& t : j["added_tokens"]) {
-        const std::string content = t.at("content").get<std::string>();
-        const int32_t id = t.at("id").get<int32_t>();
-        added_.emplace_back(content, id);
-        vocab_[content] = id;
-      }
     std::sort(added_.begin(), added_.end(), [](auto& a, auto& b) { return a.first.size() > b.first.size(); });
     for (auto& [content, id] : added_) added_by_id_[id] = content;
-
-    const json& norm = j.value("normalizer", json());
-    if (!norm.is_null() && norm.value("type", "") != "NFC")
-      throw TokenizerError(file, "normalizer '" + norm.value("type", "?") + "' is not supported (none or NFC)");
-    parse_pre_tokenizer(j.value("pre_tokenizer", json()), file);
 
     for (auto& [tok, id] : vocab_) {
       if (id < 0) throw TokenizerError(file, "token '" + tok + "' has negative id");
@@ -134,6 +109,56 @@ class HfBpeTokenizer : public Tokenizer {
       if (bos_id < 0 && vocab_.count(name)) bos_id = vocab_.at(name);
     for (const char* name : {"<|end_of_text|>", "</s>", "<|endoftext|>"})
       if (eos_id < 0 && vocab_.count(name)) eos_id = vocab_.at(name);
+  }
+
+  // The ids of vocab and added_tokens are checked before anything is sized by them.
+  static int32_t token_id(const json& v, const std::string& file, const std::string& what) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= kMaxTokenId)
+      throw TokenizerError(file, what + ": id must be an integer in [0, " + std::to_string(kMaxTokenId) + "), got " + v.dump());
+    return v.get<int32_t>();
+  }
+  static constexpr int64_t kMaxTokenId = int64_t(1) << 24;
+
+  void read_model(const json& j, const std::string& file) {
+    const json& m = j.value("model", json::object());
+    if (!m.is_object() || m.value("type", "BPE") != "BPE" || !m.contains("vocab") || !m.contains("merges"))
+      throw TokenizerError(file, "model.type must be BPE with vocab and merges");
+    if (!m["vocab"].is_object()) throw TokenizerError(file, "model.vocab must be an object of token: id");
+    if (!m["merges"].is_array()) throw TokenizerError(file, "model.merges must be an array");
+    for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it)
+      vocab_[it.key()] = token_id(it.value(), file, "model.vocab '" + it.key() + "'");
+    int32_t rank = 0;
+    for (auto& mg : m["merges"]) {
+      std::string a, b;
+      if (mg.is_string()) {
+        const std::string s = mg.get<std::string>();
+        const size_t sp = s.find(' ', 1);
+        if (sp == std::string::npos) throw TokenizerError(file, "merge '" + s + "' has no space");
+        a = s.substr(0, sp), b = s.substr(sp + 1);
+      } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
+        a = mg[0].get<std::string>(), b = mg[1].get<std::string>();
+      } else {
+        throw TokenizerError(file, "model.merges[" + std::to_string(rank) + "] must be \"a b\" or [\"a\", \"b\"], got " + mg.dump());
+      }
+      merges_.emplace(a + '\x01' + b, rank++);
+    }
+    ignore_merges_ = m.value("ignore_merges", false);
+    byte_fallback_ = m.value("byte_fallback", false);
+    if (m.contains("unk_token") && m["unk_token"].is_string() && vocab_.count(m["unk_token"].get<std::string>()))
+      unk_id_ = vocab_.at(m["unk_token"].get<std::string>());
+
+    if (!j.contains("added_tokens")) return;
+    if (!j["added_tokens"].is_array()) throw TokenizerError(file, "added_tokens must be an array");
+    for (size_t i = 0; i < j["added_tokens"].size(); ++i) {
+      const json& t = j["added_tokens"][i];
+      const std::string where = "added_tokens[" + std::to_string(i) + "]";
+      if (!t.is_object() || !t.contains("content") || !t["content"].is_string() || t["content"].get<std::string>().empty())
+        throw TokenizerError(file, where + ": content must be a non-empty string");
+      const std::string content = t["content"].get<std::string>();
+      const int32_t id = token_id(t.value("id", json()), file, where + " '" + content + "'");
+      added_.emplace_back(content, id);
+      vocab_[content] = id;
+    }
   }
 
   std::string kind() const override { return "hf-bpe"; }

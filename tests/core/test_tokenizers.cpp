@@ -3,6 +3,8 @@
 // decode(encode(x)) == x for arbitrary bytes (emoji, CJK, invalid UTF-8) in every format.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
@@ -120,6 +122,38 @@ TEST(HfBpe, UnsupportedPreTokenizerIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("Metaspace"), std::string::npos);
     EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos);
   }
+}
+
+// Malformed files are refused on load with the file and field named: an added token with empty content
+// (encode looped forever on it), ids that are out of range or not integers, fields of the wrong JSON type.
+TEST(HfBpe, MalformedFieldsAreNamedOnLoad) {
+  test::TempDir dir;
+  auto expect_error = [&](const std::function<void(json&)>& edit, const std::string& want) {
+    auto j = json::parse(make_tokenizer_json(true));
+    edit(j);
+    test::write_file(dir / "tokenizer.json", j.dump());
+    try {
+      load_tokenizer(dir / "tokenizer.json");
+      ADD_FAILURE() << "no error for " << want;
+    } catch (const TokenizerError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("tokenizer.json"), std::string::npos) << what;
+      EXPECT_NE(what.find(want), std::string::npos) << what;
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    }
+  };
+  expect_error([](json& j) { j["added_tokens"].push_back({{"id", 300}, {"content", ""}}); },
+               "content must be a non-empty string");
+  expect_error([](json& j) { j["added_tokens"].push_back({{"id", -4}, {"content", "<x>"}}); },
+               "'<x>': id must be an integer in [0, 16777216), got -4");
+  expect_error([](json& j) { j["added_tokens"].push_back({{"id", 1e12}, {"content", "<x>"}}); }, "got 1000000000000");
+  expect_error([](json& j) { j["added_tokens"].push_back({{"id", "7"}, {"content", "<x>"}}); }, "got \"7\"");
+  expect_error([](json& j) { j["added_tokens"].push_back({{"content", "<x>"}}); }, "got null");
+  expect_error([](json& j) { j["added_tokens"] = "none"; }, "added_tokens must be an array");
+  expect_error([](json& j) { j["model"]["vocab"]["a"] = 2.5; }, "model.vocab 'a': id must be an integer");
+  expect_error([](json& j) { j["model"]["vocab"] = json::array(); }, "model.vocab must be an object");
+  expect_error([](json& j) { j["model"]["merges"].push_back(7); }, "must be \"a b\" or [\"a\", \"b\"], got 7");
+  expect_error([](json& j) { j["model"]["ignore_merges"] = "yes"; }, "malformed tokenizer.json");
 }
 
 TEST(Llama2c, RoundTripsArbitraryBytes) {
