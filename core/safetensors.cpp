@@ -6,11 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
@@ -82,13 +84,22 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shar
     throw CheckpointError(path, "header length " + std::to_string(hlen) + " runs past the end of the file (" +
                                     std::to_string(fsize) + " bytes)");
   json h;
+  std::set<std::string> names;  // top-level keys, to refuse duplicates (a plain parse keeps the last one)
+  std::string duplicate;
   try {
     h = json::parse(reinterpret_cast<const char*>(file_->data()) + 8,
-                    reinterpret_cast<const char*>(file_->data()) + 8 + hlen);
+                    reinterpret_cast<const char*>(file_->data()) + 8 + hlen,
+                    [&](int depth, json::parse_event_t event, json& parsed) {
+                      if (event == json::parse_event_t::key && depth == 1 && !names.insert(parsed.get<std::string>()).second &&
+                          duplicate.empty())
+                        duplicate = parsed.get<std::string>();
+                      return true;
+                    });
   } catch (const json::parse_error& e) {
     throw CheckpointError(path, std::string("header is not valid JSON: ") + e.what());
   }
   if (!h.is_object()) throw CheckpointError(path, "header is not a JSON object");
+  if (!duplicate.empty()) throw CheckpointError(path, "tensor '" + duplicate + "' appears twice in the header");
   const size_t data_start = 8 + hlen;
   const size_t data_size = fsize - data_start;
   for (auto it = h.begin(); it != h.end(); ++it) {
@@ -111,9 +122,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shar
       if (dt == i.name) v.dtype = i.d, known = true;
     if (!known) throw bad("unknown dtype '" + dt + "'");
     if (!e["shape"].is_array()) throw bad("shape is not an array");
+    uint64_t bytes = dtype_size(v.dtype);  // the shape's size, checked for overflow
     for (auto& s : e["shape"]) {
       if (!s.is_number_integer() || s.get<int64_t>() < 0) throw bad("shape " + e["shape"].dump() + " is invalid");
       v.shape.push_back(s.get<int64_t>());
+      if (__builtin_mul_overflow(bytes, uint64_t(v.shape.back()), &bytes))
+        throw bad("shape " + e["shape"].dump() + " is too large (its size overflows 64 bits)");
     }
     const json& off = e["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
@@ -124,13 +138,30 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shar
       throw bad("data ends at byte " + std::to_string(data_start + en) + " but the file has only " +
                 std::to_string(fsize) + " bytes (truncated file?)");
     v.nbytes = en - b;
-    if (static_cast<uint64_t>(v.numel()) * dtype_size(v.dtype) != v.nbytes)
-      throw bad("shape " + e["shape"].dump() + " of " + dt + " needs " +
-                std::to_string(v.numel() * dtype_size(v.dtype)) + " bytes but data_offsets span " +
-                std::to_string(v.nbytes));
+    if (bytes != v.nbytes)
+      throw bad("shape " + e["shape"].dump() + " of " + dt + " needs " + std::to_string(bytes) +
+                " bytes but data_offsets span " + std::to_string(v.nbytes));
+    if (b % dtype_size(v.dtype) != 0)
+      throw bad("data_offsets begin " + std::to_string(b) + " is not a multiple of the " + dt + " element size");
     v.data = file_->data() + data_start + b;
     tensors_.emplace(name, std::move(v));
   }
+  // The specification: the data buffer is indexed entirely, without holes or overlaps.
+  std::vector<std::pair<uint64_t, const TensorView*>> by_offset;
+  for (auto& [name, v] : tensors_)
+    by_offset.emplace_back(uint64_t(static_cast<const uint8_t*>(v.data) - (file_->data() + data_start)), &v);
+  std::sort(by_offset.begin(), by_offset.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  uint64_t end = 0;
+  for (auto& [begin, v] : by_offset) {
+    if (begin != end)
+      throw CheckpointError(path, "tensor '" + v->name + "': data_offsets begin at " + std::to_string(begin) +
+                                      (begin < end ? ", inside the previous tensor" : ", after a gap") +
+                                      " (the data must be contiguous: expected " + std::to_string(end) + ")");
+    end = begin + v->nbytes;
+  }
+  if (end != data_size)
+    throw CheckpointError(path, "the tensors' data ends at byte " + std::to_string(end) + " of a " + std::to_string(data_size) +
+                                    "-byte data section (the specification allows no unindexed bytes)");
 }
 
 const TensorView& SafetensorsFile::get(const std::string& name) const {

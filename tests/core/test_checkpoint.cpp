@@ -110,9 +110,59 @@ struct BadCase {
   std::vector<std::string> expect;  // substrings of the error message
 };
 
+// Rewrites the header of the safetensors file at `path` with edit(header text), keeping its data bytes.
+void edit_header(const std::string& path, const std::function<std::string(const json&, const std::string&)>& edit) {
+  const std::string bytes = test::read_file(path);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const std::string text = bytes.substr(8, n);
+  const std::string h = edit(json::parse(text), text);
+  std::string out(8, '\0');
+  const uint64_t m = h.size();
+  std::memcpy(out.data(), &m, 8);
+  test::write_file(path, out + h + bytes.substr(8 + n));
+}
+
+// A file of one tensor with a hand-written header entry and `data` bytes.
+void one_tensor_file(const std::string& path, const std::string& entry, size_t data) {
+  const std::string h = R"({"model.norm.weight":)" + entry + "}";
+  std::string bytes(8, '\0');
+  const uint64_t n = h.size();
+  std::memcpy(bytes.data(), &n, 8);
+  test::write_file(path, bytes + h + std::string(data, '\1'));
+}
+
 std::vector<BadCase> bad_cases() {
   auto st = [](const std::string& d) { return d + "/model.safetensors"; };
+  const std::string a = "model.layers.0.input_layernorm.weight", b = "model.layers.1.input_layernorm.weight";
   return {
+      {"duplicate tensor name",
+       [=](const std::string& d, auto&) {
+         edit_header(st(d), [&](const json& h, const std::string& text) {
+           return "{\"" + a + "\":" + h[a].dump() + "," + text.substr(1);
+         });
+       },
+       {"model.safetensors", a, "appears twice"}},
+      {"overlapping data_offsets",
+       [=](const std::string& d, auto&) {
+         edit_header(st(d), [&](const json& h, const std::string&) {
+           json e = h;
+           e[b]["data_offsets"] = h[a]["data_offsets"];  // same size, same bytes: b would read a's weights
+           return e.dump();
+         });
+       },
+       {"model.safetensors", "inside the previous tensor", "contiguous"}},
+      {"bytes after the last tensor",
+       [=](const std::string& d, auto&) { test::write_file(st(d), test::read_file(st(d)) + std::string(8, '\0')); },
+       {"model.safetensors", "no unindexed bytes"}},
+      {"misaligned data_offsets",
+       [=](const std::string& d, auto&) { one_tensor_file(st(d), R"({"dtype":"F32","shape":[16],"data_offsets":[2,66]})", 66); },
+       {"model.safetensors", "model.norm.weight", "begin 2 is not a multiple of the F32 element size"}},
+      {"shape whose size overflows",
+       [=](const std::string& d, auto&) {
+         one_tensor_file(st(d), R"({"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,64]})", 64);
+       },
+       {"model.safetensors", "model.norm.weight", "overflows 64 bits"}},
       {"truncated file",
        [=](const std::string& d, auto&) { std::filesystem::resize_file(st(d), std::filesystem::file_size(st(d)) - 100); },
        {"model.safetensors", "truncated"}},
