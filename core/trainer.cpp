@@ -2,6 +2,7 @@
 #include "core/trainer.h"
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -389,9 +390,15 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   int64_t start = 0, tokens_seen = 0;
   std::vector<std::string> kept_log;
   fs::path resume_from;
-  if (o.resume) {
-    auto cks = checkpoints_in(ckdir);
-    if (cks.empty()) throw InputError(ckdir.string() + ": no checkpoint to resume from");
+  // A folder whose first checkpoint was never completed (a failed write, a kill while writing) cannot be
+  // continued; it starts over, with or without --resume. Half-written checkpoint folders go.
+  const auto cks = checkpoints_in(ckdir);
+  if (fs::exists(ckdir))
+    for (auto& e : fs::directory_iterator(ckdir))
+      if (e.path().filename().string().find(".tmp") != std::string::npos) remove_tree(e.path().string());
+  if (cks.empty() && (o.resume || fs::exists(log_path))) {
+    std::fprintf(stderr, "%s: no complete checkpoint; starting over from step 0\n", ckdir.string().c_str());
+  } else if (o.resume) {
     resume_from = cks.back();
     m->load(load_checkpoint(resume_from.string()));
     torch::NoGradGuard ng;
@@ -403,9 +410,9 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     std::ifstream lf(log_path);
     for (std::string line; std::getline(lf, line);)  // keep the log up to the checkpoint
       if (!line.empty() && json::parse(line).value("step", int64_t(0)) <= start) kept_log.push_back(line);
-  } else if (fs::exists(log_path) || !checkpoints_in(ckdir).empty()) {
-    throw InputError(out.string() + ": already holds a training run (train_log.jsonl or checkpoints); pass --resume to "
-                     "continue it, or choose another --out");
+  } else if (!cks.empty()) {
+    throw InputError(out.string() + ": already holds a training run (train_log.jsonl and checkpoints); pass --resume "
+                     "to continue it, or choose another --out");
   }
   m->to(device);
   write_file_atomic((out / "recipe.json").string(), r.source.dump(2) + "\n");
@@ -434,7 +441,9 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
 
   auto save_checkpoint = [&](int64_t step) {
     write_model_dir(ckdir / step_dir_name(step), m, r, [&](const fs::path& dir) {
-      torch::save(opt, (dir / "optimizer.pt").string());
+      std::ostringstream state;  // serialized in memory: torch's file writer aborts when a write fails
+      torch::save(opt, state);
+      write_file_atomic((dir / "optimizer.pt").string(), state.str());
       json st = {{"step", step}, {"tokens", tokens_seen}, {"seed", r.seed},
                  {"rng", "per-step: torch::manual_seed(mix(seed, step)); data: mt19937_64(mix(mix(seed, step), micro))"}};
       write_file_atomic((dir / "trainer_state.json").string(), st.dump(2) + "\n");

@@ -325,6 +325,45 @@ TEST(Trainer, InterruptedRunExitsNonZeroWithACheckpoint) {
   EXPECT_EQ(int64_t(read_log(log, "step").size()), steps + 2);
 }
 
+// A checkpoint that cannot be written (here: a file-size limit, as a full disk) is an error naming the
+// file, not an abort; a run folder left without a complete checkpoint starts over, with or without
+// --resume, and then trains to the end.
+TEST(Trainer, CheckpointWriteFailureIsAnErrorAndTheFolderStartsOver) {
+  test::TempDir dir;
+  write_token_file(dir / "train.tok", markov_docs(200, 64, 4), 64);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  test::write_file(dir / "recipe.json", tiny_recipe(dir.path.string()).dump());
+  auto ref = test::run_spkv("train --recipe " + test::quote(dir / "recipe.json") + " --out " + test::quote(dir / "ref"));
+  ASSERT_EQ(ref.exit_code, 0) << ref.err;
+  const auto model_bytes = std::filesystem::file_size(dir / "ref/model/model.safetensors");
+  std::uintmax_t optimizer_bytes = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir / "ref/checkpoints"))
+    optimizer_bytes = std::filesystem::file_size(e.path() / "optimizer.pt");
+  ASSERT_GT(optimizer_bytes, model_bytes + 4096);
+  // A file-size limit between the two: the model's safetensors fits, the optimizer state does not.
+  const std::string train = std::string(SPKV_BIN) + " train --recipe " + test::quote(dir / "recipe.json") + " --out " +
+                            test::quote(dir / "run");
+  const std::string limited = "bash -c " + test::quote("trap '' XFSZ; ulimit -f " + std::to_string(model_bytes / 1024 + 2) +
+                                                       "; exec " + train + " 2>" + test::quote(dir / "err") + " >/dev/null");
+  const int status = std::system(limited.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << "an error, not an abort (134)";
+  std::string err = test::read_file(dir / "err");
+  err = err.substr(err.rfind('\n', err.size() - 2) + 1);  // the last line; the progress bar comes before it
+  EXPECT_EQ(err.rfind("spkv: error: ", 0), 0u) << err;
+  EXPECT_NE(err.find("optimizer.pt"), std::string::npos) << err;
+  EXPECT_NE(err.find("File too large"), std::string::npos) << err;
+  if (std::filesystem::exists(dir / "run/checkpoints"))
+    for (auto& e : std::filesystem::directory_iterator(dir / "run/checkpoints"))
+      EXPECT_NE(e.path().filename().string().find(".tmp"), std::string::npos) << "a complete checkpoint: " << e.path();
+
+  auto resumed = test::run_spkv("train --recipe " + test::quote(dir / "recipe.json") + " --out " + test::quote(dir / "run") + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("no complete checkpoint"), std::string::npos) << resumed.err;
+  EXPECT_EQ(read_log(dir / "run/train_log.jsonl", "step").size(), 12u);
+  EXPECT_TRUE(std::filesystem::exists(dir / "run/model/model.safetensors"));
+}
+
 // `eval.tasks` scores task documents at every evaluation, with hard gates; the last score equals
 // `spkv tasks eval` of the saved model on the same documents (a separate process and code path).
 TEST(Trainer, CommandLineScoresTasksAtEveryEvaluation) {
