@@ -6,12 +6,12 @@
 #include <pcre2.h>
 
 #include <algorithm>
-#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "core/bpe_merge.h"
 #include "core/errors.h"
 #include "core/tokenizer.h"
 
@@ -248,18 +248,14 @@ class HfBpeTokenizer : public Tokenizer {
       for (auto& s : sym) whole += s;
       if (auto it = vocab_.find(whole); it != vocab_.end()) return ids.push_back(it->second);
     }
-    while (sym.size() > 1) {
-      int32_t best = INT_MAX;
-      size_t at = 0;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = merges_.find(sym[i] + '\x01' + sym[i + 1]);
-        if (it != merges_.end() && it->second < best) best = it->second, at = i;
-      }
-      if (best == INT_MAX) break;
-      sym[at] += sym[at + 1];
-      sym.erase(sym.begin() + long(at) + 1);
-    }
-    for (auto& s : sym) {
+    std::vector<std::string> merged;  // the lowest merge rank first (core/bpe_merge.h)
+    bpe_merge<std::string, int32_t>(std::move(sym), [&](const std::string& a, const std::string& b)
+                                        -> std::optional<std::pair<int32_t, std::string>> {
+      auto it = merges_.find(a + '\x01' + b);
+      if (it == merges_.end()) return std::nullopt;
+      return std::make_pair(it->second, a + b);
+    }, merged);
+    for (auto& s : merged) {
       if (auto it = vocab_.find(s); it != vocab_.end()) ids.push_back(it->second);
       else unknown_symbol(s, ids);
     }

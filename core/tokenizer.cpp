@@ -6,6 +6,7 @@
 #include <fstream>
 #include <unordered_map>
 
+#include "core/bpe_merge.h"
 #include "core/errors.h"
 
 namespace spkv {
@@ -77,7 +78,10 @@ class Llama2cTokenizer : public Tokenizer {
       throw TokenizerError(file, "has " + std::to_string(pieces_.size()) + " tokens, the model expects " +
                                      std::to_string(expected_vocab));
     if (pieces_.size() < 259) throw TokenizerError(file, "too few tokens for byte fallback (need >= 259)");
-    for (size_t i = 0; i < pieces_.size(); ++i) lookup_.emplace(pieces_[i], int32_t(i));  // first wins
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      lookup_.emplace(pieces_[i], int32_t(i));  // first wins
+      inner_space_ = inner_space_ || (pieces_[i].size() > 1 && pieces_[i].find(' ', 1) != std::string::npos);
+    }
     bos_id = 1;
     eos_id = 2;
   }
@@ -89,7 +93,7 @@ class Llama2cTokenizer : public Tokenizer {
     std::vector<int32_t> ids;
     if (bos) ids.push_back(bos_id);
     std::vector<int32_t> t;
-    if (!text.empty()) t.push_back(find(" "));  // dummy prefix, as SentencePiece's add_dummy_prefix
+    if (!text.empty()) t.push_back(find(" ") >= 0 ? find(" ") : ' ' + 3);  // dummy prefix, as SentencePiece's add_dummy_prefix
     std::string buf;
     for (size_t i = 0; i < text.size(); ++i) {
       buf += text[i];
@@ -101,20 +105,16 @@ class Llama2cTokenizer : public Tokenizer {
         for (unsigned char b : buf) t.push_back(int32_t(b) + 3);
       buf.clear();
     }
-    // Greedily merge the adjacent pair whose merged piece has the highest score, until none exists.
-    while (true) {
-      float best = -1e10f;
-      int32_t best_id = -1;
-      size_t best_i = 0;
-      for (size_t i = 0; i + 1 < t.size(); ++i) {
-        int32_t id = find(pieces_[t[i]] + pieces_[t[i + 1]]);
-        if (id >= 0 && scores_[id] > best) best = scores_[id], best_id = id, best_i = i;
+    // Greedily merge the adjacent pair whose merged piece has the highest score (leftmost on ties), until
+    // none exists. When no piece holds a space after its first byte, no merge joins a symbol to a following
+    // one that starts with a space, so the words are merged one at a time: the result is the same and the
+    // working memory is that of the longest word.
+    size_t begin = 0;
+    for (size_t i = 1; i <= t.size(); ++i)
+      if (i == t.size() || (!inner_space_ && !pieces_[size_t(t[i])].empty() && pieces_[size_t(t[i])][0] == ' ')) {
+        merge(t, begin, i, ids);
+        begin = i;
       }
-      if (best_id < 0) break;
-      t[best_i] = best_id;
-      t.erase(t.begin() + long(best_i) + 1);
-    }
-    ids.insert(ids.end(), t.begin(), t.end());
     if (eos) ids.push_back(eos_id);
     return ids;
   }
@@ -129,6 +129,17 @@ class Llama2cTokenizer : public Tokenizer {
   }
 
  private:
+  // Merges the symbols t[begin, end) as run.c does (core/bpe_merge.h) and appends them to out.
+  void merge(const std::vector<int32_t>& t, size_t begin, size_t end, std::vector<int32_t>& out) const {
+    bpe_merge<int32_t, float>(std::vector<int32_t>(t.begin() + long(begin), t.begin() + long(end)),
+                              [&](int32_t a, int32_t b) -> std::optional<std::pair<float, int32_t>> {
+                                const int32_t id = find(pieces_[size_t(a)] + pieces_[size_t(b)]);
+                                if (id < 0) return std::nullopt;
+                                return std::make_pair(-scores_[size_t(id)], id);  // the highest score first
+                              },
+                              out);
+  }
+
   int32_t find(const std::string& s) const {
     auto it = lookup_.find(s);
     return it == lookup_.end() ? -1 : it->second;
@@ -136,6 +147,7 @@ class Llama2cTokenizer : public Tokenizer {
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::unordered_map<std::string, int32_t> lookup_;
+  bool inner_space_ = false;  // some piece holds a space after its first byte
 };
 
 }  // namespace

@@ -3,7 +3,10 @@
 // decode(encode(x)) == x for arbitrary bytes (emoji, CJK, invalid UTF-8) in every format.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstring>
 #include <functional>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -154,6 +157,115 @@ TEST(HfBpe, MalformedFieldsAreNamedOnLoad) {
   expect_error([](json& j) { j["model"]["vocab"] = json::array(); }, "model.vocab must be an object");
   expect_error([](json& j) { j["model"]["merges"].push_back(7); }, "must be \"a b\" or [\"a\", \"b\"], got 7");
   expect_error([](json& j) { j["model"]["ignore_merges"] = "yes"; }, "malformed tokenizer.json");
+}
+
+using Vocab = std::vector<std::pair<std::string, float>>;  // piece, score
+
+// A llama2.c vocabulary: <unk>, BOS, EOS, the 256 byte pieces <0xNN>, then `extra`.
+Vocab llama2c_vocab(const Vocab& extra) {
+  Vocab v = {{"<unk>", 0}, {"\n<s>\n", 0}, {"\n</s>\n", 0}};
+  for (int b = 0; b < 256; ++b) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "<0x%02X>", b);
+    v.emplace_back(hex, 0.f);
+  }
+  v.insert(v.end(), extra.begin(), extra.end());
+  return v;
+}
+
+// tokenizer.bin: max_len, then per token its score, length and bytes.
+void write_llama2c_tokenizer(const std::string& path, const Vocab& v) {
+  std::string out(4, '\0');
+  const int32_t max_len = 16;
+  std::memcpy(out.data(), &max_len, 4);
+  for (auto& [piece, score] : v) {
+    const int32_t len = int32_t(piece.size());
+    out.append(reinterpret_cast<const char*>(&score), 4).append(reinterpret_cast<const char*>(&len), 4) += piece;
+  }
+  test::write_file(path, out);
+}
+
+// run.c's encode, as written there: rescan every pair after each merge (quadratic), the first best wins.
+std::vector<int32_t> run_c_encode(const Vocab& vocab, const std::string& text) {
+  auto find = [&](const std::string& s) {
+    for (size_t i = 0; i < vocab.size(); ++i)
+      if (vocab[i].first == s) return int32_t(i);
+    return int32_t(-1);
+  };
+  std::vector<int32_t> t;
+  if (!text.empty()) t.push_back(find(" "));
+  std::string buf;
+  for (size_t i = 0; i < text.size(); ++i) {
+    buf += text[i];
+    if (i + 1 < text.size() && (uint8_t(text[i + 1]) & 0xC0) == 0x80 && buf.size() < 4) continue;
+    const int32_t id = find(buf);
+    if (id >= 0) t.push_back(id);
+    else
+      for (unsigned char b : buf) t.push_back(int32_t(b) + 3);
+    buf.clear();
+  }
+  while (true) {
+    float best = -1e10f;
+    int32_t best_id = -1;
+    size_t best_i = 0;
+    for (size_t i = 0; i + 1 < t.size(); ++i) {
+      const int32_t id = find(vocab[size_t(t[i])].first + vocab[size_t(t[i + 1])].first);
+      if (id >= 0 && vocab[size_t(id)].second > best) best = vocab[size_t(id)].second, best_id = id, best_i = i;
+    }
+    if (best_id < 0) break;
+    t[best_i] = best_id;
+    t.erase(t.begin() + long(best_i) + 1);
+  }
+  t.insert(t.begin(), 1);
+  return t;
+}
+
+// The heap-based encode gives run.c's tokens on random texts, with tied scores and overlapping merges,
+// both when words are merged one at a time and when a piece with an inner space forbids it.
+TEST(Llama2c, FastEncodeEqualsRunCsGreedyMerges) {
+  test::TempDir dir;
+  const Vocab base = {
+      {" ", -1}, {"a", -2}, {"b", -2}, {"c", -2}, {"ab", 3}, {"bc", 3}, {"ca", 3}, {"abc", 5}, {" a", 2},
+      {" ab", 4}, {"bb", 3}, {"bbb", 1}, {"cab", 5}, {"\xc3\xa9", -1}, {"a\xc3\xa9", 2}, {"  ", 0.5}};
+  std::mt19937 rng(11);
+  const char* alphabet[] = {"a", "b", "c", " ", "\xc3\xa9", "x"};
+  for (bool inner_space : {false, true}) {
+    Vocab extra = base;
+    if (inner_space) extra.push_back({"b a", 6});
+    const Vocab full = llama2c_vocab(extra);
+    write_llama2c_tokenizer(dir / "t.bin", full);
+    auto tok = load_tokenizer(dir / "t.bin");
+    int merged = 0;
+    for (int k = 0; k < 300; ++k) {
+      std::string text;
+      const int n = int(rng() % 120);
+      for (int i = 0; i < n; ++i) text += alphabet[rng() % 6];
+      const auto want = run_c_encode(full, text);
+      ASSERT_EQ(tok->encode(text, true, false), want) << "inner space " << inner_space << ", text '" << text << "'";
+      merged += int(want.size()) < n;
+    }
+    EXPECT_GT(merged, 200);
+  }
+}
+
+// The same on the real stories260K tokenizer and real text (whose pieces hold no inner space).
+TEST(Llama2c, FastEncodeEqualsRunCsGreedyMergesOnStories260K) {
+  SPKV_REQUIRE_SHARED();
+  const std::string path = test::shared_dir() + "/models/stories260K/tok512.bin";
+  const std::string bytes = test::read_file(path);
+  Vocab vocab;
+  for (size_t at = 4; at + 8 <= bytes.size();) {
+    float score;
+    int32_t len;
+    std::memcpy(&score, bytes.data() + at, 4), std::memcpy(&len, bytes.data() + at + 4, 4);
+    vocab.emplace_back(bytes.substr(at + 8, size_t(len)), score);
+    at += 8 + size_t(len);
+  }
+  ASSERT_EQ(vocab.size(), 512u);
+  auto tok = load_tokenizer(path);
+  const std::string text = test::read_file(test::shared_dir() + "/corpora/tinystories_sample.txt");
+  for (size_t at = 0; at + 400 < text.size() && at < 12000; at += 997)
+    EXPECT_EQ(tok->encode(text.substr(at, 400), true, false), run_c_encode(vocab, text.substr(at, 400))) << "at " << at;
 }
 
 TEST(Llama2c, RoundTripsArbitraryBytes) {
