@@ -3,6 +3,8 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
+
 #include "core/errors.h"
 
 namespace spkv::analysis {
@@ -42,6 +44,35 @@ struct GateLogReader::Impl {
     return out;
   }
   std::string str_or_empty(const char* name) const { return has_attr(name) ? str(name) : std::string(); }
+  std::vector<int64_t> shape(const char* name) const {
+    hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
+    if (d < 0) fail(std::string("the dataset '") + name + "' is missing");
+    hid_t fs = H5Dget_space(d);
+    const int rank = H5Sget_simple_extent_ndims(fs);
+    std::vector<hsize_t> dims(size_t(std::max(rank, 0)));
+    if (rank > 0) H5Sget_simple_extent_dims(fs, dims.data(), nullptr);
+    H5Sclose(fs), H5Dclose(d);
+    return {dims.begin(), dims.end()};
+  }
+  static std::string shape_str(const std::vector<int64_t>& s) {
+    std::string out = "(";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + (s.size() == 1 ? ",)" : ")");
+  }
+  void expect_shape(const char* name, const std::vector<int64_t>& want, const char* why) const {
+    const auto got = shape(name);
+    if (got != want) fail(std::string(name) + " has shape " + shape_str(got) + ", expected " + shape_str(want) + " " + why);
+  }
+  // A CSR offsets array: starts at 0, never decreases, ends at `last`.
+  void expect_offsets(const char* name, const std::vector<int64_t>& off, int64_t last, const char* what) const {
+    if (off.empty() || off.front() != 0) fail(std::string(name) + " must start with 0");
+    for (size_t i = 1; i < off.size(); ++i)
+      if (off[i] < off[i - 1])
+        fail(std::string(name) + " decreases at entry " + std::to_string(i) + " (" + std::to_string(off[i - 1]) + " then " +
+             std::to_string(off[i]) + ")");
+    if (off.back() != last)
+      fail(std::string(name) + " ends at " + std::to_string(off.back()) + " but " + what + " holds " + std::to_string(last));
+  }
   // Rows [begin, end) of a dataset whose rows hold `row` elements, converted to `type` (kFileType: as stored).
   template <class T>
   std::vector<T> rows(const char* name, hid_t type, int64_t begin, int64_t end, int64_t row = 1) const {
@@ -51,6 +82,12 @@ struct GateLogReader::Impl {
     const int rank = H5Sget_simple_extent_ndims(fs);
     std::vector<hsize_t> dims(rank);
     H5Sget_simple_extent_dims(fs, dims.data(), nullptr);
+    int64_t per_row = 1;
+    for (int i = 1; i < rank; ++i) per_row *= int64_t(dims[size_t(i)]);
+    if (rank < 1 || per_row != row) {
+      H5Sclose(fs), H5Dclose(d);
+      fail(std::string(name) + ": rows hold " + std::to_string(per_row) + " elements, expected " + std::to_string(row));
+    }
     if (end < 0) end = int64_t(dims[0]);
     if (begin < 0 || begin > end || hsize_t(end) > dims[0]) {
       H5Sclose(fs), H5Dclose(d);
@@ -109,16 +146,47 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
     i.attention_last_queries = m.num<int64_t>("attention_last_queries", H5T_NATIVE_INT64);
   i.attention_far = H5Lexists(m.file, "attention", H5P_DEFAULT) > 0 &&
                     H5Lexists(m.file, "attention/received_far", H5P_DEFAULT) > 0;
+  // Sanity of the attributes that size everything else, then every shape and offsets array against them:
+  // a damaged file gives an error naming the dataset, never an out-of-bounds read.
+  auto in_range = [&](const char* name, double v, double lo, double hi) {
+    if (!(v >= lo && v <= hi)) m.fail(std::string("root attribute '") + name + "' is " + std::to_string(v) +
+                                      ", expected a value in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  };
+  in_range("n_layers", double(i.n_layers), 1, 4096), in_range("n_kv_heads", double(i.n_kv_heads), 1, 4096);
+  in_range("window", double(i.window), 0, double(int64_t(1) << 40)), in_range("keep_first", double(i.keep_first), 0, double(int64_t(1) << 40));
+  in_range("tau", i.tau, 0, 1);
   token_offsets_ = m.rows<int64_t>("documents/token_offsets", H5T_NATIVE_INT64, 0, -1);
   if (token_offsets_.empty()) m.fail("documents/token_offsets is empty (it starts with 0)");
+  auto length = [&](const char* name) {  // of a one-dimensional dataset
+    const auto s = m.shape(name);
+    if (s.size() != 1) m.fail(std::string(name) + " must be one-dimensional, has shape " + Impl::shape_str(s));
+    return s[0];
+  };
+  const int64_t N = length("tokens/ids");
+  m.expect_offsets("documents/token_offsets", token_offsets_, N, "tokens/ids");
   i.n_documents = int64_t(token_offsets_.size()) - 1, i.n_tokens = token_offsets_.back();
-  const int64_t LH = i.n_layers * i.n_kv_heads;
-  kept_ = m.rows<int64_t>("documents/kept", H5T_NATIVE_INT64, 0, i.n_documents, LH);
-  eligible_ = m.rows<int64_t>("documents/eligible", H5T_NATIVE_INT64, 0, i.n_documents, LH);
-  const auto id_off = m.rows<int64_t>("documents/id_offsets", H5T_NATIVE_INT64, 0, i.n_documents + 1);
+  const int64_t D = i.n_documents, L = i.n_layers, H = i.n_kv_heads, LH = L * H;
+  const char* per_token = "(tokens x n_layers x n_kv_heads, from the attributes and documents/token_offsets)";
+  m.expect_shape("gates/u", {N, L, H}, per_token), m.expect_shape("gates/z", {N, L, H}, per_token);
+  for (const char* name : {"tokens/nll", "tokens/cache_entries"}) m.expect_shape(name, {N}, "(one per token)");
+  m.expect_shape("tokens/text_offsets", {N + 1}, "(tokens + 1)");
+  if (H5Lexists(m.file, "attention", H5P_DEFAULT) > 0)
+    for (const char* name : {"attention/received", "attention/received_last", "attention/received_far"})
+      if (H5Lexists(m.file, name, H5P_DEFAULT) > 0) m.expect_shape(name, {N, L, H}, per_token);
+  const char* per_doc = "(documents x n_layers x n_kv_heads)";
+  m.expect_shape("documents/kept", {D, L, H}, per_doc), m.expect_shape("documents/eligible", {D, L, H}, per_doc);
+  kept_ = m.rows<int64_t>("documents/kept", H5T_NATIVE_INT64, 0, D, LH);
+  eligible_ = m.rows<int64_t>("documents/eligible", H5T_NATIVE_INT64, 0, D, LH);
+  for (size_t k = 0; k < kept_.size(); ++k)
+    if (kept_[k] < 0 || kept_[k] > eligible_[k])
+      m.fail("documents/kept[" + std::to_string(k / size_t(LH)) + "] = " + std::to_string(kept_[k]) +
+             " is outside [0, eligible = " + std::to_string(eligible_[k]) + "]");
+  m.expect_shape("documents/id_offsets", {D + 1}, "(documents + 1)");
+  const auto id_off = m.rows<int64_t>("documents/id_offsets", H5T_NATIVE_INT64, 0, D + 1);
+  m.expect_offsets("documents/id_offsets", id_off, length("documents/id_bytes"), "documents/id_bytes");
   // Bytes are read as uint8: converting them to (signed) char would clip every non-ASCII byte to 127.
   const auto id_bytes = m.rows<uint8_t>("documents/id_bytes", H5T_NATIVE_UINT8, 0, id_off.back());
-  for (int64_t d = 0; d < i.n_documents; ++d) ids_.emplace_back(id_bytes.begin() + id_off[d], id_bytes.begin() + id_off[d + 1]);
+  for (int64_t d = 0; d < D; ++d) ids_.emplace_back(id_bytes.begin() + id_off[d], id_bytes.begin() + id_off[d + 1]);
 }
 
 GateLogReader::~GateLogReader() {
@@ -154,6 +222,8 @@ std::vector<int32_t> GateLogReader::cache_entries(int64_t begin, int64_t end) co
 }
 std::vector<std::string> GateLogReader::token_text(int64_t begin, int64_t end) const {
   const auto off = impl_->rows<int64_t>("tokens/text_offsets", H5T_NATIVE_INT64, begin, end + 1);
+  for (size_t t = 1; t < off.size(); ++t)
+    if (off[t] < off[t - 1]) impl_->fail("tokens/text_offsets decreases at entry " + std::to_string(begin + int64_t(t)));
   const auto bytes = impl_->rows<uint8_t>("tokens/text_bytes", H5T_NATIVE_UINT8, off.front(), off.back());
   std::vector<std::string> out;
   for (size_t t = 0; t + 1 < off.size(); ++t)
