@@ -3,11 +3,18 @@
 // after each block. The layout is documented field by field in docs/hdf5-schema.md.
 #include "core/gate_log.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "core/errors.h"
 
@@ -28,7 +35,51 @@ struct Extendible {
 
 }  // namespace
 
+// spkv's own lock on a log being written, OUT.h5.lock holding "host pid": HDF5's file locking is off on
+// most NFS and Lustre mounts (HDF5_USE_FILE_LOCKING=FALSE), where two writers would corrupt the log. A
+// lock left by a process of this host that no longer runs is taken over.
+class WriterLock {
+ public:
+  explicit WriterLock(const std::string& log) : path_(log + ".lock") {
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    const std::string me = std::string(host) + " " + std::to_string(getpid()) + "\n";
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const int fd = open(path_.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+      if (fd >= 0) {
+        const bool ok = write(fd, me.data(), me.size()) == ssize_t(me.size());
+        ::close(fd);
+        if (!ok) throw FileError(path_, std::string("cannot write the lock file: ") + std::strerror(errno));
+        owned_ = true;
+        return;
+      }
+      if (errno != EEXIST) throw FileError(path_, std::string("cannot create the lock file: ") + std::strerror(errno));
+      std::ifstream in(path_);
+      std::string other_host;
+      long other_pid = -1;
+      in >> other_host >> other_pid;
+      const bool stale = other_host == host && other_pid > 0 && kill(pid_t(other_pid), 0) != 0 && errno == ESRCH;
+      if (!stale)
+        throw FileError(log, "being written by " + (other_host.empty() ? std::string("another process") : other_host) +
+                                 " pid " + std::to_string(other_pid) + " (lock file " + path_ +
+                                 "; remove it if that process is gone)");
+      std::remove(path_.c_str());
+    }
+    throw FileError(path_, "cannot take the lock file over");
+  }
+  ~WriterLock() {
+    if (owned_) std::remove(path_.c_str());
+  }
+  WriterLock(const WriterLock&) = delete;
+  WriterLock& operator=(const WriterLock&) = delete;
+
+ private:
+  std::string path_;
+  bool owned_ = false;
+};
+
 struct GateLogWriter::Impl {
+  std::unique_ptr<WriterLock> lock;  // taken before anything is read or written
   std::string path;
   GateLogHeader h;
   hid_t file = -1, f16 = -1;
@@ -387,6 +438,7 @@ herr_t copy_attr(hid_t loc, const char* name, const H5A_info_t*, void* dst_file)
 GateLogWriter::GateLogWriter(const std::string& path, const GateLogHeader& h, bool resume, double flush_seconds)
     : impl_(new Impl), path_(path), flush_seconds_(flush_seconds) {
   Impl& m = *impl_;
+  m.lock = std::make_unique<WriterLock>(path);
   m.path = partial_path(path), m.h = h;
   m.kept_total.assign(h.n_layers * h.n_kv_heads, 0), m.eligible_total.assign(h.n_layers * h.n_kv_heads, 0);
   if (std::filesystem::exists(path)) throw FileError(path, "already exists (choose another --out, or remove it)");

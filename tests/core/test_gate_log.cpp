@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +14,8 @@
 #include "core/checkpoint.h"
 #include "core/documents.h"
 #include "core/engine.h"
+#include "core/errors.h"
+#include "core/gate_log.h"
 #include "core/sha256.h"
 #include "core/tokenizer.h"
 #include "tests/core/reference_model.h"
@@ -285,6 +288,57 @@ TEST(GateLog, BadInputsGetClearMessagesAndNoFile) {
   EXPECT_NE(dense.exit_code, 0);
   EXPECT_NE(dense.err.find("has no spkv block"), std::string::npos) << dense.err;
   EXPECT_FALSE(std::filesystem::exists(tmp / "log.h5"));
+}
+
+// Two writers on one log: the second is refused while the first runs (HDF5's own locking is off on most
+// cluster file systems), the lock goes with the first writer, and a lock left by a dead process of this
+// host is taken over; one from another host is not.
+TEST(GateLog, ASecondWriterIsRefusedAndAStaleLockIsTakenOver) {
+  test::TempDir tmp;
+  const std::string out = tmp / "x.h5", lock = out + ".lock";
+  GateLogHeader h;
+  h.n_layers = 1, h.n_kv_heads = 1, h.window = 2, h.tau = 0.5, h.gating_mode = "hard", h.checkpoint_sha256 = "x";
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  {
+    GateLogWriter first(out, h, false, 0);
+    EXPECT_TRUE(std::filesystem::exists(lock));
+    try {
+      GateLogWriter second(out, h, true, 0);
+      FAIL() << "a second writer was accepted";
+    } catch (const FileError& e) {
+      const std::string want = "x.h5: being written by " + std::string(host) + " pid " + std::to_string(getpid());
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+    first.close();
+  }
+  EXPECT_FALSE(std::filesystem::exists(lock)) << "the lock goes with its writer";
+  EXPECT_TRUE(std::filesystem::exists(out));
+
+  const pid_t child = fork();  // a pid that has certainly exited
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  test::write_file(lock, std::string(host) + " " + std::to_string(child) + "\n");
+  {
+    GateLogWriter w(tmp / "y.h5", h, false, 0);  // another log: unaffected by x's lock
+    w.close();
+  }
+  std::filesystem::remove(out);
+  {
+    GateLogWriter w(out, h, false, 0);  // the stale lock is taken over
+    w.close();
+  }
+  EXPECT_FALSE(std::filesystem::exists(lock));
+  std::filesystem::remove(out);
+  test::write_file(lock, "some-other-host 12\n");
+  try {
+    GateLogWriter w(out, h, false, 0);
+    FAIL() << "a lock of another host was taken over";
+  } catch (const FileError& e) {
+    EXPECT_NE(std::string(e.what()).find("being written by some-other-host pid 12"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(std::filesystem::exists(lock)) << "a refused writer leaves the other's lock";
+  EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
 }
 
 TEST(GateLog, Sha256MatchesTheFipsExamples) {
