@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -112,8 +113,8 @@ struct GateLogWriter::Impl {
     if (id < 0) fail(what);
     return id;
   }
-  void check(herr_t e, const char* what) const {
-    if (e < 0) fail(what);
+  void check(herr_t e, const char* what) const {  // errno says why a write failed (ENOSPC: a full disk)
+    if (e < 0) fail(std::string(what) + (errno ? std::string(": ") + std::strerror(errno) : std::string()));
   }
 
   // --- attributes --------------------------------------------------------------------------------------
@@ -203,6 +204,7 @@ struct GateLogWriter::Impl {
   }
   void append(Extendible& e, const void* data, hsize_t rows) {
     if (rows == 0) return;
+    errno = 0;
     std::vector<hsize_t> size{e.rows + rows}, start{e.rows}, count{rows};
     for (auto d : e.inner) size.push_back(d), start.push_back(0), count.push_back(d);
     check(H5Dset_extent(e.id, size.data()), "extend");
@@ -319,22 +321,56 @@ struct GateLogWriter::Impl {
   }
 
   // Reopens a checked partial log for writing: rows past the last complete document go.
+  std::vector<Extendible*> token_datasets() {  // (N, ...) rows, one per token
+    std::vector<Extendible*> out;
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z, &received, &received_last, &received_far})
+      if (e->id >= 0) out.push_back(e);  // the attention statistics may be absent
+    return out;
+  }
+  // Cuts every dataset to the longest prefix of documents that is whole: index entries that start at 0
+  // and never decrease, and every row they point to present. What a kill or a full disk cut off (a
+  // dataset extended but its write failed, leaving fill values) goes; the documents before it stay. The
+  // rows are re-read from the file, since a failed append may have extended a dataset without counting it.
+  void cut_to_whole_documents() {
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &received,
+                          &received_last, &received_far, &doc_tokens, &doc_id_offsets, &doc_id_bytes, &doc_kept, &doc_eligible}) {
+      if (e->id < 0) continue;
+      hid_t sp = H5Dget_space(e->id);
+      std::vector<hsize_t> dims(1 + e->inner.size());
+      H5Sget_simple_extent_dims(sp, dims.data(), nullptr);
+      H5Sclose(sp);
+      e->rows = dims[0];
+    }
+    const auto tok_off = read<int64_t>(doc_tokens, H5T_NATIVE_INT64), id_off = read<int64_t>(doc_id_offsets, H5T_NATIVE_INT64);
+    const auto text_off = read<int64_t>(text_offsets, H5T_NATIVE_INT64);
+    if (tok_off.empty() || id_off.empty() || tok_off[0] != 0 || id_off[0] != 0 || text_off.empty())
+      fail("documents/token_offsets, id_offsets or tokens/text_offsets is empty or does not start with 0");
+    hsize_t token_rows = text_off.size() - 1;
+    for (Extendible* e : token_datasets()) token_rows = std::min(token_rows, e->rows);
+    int64_t text_ok = 0;  // text_offsets are whole up to this token
+    while (hsize_t(text_ok) < token_rows && text_off[size_t(text_ok) + 1] >= text_off[size_t(text_ok)] &&
+           hsize_t(text_off[size_t(text_ok) + 1]) <= text_bytes.rows)
+      ++text_ok;
+    int64_t D = 0;
+    const size_t n = std::min({tok_off.size(), id_off.size(), size_t(doc_kept.rows) + 1, size_t(doc_eligible.rows) + 1});
+    while (size_t(D) + 1 < n) {
+      const size_t d = size_t(D) + 1;
+      if (tok_off[d] < tok_off[d - 1] || tok_off[d] > text_ok || id_off[d] < id_off[d - 1] || hsize_t(id_off[d]) > doc_id_bytes.rows)
+        break;
+      ++D;
+    }
+    n_docs = D;
+    const hsize_t T = hsize_t(tok_off[size_t(D)]);
+    for (Extendible* e : token_datasets()) truncate(*e, T);
+    truncate(text_offsets, T + 1), truncate(text_bytes, hsize_t(text_off[T]));
+    truncate(doc_tokens, hsize_t(D) + 1), truncate(doc_id_offsets, hsize_t(D) + 1);
+    truncate(doc_kept, hsize_t(D)), truncate(doc_eligible, hsize_t(D)), truncate(doc_id_bytes, hsize_t(id_off[size_t(D)]));
+  }
+
   std::vector<std::string> reopen() {
     datasets(false);
-    const auto tok_off = read<int64_t>(doc_tokens, H5T_NATIVE_INT64), id_off = read<int64_t>(doc_id_offsets, H5T_NATIVE_INT64);
-    if (tok_off.empty() || id_off.size() != tok_off.size()) fail("documents/token_offsets and id_offsets disagree");
-    n_docs = int64_t(tok_off.size()) - 1;
-    const hsize_t T = hsize_t(tok_off.back());
-    // Rows past the last complete document (a write cut off by a kill) are dropped.
-    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z, &received, &received_last, &received_far}) {
-      if (e->id < 0) continue;  // no attention statistics
-      if (e->rows < T) fail("a token dataset is shorter than documents/token_offsets says");
-      truncate(*e, T);
-    }
-    truncate(text_offsets, T + 1);
-    const auto text_off = read<int64_t>(text_offsets, H5T_NATIVE_INT64);
-    truncate(text_bytes, hsize_t(text_off.back()));
-    truncate(doc_kept, n_docs), truncate(doc_eligible, n_docs), truncate(doc_id_bytes, hsize_t(id_off.back()));
+    cut_to_whole_documents();
+    const auto id_off = read<int64_t>(doc_id_offsets, H5T_NATIVE_INT64);
     const auto kept = read<int64_t>(doc_kept, H5T_NATIVE_INT64), elig = read<int64_t>(doc_eligible, H5T_NATIVE_INT64);
     for (size_t i = 0; i < kept.size(); ++i) kept_total[i % kept_total.size()] += kept[i], eligible_total[i % kept_total.size()] += elig[i];
     const auto bytes = read<uint8_t>(doc_id_bytes, H5T_NATIVE_UINT8);
@@ -406,7 +442,10 @@ struct GateLogWriter::Impl {
     H5Gclose(nx), H5Gclose(g);
   }
 
-  void flush() { check(H5Fflush(file, H5F_SCOPE_GLOBAL), "flush"); }
+  void flush() {
+    errno = 0;
+    check(H5Fflush(file, H5F_SCOPE_GLOBAL), "flush");
+  }
 
   void close_file(bool complete) {
     if (file < 0) return;
@@ -480,6 +519,7 @@ GateLogWriter::GateLogWriter(const std::string& path, const GateLogHeader& h, bo
 std::string GateLogWriter::partial_path(const std::string& path) { return path + ".partial"; }
 
 void GateLogWriter::run() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // this thread's errors become FileError too, without a trace
   using clock = std::chrono::steady_clock;
   auto last_flush = clock::now();
   bool dirty = false;
@@ -533,6 +573,10 @@ void GateLogWriter::finish(bool complete) {
   }
   if (thread_.joinable()) thread_.join();
   if (error_) {
+    try {  // leave a partial log that every reader opens and --resume continues: whole documents only
+      if (impl_->file >= 0) impl_->cut_to_whole_documents(), impl_->flush();
+    } catch (...) {
+    }
     impl_->close_file(false);
     std::rethrow_exception(error_);
   }

@@ -224,6 +224,45 @@ TEST(GateLog, TerminatedRunExitsNonZeroAndResumeOfAFinishedLogIsANoOp) {
   EXPECT_FALSE(std::filesystem::exists(partial));
 }
 
+// A full disk mid-run (a 700 kB tmpfs; needs root to mount, else skipped): a one-line error that says so,
+// the documents before it kept, and --resume, once there is space, finishes a log equal to an
+// uninterrupted one.
+TEST(GateLog, FullDiskKeepsTheFlushedDocumentsAndResumeCompletes) {
+  SPKV_REQUIRE_MODEL_AND_H5PY();
+  if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
+  test::TempDir tmp;
+  const std::string small = tmp / "small";
+  std::filesystem::create_directories(small);
+  if (std::system(("mount -t tmpfs -o size=700k tmpfs " + test::quote(small) + " 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here";
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { std::system(("umount " + test::quote(dir)).c_str()); }
+  } unmount{small};
+  const std::string args = test::quote(kHeldout) + " --separator '<|endoftext|>' --max-docs 30 -m " + test::quote(kModel);
+  auto full = test::run_spkv("run " + args + " --out " + (tmp / "full.h5"));
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  const json ref = read_log(tmp / "full.h5");
+
+  const std::string out = small + "/e.h5";
+  auto failed = test::run_spkv("run " + args + " --flush-seconds 0 --out " + test::quote(out));
+  ASSERT_EQ(failed.exit_code, 1) << "the log should not fit: " << failed.err;
+  const std::string last = failed.err.substr(failed.err.rfind('\n', failed.err.size() - 2) + 1);
+  EXPECT_EQ(last.rfind("spkv: error: " + out + ".partial: HDF5: ", 0), 0u) << last;
+  EXPECT_NE(last.find("No space left on device"), std::string::npos) << last;
+  EXPECT_EQ(failed.err.find("HDF5-DIAG"), std::string::npos) << "no HDF5 trace: " << failed.err.substr(0, 300);
+
+  ASSERT_EQ(std::system(("mount -o remount,size=20m " + test::quote(small)).c_str()), 0);
+  auto resumed = test::run_spkv("run " + args + " --out " + test::quote(out) + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  const size_t at = resumed.err.find("resuming after ");
+  ASSERT_NE(at, std::string::npos) << resumed.err;
+  EXPECT_GT(std::stoi(resumed.err.substr(at + 15)), 0) << "documents flushed before the failure are kept";
+  const json done = read_log(out);
+  expect_checks(done);
+  EXPECT_EQ(done["documents"], ref["documents"]) << "the resumed log equals the uninterrupted one";
+}
+
 TEST(GateLog, DenseRunLogsAttentionStatisticsEqualToAFloat64Reference) {
   SPKV_REQUIRE_MODEL_AND_H5PY();
   test::TempDir tmp;
