@@ -125,6 +125,27 @@ TEST(GateLog, RunLogReadsBackWithH5pyAndMatchesTheEngine) {
   EXPECT_EQ(long_back, long_text) << "the pieces of the long document concatenate to it";
 }
 
+// Starts `spkv run ARGS --flush-seconds 0 --out OUT`, waits until a few blocks have reached OUT.partial,
+// sends `sig` and returns the wait status.
+int run_and_signal(const std::string& args, const std::string& out, int sig) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(SPKV_BIN) + " run " + args + " --flush-seconds 0 --out " + out + " >/dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const std::string partial = out + ".partial";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::error_code ec;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (!std::filesystem::exists(partial) || std::filesystem::file_size(partial, ec) < 400000))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, sig);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
 TEST(GateLog, KilledRunLeavesAReadableLogThatResumeCompletes) {
   SPKV_REQUIRE_MODEL_AND_H5PY();
   test::TempDir tmp;
@@ -136,21 +157,7 @@ TEST(GateLog, KilledRunLeavesAReadableLogThatResumeCompletes) {
 
   // Start the same run and SIGKILL it once a few blocks have reached the partial log.
   const std::string out = tmp / "killed.h5", killed = out + ".partial";
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const std::string cmd = "exec " + std::string(SPKV_BIN) + " run " + args + " --flush-seconds 0 --out " + out + " >/dev/null 2>&1";
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  std::error_code ec;
-  while (std::chrono::steady_clock::now() < deadline &&
-         (!std::filesystem::exists(killed) || std::filesystem::file_size(killed, ec) < 400000))
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const int status = run_and_signal(args, out, SIGKILL);
   ASSERT_TRUE(WIFSIGNALED(status)) << "the run finished before it could be killed";
 
   const json part = read_log(killed);
@@ -191,21 +198,7 @@ TEST(GateLog, TerminatedRunExitsNonZeroAndResumeOfAFinishedLogIsANoOp) {
   test::TempDir tmp;
   const std::string args = test::quote(kHeldout) + " --separator '<|endoftext|>' --max-docs 30 -m " + test::quote(kModel);
   const std::string out = tmp / "t.h5", partial = out + ".partial";
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const std::string cmd = "exec " + std::string(SPKV_BIN) + " run " + args + " --flush-seconds 0 --out " + out + " >/dev/null 2>&1";
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  std::error_code ec;
-  while (std::chrono::steady_clock::now() < deadline &&
-         (!std::filesystem::exists(partial) || std::filesystem::file_size(partial, ec) < 400000))
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  kill(pid, SIGTERM);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const int status = run_and_signal(args, out, SIGTERM);
   ASSERT_TRUE(WIFEXITED(status)) << "SIGTERM should be caught, not kill the run";
   ASSERT_EQ(WEXITSTATUS(status), 128 + SIGTERM) << "the run finished before the signal, or ignored it";
   const json part = read_log(partial);
