@@ -292,7 +292,7 @@ std::string report_json(const Report& r) {
   j["density"]["per_log"] = per_log;
   if (r.has_attention) j["baselines"] = attention_json(r.attention);
   j["stability"] = stab;
-  return j.dump(2) + "\n";
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 std::string report_markdown(const Report& r) {

@@ -118,7 +118,7 @@ void cmd_bench_decode(const BenchOptions& o) {
   fmt::print("KV MB: bytes the caches allocated (rings + pages); predicted ratio: (W + density (T - W)) / T\n");
   if (!o.json.empty())
     write_file_atomic(o.json, nlohmann::json{{"bench", "decode"}, {"model", o.model}, {"window", c.spkv.window},
-                                             {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"rows", rows}}.dump(2) + "\n");
+                                             {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"rows", rows}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 void cmd_bench_run(const BenchOptions& o) {
@@ -164,7 +164,7 @@ void cmd_bench_run(const BenchOptions& o) {
   if (!o.json.empty())
     write_file_atomic(o.json, nlohmann::json{{"bench", "run"}, {"model", o.model}, {"pieces", pieces.size()}, {"tokens", n_tokens},
                                              {"plain_s", plain}, {"logged_s", logged}, {"overhead", logged / plain - 1},
-                                             {"machine", machine()}}.dump(2) + "\n");
+                                             {"machine", machine()}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 }  // namespace spkv

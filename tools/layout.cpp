@@ -153,7 +153,7 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
   fmt::print("KV ratio: K/V rows held at the end of each piece against full attention; Δ: paired over pieces\n");
   if (!o.json.empty())
     write_file_atomic(o.json, nlohmann::json{{"model", o.model}, {"inputs", o.inputs}, {"pieces", pieces.size()},
-                                             {"tokens", n_tokens}, {"layouts", o.layouts}, {"rows", rows}}.dump(2) + "\n");
+                                             {"tokens", n_tokens}, {"layouts", o.layouts}, {"rows", rows}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   if (!o.markdown.empty()) write_file_atomic(o.markdown, md);
 }
 

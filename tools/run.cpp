@@ -152,7 +152,9 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   h.gating_mode = engine.gated() ? "hard" : "dense", h.tap = c.spkv.tap, h.tau = model->gates.tau;
   h.window = c.spkv.window, h.keep_first = c.spkv.keep_first, h.context = c.max_seq_len, h.chunk = o.chunk;
   h.n_layers = c.n_layers, h.n_kv_heads = c.n_kv_heads;
-  h.inputs_json = nlohmann::json(o.inputs).dump(), h.split_policy = kSplitPolicy;
+  // File names need not be UTF-8: bytes that are not become U+FFFD in this JSON (the ids keep the bytes).
+  h.inputs_json = nlohmann::json(o.inputs).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  h.split_policy = kSplitPolicy;
   h.last_queries = o.attention_stats ? o.last_queries : 0;
   if (o.attention_stats) model->gates.mode = GateMode::dense;  // the masked forward that measures attention
 

@@ -373,6 +373,20 @@ TEST(GateLog, ASecondWriterIsRefusedAndAStaleLockIsTakenOver) {
   EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
 }
 
+// File names need not be UTF-8: a Latin-1 name runs, and the analysis JSON names it with U+FFFD.
+TEST(GateLog, NonUtf8FileNamesRunAndAnalyze) {
+  SPKV_REQUIRE_MODEL_AND_H5PY();
+  test::TempDir tmp;
+  const std::string input = tmp / "caf\xe9.txt";
+  test::write_file(input, "The river ran past a quiet town where the owners sang.\n");
+  auto run = test::run_spkv("run -m " + test::quote(kModel) + " --out " + (tmp / "l.h5") + " " + test::quote(input));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto an = test::run_spkv("analyze " + (tmp / "l.h5") + " --out " + test::quote(tmp / "r\xe9.json"));
+  ASSERT_EQ(an.exit_code, 0) << an.err;
+  const json r = json::parse(test::read_file(tmp / "r\xe9.json"));
+  EXPECT_NE(r.dump().find("caf\xef\xbf\xbd.txt#0"), std::string::npos) << "the id with U+FFFD for the byte 0xE9";
+}
+
 TEST(GateLog, Sha256MatchesTheFipsExamples) {
   EXPECT_EQ(sha256_string(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   EXPECT_EQ(sha256_string("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
