@@ -52,7 +52,7 @@ Checkpoint load_llama2c(const std::string& path) {
   ck.format = "llama2c";
   ModelConfig& c = ck.config;
   c.dim = h[0], c.hidden_dim = h[1], c.n_layers = h[2], c.n_heads = h[3], c.n_kv_heads = h[4];
-  c.vocab_size = std::abs(h[5]), c.max_seq_len = h[6];
+  c.vocab_size = std::abs(int64_t(h[5])), c.max_seq_len = h[6];
   c.tied_embeddings = h[5] > 0;
   c.rope_style = RopeStyle::interleaved;
   c.norm_eps = 1e-5;
@@ -78,17 +78,19 @@ Checkpoint load_llama2c(const std::string& path) {
                                {"w3", {L, F, C}},     {"rms_final", {C}},   {"freq_real", {c.max_seq_len, D / 2}},
                                {"freq_imag", {c.max_seq_len, D / 2}}};
   if (!c.tied_embeddings) blocks.push_back({"wcls", {V, C}});
-  size_t expected = 28;
+  uint64_t expected = 28;
   for (auto& b : blocks) {
-    int64_t n = 1;
-    for (auto s : b.shape) n *= s;
-    expected += 4 * n;
+    uint64_t n = 4;
+    for (auto s : b.shape)
+      if (__builtin_mul_overflow(n, uint64_t(s), &n)) n = UINT64_MAX;
+    if (__builtin_add_overflow(expected, n, &expected)) expected = UINT64_MAX;
   }
   if (file->size() != expected)
     throw CheckpointError(path, std::string(file->size() < expected ? "truncated file" : "trailing bytes") +
                                     ": the header (dim " + std::to_string(C) + ", hidden_dim " + std::to_string(F) +
                                     ", n_layers " + std::to_string(L) + ", vocab " + std::to_string(V) +
-                                    ") implies " + std::to_string(expected) + " bytes, the file has " +
+                                    ") implies " + (expected == UINT64_MAX ? "more than 2^64" : std::to_string(expected)) +
+                                    " bytes, the file has " +
                                     std::to_string(file->size()));
   std::map<std::string, torch::Tensor> raw;
   size_t off = 28;
@@ -157,7 +159,11 @@ Checkpoint load_hf(const fs::path& dir, const fs::path& single_file) {
     if (!j.contains("weight_map") || !j["weight_map"].is_object())
       throw CheckpointError(index.string(), "missing object 'weight_map'");
     std::set<std::string> shards;
-    for (auto& v : j["weight_map"]) shards.insert(v.get<std::string>());
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it.value().is_string())
+        throw CheckpointError(index.string(), "weight_map['" + it.key() + "'] must be a shard file name, got " + it.value().dump());
+      shards.insert(it.value().get<std::string>());
+    }
     for (auto& s : shards) add_safetensors(ck, (dir / s).string());
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
       if (!ck.tensors.count(it.key()))
@@ -179,7 +185,85 @@ Checkpoint load_checkpoint(const std::string& path) {
   else if (p.extension() == ".safetensors") ck = load_hf(p.parent_path().empty() ? "." : p.parent_path(), p);
   else ck = load_llama2c(path);
   ck.path = path;
+  check_tensors(ck, ck.config, /*init_missing_predictor=*/true);  // a missing predictor: LlamaForCausalLM::load decides
   return ck;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelConfig& c) {
+  const int64_t C = c.dim, Dq = c.n_heads * c.head_dim, Dkv = c.n_kv_heads * c.head_dim;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out{{"model.embed_tokens.weight", {c.vocab_size, C}}};
+  for (int64_t il = 0; il < c.n_layers; ++il) {
+    auto add = [&](const char* rest, std::vector<int64_t> shape) { out.emplace_back(layer_name(il, rest), std::move(shape)); };
+    const bool b = c.attention_bias;
+    add("self_attn.q_proj.weight", {Dq, C});
+    if (b) add("self_attn.q_proj.bias", {Dq});
+    add("self_attn.k_proj.weight", {Dkv, C});
+    if (b) add("self_attn.k_proj.bias", {Dkv});
+    add("self_attn.v_proj.weight", {Dkv, C});
+    if (b) add("self_attn.v_proj.bias", {Dkv});
+    add("self_attn.o_proj.weight", {C, Dq});
+    if (c.spkv.enabled) {
+      const int64_t out1 = c.spkv.predictor_layers == 2 ? c.spkv.hidden(C) : c.n_kv_heads;
+      add("self_attn.utility.fc1.weight", {out1, C}), add("self_attn.utility.fc1.bias", {out1});
+      if (c.spkv.predictor_layers == 2)
+        add("self_attn.utility.fc2.weight", {c.n_kv_heads, out1}), add("self_attn.utility.fc2.bias", {c.n_kv_heads});
+    }
+    add("mlp.gate_proj.weight", {c.hidden_dim, C}), add("mlp.up_proj.weight", {c.hidden_dim, C});
+    add("mlp.down_proj.weight", {C, c.hidden_dim});
+    add("input_layernorm.weight", {C}), add("post_attention_layernorm.weight", {C});
+  }
+  out.emplace_back("model.norm.weight", std::vector<int64_t>{C});
+  if (!c.tied_embeddings) out.emplace_back("lm_head.weight", std::vector<int64_t>{c.vocab_size, C});
+  return out;
+}
+
+void check_tensors(const Checkpoint& ck, const ModelConfig& c, bool init_missing_predictor) {
+  auto shape_str = [](const std::vector<int64_t>& s) {
+    std::string o = "[";
+    for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+    return o + "]";
+  };
+  auto origin = [&](const std::string& name) { return ck.origin.count(name) ? ck.origin.at(name) : ck.path; };
+  const std::string predictor_fields = "predictor_layers " + std::to_string(c.spkv.predictor_layers) + ", predictor_hidden " +
+                                       std::to_string(c.spkv.hidden(c.dim)) + ", hidden_size " + std::to_string(c.dim) +
+                                       ", num_key_value_heads " + std::to_string(c.n_kv_heads);
+  const std::string fields = "hidden_size " + std::to_string(c.dim) + ", intermediate_size " + std::to_string(c.hidden_dim) +
+                             ", heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) + " kv, head_dim " +
+                             std::to_string(c.head_dim) + ", vocab_size " + std::to_string(c.vocab_size);
+  std::set<std::string> expected;
+  for (const auto& [name, shape] : parameter_shapes(c)) {
+    expected.insert(name);
+    const bool predictor = name.find(".utility.") != std::string::npos;
+    auto it = ck.tensors.find(name);
+    if (it == ck.tensors.end() && predictor && init_missing_predictor) continue;
+    if (it == ck.tensors.end() && predictor)
+      throw CheckpointError(ck.path, "missing tensor '" + name + "': the config " + ck.config_file +
+                                         " has an spkv block (predictor_layers " + std::to_string(c.spkv.predictor_layers) +
+                                         ") but the weights have no such utility predictor");
+    if (it == ck.tensors.end())
+      throw CheckpointError(ck.path, "missing tensor '" + name + "' (the config " + ck.config_file + " has " +
+                                         std::to_string(c.n_layers) + " layers" +
+                                         (c.attention_bias ? ", attention_bias = true" : "") + ")");
+    if (it->second.sizes().vec() != shape)
+      throw CheckpointError(origin(name), "tensor '" + name + "' has shape " + shape_str(it->second.sizes().vec()) + " but the " +
+                                              (predictor ? "config's spkv block (" + ck.config_file + ": " + predictor_fields
+                                                         : "config (" + ck.config_file + ": " + fields) +
+                                              ") implies " + shape_str(shape));
+  }
+  for (const auto& [name, t] : ck.tensors) {
+    if (expected.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos ||
+        (name == "lm_head.weight" && c.tied_embeddings))
+      continue;
+    if (name.find(".utility.") != std::string::npos)
+      throw CheckpointError(origin(name), "unexpected tensor '" + name + "': the config " + ck.config_file +
+                                              (c.spkv.enabled ? " has a different utility predictor (predictor_layers " +
+                                                                    std::to_string(c.spkv.predictor_layers) + ")"
+                                                              : " has no spkv block, so the model has no utility predictor"));
+    throw CheckpointError(origin(name), "unexpected tensor '" + name + "': the config " + ck.config_file + " (" +
+                                            std::to_string(c.n_layers) + " layers, tie_word_embeddings " +
+                                            (c.tied_embeddings ? "true" : "false") + ", attention_bias " +
+                                            (c.attention_bias ? "true" : "false") + ") has no such parameter");
+  }
 }
 
 torch::Tensor permute_for_rotate_half(const torch::Tensor& w, int64_t n_heads) {

@@ -1,12 +1,13 @@
 // Loading Llama-family checkpoints into named float32 tensors, and writing the project's own checkpoints
 // as Hugging Face-style directories (config.json + model.safetensors). Names are Hugging Face's
-// (`model.layers.{il}.self_attn.q_proj.weight`), whatever the source format. Shape checks against the
-// config happen when the tensors are loaded into a model (model.cpp), where the expected shapes are known.
+// (`model.layers.{il}.self_attn.q_proj.weight`), whatever the source format. Every tensor is checked against
+// the shapes its config implies before any model is built, so a wrong config fails without allocating.
 #pragma once
 #include <torch/types.h>
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/config.h"
 
@@ -25,6 +26,16 @@ struct Checkpoint {
 // model.safetensors.index.json), or a single .safetensors file with config.json beside it.
 // Throws CheckpointError / ConfigError naming the file and the problem.
 Checkpoint load_checkpoint(const std::string& path);
+
+// Every parameter of the model a config describes, in the model's order: Hugging Face name and shape,
+// computed without allocating.
+std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelConfig& c);
+
+// Checks ck.tensors against parameter_shapes(c): a missing, unexpected or wrongly shaped tensor throws
+// CheckpointError naming its file and the config fields that imply the shape. init_missing_predictor: a
+// checkpoint without utility predictors (a dense model being adapted) passes. load_checkpoint checks against
+// the checkpoint's own config (a missing predictor passes); LlamaForCausalLM::load checks against the model's.
+void check_tensors(const Checkpoint& ck, const ModelConfig& c, bool init_missing_predictor = false);
 
 // Writes `dir`/config.json and `dir`/model.safetensors (float32). Each file is written atomically; the
 // directory is created if needed.

@@ -38,6 +38,11 @@ void SpkvConfig::validate(const std::string& where) const {
   need(tap == "attn_norm" || tap == "residual", "tap '" + tap + "' (expected attn_norm or residual)");
 }
 
+namespace {
+constexpr int64_t kMaxPositions = int64_t(1) << 24;  // the RoPE tables are allocated whole: 16M positions
+constexpr int64_t kMaxSize = int64_t(1) << 24;       // any one dimension
+}  // namespace
+
 void ModelConfig::validate(const std::string& where) const {
   auto need = [&](bool ok, const std::string& what) {
     if (!ok) throw ConfigError(where + ": " + what);
@@ -58,6 +63,16 @@ void ModelConfig::validate(const std::string& where) const {
        "rope_scaling.rope_type '" + rope_scaling.type + "' is not supported (expected linear or llama3)");
   need(rope_scaling.factor > 0, "rope_scaling.factor must be > 0");
   need(sliding_window >= 0, "sliding_window must be >= 0");
+  need(max_seq_len <= kMaxPositions, "max_position_embeddings " + std::to_string(max_seq_len) + " is over the supported " +
+                                         std::to_string(kMaxPositions));
+  need(bos_id >= 0 && bos_id < vocab_size,
+       "bos_token_id " + std::to_string(bos_id) + " is outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+  need(eos_id >= 0 && eos_id < vocab_size,
+       "eos_token_id " + std::to_string(eos_id) + " is outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+  // Every size that multiplies into a tensor's element count, with room for the products to fit 64 bits.
+  for (auto [v, name] : {std::pair{dim, "hidden_size"}, {hidden_dim, "intermediate_size"}, {n_layers, "num_hidden_layers"},
+                         {n_heads, "num_attention_heads"}, {head_dim, "head_dim"}, {vocab_size, "vocab_size"}})
+    need(v <= kMaxSize, std::string(name) + " " + std::to_string(v) + " is over the supported " + std::to_string(kMaxSize));
   if (spkv.enabled) spkv.validate(where);
 }
 
@@ -70,6 +85,15 @@ T get(const json& j, const char* key, const std::string& file) {
     return j[key].get<T>();
   } catch (const json::exception&) {
     throw ConfigError(file + ": field '" + key + "' has the wrong type (" + j[key].dump() + ")");
+  }
+}
+
+template <class T>  // element i of an array field
+T get(const json& a, size_t i, const char* key, const std::string& file) {
+  try {
+    return a.at(i).get<T>();
+  } catch (const json::exception&) {
+    throw ConfigError(file + ": field '" + key + "[" + std::to_string(i) + "]' has the wrong type (" + a.dump() + ")");
   }
 }
 
@@ -92,7 +116,7 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& file) {
 
   ModelConfig c;
   if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty())
-    c.architecture = j["architectures"][0].get<std::string>();
+    c.architecture = get<std::string>(j["architectures"], 0, "architectures", file);
   const std::string model_type = get_or<std::string>(j, "model_type", "llama", file);
   if (model_type != "llama" && model_type != "qwen2" && model_type != "mistral")
     throw ConfigError(file + ": model_type '" + model_type + "' is not supported (expected llama, qwen2 or mistral)");
@@ -114,9 +138,9 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& file) {
   const bool use_sw = model_type == "mistral" || get_or<bool>(j, "use_sliding_window", false, file);
   if (use_sw) c.sliding_window = get_or<int64_t>(j, "sliding_window", 0, file);
   c.bos_id = get_or<int64_t>(j, "bos_token_id", 1, file);
-  c.eos_id = j.contains("eos_token_id") && j["eos_token_id"].is_array()
-                 ? j["eos_token_id"][0].get<int64_t>()
-                 : get_or<int64_t>(j, "eos_token_id", 2, file);
+  const bool eos_list = j.contains("eos_token_id") && j["eos_token_id"].is_array();  // the first one ends generation
+  if (eos_list && j["eos_token_id"].empty()) throw ConfigError(file + ": field 'eos_token_id' is an empty list");
+  c.eos_id = eos_list ? get<int64_t>(j["eos_token_id"], 0, "eos_token_id", file) : get_or<int64_t>(j, "eos_token_id", 2, file);
   const std::string style = get_or<std::string>(j, "rope_style", "rotate_half", file);
   if (style != "rotate_half" && style != "interleaved")
     throw ConfigError(file + ": rope_style '" + style + "' (expected rotate_half or interleaved)");
@@ -126,28 +150,28 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& file) {
     const json& rs = j["rope_scaling"];
     if (!rs.is_object()) throw ConfigError(file + ": rope_scaling must be an object");
     auto& s = c.rope_scaling;
-    s.type = rs.contains("rope_type") ? get<std::string>(rs, "rope_type", file)
-                                      : get_or<std::string>(rs, "type", "none", file);
+    s.type = rs.contains("rope_type") ? get<std::string>(rs, "rope_type", file + ": rope_scaling")
+                                      : get_or<std::string>(rs, "type", "none", file + ": rope_scaling");
     if (s.type == "default") s.type = "none";
-    s.factor = get_or<double>(rs, "factor", 1.0, file);
-    s.low_freq_factor = get_or<double>(rs, "low_freq_factor", 1.0, file);
-    s.high_freq_factor = get_or<double>(rs, "high_freq_factor", 4.0, file);
+    s.factor = get_or<double>(rs, "factor", 1.0, file + ": rope_scaling");
+    s.low_freq_factor = get_or<double>(rs, "low_freq_factor", 1.0, file + ": rope_scaling");
+    s.high_freq_factor = get_or<double>(rs, "high_freq_factor", 4.0, file + ": rope_scaling");
     s.original_max_position_embeddings =
-        get_or<int64_t>(rs, "original_max_position_embeddings", 8192, file);
+        get_or<int64_t>(rs, "original_max_position_embeddings", 8192, file + ": rope_scaling");
   }
   if (j.contains("spkv") && !j["spkv"].is_null()) {
     const json& sj = j["spkv"];
     if (!sj.is_object()) throw ConfigError(file + ": spkv must be an object");
     auto& s = c.spkv;
     s.enabled = true;
-    s.window = get_or<int64_t>(sj, "window", s.window, file);
-    s.tau = get_or<double>(sj, "tau", s.tau, file);
-    s.keep_first = get_or<int64_t>(sj, "keep_first", s.keep_first, file);
-    s.predictor_layers = get_or<int64_t>(sj, "predictor_layers", s.predictor_layers, file);
-    s.predictor_hidden = get_or<int64_t>(sj, "predictor_hidden", s.predictor_hidden, file);
-    s.tap = get_or<std::string>(sj, "tap", s.tap, file);
-    s.init_bias = get_or<double>(sj, "init_bias", s.init_bias, file);
-    s.mode = parse_gate_mode(get_or<std::string>(sj, "mode", "hard", file), file + ": spkv.mode");
+    s.window = get_or<int64_t>(sj, "window", s.window, file + ": spkv");
+    s.tau = get_or<double>(sj, "tau", s.tau, file + ": spkv");
+    s.keep_first = get_or<int64_t>(sj, "keep_first", s.keep_first, file + ": spkv");
+    s.predictor_layers = get_or<int64_t>(sj, "predictor_layers", s.predictor_layers, file + ": spkv");
+    s.predictor_hidden = get_or<int64_t>(sj, "predictor_hidden", s.predictor_hidden, file + ": spkv");
+    s.tap = get_or<std::string>(sj, "tap", s.tap, file + ": spkv");
+    s.init_bias = get_or<double>(sj, "init_bias", s.init_bias, file + ": spkv");
+    s.mode = parse_gate_mode(get_or<std::string>(sj, "mode", "hard", file + ": spkv"), file + ": spkv.mode");
     static const std::set<std::string> known = {"window",           "tau", "keep_first", "predictor_layers",
                                                 "predictor_hidden", "tap", "init_bias",  "mode"};
     for (auto& [k, v] : sj.items())

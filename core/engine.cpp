@@ -54,6 +54,8 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
   } else if (c.sliding_window > 0) {  // a sliding window is a ring whose tokens are all dropped (keep = 0)
     W = c.sliding_window;
   }
+  // A window at least the context long keeps every token; the ring needs no more rows than positions exist.
+  W = std::min(W, c.max_seq_len);
   if (device_.is_cpu()) {
     cache_ = W > 0 ? std::unique_ptr<KvCache>(std::make_unique<SpkvKvCache>(s, W)) : std::make_unique<DenseKvCache>(s);
   } else {

@@ -224,59 +224,11 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const t
 }
 
 void LlamaForCausalLMImpl::load(const Checkpoint& ck, bool init_missing_predictor) {
+  check_tensors(ck, config, init_missing_predictor);
   torch::NoGradGuard no_grad;
-  const ModelConfig& c = config;
-  std::set<std::string> used;
   for (auto& item : named_parameters(/*recurse=*/true)) {
-    const std::string& name = item.key();
-    torch::Tensor& param = item.value();
-    auto it = ck.tensors.find(name);
-    const bool predictor = name.find(".utility.") != std::string::npos;
-    if (it == ck.tensors.end() && predictor && init_missing_predictor) continue;
-    if (it == ck.tensors.end() && predictor)
-      throw CheckpointError(ck.path, "missing tensor '" + name + "': the config " + ck.config_file +
-                                         " has an spkv block (predictor_layers " +
-                                         std::to_string(c.spkv.predictor_layers) +
-                                         ") but the weights have no such utility predictor");
-    if (it == ck.tensors.end()) {
-      throw CheckpointError(ck.path, "missing tensor '" + name + "' (the config " + ck.config_file + " has " +
-                                         std::to_string(c.n_layers) + " layers" +
-                                         (c.attention_bias ? ", attention_bias = true" : "") + ")");
-    }
-    auto origin = ck.origin.count(name) ? ck.origin.at(name) : ck.path;
-    if (predictor && it->second.sizes() != param.sizes())
-      throw CheckpointError(origin, "tensor '" + name + "' has shape " + shape_str(it->second.sizes()) +
-                                        " but the config's spkv block (" + ck.config_file + ": predictor_layers " +
-                                        std::to_string(c.spkv.predictor_layers) + ", predictor_hidden " +
-                                        std::to_string(c.spkv.hidden(c.dim)) + ", hidden_size " +
-                                        std::to_string(c.dim) + ", num_key_value_heads " +
-                                        std::to_string(c.n_kv_heads) + ") implies " + shape_str(param.sizes()));
-    if (it->second.sizes() != param.sizes()) {
-      throw CheckpointError(origin, "tensor '" + name + "' has shape " + shape_str(it->second.sizes()) +
-                                        " but the config (" + ck.config_file + ": hidden_size " + std::to_string(c.dim) +
-                                        ", intermediate_size " + std::to_string(c.hidden_dim) + ", heads " +
-                                        std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) +
-                                        " kv, head_dim " + std::to_string(c.head_dim) + ", vocab_size " +
-                                        std::to_string(c.vocab_size) + ") implies " + shape_str(param.sizes()));
-    }
-    param.set_data(it->second);
-    used.insert(name);
-  }
-  for (auto& [name, t] : ck.tensors) {
-    const bool ignorable = name.find("rotary_emb.inv_freq") != std::string::npos ||
-                           (name == "lm_head.weight" && c.tied_embeddings);
-    if (!used.count(name) && !ignorable && name.find(".utility.") != std::string::npos)
-      throw CheckpointError(ck.origin.count(name) ? ck.origin.at(name) : ck.path,
-                            "unexpected tensor '" + name + "': the config " + ck.config_file +
-                                (c.spkv.enabled ? " has a different utility predictor (predictor_layers " +
-                                                      std::to_string(c.spkv.predictor_layers) + ")"
-                                                : " has no spkv block, so the model has no utility predictor"));
-    if (!used.count(name) && !ignorable)
-      throw CheckpointError(ck.origin.count(name) ? ck.origin.at(name) : ck.path,
-                            "unexpected tensor '" + name + "': the config " + ck.config_file + " (" +
-                                std::to_string(c.n_layers) + " layers, tie_word_embeddings " +
-                                (c.tied_embeddings ? "true" : "false") + ", attention_bias " +
-                                (c.attention_bias ? "true" : "false") + ") has no such parameter");
+    auto it = ck.tensors.find(item.key());
+    if (it != ck.tensors.end()) item.value().set_data(it->second);  // absent: a new predictor (checked above)
   }
 }
 

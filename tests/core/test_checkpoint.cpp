@@ -220,6 +220,40 @@ std::vector<BadCase> bad_cases() {
          test::write_file(d + "/config.json", c.to_hf_json());
        },
        {"missing tensor", "model.layers.2."}},
+      {"config with far more layers than the weights (checked before the model is built)",
+       [](const std::string& d, auto&) {
+         ModelConfig c = tiny_config();
+         c.n_layers = 200000;  // building it first would allocate gigabytes
+         test::write_file(d + "/config.json", c.to_hf_json());
+       },
+       {"missing tensor", "model.layers.", "200000 layers"}},
+      {"a wrong type inside a list in config.json",
+       [](const std::string& d, auto&) {
+         json j = json::parse(tiny_config().to_hf_json());
+         j["architectures"] = {5};
+         test::write_file(d + "/config.json", j.dump());
+       },
+       {"config.json", "architectures[0]", "wrong type"}},
+      {"bos_token_id past the vocabulary",
+       [](const std::string& d, auto&) {
+         ModelConfig c = tiny_config();
+         c.bos_id = c.vocab_size;
+         test::write_file(d + "/config.json", c.to_hf_json());
+       },
+       {"config.json", "bos_token_id", "outside the vocabulary"}},
+      {"a size whose tensors could not be allocated",
+       [](const std::string& d, auto&) {
+         json j = json::parse(tiny_config().to_hf_json());
+         j["intermediate_size"] = int64_t(1) << 40;
+         test::write_file(d + "/config.json", j.dump());
+       },
+       {"config.json", "intermediate_size 1099511627776 is over the supported"}},
+      {"a shard index whose file name is not a string",
+       [=](const std::string& d, auto&) {
+         std::filesystem::remove(st(d));
+         test::write_file(d + "/model.safetensors.index.json", R"({"weight_map": {"model.norm.weight": 3}})");
+       },
+       {"model.safetensors.index.json", "weight_map['model.norm.weight']", "shard file name"}},
   };
 }
 
@@ -249,6 +283,19 @@ TEST(Checkpoint, EveryMalformedCaseGivesOneLineCliErrorAndNonZeroExit) {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << bc.name << ": " << r.err;
     EXPECT_NE(r.err.find(dir.path.string()), std::string::npos) << bc.name << ": the message names no file: " << r.err;
     EXPECT_TRUE(r.out.empty()) << bc.name;
+  }
+}
+
+TEST(Checkpoint, ParameterShapesAreTheModelsParametersInOrder) {
+  for (int variant = 0; variant < 4; ++variant) {
+    ModelConfig c = tiny_config();
+    c.tied_embeddings = variant % 2;
+    c.attention_bias = variant >= 2;
+    if (variant >= 1) c.spkv.enabled = true, c.spkv.predictor_layers = variant == 3 ? 2 : 1;
+    LlamaForCausalLM m(c);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> actual;
+    for (auto& item : m->named_parameters()) actual.emplace_back(item.key(), item.value().sizes().vec());
+    EXPECT_EQ(parameter_shapes(c), actual) << "variant " << variant;
   }
 }
 

@@ -83,6 +83,21 @@ TEST(Engine, StreamedLogitsEqualTheMaskedForwardForSeveralWindowsAndThresholds) 
   }
 }
 
+TEST(Engine, AWindowLongerThanTheContextKeepsEveryTokenWithoutARingThatLong) {
+  // A window of 2^62 once overflowed the ring's size (a segfault); it means: no token leaves the window.
+  auto m = random_model(tiny_config(int64_t(1) << 62, 0.5), 5);
+  const auto tokens = random_tokens(200, 53, 6);
+  torch::NoGradGuard ng;
+  m->gates.mode = GateMode::dense;
+  auto dense = m(tokens)[0];  // (T, V)
+  m->gates.mode = GateMode::hard;
+  Engine e(m, options(1, 64));
+  EngineStep s = e.forward(tokens);
+  EXPECT_LT(max_rel(s.logits[0], dense), 1e-4);
+  EXPECT_EQ(e.cache().entries(0, 1, 1), 200);
+  EXPECT_LT(e.cache().bytes_allocated(), 2 * 320 * 2 * 2 * 12 * 4 * 2);  // rings of max_position_embeddings rows
+}
+
 TEST(Engine, KeepFirstPromptPrefillThenDecodeAndBatchedSequences) {
   auto m = random_model(tiny_config(8, 0.6, /*keep_first=*/3), 5);
   torch::NoGradGuard ng;
