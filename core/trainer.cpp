@@ -127,13 +127,18 @@ Batch TokenFileSource::train_batch(int64_t step, int64_t micro) {
 }
 
 std::vector<Batch> TokenFileSource::val_batches() {
-  const int64_t windows = std::min(n_val_ * batch_size_, val_.n_tokens() / (seq_len_ + 1));
-  std::vector<Batch> out;
-  for (int64_t w = 0; w < windows; w += batch_size_) {
-    std::vector<int64_t> starts;
-    for (int64_t i = w; i < std::min(windows, w + batch_size_); ++i) starts.push_back(i * (seq_len_ + 1));
-    out.push_back(window_batch(val_, starts));
+  // Consecutive windows from the file's start; aligned, a window never starts inside a short document (it
+  // moves on to the next document's first token), as in training.
+  const int64_t T1 = seq_len_ + 1;
+  std::vector<int64_t> starts;
+  for (int64_t s = 0; int64_t(starts.size()) < n_val_ * batch_size_ && s + T1 <= val_.n_tokens(); s += T1) {
+    const int64_t d = val_.doc_of(s);
+    if (align_ && s != val_.doc_begin(d) && val_.doc_begin(d + 1) - val_.doc_begin(d) <= T1) s = val_.doc_begin(d + 1);
+    if (s + T1 <= val_.n_tokens()) starts.push_back(s);
   }
+  std::vector<Batch> out;
+  for (size_t w = 0; w < starts.size(); w += size_t(batch_size_))
+    out.push_back(window_batch(val_, {starts.begin() + w, starts.begin() + std::min(starts.size(), w + size_t(batch_size_))}));
   return out;
 }
 

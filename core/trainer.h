@@ -34,7 +34,8 @@ struct BatchSource {
 // A window starts at a uniformly drawn token; with `align_short_documents`, a start that falls in a
 // document of at most seq_len + 1 tokens moves to that document's first token, so short documents (task
 // documents whose answers need facts from their beginning) are always trained whole, while long ones are
-// still cut anywhere. Validation: the first n_val non-overlapping windows of the validation file.
+// still cut anywhere. Validation: the first n_val non-overlapping windows of the validation file, aligned
+// the same way (a window that would start inside a short document starts at the next document instead).
 class TokenFileSource : public BatchSource {
  public:
   TokenFileSource(const std::string& train, const std::string& val, int64_t seq_len, int64_t batch_size,

@@ -129,6 +129,27 @@ TEST(TokenFile, AlignedWindowsStartShortDocumentsAtTheirFirstToken) {
   }
   EXPECT_GT(moved, 10);
   EXPECT_GT(kept, 10);
+
+  // Validation windows: consecutive and non-overlapping; aligned, none starts inside a short document.
+  TokenFileSource val_plain(dir / "a.tok", dir / "a.tok", 64, 4, 5, 9), val_aligned(dir / "a.tok", dir / "a.tok", 64, 4, 5, 9, true);
+  int64_t prev_end = 0, inside_short = 0, skipped = 0;
+  for (const Batch& b : val_plain.val_batches())
+    for (int64_t r = 0; r < b.tokens.size(0); ++r) {
+      const int64_t s = b.tokens[r][0].item<int64_t>(), d = f.doc_of(s);
+      inside_short += s != f.doc_begin(d) && f.doc_begin(d + 1) - f.doc_begin(d) <= 65;
+    }
+  EXPECT_GT(inside_short, 2) << "the plain windows must cut short documents, or the test cannot fail";
+  int64_t n = 0;
+  for (const Batch& b : val_aligned.val_batches())
+    for (int64_t r = 0; r < b.tokens.size(0); ++r, ++n) {
+      const int64_t s = b.tokens[r][0].item<int64_t>(), d = f.doc_of(s);
+      EXPECT_FALSE(s != f.doc_begin(d) && f.doc_begin(d + 1) - f.doc_begin(d) <= 65) << "window at " << s;
+      EXPECT_GE(s, prev_end);
+      skipped += s > prev_end;
+      prev_end = s + 65;
+    }
+  EXPECT_EQ(n, 20);
+  EXPECT_GT(skipped, 2);
 }
 
 json tiny_recipe(const std::string& dir) {
