@@ -213,6 +213,31 @@ std::vector<TaskDoc> generate_tasks(const std::vector<std::string>& filler, cons
   return out;
 }
 
+std::vector<std::vector<int32_t>> repeat_documents(const RepeatOptions& o, int32_t vocab_size) {
+  const int32_t last = o.last_id > 0 ? o.last_id : vocab_size;
+  if (o.first_id < 0 || last > vocab_size || o.first_id >= last)
+    throw ConfigError("tasks repeat: ids [" + std::to_string(o.first_id) + ", " + std::to_string(last) +
+                      ") must be a non-empty range inside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+  if (o.min_len < 1 || o.max_len < o.min_len)
+    throw ConfigError("tasks repeat: lengths " + std::to_string(o.min_len) + ".." + std::to_string(o.max_len) +
+                      " (expected 1 <= min <= max)");
+  if (o.bos_id < 0 || o.bos_id >= vocab_size)
+    throw ConfigError("tasks repeat: BOS id " + std::to_string(o.bos_id) + " is outside the vocabulary");
+  std::mt19937_64 rng(o.seed);
+  std::uniform_int_distribution<int64_t> len(o.min_len, o.max_len);
+  std::uniform_int_distribution<int32_t> id(o.first_id, last - 1);
+  std::vector<std::vector<int32_t>> docs(size_t(o.n));
+  for (auto& d : docs) {
+    std::vector<int32_t> x(size_t(len(rng)));
+    for (auto& t : x) t = id(rng);
+    d.reserve(1 + 2 * x.size());
+    d.push_back(o.bos_id);
+    d.insert(d.end(), x.begin(), x.end());
+    d.insert(d.end(), x.begin(), x.end());
+  }
+  return docs;
+}
+
 void write_tasks_jsonl(const std::string& path, const std::vector<TaskDoc>& docs) {
   std::string s;
   for (auto& d : docs) {

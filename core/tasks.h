@@ -36,6 +36,19 @@ struct TaskGenOptions {
 // options. Throws ConfigError for an unknown kind or impossible lengths, InputError for too little filler.
 std::vector<TaskDoc> generate_tasks(const std::vector<std::string>& filler, const TaskGenOptions& o);
 
+// Induction data in token ids (no text): each document is BOS, then x, then x again, where x is
+// min_len..max_len ids drawn uniformly from [first_id, last_id). Only copying predicts the second x, so a
+// model trained on it forms induction heads (previous-token and match-and-copy) in a few hundred steps,
+// where natural text with embedded tasks forms none in thousands (docs/results.md, pilots G and H). The
+// default model's first training stage. Deterministic in the arguments.
+struct RepeatOptions {
+  int64_t n = 1000, min_len = 20, max_len = 60;
+  int32_t first_id = 300, last_id = 0;  // last_id 0: the vocabulary size
+  int32_t bos_id = 1;
+  uint64_t seed = 0;
+};
+std::vector<std::vector<int32_t>> repeat_documents(const RepeatOptions& o, int32_t vocab_size);  // throws ConfigError
+
 // One JSON object per line: {"kind", "text", "answers": [[b, e], ...], "facts": [[b, e], ...]}; only "text"
 // is required when reading (plain JSONL corpora).
 void write_tasks_jsonl(const std::string& path, const std::vector<TaskDoc>& docs);  // atomic

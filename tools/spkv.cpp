@@ -191,6 +191,8 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
 // Writes a Hugging Face-style directory. llama2.c weights (interleaved RoPE) get HF's q/k row permutation,
 // so the result is an ordinary rotate-half Llama checkpoint.
 void cmd_convert(const ModelArgs& a, const std::string& out) {
+  // The tokenizer is found (or its absence reported) before anything is written.
+  const std::string tokenizer = a.tokenizer.empty() ? default_tokenizer_path(a.model) : a.tokenizer;
   Checkpoint ck = load_checkpoint(a.model);
   LlamaForCausalLM m(ck.config);
   m->load(ck);
@@ -204,7 +206,7 @@ void cmd_convert(const ModelArgs& a, const std::string& out) {
     c.rope_style = RopeStyle::rotate_half;
   }
   save_hf_checkpoint(out, c, tensors, {{"converted_from", a.model}});
-  const std::string tok = copy_tokenizer_into(a.tokenizer.empty() ? default_tokenizer_path(a.model) : a.tokenizer, out);
+  const std::string tok = copy_tokenizer_into(tokenizer, out);
   fmt::print("wrote {} ({} tensors, rope {}) and {}\n", out, tensors.size(), to_string(c.rope_style), tok);
 }
 
@@ -265,6 +267,18 @@ void cmd_tasks_generate(const std::vector<std::string>& filler_inputs, const std
   auto docs = generate_tasks(filler, o);
   write_tasks_jsonl(out, docs);
   fmt::print("wrote {} tasks to {}\n", docs.size(), out);
+}
+
+void cmd_tasks_repeat(const std::string& tokenizer, const RepeatOptions& o, int64_t n_val, const std::string& out_dir) {
+  auto tok = load_tokenizer(tokenizer);
+  RepeatOptions r = o;
+  if (tok->bos_id >= 0) r.bos_id = tok->bos_id;
+  fs::create_directories(out_dir);
+  write_token_file((fs::path(out_dir) / "train.tok").string(), repeat_documents(r, tok->vocab_size()), tok->vocab_size());
+  r.n = n_val, r.seed = o.seed + 1;
+  write_token_file((fs::path(out_dir) / "val.tok").string(), repeat_documents(r, tok->vocab_size()), tok->vocab_size());
+  fmt::print("wrote {} + {} repeated sequences of {}..{} ids to {}/train.tok and val.tok\n", o.n, n_val, o.min_len,
+             o.max_len, out_dir);
 }
 
 // Task files (.jsonl with spans) count by their kinds, text documents by their file's name.
@@ -512,6 +526,18 @@ int main(int argc, char** argv) {
   tgen->add_option("--min-gap", tg.min_gap_chars, "filler bytes between the last fact and the first answer");
   tgen->add_option("--min-facts", tg.min_facts, "fewest key-value pairs in a kv document");
   tgen->add_option("--max-facts", tg.max_facts, "most key-value pairs in a kv document");
+  auto* trep = tasks->add_subcommand("repeat", "induction data: token files of random id sequences, each repeated once");
+  RepeatOptions trp;
+  std::string trp_tok, trp_out;
+  int64_t trp_val = 500;
+  trep->add_option("--tokenizer,-t", trp_tok, "tokenizer file (its vocabulary size and BOS)")->required();
+  trep->add_option("--out,-o", trp_out, "output folder for train.tok and val.tok")->required();
+  trep->add_option("-n", trp.n, "training documents")->check(CLI::PositiveNumber);
+  trep->add_option("--val", trp_val, "validation documents")->check(CLI::PositiveNumber);
+  trep->add_option("--min-len", trp.min_len, "shortest sequence before its repeat");
+  trep->add_option("--max-len", trp.max_len, "longest sequence before its repeat");
+  trep->add_option("--first-id", trp.first_id, "smallest id drawn (skips special and byte tokens)");
+  trep->add_option("--seed", trp.seed, "generator seed (validation: seed + 1)");
   auto* tstats = tasks->add_subcommand("stats", "a corpus' make-up: tokens and answer tokens per kind, fact-to-answer distances");
   std::string ts_tok, ts_json;
   std::vector<std::string> ts_inputs;
@@ -652,6 +678,7 @@ int main(int argc, char** argv) {
     if (*tk) cmd_tokenize(tk_tok, tk_inputs, tk_val, separator, tk_out, val_every);
     if (*ttk) cmd_train_tokenizer(ttk_inputs, separator, sp);
     if (*tgen) cmd_tasks_generate(tg_filler, separator, tg, tg_out);
+    if (*trep) cmd_tasks_repeat(trp_tok, trp, trp_val, trp_out);
     if (*tstats) cmd_tasks_stats(ts_tok, ts_inputs, separator, ts_window, ts_json);
     if (*teval) cmd_tasks_eval(ma, te_tasks, max_docs, ov, te_json);
     if (*tr) complete = cmd_train(recipe, to);

@@ -286,6 +286,15 @@ TEST(Checkpoint, EveryMalformedCaseGivesOneLineCliErrorAndNonZeroExit) {
   }
 }
 
+TEST(Checkpoint, ConvertWithoutATokenizerWritesNothing) {
+  test::TempDir dir;
+  save_tiny(dir / "m");
+  auto r = test::run_spkv("convert --model " + test::quote(dir / "m") + " --out " + test::quote(dir / "out"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("no tokenizer found"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "out")) << "a half-written conversion was left behind";
+}
+
 TEST(Checkpoint, ParameterShapesAreTheModelsParametersInOrder) {
   for (int variant = 0; variant < 4; ++variant) {
     ModelConfig c = tiny_config();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <regex>
+#include <set>
 
 #include "core/errors.h"
 #include "core/tasks.h"
@@ -325,6 +326,39 @@ TEST(Tasks, EvaluationCountsGreedyHitsOnARealModel) {
   EXPECT_EQ(local["sliding_window"].get<int64_t>(), 1);
   std::printf("copy accuracy: window 1 %.3f\n", local["all"]["token_acc"].get<double>());
   EXPECT_LT(local["all"]["token_acc"].get<double>(), full["all"]["token_acc"].get<double>() - 0.3);
+}
+
+
+// Induction data: BOS, x, x with x drawn from the id range; each length and id value is reached, and the
+// command line writes token files the trainer reads back.
+TEST(Tasks, RepeatDocumentsAreASequenceAndItsCopy) {
+  RepeatOptions o;
+  o.n = 400, o.min_len = 3, o.max_len = 9, o.first_id = 10, o.last_id = 30, o.bos_id = 1, o.seed = 5;
+  const auto docs = repeat_documents(o, 40);
+  ASSERT_EQ(docs.size(), 400u);
+  std::set<size_t> lengths;
+  std::set<int32_t> ids;
+  for (const auto& d : docs) {
+    ASSERT_EQ(d.size() % 2, 1u);
+    const size_t L = d.size() / 2;
+    lengths.insert(L);
+    EXPECT_EQ(d[0], 1);
+    for (size_t i = 1; i <= L; ++i) {
+      EXPECT_EQ(d[i], d[i + L]);
+      ids.insert(d[i]);
+    }
+  }
+  EXPECT_EQ(lengths, (std::set<size_t>{3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(ids.size(), 20u);
+  EXPECT_EQ(*ids.begin(), 10);
+  EXPECT_EQ(*ids.rbegin(), 29);
+  EXPECT_EQ(repeat_documents(o, 40), docs);  // deterministic
+  o.seed = 6;
+  EXPECT_NE(repeat_documents(o, 40), docs);
+  o.last_id = 41;
+  EXPECT_THROW(repeat_documents(o, 40), ConfigError);
+  o.last_id = 0, o.min_len = 0;
+  EXPECT_THROW(repeat_documents(o, 40), ConfigError);
 }
 
 }  // namespace
