@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/errors.h"
+#include "core/json_text.h"
 
 namespace spkv::analysis {
 
@@ -214,7 +215,7 @@ std::string layout_json(const Layout& l) {
             {"kv_ratio", number_or_null(l.kv_ratio)},
             {"provenance", {{"logs", l.logs}, {"model_path", l.model_path}, {"checkpoint_sha256", l.checkpoint_sha256},
                             {"model_type", l.model_type}, {"tau", l.tau}, {"created", l.created}, {"tool", l.tool}}}};
-  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  return json_text(j);
 }
 
 namespace {
@@ -320,7 +321,7 @@ std::string hf_config_fragment(const Layout& l, const std::string& model_type, s
     warnings.push_back("model_type '" + (model_type.empty() ? std::string("(unknown)") : model_type) +
                        "' is not known to read layer_types (Llama and Mistral apply one attention type to every "
                        "layer): this fragment will not change that model in Hugging Face transformers");
-  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  return json_text(j);
 }
 
 std::vector<uint8_t> read_hf_layer_types(const std::string& path) {

@@ -11,6 +11,7 @@
 
 #include "analysis/gate_log_reader.h"
 #include "core/errors.h"
+#include "core/json_text.h"
 
 namespace spkv::analysis {
 
@@ -292,7 +293,7 @@ std::string report_json(const Report& r) {
   j["density"]["per_log"] = per_log;
   if (r.has_attention) j["baselines"] = attention_json(r.attention);
   j["stability"] = stab;
-  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  return json_text(j);
 }
 
 std::string report_markdown(const Report& r) {

@@ -93,7 +93,10 @@ class Llama2cTokenizer : public Tokenizer {
     std::vector<int32_t> ids;
     if (bos) ids.push_back(bos_id);
     std::vector<int32_t> t;
-    if (!text.empty()) t.push_back(find(" ") >= 0 ? find(" ") : ' ' + 3);  // dummy prefix, as SentencePiece's add_dummy_prefix
+    if (!text.empty()) {  // the dummy prefix, as SentencePiece's add_dummy_prefix: the space piece, else its byte token
+      const int32_t space = find(" ");
+      t.push_back(space >= 0 ? space : ' ' + 3);
+    }
     std::string buf;
     for (size_t i = 0; i < text.size(); ++i) {
       buf += text[i];

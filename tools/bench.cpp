@@ -16,6 +16,7 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/json_text.h"
 #include "core/safetensors.h"
 #include "tools/run.h"
 
@@ -117,8 +118,8 @@ void cmd_bench_decode(const BenchOptions& o) {
   }
   fmt::print("KV MB: bytes the caches allocated (rings + pages); predicted ratio: (W + density (T - W)) / T\n");
   if (!o.json.empty())
-    write_file_atomic(o.json, nlohmann::json{{"bench", "decode"}, {"model", o.model}, {"window", c.spkv.window},
-                                             {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"rows", rows}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    write_file_atomic(o.json, json_text(nlohmann::json{{"bench", "decode"}, {"model", o.model}, {"window", c.spkv.window},
+                                             {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"rows", rows}}));
 }
 
 void cmd_bench_run(const BenchOptions& o) {
@@ -162,9 +163,9 @@ void cmd_bench_run(const BenchOptions& o) {
              "logging costs {:+.1f}%\n", pieces.size(), n_tokens, plain, n_tokens / plain, logged, n_tokens / logged,
              100 * (logged / plain - 1));
   if (!o.json.empty())
-    write_file_atomic(o.json, nlohmann::json{{"bench", "run"}, {"model", o.model}, {"pieces", pieces.size()}, {"tokens", n_tokens},
+    write_file_atomic(o.json, json_text(nlohmann::json{{"bench", "run"}, {"model", o.model}, {"pieces", pieces.size()}, {"tokens", n_tokens},
                                              {"plain_s", plain}, {"logged_s", logged}, {"overhead", logged / plain - 1},
-                                             {"machine", machine()}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+                                             {"machine", machine()}}));
 }
 
 }  // namespace spkv

@@ -17,6 +17,7 @@
 #include "core/documents.h"
 #include "core/engine.h"
 #include "core/errors.h"
+#include "core/json_text.h"
 #include "core/model.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
@@ -152,8 +153,8 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
   }
   fmt::print("KV ratio: K/V rows held at the end of each piece against full attention; Δ: paired over pieces\n");
   if (!o.json.empty())
-    write_file_atomic(o.json, nlohmann::json{{"model", o.model}, {"inputs", o.inputs}, {"pieces", pieces.size()},
-                                             {"tokens", n_tokens}, {"layouts", o.layouts}, {"rows", rows}}.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    write_file_atomic(o.json, json_text(nlohmann::json{{"model", o.model}, {"inputs", o.inputs}, {"pieces", pieces.size()},
+                                             {"tokens", n_tokens}, {"layouts", o.layouts}, {"rows", rows}}));
   if (!o.markdown.empty()) write_file_atomic(o.markdown, md);
 }
 

@@ -16,6 +16,7 @@
 #include "core/engine.h"
 #include "core/errors.h"
 #include "core/gate_log.h"
+#include "core/json_text.h"
 #include "core/progress.h"
 #include "core/sha256.h"
 #include "core/tokenizer.h"
@@ -153,7 +154,7 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   h.window = c.spkv.window, h.keep_first = c.spkv.keep_first, h.context = c.max_seq_len, h.chunk = o.chunk;
   h.n_layers = c.n_layers, h.n_kv_heads = c.n_kv_heads;
   // File names need not be UTF-8: bytes that are not become U+FFFD in this JSON (the ids keep the bytes).
-  h.inputs_json = nlohmann::json(o.inputs).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  h.inputs_json = json_text(o.inputs, -1);
   h.split_policy = kSplitPolicy;
   h.last_queries = o.attention_stats ? o.last_queries : 0;
   if (o.attention_stats) model->gates.mode = GateMode::dense;  // the masked forward that measures attention

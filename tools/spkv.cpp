@@ -22,6 +22,7 @@
 #include "core/documents.h"
 #include "core/errors.h"
 #include "core/generate.h"
+#include "core/json_text.h"
 #include "core/model.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
@@ -174,7 +175,7 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
                         {"nll", sum / double(n)}, {"ci", {s.ci_low, s.ci_high}},
                         {"sliding_window", model->config.sliding_window}};
     if (counts.defined()) j["gates"] = d, j["gates"]["tau"] = model->gates.tau;
-    write_file_atomic(json_out, j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    write_file_atomic(json_out, json_text(j));
   }
   if (!counts.defined()) return;
   fmt::print("SP-KV       window {}, tau {}, hard gates\n", model->config.spkv.window, model->gates.tau);
@@ -316,7 +317,7 @@ void cmd_tasks_stats(const std::string& tokenizer, const std::vector<std::string
   for (auto& [k, t] : r["kinds"].items()) row(k, t);
   row("all", r["all"]);
   fmt::print("(distance: tokens from the query that predicts an answer's first token back to its fact; W = {})\n", window);
-  if (!json_out.empty()) write_file_atomic(json_out, r.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  if (!json_out.empty()) write_file_atomic(json_out, json_text(r));
 }
 
 void print_task_results(const nlohmann::json& r) {
@@ -348,7 +349,7 @@ void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_do
   r["model"] = a.model;
   r["tasks"] = tasks;
   print_task_results(r);
-  if (!json_out.empty()) write_file_atomic(json_out, r.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  if (!json_out.empty()) write_file_atomic(json_out, json_text(r));
 }
 
 
