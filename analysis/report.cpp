@@ -32,6 +32,14 @@ LinearFit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
 }
 
 namespace {
+// The model_type of the log's model_config attribute; "" when it is not JSON or has none.
+std::string model_type_of(const std::string& config_json) {
+  const auto config = nlohmann::json::parse(config_json, nullptr, false);
+  return config.is_object() && config.contains("model_type") && config["model_type"].is_string()
+             ? config["model_type"].get<std::string>()
+             : "";
+}
+
 // Pooled density of the selected (layer, head) cells with its spread across documents.
 Summary density_summary(const std::vector<std::vector<int64_t>>& kept, const std::vector<std::vector<int64_t>>& elig,
                         const std::vector<size_t>& cells) {
@@ -55,8 +63,7 @@ Report summary_report(const LogInfo& in, const std::vector<int64_t>& off, const 
   r.logs = {in.path};
   r.n_layers = in.n_layers, r.n_kv_heads = in.n_kv_heads, r.window = in.window, r.keep_first = in.keep_first;
   r.tau = in.tau, r.gating_mode = in.gating_mode, r.model_path = in.model_path, r.checkpoint_sha256 = in.checkpoint_sha256;
-  const auto config = nlohmann::json::parse(in.model_config, nullptr, false);
-  if (config.is_object()) r.model_type = config.value("model_type", "");
+  r.model_type = model_type_of(in.model_config);
   const int64_t LH = in.n_layers * in.n_kv_heads, D = int64_t(ids.size());
   r.documents = D, r.tokens = off.back();
   r.kept.assign(LH, 0), r.eligible.assign(LH, 0);
@@ -93,8 +100,7 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       r.n_layers = in.n_layers, r.n_kv_heads = in.n_kv_heads, r.window = in.window, r.keep_first = in.keep_first;
       r.tau = in.tau, r.gating_mode = in.gating_mode;
       r.model_path = in.model_path, r.checkpoint_sha256 = in.checkpoint_sha256;
-      const auto config = nlohmann::json::parse(in.model_config, nullptr, false);
-      if (config.is_object()) r.model_type = config.value("model_type", "");
+      r.model_type = model_type_of(in.model_config);
       above.assign(tau_grid.size(), std::vector<int64_t>(in.n_layers * in.n_kv_heads, 0));
       tokens = std::make_unique<TokenRetentionCounter>(in.n_layers * in.n_kv_heads);
       if (in.attention_far) attention = std::make_unique<AttentionCounter>(in.n_layers * in.n_kv_heads);

@@ -153,7 +153,7 @@ Checkpoint load_hf(const fs::path& dir, const fs::path& single_file) {
     json j;
     try {
       j = json::parse(read_text(index.string()));
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       throw CheckpointError(index.string(), std::string("invalid JSON: ") + e.what());
     }
     if (!j.contains("weight_map") || !j["weight_map"].is_object())

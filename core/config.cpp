@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "core/errors.h"
 
@@ -81,6 +82,8 @@ namespace {
 template <class T>
 T get(const json& j, const char* key, const std::string& file) {
   if (!j.contains(key) || j[key].is_null()) throw ConfigError(file + ": missing field '" + key + "'");
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // a float would be cast, out of range: UB
+    if (!j[key].is_number_integer()) throw ConfigError(file + ": field '" + key + "' must be an integer, got " + j[key].dump());
   try {
     return j[key].get<T>();
   } catch (const json::exception&) {
@@ -90,6 +93,9 @@ T get(const json& j, const char* key, const std::string& file) {
 
 template <class T>  // element i of an array field
 T get(const json& a, size_t i, const char* key, const std::string& file) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+    if (i < a.size() && !a[i].is_number_integer())
+      throw ConfigError(file + ": field '" + key + "[" + std::to_string(i) + "]' must be an integer, got " + a.dump());
   try {
     return a.at(i).get<T>();
   } catch (const json::exception&) {
@@ -109,7 +115,7 @@ ModelConfig parse_hf_config(const std::string& text, const std::string& file) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw ConfigError(file + ": invalid JSON: " + e.what());
   }
   if (!j.is_object()) throw ConfigError(file + ": expected a JSON object at top level");

@@ -78,7 +78,7 @@ class HfBpeTokenizer : public Tokenizer {
     json j;
     try {
       j = json::parse(in);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       throw TokenizerError(file, std::string("invalid JSON: ") + e.what());
     }
     try {

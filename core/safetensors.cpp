@@ -95,7 +95,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shar
                         duplicate = parsed.get<std::string>();
                       return true;
                     });
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw CheckpointError(path, std::string("header is not valid JSON: ") + e.what());
   }
   if (!h.is_object()) throw CheckpointError(path, "header is not a JSON object");

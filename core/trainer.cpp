@@ -8,6 +8,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
@@ -37,6 +38,8 @@ void check_keys(const json& j, const std::set<std::string>& known, const std::st
 template <class T>
 void read(const json& j, const char* key, T& out, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return;
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // a float would be cast, out of range: UB
+    if (!j[key].is_number_integer()) throw ConfigError(where + ": field '" + key + "' must be an integer, got " + j[key].dump());
   try {
     out = j[key].get<T>();
   } catch (const json::exception&) {
@@ -241,7 +244,7 @@ Recipe load_recipe(const std::string& path) {
   json j;
   try {
     j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw ConfigError(path + ": invalid JSON: " + e.what());
   }
   return parse_recipe(j, path);
@@ -408,13 +411,25 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     m->load(load_checkpoint(resume_from.string()));
     torch::NoGradGuard ng;
     for (auto& p : m->parameters()) p.set_data(p.data().clone());
-    std::ifstream sf(resume_from / "trainer_state.json");
-    json st = json::parse(sf);
-    start = st.at("step").get<int64_t>();
-    tokens_seen = st.at("tokens").get<int64_t>();
+    const fs::path state = resume_from / "trainer_state.json";
+    try {
+      std::ifstream sf(state);
+      json st = json::parse(sf);
+      start = st.at("step").get<int64_t>();
+      tokens_seen = st.at("tokens").get<int64_t>();
+    } catch (const json::exception& e) {
+      throw InputError(state.string() + ": expected {\"step\": N, \"tokens\": N}: " + e.what());
+    }
     std::ifstream lf(log_path);
-    for (std::string line; std::getline(lf, line);)  // keep the log up to the checkpoint
-      if (!line.empty() && json::parse(line).value("step", int64_t(0)) <= start) kept_log.push_back(line);
+    int64_t line_no = 0;
+    for (std::string line; std::getline(lf, line);) {  // keep the log up to the checkpoint
+      ++line_no;
+      try {
+        if (!line.empty() && json::parse(line).value("step", int64_t(0)) <= start) kept_log.push_back(line);
+      } catch (const json::exception&) {  // a line torn by a kill: dropped, the run repeats its steps
+        std::fprintf(stderr, "%s: line %lld is not JSON; dropped\n", log_path.string().c_str(), (long long)line_no);
+      }
+    }
   } else if (!cks.empty()) {
     throw InputError(out.string() + ": already holds a training run (train_log.jsonl and checkpoints); pass --resume "
                      "to continue it, or choose another --out");

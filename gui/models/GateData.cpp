@@ -85,7 +85,7 @@ Corpus openCorpus(const std::string& path) {
   }
   const auto cfg = nlohmann::json::parse(c.info.model_config, nullptr, false);
   if (cfg.is_object()) {
-    const auto num = [&](const char* k) { return cfg.contains(k) && cfg[k].is_number() ? cfg[k].get<int64_t>() : 0; };
+    const auto num = [&](const char* k) { return cfg.contains(k) && cfg[k].is_number_integer() ? cfg[k].get<int64_t>() : 0; };
     c.head_dim = num("head_dim");
     const int64_t dim = num("dim") ? num("dim") : num("hidden_size"), heads = num("n_heads") ? num("n_heads") : num("num_attention_heads");
     if (!c.head_dim && dim && heads) c.head_dim = dim / heads;

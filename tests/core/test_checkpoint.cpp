@@ -248,6 +248,20 @@ std::vector<BadCase> bad_cases() {
          test::write_file(d + "/config.json", j.dump());
        },
        {"config.json", "intermediate_size 1099511627776 is over the supported"}},
+      {"an integer field given as a huge float (casting it is undefined behaviour)",
+       [](const std::string& d, auto&) {
+         json j = json::parse(tiny_config().to_hf_json());
+         j["num_hidden_layers"] = 3.5e104;
+         test::write_file(d + "/config.json", j.dump());
+       },
+       {"config.json", "'num_hidden_layers' must be an integer"}},
+      {"a number too large for any JSON number type",
+       [](const std::string& d, auto&) {
+         std::string text = tiny_config().to_hf_json();
+         text.replace(text.find('{'), 1, "{\"rope_theta\": 1e99999, ");
+         test::write_file(d + "/config.json", text);
+       },
+       {"config.json", "invalid JSON", "number overflow"}},
       {"a shard index whose file name is not a string",
        [=](const std::string& d, auto&) {
          std::filesystem::remove(st(d));
