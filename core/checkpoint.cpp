@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -230,6 +231,19 @@ void check_tensors(const Checkpoint& ck, const ModelConfig& c, bool init_missing
   const std::string fields = "hidden_size " + std::to_string(c.dim) + ", intermediate_size " + std::to_string(c.hidden_dim) +
                              ", heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) + " kv, head_dim " +
                              std::to_string(c.head_dim) + ", vocab_size " + std::to_string(c.vocab_size);
+  // The layers the weights hold, counted first: a config of millions of layers fails here, before its
+  // parameters are listed.
+  int64_t held = 0;
+  for (const auto& [name, t] : ck.tensors) {
+    if (name.rfind("model.layers.", 0) != 0) continue;
+    int64_t il = 0;
+    const char* digits = name.c_str() + 13;
+    if (std::from_chars(digits, name.c_str() + name.size(), il).ec == std::errc()) held = std::max(held, il + 1);
+  }
+  if (c.n_layers > held)
+    throw CheckpointError(ck.path, "missing tensor '" + layer_name(held, "input_layernorm.weight") + "' (the config " +
+                                       ck.config_file + " has " + std::to_string(c.n_layers) + " layers, the weights " +
+                                       std::to_string(held) + ")");
   std::set<std::string> expected;
   for (const auto& [name, shape] : parameter_shapes(c)) {
     expected.insert(name);
