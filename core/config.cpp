@@ -83,7 +83,7 @@ template <class T>
 T get(const json& j, const char* key, const std::string& file) {
   if (!j.contains(key) || j[key].is_null()) throw ConfigError(file + ": missing field '" + key + "'");
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // a float would be cast, out of range: UB
-    if (!j[key].is_number_integer()) throw ConfigError(file + ": field '" + key + "' must be an integer, got " + j[key].dump());
+    if (j[key].is_number_float()) throw ConfigError(file + ": field '" + key + "' must be an integer, got " + j[key].dump());
   try {
     return j[key].get<T>();
   } catch (const json::exception&) {
@@ -94,7 +94,7 @@ T get(const json& j, const char* key, const std::string& file) {
 template <class T>  // element i of an array field
 T get(const json& a, size_t i, const char* key, const std::string& file) {
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
-    if (i < a.size() && !a[i].is_number_integer())
+    if (i < a.size() && a[i].is_number_float())
       throw ConfigError(file + ": field '" + key + "[" + std::to_string(i) + "]' must be an integer, got " + a.dump());
   try {
     return a.at(i).get<T>();

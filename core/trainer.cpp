@@ -39,7 +39,7 @@ template <class T>
 void read(const json& j, const char* key, T& out, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return;
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // a float would be cast, out of range: UB
-    if (!j[key].is_number_integer()) throw ConfigError(where + ": field '" + key + "' must be an integer, got " + j[key].dump());
+    if (j[key].is_number_float()) throw ConfigError(where + ": field '" + key + "' must be an integer, got " + j[key].dump());
   try {
     out = j[key].get<T>();
   } catch (const json::exception&) {
