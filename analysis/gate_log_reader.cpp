@@ -118,6 +118,20 @@ struct GateLogReader::Impl {
     H5Sclose(fs), H5Dclose(d);
     return out;
   }
+  // A whole dataset, scalar or not, flattened.
+  template <class T>
+  std::vector<T> whole(const char* name, hid_t type) const {
+    const auto s = shape(name);
+    int64_t row = 1;
+    for (size_t i = 1; i < s.size(); ++i) row *= s[i];
+    if (!s.empty()) return rows<T>(name, type, 0, -1, row);
+    hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
+    T v{};
+    const herr_t e = H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v);
+    H5Dclose(d);
+    if (e < 0) fail(std::string("cannot read ") + name);
+    return {v};
+  }
 };
 
 GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
@@ -219,6 +233,45 @@ std::vector<float> GateLogReader::nll(int64_t begin, int64_t end) const {
 }
 std::vector<int32_t> GateLogReader::cache_entries(int64_t begin, int64_t end) const {
   return impl_->rows<int32_t>("tokens/cache_entries", H5T_NATIVE_INT32, begin, end);
+}
+std::vector<int32_t> GateLogReader::positions(int64_t begin, int64_t end) const {
+  return impl_->rows<int32_t>("tokens/position", H5T_NATIVE_INT32, begin, end);
+}
+std::vector<int64_t> GateLogReader::shape(const std::string& dataset) const { return impl_->shape(dataset.c_str()); }
+std::vector<int64_t> GateLogReader::whole_int64(const std::string& dataset) const {
+  return impl_->whole<int64_t>(dataset.c_str(), H5T_NATIVE_INT64);
+}
+std::vector<double> GateLogReader::whole_double(const std::string& dataset) const {
+  return impl_->whole<double>(dataset.c_str(), H5T_NATIVE_DOUBLE);
+}
+bool GateLogReader::exists(const std::string& path) const {
+  // Each prefix must exist before the next is asked for (H5Lexists on "a/b" fails when "a" is missing).
+  for (size_t p = path.find('/'); ; p = path.find('/', p + 1)) {
+    if (H5Lexists(impl_->file, path.substr(0, p).c_str(), H5P_DEFAULT) <= 0) return false;
+    if (p == std::string::npos) return true;
+  }
+}
+std::vector<std::string> GateLogReader::attribute_strings(const std::string& object, const std::string& name) const {
+  const std::string where = object == "/" ? "the root" : object;
+  if (H5Aexists_by_name(impl_->file, object.c_str(), name.c_str(), H5P_DEFAULT) <= 0)
+    impl_->fail("the attribute '" + name + "' of " + where + " is missing");
+  hid_t a = H5Aopen_by_name(impl_->file, object.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT);
+  hid_t ft = H5Aget_type(a), sp = H5Aget_space(a);
+  const hssize_t n = H5Sget_simple_extent_npoints(sp);
+  std::vector<std::string> out;
+  if (H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) > 0 && n >= 0) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE), H5Tset_cset(t, H5T_CSET_UTF8);
+    std::vector<char*> c(size_t(n), nullptr);
+    if (H5Aread(a, t, c.data()) >= 0)
+      for (char* x : c) out.emplace_back(x ? x : "");
+    H5Dvlen_reclaim(t, sp, H5P_DEFAULT, c.data());
+    H5Tclose(t);
+  }
+  H5Sclose(sp), H5Tclose(ft), H5Aclose(a);
+  if (out.size() != size_t(std::max<hssize_t>(n, 0)) || n < 0)
+    impl_->fail("the attribute '" + name + "' of " + where + " is not a variable-length string");
+  return out;
 }
 std::vector<std::string> GateLogReader::token_text(int64_t begin, int64_t end) const {
   const auto off = impl_->rows<int64_t>("tokens/text_offsets", H5T_NATIVE_INT64, begin, end + 1);

@@ -43,10 +43,19 @@ class GateLogReader {
   std::vector<float> nll(int64_t begin, int64_t end) const;              // (n)
   std::vector<int32_t> cache_entries(int64_t begin, int64_t end) const;  // (n)
   std::vector<std::string> token_text(int64_t begin, int64_t end) const; // (n) UTF-8 bytes of each token
+  std::vector<int32_t> positions(int64_t begin, int64_t end) const;      // (n) position in the document
   // /attention: the mass each key received from every query, the last queries, and the far queries.
   std::vector<float> received(int64_t begin, int64_t end) const;       // (n, L, Hkv)
   std::vector<float> received_last(int64_t begin, int64_t end) const;  // (n, L, Hkv)
   std::vector<float> received_far(int64_t begin, int64_t end) const;   // (n, L, Hkv)
+
+  // For the validator (analysis/check_log.h): any dataset's shape, a whole dataset converted to int64 or
+  // float64, and a string attribute of an object ("/" = the root), scalar or one-dimensional.
+  std::vector<int64_t> shape(const std::string& dataset) const;
+  std::vector<int64_t> whole_int64(const std::string& dataset) const;
+  std::vector<double> whole_double(const std::string& dataset) const;
+  std::vector<std::string> attribute_strings(const std::string& object, const std::string& name) const;
+  bool exists(const std::string& path) const;  // a link at `path` ("summary/density")
 
  private:
   struct Impl;

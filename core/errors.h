@@ -22,6 +22,11 @@ struct CheckpointError : FileError {
   using FileError::FileError;
 };
 
+// A gate log breaks an invariant of its schema (docs/hdf5-schema.md); found by `spkv check`.
+struct LogViolation : FileError {
+  using FileError::FileError;
+};
+
 // A config (config.json, recipe, command-line setting) has a missing, mistyped or invalid field.
 struct ConfigError : Error {
   using Error::Error;

@@ -23,7 +23,7 @@ struct GateLogHeader {
   std::string tool_version, git_commit, created;  // created: ISO 8601 UTC
   std::string model_path, model_config_json, checkpoint_sha256, tokenizer_path;
   std::string gating_mode;  // "hard" (the cache evicts) or "dense" (full attention, decisions only logged)
-  std::string tap;          // predictor input
+  std::string tap = "attn_norm";  // predictor input: attn_norm or residual
   double tau = 0.5;
   int64_t window = 0, keep_first = 0, context = 0, chunk = 0;
   int64_t n_layers = 0, n_kv_heads = 0;

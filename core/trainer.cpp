@@ -190,12 +190,13 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     const json& o = j["optim"];
     const std::string w = path + ": optim";
     check_keys(o, {"lr", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay", "predictor_lr_mult",
-                   "predictor_weight_decay", "grad_clip", "grad_accum"}, w);
+                   "predictor_weight_decay", "grad_clip", "grad_accum", "density_lambda"}, w);
     read(o, "lr", r.lr, w), read(o, "min_lr_ratio", r.min_lr_ratio, w), read(o, "beta1", r.beta1, w);
     read(o, "beta2", r.beta2, w), read(o, "eps", r.eps, w), read(o, "weight_decay", r.weight_decay, w);
     read(o, "predictor_lr_mult", r.predictor_lr_mult, w);
     read(o, "predictor_weight_decay", r.predictor_weight_decay, w);
     read(o, "grad_clip", r.grad_clip, w), read(o, "grad_accum", r.grad_accum, w);
+    read(o, "density_lambda", r.density_lambda, w);
   }
   if (j.contains("schedule")) {
     const json& s = j["schedule"];
@@ -224,6 +225,7 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   need(r.min_lr_ratio >= 0 && r.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]");
   need(r.predictor_lr_mult >= 0, "optim.predictor_lr_mult must be >= 0");
   need(r.grad_accum >= 1, "optim.grad_accum must be >= 1");
+  need(std::isfinite(r.density_lambda), "optim.density_lambda must be finite");
   need(r.steps >= 1, "schedule.steps must be >= 1");
   need(r.warmup >= 0 && r.warmup < r.steps, "schedule.warmup must be in [0, steps)");
   need(r.gating == "soft_then_hard" || r.gating == "soft" || r.gating == "ste",
@@ -332,6 +334,19 @@ BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& d
   auto c = m->gate_counts();
   if (c.defined()) counts = counts.defined() ? counts + c : c;
   return {(nll * mask).sum(), mask.sum()};
+}
+
+// Mean utility u over the out-of-window keys of the last forward call, every layer and KV head (with the
+// autograd graph): the term of the density knob.
+torch::Tensor mean_far_utility(LlamaForCausalLM& m) {
+  torch::Tensor sum, count;
+  for (auto& layer : *m->model->layers) {
+    const auto& u = layer->as<DecoderLayer>()->self_attn->last_utility;  // (B, T, Hkv)
+    const auto ev = m->last_evictable.unsqueeze(-1).expand_as(u).to(u.scalar_type());  // (B, T, Hkv)
+    sum = sum.defined() ? sum + (u * ev).sum() : (u * ev).sum();
+    count = count.defined() ? count + ev.sum() : ev.sum();
+  }
+  return sum / count.clamp_min(1);
 }
 }  // namespace
 
@@ -496,7 +511,10 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       Batch b = data.train_batch(step, micro);
       BatchLoss l = batch_loss(m, b, device, counts);
       auto loss = l.nll_sum / l.count.clamp_min(1);
-      (loss / double(r.grad_accum)).backward();
+      auto objective = loss;
+      if (r.density_lambda != 0 && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense)
+        objective = loss - r.density_lambda * mean_far_utility(m);
+      (objective / double(r.grad_accum)).backward();
       loss_sum += loss.item<double>() / double(r.grad_accum);
       tokens_seen += b.tokens.numel() - b.tokens.size(0);
     }

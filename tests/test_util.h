@@ -76,4 +76,12 @@ inline std::string quote(const std::string& s) {
   return q + "'";
 }
 
+#ifdef SPKV_BIN
+// Every gate log a test writes also passes `spkv check` (each invariant of docs/hdf5-schema.md).
+inline void expect_valid_log(const std::string& path) {
+  const RunResult r = run_spkv("check " + quote(path));
+  EXPECT_EQ(r.exit_code, 0) << "spkv check " << path << ": " << r.err;
+}
+#endif
+
 }  // namespace spkv::test

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 
+#include "analysis/check_log.h"
 #include "analysis/report.h"
 #include "analysis/stats.h"
 #include "core/checkpoint.h"
@@ -584,6 +585,10 @@ int main(int argc, char** argv) {
   an->add_option("--out,-o", an_json, "write the report as JSON");
   an->add_option("--markdown", an_md, "write the report as Markdown");
 
+  auto* chk = app.add_subcommand("check", "verify every invariant of gate logs (docs/hdf5-schema.md); exit 1 at the first violation");
+  std::vector<std::string> chk_logs;
+  chk->add_option("logs", chk_logs, "gate logs (.h5, or .h5.partial)")->required();
+
   auto* lay = app.add_subcommand("layout", "hybrid local-global layouts: derive from gate logs, evaluate, export");
   lay->require_subcommand(1);
   auto* lder = lay->add_subcommand("derive", "rank heads by SP-KV density; the guided layout and reference layouts at a budget");
@@ -693,6 +698,12 @@ int main(int argc, char** argv) {
       if (!an_json.empty()) write_file_atomic(an_json, analysis::report_json(r));
       if (!an_md.empty()) write_file_atomic(an_md, md);
     }
+    if (*chk)
+      for (const auto& log : chk_logs) {
+        const auto r = analysis::check_gate_log(log);
+        fmt::print("{}: ok: {} documents, {} tokens{}\n", log, r.documents, r.tokens, r.complete ? "" : " (partial: complete = 0)");
+        for (const auto& c : r.checked) fmt::print("  checked {}\n", c);
+      }
     if (*lder) cmd_layout_derive(ldo);
     if (*leval) cmd_layout_eval(leo);
     if (*lexp) cmd_layout_export(lxo);

@@ -36,7 +36,7 @@ std::string write_log(const test::TempDir& tmp) {
     doc.kept.assign(LH, 0), doc.eligible.assign(LH, T - W);
     int64_t stored = 0;
     for (int64_t t = 0; t < T; ++t) {
-      doc.tokens.push_back(int32_t(5 + t % 11)), doc.text.push_back("x"), doc.nll.push_back(t ? 1.5f : std::nanf(""));
+      doc.tokens.push_back(int32_t(5 + t % 11)), doc.text.push_back(t ? "x" : ""), doc.nll.push_back(t ? 1.5f : std::nanf(""));
       for (int64_t i = 0; i < LH; ++i) {
         doc.z.push_back(keeps(i, t)), doc.u.push_back(keeps(i, t) ? 0x3b33 : 0x2e66);  // 0.9 / 0.1 in float16
         if (keeps(i, t) && t < T - W) ++doc.kept[i];
@@ -48,6 +48,7 @@ std::string write_log(const test::TempDir& tmp) {
     w.add(std::move(doc));
   }
   w.close();
+  test::expect_valid_log(path);
   return path;
 }
 

@@ -39,6 +39,7 @@ TEST(LayoutCli, DeriveExportReimportAndEvaluateOnTheDefaultModel) {
   auto ok = [](const test::RunResult& r) { return r.exit_code == 0 ? ::testing::AssertionSuccess()
                                                                    : ::testing::AssertionFailure() << r.err; };
   ASSERT_TRUE(ok(test::run_spkv("run -m " + kModel + " --out " + tmp / "log.h5 " + tmp / "corpus.txt" + flags)));
+  test::expect_valid_log(tmp / "log.h5");
   ASSERT_TRUE(ok(test::run_spkv("layout derive " + tmp / "log.h5 --budget 4 --out " + tmp / "layouts")));
 
   // The guided layout: the 4 heads with the highest kept / eligible, recounted from the log's summaries.

@@ -52,6 +52,7 @@ TEST(Notebooks, LoaderAgreesWithTheCppReaderAndEveryNotebookRuns) {
     ASSERT_EQ(r.exit_code, 0) << args << "\n" << r.err;
   }
 
+  test::expect_valid_log(tmp / "log.h5");
   // The loader's statistics against analyze_logs and the reader.
   ASSERT_EQ(shell("/usr/bin/python3 " + test::quote(kSource + "/notebooks/spkv_log.py") + " " + tmp / "log.h5 > " + tmp / "py.json"), 0);
   const auto py = nlohmann::json::parse(test::read_file(tmp / "py.json"));

@@ -25,6 +25,7 @@ uint16_t f16(float x) {  // 0.1 and 0.9 in IEEE half precision
 void write_log(const std::string& path, const std::vector<int64_t>& lengths, const std::string& prefix) {
   GateLogHeader h;
   h.n_layers = L, h.n_kv_heads = Hkv, h.window = W, h.tau = 0.5, h.gating_mode = "hard", h.checkpoint_sha256 = "x";
+  h.model_config_json = "{\"num_hidden_layers\": " + std::to_string(L) + ", \"num_key_value_heads\": " + std::to_string(Hkv) + "}";
   GateLogWriter w(path, h, false, 0);
   for (size_t d = 0; d < lengths.size(); ++d) {
     const int64_t T = lengths[d];
@@ -34,7 +35,7 @@ void write_log(const std::string& path, const std::vector<int64_t>& lengths, con
     int64_t stored = 0;
     for (int64_t t = 0; t < T; ++t) {
       doc.tokens.push_back(int32_t(3 + t % 7));
-      doc.text.push_back(t == 3 ? "\xc3\xa9\xe2\x80\x94" : std::string(1, char('a' + t % 26)));  // "é—": bytes above 127
+      doc.text.push_back(t == 0 ? "" : t == 3 ? "\xc3\xa9\xe2\x80\x94" : std::string(1, char('a' + t % 26)));  // "é—": bytes above 127
       doc.nll.push_back(t == 0 ? std::nanf("") : 1.0f + 0.01f * float(t));
       for (int64_t i = 0; i < L * Hkv; ++i) {
         const bool keep = i == 1 || i == 2 || (i == 3 && d == 0);
@@ -47,6 +48,7 @@ void write_log(const std::string& path, const std::vector<int64_t>& lengths, con
     w.add(std::move(doc));
   }
   w.close();
+  test::expect_valid_log(path);
 }
 
 TEST(Report, KnownHeadsGiveKnownDensitiesCompressionAndTauSweep) {
@@ -59,7 +61,7 @@ TEST(Report, KnownHeadsGiveKnownDensitiesCompressionAndTauSweep) {
   EXPECT_TRUE(log.info().complete);
   EXPECT_EQ(log.document_ids()[2], "doc2");
   EXPECT_EQ(log.document_ids()[1], "doc1\xc3\xa9");
-  EXPECT_EQ(log.token_text(10, 14), (std::vector<std::string>{"a", "b", "c", "\xc3\xa9\xe2\x80\x94"}));
+  EXPECT_EQ(log.token_text(10, 14), (std::vector<std::string>{"", "b", "c", "\xc3\xa9\xe2\x80\x94"}));  // 10: a BOS
   EXPECT_FLOAT_EQ(log.u(0, 1)[1], 0.89990234f);  // float16 0.9
   EXPECT_EQ(log.z(0, 1), (std::vector<uint8_t>{0, 1, 1, 1}));
 

@@ -30,6 +30,7 @@ bool keeps(int64_t head, int64_t t, bool second_log) {
 std::string write_log(const test::TempDir& tmp, const std::string& name, bool second_log, int64_t T) {
   GateLogHeader h;
   h.n_layers = L, h.n_kv_heads = Hkv, h.window = W, h.tau = 0.5, h.gating_mode = "hard", h.checkpoint_sha256 = "x";
+  h.model_config_json = "{\"num_hidden_layers\": " + std::to_string(L) + ", \"num_key_value_heads\": " + std::to_string(Hkv) + "}";
   GateLogWriter w(tmp / name, h, false, 0);
   LoggedDocument doc;
   doc.id = name;
@@ -50,6 +51,7 @@ std::string write_log(const test::TempDir& tmp, const std::string& name, bool se
   }
   w.add(std::move(doc));
   w.close();
+  test::expect_valid_log(tmp / name);
   return tmp / name;
 }
 

@@ -36,6 +36,7 @@ const std::string kHeldout = kModel + "/heldout/text";
   } while (0)
 
 json read_log(const std::string& path) {
+  test::expect_valid_log(path);
   test::TempDir tmp;
   const std::string cmd = "/usr/bin/python3 " + test::quote(std::string(SPKV_SOURCE_DIR) + "/tests/core/read_gate_log.py") +
                           " " + test::quote(path) + " > " + (tmp / "log.json") + " 2> " + (tmp / "err");

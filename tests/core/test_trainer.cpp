@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <thread>
 #include <nlohmann/json.hpp>
 
@@ -273,6 +274,42 @@ TEST(Trainer, ResumeReproducesTheUninterruptedRunExactly) {
   }
   EXPECT_FALSE(std::filesystem::exists(dir / "a/checkpoints/step-0000004"));  // only the last two are kept
   EXPECT_EQ(load_hf_config(dir / "a/model/config.json").spkv.mode, GateMode::hard);
+}
+
+// The density knob (optim.density_lambda, the method's L_aux = -lambda * mean(u)): with the same data and
+// seed, a negative lambda closes gates the plain loss leaves open, a positive one keeps them open; the
+// logged loss stays the NLL (identical at step 1, before the first update differs).
+TEST(Trainer, DensityKnobMovesTheGatesAndLeavesTheLoggedNll) {
+  test::TempDir dir;
+  write_token_file(dir / "train.tok", markov_docs(200, 64, 4), 64);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  std::map<double, json> last, first_step;
+  for (double lambda : {-3.0, 0.0, 3.0}) {
+    json j = tiny_recipe(dir.path.string());
+    j["optim"]["density_lambda"] = lambda;
+    j["optim"]["predictor_lr_mult"] = 30.0;
+    j["spkv"]["init_bias"] = 0.3;  // gates start near the threshold, so 12 steps can move them either way
+    j["schedule"]["gating"] = "soft";
+    const std::string out = dir / ("l" + std::to_string(int(lambda)));
+    test::write_file(out + ".json", j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(out + ".json") + " --out " + test::quote(out));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    last[lambda] = read_log(out + "/train_log.jsonl", "eval").back();
+    first_step[lambda] = read_log(out + "/train_log.jsonl", "step").front();
+  }
+  EXPECT_EQ(first_step[-3.0]["loss"], first_step[0.0]["loss"]);
+  EXPECT_EQ(first_step[3.0]["loss"], first_step[0.0]["loss"]);
+  const double closed = last[-3.0]["density"], plain = last[0.0]["density"], open = last[3.0]["density"];
+  EXPECT_LT(closed, plain - 0.2) << closed << " vs " << plain << " vs " << open;
+  EXPECT_GT(open, plain + 0.05) << open << " vs " << plain;
+  json bad = tiny_recipe(dir.path.string());
+  bad["optim"]["density_lambda"] = "strong";
+  try {
+    parse_recipe(bad, "r.json");
+    ADD_FAILURE() << "a string density_lambda was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("density_lambda"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Trainer, AdaptationStartsAtTheDenseModel) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/gate_log.h"
+#include "tests/test_util.h"
 
 namespace spkv::test {
 
@@ -75,6 +76,9 @@ inline std::string write_known_log(const std::string& path) {
     }
     w.close();
   }
+#ifdef SPKV_BIN
+  expect_valid_log(path);
+#endif
   return path;
 }
 

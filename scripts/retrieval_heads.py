@@ -1,0 +1,125 @@
+#!/usr/bin/python3
+"""Which heads retrieve, and do their gates keep the facts? Per layer and KV head, from two gate logs of the
+same task documents (`spkv tasks generate` JSONL, in file order):
+
+  - DENSE.h5: `spkv run --dense --attention-stats` of a model: the far attention mass each key received
+    (from queries that see it from outside the window W);
+  - GATES.h5: `spkv run` of the SP-KV model: its keep decisions z.
+
+Token classes come from the documents' byte spans: a *fact* token overlaps a fact span; a *filler* token lies
+on a line holding no fact and no answer byte (so the key names of a kv line and the query lines are
+neither). Only eligible keys count (positions keep_first <= s < T - W, the keys a gate decides about).
+
+Per head: far mass per fact key / per filler key (the retrieval score: > 1 means the head's far attention
+goes to facts), and the gates' keep rate of fact and filler keys. The retrieving heads are those with a
+score of at least --min-score; the pooled fact/filler keep ratio over them is the number to report.
+Usage: retrieval_heads.py TASKS.jsonl DENSE.h5 GATES.h5 [--min-score 3] [--json OUT.json]
+"""
+import argparse
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+
+
+def token_classes(text, facts, answers, text_offsets):
+    """(T,) int8 per token of one document: 1 fact, 2 filler, 0 neither. text_offsets: (T + 1) byte offsets."""
+    raw = text.encode()
+    n = len(raw)
+    fact = np.zeros(n + 1, bool)
+    marked = np.zeros(n + 1, bool)  # fact or answer bytes
+    for a, b in facts:
+        fact[a:b] = True
+        marked[a:b] = True
+    for a, b in answers:
+        marked[a:b] = True
+    line_marked = np.zeros(n + 1, bool)  # byte lies on a line with a fact or an answer byte
+    start = 0
+    for end in [i for i, c in enumerate(raw) if c == 0x0A] + [n]:
+        if marked[start:end + 1].any():
+            line_marked[start:end + 1] = True
+        start = end + 1
+    T = len(text_offsets) - 1
+    out = np.zeros(T, np.int8)
+    for t in range(T):
+        a, b = int(text_offsets[t]), int(text_offsets[t + 1])
+        if b <= a:
+            continue
+        if fact[a:b].any():
+            out[t] = 1
+        elif not line_marked[a:b].any():
+            out[t] = 2
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("tasks")
+    ap.add_argument("dense")
+    ap.add_argument("gates")
+    ap.add_argument("--min-score", type=float, default=3.0)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    docs = [json.loads(line) for line in open(a.tasks)]
+    fd, fg = h5py.File(a.dense, "r"), h5py.File(a.gates, "r")
+    if "attention/received_far" not in fd:
+        sys.exit(f"{a.dense}: no attention/received_far (run spkv run --dense --attention-stats)")
+    L, H, W, first = (int(fg.attrs[k]) for k in ("n_layers", "n_kv_heads", "window", "keep_first"))
+    off_d, off_g = fd["documents/token_offsets"][:], fg["documents/token_offsets"][:]
+    D = min(len(off_d), len(off_g)) - 1
+    if D > len(docs):
+        sys.exit(f"{a.tasks}: {len(docs)} documents, but the logs hold {D}")
+    mass = np.zeros((2, L, H))     # far mass summed over fact / filler keys
+    keys = np.zeros(2)             # eligible fact / filler keys
+    kept = np.zeros((2, L, H))     # of them, z = 1
+    txt_off = fg["tokens/text_offsets"]
+    for d in range(D):
+        bd, ed, bg, eg = int(off_d[d]), int(off_d[d + 1]), int(off_g[d]), int(off_g[d + 1])
+        if ed - bd != eg - bg:
+            sys.exit(f"document {d}: {ed - bd} tokens in {a.dense}, {eg - bg} in {a.gates}: not the same inputs")
+        T = eg - bg
+        to = txt_off[bg:eg + 1] - txt_off[bg]
+        cls = token_classes(docs[d]["text"], docs[d]["facts"], docs[d]["answers"], to)
+        elig = np.zeros(T, bool)
+        elig[min(T, first):max(0, T - W)] = True
+        far = fd["attention/received_far"][bd:ed]  # (T, L, H)
+        z = fg["gates/z"][bg:eg]                   # (T, L, H)
+        for c in (1, 2):
+            sel = elig & (cls == c)
+            keys[c - 1] += sel.sum()
+            mass[c - 1] += far[sel].sum(axis=0)
+            kept[c - 1] += z[sel].sum(axis=0)
+    per_key = mass / np.maximum(keys, 1)[:, None, None]
+    score = per_key[0] / np.maximum(per_key[1], 1e-12)
+    keep = kept / np.maximum(keys, 1)[:, None, None]
+    retr = score >= a.min_score
+    pooled_fact = kept[0][retr].sum() / max(keys[0] * retr.sum(), 1)
+    pooled_filler = kept[1][retr].sum() / max(keys[1] * retr.sum(), 1)
+    lines = [f"{D} documents, {int(keys[0])} eligible fact keys, {int(keys[1])} eligible filler keys (W = {W}).", "",
+             "| layer | kv head | far mass per fact key | per filler key | retrieval score | keep facts | keep filler | facts / filler |",
+             "|---|---|---|---|---|---|---|---|"]
+    for l in range(L):
+        for h in range(H):
+            ratio = keep[0, l, h] / keep[1, l, h] if keep[1, l, h] > 0 else float("inf")
+            mark = " **retrieving**" if retr[l, h] else ""
+            lines.append(f"| {l} | {h}{mark} | {per_key[0, l, h]:.4f} | {per_key[1, l, h]:.4f} | {score[l, h]:.1f} | "
+                         f"{keep[0, l, h]:.3f} | {keep[1, l, h]:.3f} | {ratio:.1f} |")
+    lines += ["", f"Retrieving heads (score >= {a.min_score:g}): {int(retr.sum())}; over them the gates keep "
+              f"{pooled_fact:.3f} of fact keys and {pooled_filler:.3f} of filler keys "
+              f"({pooled_fact / pooled_filler if pooled_filler > 0 else float('inf'):.1f}x)."]
+    print("\n".join(lines))
+    if a.json:
+        out = {"documents": D, "fact_keys": int(keys[0]), "filler_keys": int(keys[1]), "min_score": a.min_score,
+               "far_mass_per_fact_key": per_key[0].tolist(), "far_mass_per_filler_key": per_key[1].tolist(),
+               "retrieval_score": score.tolist(), "keep_facts": keep[0].tolist(), "keep_filler": keep[1].tolist(),
+               "retrieving": retr.tolist(), "pooled_keep_facts": pooled_fact, "pooled_keep_filler": pooled_filler}
+        with open(a.json + ".tmp", "w") as f:
+            json.dump(out, f, indent=1)
+
+        os.replace(a.json + ".tmp", a.json)
+
+
+if __name__ == "__main__":
+    main()
