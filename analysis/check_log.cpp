@@ -50,7 +50,12 @@ CheckReport check_gate_log(const std::string& path) {
   // Attributes.
   if (!gated && info.gating_mode != "dense")
     fail("root attribute 'gating_mode' is '" + info.gating_mode + "', expected 'hard' or 'dense'");
-  const std::string tap = r.attribute_strings("/", "tap").at(0);
+  // The single value of a scalar dataset or attribute.
+  auto one = [&](const auto& v, const std::string& name) {
+    if (v.size() != 1) fail(name + " must hold one value, holds " + std::to_string(v.size()));
+    return v[0];
+  };
+  const std::string tap = one(r.attribute_strings("/", "tap"), "root attribute 'tap'");
   if (tap != "attn_norm" && tap != "residual") fail("root attribute 'tap' is '" + tap + "', expected 'attn_norm' or 'residual'");
   int64_t vocab = -1;
   try {
@@ -196,12 +201,13 @@ CheckReport check_gate_log(const std::string& path) {
       fail(fmt::format("summary/density/density[{}, {}] is {}, expected kept/eligible = {}", k / H, k % H, dens[i], want));
     tk += kept_sum[i], te += elig_sum[i];
   }
-  const double overall = r.whole_double("summary/overall_density").at(0), want_overall = te ? double(tk) / double(te) : std::nan("");
+  const double overall = one(r.whole_double("summary/overall_density"), "summary/overall_density"), want_overall = te ? double(tk) / double(te) : std::nan("");
   if (std::isnan(want_overall) ? !std::isnan(overall) : !(std::abs(overall - want_overall) <= 1e-12))
     fail(fmt::format("summary/overall_density is {}, expected {} / {} = {}", overall, tk, te, want_overall));
-  if (r.whole_int64("summary/n_documents").at(0) != D || r.whole_int64("summary/n_tokens").at(0) != N)
-    fail(fmt::format("summary/n_documents and n_tokens are {} and {}, expected {} and {}", r.whole_int64("summary/n_documents").at(0),
-                     r.whole_int64("summary/n_tokens").at(0), D, N));
+  const int64_t n_docs = one(r.whole_int64("summary/n_documents"), "summary/n_documents");
+  const int64_t n_toks = one(r.whole_int64("summary/n_tokens"), "summary/n_tokens");
+  if (n_docs != D || n_toks != N)
+    fail(fmt::format("summary/n_documents and n_tokens are {} and {}, expected {} and {}", n_docs, n_toks, D, N));
   auto axis = [&](const char* name, int64_t n) {
     const auto v = r.whole_int64(name);
     for (int64_t k = 0; k < n; ++k)

@@ -1,5 +1,6 @@
 // Fuzz target: the gate-log reader's checks (analysis/gate_log_reader.cpp) on mutated logs: open, read every
-// token-axis dataset of every document, and build the full analysis report.
+// token-axis dataset of every document, build the full analysis report, and validate it (spkv check).
+#include "analysis/check_log.h"
 #include "analysis/gate_log_reader.h"
 #include "analysis/report.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -14,5 +15,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       r.nll(off[d], off[d + 1]), r.cache_entries(off[d], off[d + 1]), r.token_text(off[d], off[d + 1]);
     }
   });
+  spkv::fuzz::expect_clean([&] { spkv::analysis::check_gate_log(path); });
   return spkv::fuzz::expect_clean([&] { spkv::analysis::analyze_logs({path}); });
 }
