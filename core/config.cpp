@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "core/errors.h"
+#include "core/json_field.h"
 
 namespace spkv {
 using json = nlohmann::json;
@@ -82,25 +83,14 @@ namespace {
 template <class T>
 T get(const json& j, const char* key, const std::string& file) {
   if (!j.contains(key) || j[key].is_null()) throw ConfigError(file + ": missing field '" + key + "'");
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // a float would be cast, out of range: UB
-    if (j[key].is_number_float()) throw ConfigError(file + ": field '" + key + "' must be an integer, got " + j[key].dump());
-  try {
-    return j[key].get<T>();
-  } catch (const json::exception&) {
-    throw ConfigError(file + ": field '" + key + "' has the wrong type (" + j[key].dump() + ")");
-  }
+  return json_field<T>(j[key], key, file);
 }
 
 template <class T>  // element i of an array field
 T get(const json& a, size_t i, const char* key, const std::string& file) {
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
-    if (i < a.size() && a[i].is_number_float())
-      throw ConfigError(file + ": field '" + key + "[" + std::to_string(i) + "]' must be an integer, got " + a.dump());
-  try {
-    return a.at(i).get<T>();
-  } catch (const json::exception&) {
-    throw ConfigError(file + ": field '" + key + "[" + std::to_string(i) + "]' has the wrong type (" + a.dump() + ")");
-  }
+  const std::string name = std::string(key) + "[" + std::to_string(i) + "]";
+  if (!a.is_array() || i >= a.size()) throw ConfigError(file + ": missing field '" + name + "'");
+  return json_field<T>(a[i], name, file);
 }
 
 template <class T>

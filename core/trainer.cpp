@@ -12,6 +12,7 @@
 
 #include "core/checkpoint.h"
 #include "core/errors.h"
+#include "core/json_field.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "core/tokenizer.h"
@@ -38,13 +39,7 @@ void check_keys(const json& j, const std::set<std::string>& known, const std::st
 template <class T>
 void read(const json& j, const char* key, T& out, const std::string& where) {
   if (!j.contains(key) || j[key].is_null()) return;
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // a float would be cast, out of range: UB
-    if (j[key].is_number_float()) throw ConfigError(where + ": field '" + key + "' must be an integer, got " + j[key].dump());
-  try {
-    out = j[key].get<T>();
-  } catch (const json::exception&) {
-    throw ConfigError(where + ": field '" + key + "' has the wrong type (" + j[key].dump() + ")");
-  }
+  out = json_field<T>(j[key], key, where);
 }
 
 std::string resolve(const std::string& base_dir, const std::string& p) {
