@@ -69,19 +69,32 @@ def main():
     L, H, W, first = (int(fg.attrs[k]) for k in ("n_layers", "n_kv_heads", "window", "keep_first"))
     off_d, off_g = fd["documents/token_offsets"][:], fg["documents/token_offsets"][:]
     D = min(len(off_d), len(off_g)) - 1
-    if D > len(docs):
-        sys.exit(f"{a.tasks}: {len(docs)} documents, but the logs hold {D}")
+    # Log document ids are "<file>#<line>" (the JSONL has no ids); a document longer than the context is
+    # cut, and its later pieces ("...@k") hold no facts at their start: only whole documents and first
+    # pieces are used.
+    id_off, id_bytes = fg["documents/id_offsets"][:], fg["documents/id_bytes"][:]
+    line_of = []
+    for d in range(D):
+        doc_id = bytes(id_bytes[id_off[d]:id_off[d + 1]]).decode()
+        line_of.append(-1 if "@" in doc_id else int(doc_id.rsplit("#", 1)[1]))
+        if line_of[-1] >= len(docs):
+            sys.exit(f"{a.gates}: document '{doc_id}' is past the {len(docs)} lines of {a.tasks}")
     mass = np.zeros((2, L, H))     # far mass summed over fact / filler keys
     keys = np.zeros(2)             # eligible fact / filler keys
     kept = np.zeros((2, L, H))     # of them, z = 1
     txt_off = fg["tokens/text_offsets"]
+    used = 0
     for d in range(D):
+        if line_of[d] < 0:
+            continue
+        used += 1
         bd, ed, bg, eg = int(off_d[d]), int(off_d[d + 1]), int(off_g[d]), int(off_g[d + 1])
         if ed - bd != eg - bg:
             sys.exit(f"document {d}: {ed - bd} tokens in {a.dense}, {eg - bg} in {a.gates}: not the same inputs")
         T = eg - bg
         to = txt_off[bg:eg + 1] - txt_off[bg]
-        cls = token_classes(docs[d]["text"], docs[d]["facts"], docs[d]["answers"], to)
+        doc = docs[line_of[d]]
+        cls = token_classes(doc["text"], doc["facts"], doc["answers"], to)
         elig = np.zeros(T, bool)
         elig[min(T, first):max(0, T - W)] = True
         far = fd["attention/received_far"][bd:ed]  # (T, L, H)
@@ -97,7 +110,7 @@ def main():
     retr = score >= a.min_score
     pooled_fact = kept[0][retr].sum() / max(keys[0] * retr.sum(), 1)
     pooled_filler = kept[1][retr].sum() / max(keys[1] * retr.sum(), 1)
-    lines = [f"{D} documents, {int(keys[0])} eligible fact keys, {int(keys[1])} eligible filler keys (W = {W}).", "",
+    lines = [f"{used} documents, {int(keys[0])} eligible fact keys, {int(keys[1])} eligible filler keys (W = {W}).", "",
              "| layer | kv head | far mass per fact key | per filler key | retrieval score | keep facts | keep filler | facts / filler |",
              "|---|---|---|---|---|---|---|---|"]
     for l in range(L):
@@ -111,7 +124,7 @@ def main():
               f"({pooled_fact / pooled_filler if pooled_filler > 0 else float('inf'):.1f}x)."]
     print("\n".join(lines))
     if a.json:
-        out = {"documents": D, "fact_keys": int(keys[0]), "filler_keys": int(keys[1]), "min_score": a.min_score,
+        out = {"documents": used, "fact_keys": int(keys[0]), "filler_keys": int(keys[1]), "min_score": a.min_score,
                "far_mass_per_fact_key": per_key[0].tolist(), "far_mass_per_filler_key": per_key[1].tolist(),
                "retrieval_score": score.tolist(), "keep_facts": keep[0].tolist(), "keep_filler": keep[1].tolist(),
                "retrieving": retr.tolist(), "pooled_keep_facts": pooled_fact, "pooled_keep_filler": pooled_filler}

@@ -33,7 +33,7 @@ TEST(LayoutCli, DeriveExportReimportAndEvaluateOnTheDefaultModel) {
   // Four held-out documents cut to fit the context, so that every path scores the same whole documents.
   std::string corpus;
   auto docs = read_documents(kModel + "/heldout/text/devil.txt", "<|endoftext|>");
-  for (size_t d = 0; d < 4; ++d) corpus += docs[d].text.substr(0, 1500) + "\n<|endoftext|>\n";
+  for (size_t d = 0; d < 4; ++d) corpus += docs[d].text.substr(0, 1000) + "\n<|endoftext|>\n";
   test::write_file(tmp / "corpus.txt", corpus);
   const std::string flags = " --separator '<|endoftext|>' ";
   auto ok = [](const test::RunResult& r) { return r.exit_code == 0 ? ::testing::AssertionSuccess()

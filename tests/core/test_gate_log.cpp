@@ -57,13 +57,13 @@ TEST(GateLog, RunLogReadsBackWithH5pyAndMatchesTheEngine) {
   test::TempDir tmp;
   const std::string jargon = test::read_file(kHeldout + "/jargon.txt"), kjv = test::read_file(kHeldout + "/kjv.txt");
   std::vector<std::pair<std::string, std::string>> jsonl = {
-      {"a", jargon.substr(0, 1500)}, {"b", jargon.substr(5000, 700)},
+      {"a", jargon.substr(0, 1000)}, {"b", jargon.substr(5000, 700)},
       {"utf8", "A na\xc3\xafve caf\xc3\xa9 \xe2\x80\x94 \xe4\xbd\xa0\xe5\xa5\xbd, then more text to score."},
       {"c", kjv.substr(20000, 900)}};
   std::string lines;
   for (auto& [id, text] : jsonl) lines += json{{"id", id}, {"text", text}}.dump() + "\n";
   test::write_file(tmp / "docs.jsonl", lines);
-  const std::string long_text = kjv.substr(0, 9000);  // about 2,500 tokens: three pieces at context 1024
+  const std::string long_text = kjv.substr(0, 9000);  // about 2,500 tokens: several pieces at the model's context
   test::write_file(tmp / "long.txt", long_text);
   auto r = test::run_spkv("run -m " + test::quote(kModel) + " --out " + (tmp / "log.h5") + " " + (tmp / "docs.jsonl") +
                           " " + (tmp / "long.txt") + " --tau 0.4 --window 32 --chunk 100");
@@ -85,13 +85,13 @@ TEST(GateLog, RunLogReadsBackWithH5pyAndMatchesTheEngine) {
   model->gates.tau = 0.4, model->config.spkv.window = 32;
   auto tok = load_tokenizer(kModel + "/tokenizer.model");
   std::vector<TokenPiece> pieces;
-  for (auto& [id, text] : jsonl) pieces.push_back({id, tok->encode(text, true, false)});
-  for (auto& p : split_to_context((tmp / "long.txt") + "#0", tok->encode(long_text, true, false), 1024, 1))
+  for (auto& [id, text] : jsonl) pieces.push_back({id, tok->encode(text, true, false)});  // each within the context
+  for (auto& p : split_to_context((tmp / "long.txt") + "#0", tok->encode(long_text, true, false), model->config.max_seq_len, 1))
     pieces.push_back(p);
   const json& docs = log["documents"];
   ASSERT_EQ(docs.size(), pieces.size());
-  ASSERT_EQ(pieces.size(), 7u) << "the long document is split into three pieces";
-  EXPECT_EQ(log["summary"]["documents"], 7);
+  ASSERT_GE(pieces.size(), 4u + 3) << "the long document is split into at least three pieces";
+  EXPECT_EQ(log["summary"]["documents"], pieces.size());
   EngineOptions eo;
   eo.chunk = 100;  // as in the run: the same chunks give the same float rounding
   Engine engine(model, eo);

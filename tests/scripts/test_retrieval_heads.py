@@ -55,6 +55,8 @@ class RetrievalHeads(unittest.TestCase):
                     for k, v in (("n_layers", L), ("n_kv_heads", H), ("window", W), ("keep_first", 1)):
                         f.attrs[k] = v
                     f["documents/token_offsets"] = np.array([0, T], np.int64)
+                    f["documents/id_offsets"] = np.array([0, 13], np.int64)
+                    f["documents/id_bytes"] = np.frombuffer(b"tasks.jsonl#0", np.uint8)
                     f["tokens/text_offsets"] = offsets()
                     f["attention/received_far"] = far
                     f["gates/z"] = z
