@@ -85,13 +85,12 @@ CheckReport check_gate_log(const std::string& path) {
   attr_is("summary/density", "axes", {"layer", "kv_head"});
   rep.checked.push_back("the NeXus default chain root -> summary -> density (signal, axes)");
 
-  // Token text: one CSR over all tokens.
+  // Token text: one CSR over all tokens. Its ends here; that it never decreases, by the reader's token_text
+  // on each document's rows (each range includes its end, so every entry is compared with the next).
   const auto text_off = r.whole_int64("tokens/text_offsets");
   const auto text_len = r.shape("tokens/text_bytes");
   if (text_len.size() != 1) fail("tokens/text_bytes must be one-dimensional");
   if (text_off.front() != 0) fail("tokens/text_offsets must start with 0");
-  for (size_t k = 1; k < text_off.size(); ++k)
-    if (text_off[k] < text_off[k - 1]) fail(fmt::format("tokens/text_offsets decreases at entry {}", k));
   if (text_off.back() != text_len[0])
     fail(fmt::format("tokens/text_offsets ends at {} but tokens/text_bytes holds {}", text_off.back(), text_len[0]));
 
@@ -114,24 +113,24 @@ CheckReport check_gate_log(const std::string& path) {
     std::string concat;
     int64_t closed_far = 0;  // z = 1 summed over (layer, head) and positions s <= t - W
     for (int64_t t = 0; t < T; ++t) {
-      const std::string at = fmt::format("token {} ({} position {})", b + t, doc, t);
+      auto at = [&] { return fmt::format("token {} ({} position {})", b + t, doc, t); };  // built only to report
       if (pos[size_t(t)] != t) fail(fmt::format("tokens/position[{}] is {}, expected {} (its place in {})", b + t, pos[size_t(t)], t, doc));
       if (ids[size_t(t)] < 0 || (vocab > 0 && ids[size_t(t)] >= vocab))
         fail(fmt::format("tokens/ids[{}] is {}, outside the vocabulary [0, {})", b + t, ids[size_t(t)], vocab));
       const float x = nll[size_t(t)];
       if (t == 0 ? !std::isnan(x) : !(std::isfinite(x) && x >= 0))
-        fail(fmt::format("tokens/nll[{}] is {}, expected {} at {}", b + t, x, t == 0 ? "NaN (BOS)" : "a finite value >= 0", at));
-      if (t == 0 && !text[0].empty()) fail(fmt::format("tokens/text of {} is '{}', expected empty (BOS)", at, text[0]));
+        fail(fmt::format("tokens/nll[{}] is {}, expected {} at {}", b + t, x, t == 0 ? "NaN (BOS)" : "a finite value >= 0", at()));
+      if (t == 0 && !text[0].empty()) fail(fmt::format("tokens/text of {} is '{}', expected empty (BOS)", at(), text[0]));
       concat += text[size_t(t)];
       for (int64_t k = 0; k < LH; ++k) {
         const size_t i = size_t(t * LH + k);
         const float uv = u[i];
-        const std::string cell = fmt::format("[{}, layer {}, kv head {}] ({})", b + t, k / H, k % H, at);
-        if (!(uv >= 0 && uv <= 1)) fail(fmt::format("gates/u{} is {}, outside [0, 1]", cell, uv));
-        if (z[i] > 1) fail(fmt::format("gates/z{} is {}, expected 0 or 1", cell, int(z[i])));
+        auto cell = [&] { return fmt::format("[{}, layer {}, kv head {}] ({})", b + t, k / H, k % H, at()); };
+        if (!(uv >= 0 && uv <= 1)) fail(fmt::format("gates/u{} is {}, outside [0, 1]", cell(), uv));
+        if (z[i] > 1) fail(fmt::format("gates/z{} is {}, expected 0 or 1", cell(), int(z[i])));
         const bool want = t < first || uv >= info.tau;
         if (bool(z[i]) != want && !(t >= first && std::abs(double(uv) - info.tau) <= band))
-          fail(fmt::format("gates/z{} is {} but u = {} and tau = {}{}", cell, int(z[i]), uv, info.tau,
+          fail(fmt::format("gates/z{} is {} but u = {} and tau = {}{}", cell(), int(z[i]), uv, info.tau,
                            t < first ? fmt::format(" and position < keep_first = {}", first) : ""));
       }
       if (gated && t >= W)
@@ -139,7 +138,7 @@ CheckReport check_gate_log(const std::string& path) {
       const int64_t want_entries = gated ? std::min(t + 1, W) * LH + closed_far : (t + 1) * LH;
       if (entries[size_t(t)] != want_entries)
         fail(fmt::format("tokens/cache_entries[{}] is {}, expected {} ({} run, {})", b + t, entries[size_t(t)], want_entries,
-                         gated ? "gated: L*Hkv*min(t+1, W) + the kept tokens at positions <= t - W" : "dense: L*Hkv*(t+1)", at));
+                         gated ? "gated: L*Hkv*min(t+1, W) + the kept tokens at positions <= t - W" : "dense: L*Hkv*(t+1)", at()));
     }
     if (!valid_utf8(concat)) fail("the token texts of " + doc + " do not concatenate to valid UTF-8");
     // Eligible: positions keep_first <= s < T - W; kept: those with z = 1.

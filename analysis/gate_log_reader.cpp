@@ -158,8 +158,7 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   i.n_layers = m.num<int64_t>("n_layers", H5T_NATIVE_INT64), i.n_kv_heads = m.num<int64_t>("n_kv_heads", H5T_NATIVE_INT64);
   if (m.has_attr("attention_last_queries"))
     i.attention_last_queries = m.num<int64_t>("attention_last_queries", H5T_NATIVE_INT64);
-  i.attention_far = H5Lexists(m.file, "attention", H5P_DEFAULT) > 0 &&
-                    H5Lexists(m.file, "attention/received_far", H5P_DEFAULT) > 0;
+  i.attention_far = exists("attention/received_far");
   // Sanity of the attributes that size everything else, then every shape and offsets array against them:
   // a damaged file gives an error naming the dataset, never an out-of-bounds read.
   auto in_range = [&](const char* name, double v, double lo, double hi) {
@@ -184,9 +183,8 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   m.expect_shape("gates/u", {N, L, H}, per_token), m.expect_shape("gates/z", {N, L, H}, per_token);
   for (const char* name : {"tokens/nll", "tokens/cache_entries"}) m.expect_shape(name, {N}, "(one per token)");
   m.expect_shape("tokens/text_offsets", {N + 1}, "(tokens + 1)");
-  if (H5Lexists(m.file, "attention", H5P_DEFAULT) > 0)
-    for (const char* name : {"attention/received", "attention/received_last", "attention/received_far"})
-      if (H5Lexists(m.file, name, H5P_DEFAULT) > 0) m.expect_shape(name, {N, L, H}, per_token);
+  for (const char* name : {"attention/received", "attention/received_last", "attention/received_far"})
+    if (exists(name)) m.expect_shape(name, {N, L, H}, per_token);
   const char* per_doc = "(documents x n_layers x n_kv_heads)";
   m.expect_shape("documents/kept", {D, L, H}, per_doc), m.expect_shape("documents/eligible", {D, L, H}, per_doc);
   kept_ = m.rows<int64_t>("documents/kept", H5T_NATIVE_INT64, 0, D, LH);

@@ -334,14 +334,11 @@ BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& d
 // Mean utility u over the out-of-window keys of the last forward call, every layer and KV head (with the
 // autograd graph): the term of the density knob.
 torch::Tensor mean_far_utility(LlamaForCausalLM& m) {
-  torch::Tensor sum, count;
-  for (auto& layer : *m->model->layers) {
-    const auto& u = layer->as<DecoderLayer>()->self_attn->last_utility;  // (B, T, Hkv)
-    const auto ev = m->last_evictable.unsqueeze(-1).expand_as(u).to(u.scalar_type());  // (B, T, Hkv)
-    sum = sum.defined() ? sum + (u * ev).sum() : (u * ev).sum();
-    count = count.defined() ? count + ev.sum() : ev.sum();
-  }
-  return sum / count.clamp_min(1);
+  std::vector<torch::Tensor> u;
+  for (auto& layer : *m->model->layers) u.push_back(layer->as<DecoderLayer>()->self_attn->last_utility);  // (B, T, Hkv)
+  const auto all = torch::stack(u);                                                                   // (L, B, T, Hkv)
+  const auto ev = m->last_evictable.unsqueeze(-1).expand_as(all).to(all.scalar_type());               // (L, B, T, Hkv)
+  return (all * ev).sum() / ev.sum().clamp_min(1);
 }
 }  // namespace
 
