@@ -170,13 +170,23 @@ std::vector<Layout> derive_layouts(const Report& r, int64_t g, int n_random) {
     add(fmt::format("interleaved-{}", offset),
         fmt::format("{}:1 interleaved layers, the global layer at offset {}", p - 1, offset), il_flags);
   }
+  // Fisher-Yates with the standard engine (the same heads everywhere). Draws are distinct while there are
+  // head sets left: a seed whose draw repeats an earlier seed's shuffles again (seeds 1 and 2 pick the
+  // same 3 of 20 heads).
+  std::set<std::vector<uint8_t>> drawn;
+  double sets = 1;  // C(LH, g), capped: only compared with n_random
+  for (int64_t k = 0; k < g && sets < 1e9; ++k) sets = sets * double(LH - k) / double(k + 1);
   for (int seed = 1; seed <= n_random; ++seed) {
-    std::mt19937_64 rng{uint64_t(seed)};  // Fisher-Yates with the standard engine: the same heads everywhere
-    std::vector<int64_t> heads(LH);
-    std::iota(heads.begin(), heads.end(), 0);
-    for (int64_t i = LH - 1; i > 0; --i) std::swap(heads[i], heads[int64_t(rng() % uint64_t(i + 1))]);
-    std::vector<uint8_t> flags(LH, 0);
-    for (int64_t k = 0; k < g; ++k) flags[heads[k]] = 1;
+    std::mt19937_64 rng{uint64_t(seed)};
+    std::vector<uint8_t> flags;
+    do {
+      std::vector<int64_t> heads(LH);
+      std::iota(heads.begin(), heads.end(), 0);
+      for (int64_t i = LH - 1; i > 0; --i) std::swap(heads[i], heads[int64_t(rng() % uint64_t(i + 1))]);
+      flags.assign(LH, 0);
+      for (int64_t k = 0; k < g; ++k) flags[heads[k]] = 1;
+    } while (drawn.count(flags) && double(drawn.size()) < sets);
+    drawn.insert(flags);
     add(fmt::format("random-{}", seed), fmt::format("{} heads drawn uniformly, seed {}", g, seed), flags);
   }
   return out;

@@ -1,6 +1,7 @@
 // The training loop, its recipe, the token-file batch source, evaluation and checkpoints.
 #include "core/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -191,7 +192,11 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     read(o, "predictor_lr_mult", r.predictor_lr_mult, w);
     read(o, "predictor_weight_decay", r.predictor_weight_decay, w);
     read(o, "grad_clip", r.grad_clip, w), read(o, "grad_accum", r.grad_accum, w);
-    read(o, "density_lambda", r.density_lambda, w);
+    if (o.contains("density_lambda")) {
+      const json& v = o["density_lambda"];
+      r.density_lambda = v.is_array() ? json_field<std::vector<double>>(v, "density_lambda", w)
+                                      : std::vector<double>{json_field<double>(v, "density_lambda", w)};
+    }
   }
   if (j.contains("schedule")) {
     const json& s = j["schedule"];
@@ -220,7 +225,10 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   need(r.min_lr_ratio >= 0 && r.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]");
   need(r.predictor_lr_mult >= 0, "optim.predictor_lr_mult must be >= 0");
   need(r.grad_accum >= 1, "optim.grad_accum must be >= 1");
-  need(std::isfinite(r.density_lambda), "optim.density_lambda must be finite");
+  need(r.density_lambda.size() == 1 || r.density_lambda.size() == size_t(r.model.n_layers),
+       "optim.density_lambda must be a number or one number per layer (" + std::to_string(r.model.n_layers) +
+           "), got " + std::to_string(r.density_lambda.size()));
+  for (double l : r.density_lambda) need(std::isfinite(l), "optim.density_lambda must be finite");
   need(r.steps >= 1, "schedule.steps must be >= 1");
   need(r.warmup >= 0 && r.warmup < r.steps, "schedule.warmup must be in [0, steps)");
   need(r.gating == "soft_then_hard" || r.gating == "soft" || r.gating == "ste",
@@ -333,12 +341,16 @@ BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& d
 
 // Mean utility u over the out-of-window keys of the last forward call, every layer and KV head (with the
 // autograd graph): the term of the density knob.
-torch::Tensor mean_far_utility(LlamaForCausalLM& m) {
+// The density term -mean over layers of (lambda_l * mean u of layer l's out-of-window keys); one lambda for
+// every layer gives -lambda * mean(u), each layer having as many out-of-window keys.
+torch::Tensor density_term(LlamaForCausalLM& m, const std::vector<double>& lambda) {
   std::vector<torch::Tensor> u;
   for (auto& layer : *m->model->layers) u.push_back(layer->as<DecoderLayer>()->self_attn->last_utility);  // (B, T, Hkv)
   const auto all = torch::stack(u);                                                                   // (L, B, T, Hkv)
   const auto ev = m->last_evictable.unsqueeze(-1).expand_as(all).to(all.scalar_type());               // (L, B, T, Hkv)
-  return (all * ev).sum() / ev.sum().clamp_min(1);
+  const auto per_layer = (all * ev).sum({1, 2, 3}) / ev.sum({1, 2, 3}).clamp_min(1);                 // (L,)
+  const auto lam = torch::tensor(lambda, all.options()).expand_as(per_layer);                          // (L,)
+  return -(lam * per_layer).mean();
 }
 }  // namespace
 
@@ -504,8 +516,9 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       BatchLoss l = batch_loss(m, b, device, counts);
       auto loss = l.nll_sum / l.count.clamp_min(1);
       auto objective = loss;
-      if (r.density_lambda != 0 && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense)
-        objective = loss - r.density_lambda * mean_far_utility(m);
+      const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
+      if (knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense)
+        objective = loss + density_term(m, r.density_lambda);
       (objective / double(r.grad_accum)).backward();
       loss_sum += loss.item<double>() / double(r.grad_accum);
       tokens_seen += b.tokens.numel() - b.tokens.size(0);

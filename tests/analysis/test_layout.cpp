@@ -109,9 +109,29 @@ TEST(Layout, GuidedLayoutTakesTheDensestHeadsWithRecountedCoverageAndKvRatio) {
     EXPECT_NEAR(rl.coverage, cov, 1e-12);
     distinct.insert(rl.global);
   }
-  EXPECT_GE(distinct.size(), 3u);
+  EXPECT_EQ(distinct.size(), 4u);
   // Dynamic SP-KV: every head's window plus the kept keys.
   EXPECT_NEAR(spkv_kv_ratio(r), (LH * k.local + k.all_kept()) / (LH * k.tokens), 1e-12);
+}
+
+// Random layouts are distinct draws while head sets remain: on 5 layers x 4 heads, seeds 1 and 2 shuffle to
+// the same 3 heads (7, 10, 17); random-2 must differ. With only C(4, 3) = 4 sets, six seeds still finish.
+TEST(Layout, RandomLayoutsAreDistinctWhileHeadSetsRemain) {
+  Report r;
+  r.n_layers = 5, r.n_kv_heads = 4, r.window = 4;
+  r.kept.assign(20, 3), r.eligible.assign(20, 10);
+  r.compression.push_back({"d", 20, 1.0});
+  std::set<std::vector<uint8_t>> distinct;
+  for (const Layout& l : derive_layouts(r, 3, 3))
+    if (l.name.rfind("random-", 0) == 0) distinct.insert(l.global);
+  EXPECT_EQ(distinct.size(), 3u);
+  r.n_layers = 1, r.kept.assign(4, 3), r.eligible.assign(4, 10);
+  distinct.clear();
+  int n = 0;
+  for (const Layout& l : derive_layouts(r, 3, 6))
+    if (l.name.rfind("random-", 0) == 0) distinct.insert(l.global), ++n;
+  EXPECT_EQ(n, 6);
+  EXPECT_EQ(distinct.size(), 4u);
 }
 
 TEST(Layout, FourLayersInterleaveThreeToOneAtOffsetsZeroAndThree) {

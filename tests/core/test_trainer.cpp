@@ -302,7 +302,33 @@ TEST(Trainer, DensityKnobMovesTheGatesAndLeavesTheLoggedNll) {
   const double closed = last[-3.0]["density"], plain = last[0.0]["density"], open = last[3.0]["density"];
   EXPECT_LT(closed, plain - 0.2) << closed << " vs " << plain << " vs " << open;
   EXPECT_GT(open, plain + 0.05) << open << " vs " << plain;
+  // One lambda per layer: pressure on the last layer alone closes its gates and not the first's (which may
+  // open further, taking over what the closed layer read); the scalar form equals one value per layer.
+  std::map<std::string, json> arrays;
+  for (const json& lambda : {json::array({0.0, -3.0}), json::array({-3.0, -3.0})}) {
+    json j = tiny_recipe(dir.path.string());
+    j["optim"]["density_lambda"] = lambda;
+    j["optim"]["predictor_lr_mult"] = 30.0;
+    j["spkv"]["init_bias"] = 0.3;
+    j["schedule"]["gating"] = "soft";
+    const std::string out = dir / ("layers" + std::to_string(arrays.size()));
+    test::write_file(out + ".json", j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(out + ".json") + " --out " + test::quote(out));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    arrays[lambda.dump()] = read_log(out + "/train_log.jsonl", "eval").back()["density_per_layer"];
+  }
+  const json pressed = arrays["[0.0,-3.0]"], plain_layers = last[0.0]["density_per_layer"];
+  EXPECT_LT(pressed[1].get<double>(), plain_layers[1].get<double>() - 0.2) << pressed << " vs " << plain_layers;
+  EXPECT_GT(pressed[0].get<double>(), pressed[1].get<double>() + 0.2) << pressed;  // the unpressed one stays open
+  EXPECT_EQ(arrays["[-3.0,-3.0]"], last[-3.0]["density_per_layer"]);
   json bad = tiny_recipe(dir.path.string());
+  bad["optim"]["density_lambda"] = {-0.1, -0.1, -0.1};  // 3 values for 2 layers
+  try {
+    parse_recipe(bad, "r.json");
+    ADD_FAILURE() << "3 density_lambda values for 2 layers were accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("one number per layer (2), got 3"), std::string::npos) << e.what();
+  }
   bad["optim"]["density_lambda"] = "strong";
   try {
     parse_recipe(bad, "r.json");
