@@ -164,7 +164,7 @@ class HfBpeTokenizer : public Tokenizer {
   std::string kind() const override { return "hf-bpe"; }
   int32_t vocab_size() const override { return int32_t(id_to_token_.size()); }
 
-  std::vector<int32_t> encode(std::string_view text, bool bos, bool eos) const override {
+  std::vector<int32_t> do_encode(std::string_view text, bool bos, bool eos, const EncodeProgress& progress) const override {
     std::vector<int32_t> ids;
     if (bos && bos_id >= 0) ids.push_back(bos_id);
     size_t pos = 0;
@@ -176,7 +176,7 @@ class HfBpeTokenizer : public Tokenizer {
         size_t f = text.find(a.first, pos);
         if (f < best) best = f, hit = &a;
       }
-      encode_text(text.substr(pos, (hit ? best : text.size()) - pos), ids);
+      encode_text(text.substr(pos, (hit ? best : text.size()) - pos), ids, progress, pos);
       if (!hit) break;
       ids.push_back(hit->second);
       pos = best + hit->first.size();
@@ -227,7 +227,8 @@ class HfBpeTokenizer : public Tokenizer {
 
   static std::string quote(const std::string& s) { return "\\Q" + s + "\\E"; }
 
-  void encode_text(std::string_view text, std::vector<int32_t>& ids) const {
+  // offset: where text starts in the whole input, for progress.
+  void encode_text(std::string_view text, std::vector<int32_t>& ids, const EncodeProgress& progress, size_t offset) const {
     if (text.empty()) return;
     std::string prefixed;
     if (add_prefix_space_ && text[0] != ' ') prefixed = " " + std::string(text), text = prefixed;
@@ -237,7 +238,12 @@ class HfBpeTokenizer : public Tokenizer {
       for (auto pc : pieces) re->split(pc, next);
       pieces.swap(next);
     }
-    for (auto pc : pieces) bpe(pc, ids);
+    size_t done = 0, reported = 0;
+    for (auto pc : pieces) {
+      bpe(pc, ids);
+      done += pc.size();
+      if (progress && done - reported >= (size_t(1) << 20)) progress(offset + std::min(done, text.size())), reported = done;
+    }
   }
 
   void bpe(std::string_view piece, std::vector<int32_t>& ids) const {

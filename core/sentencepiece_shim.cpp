@@ -1,7 +1,8 @@
 // A plain-C face over libsentencepiece, built as its own module and loaded with
-// dlopen(RTLD_LOCAL | RTLD_DEEPBIND) by sp_tokenizer.cpp. Why: Debian's libsentencepiece carries a private
-// copy of protobuf whose exported symbols clash with the libprotobuf that LibTorch loads; linked into one
-// process directly, the two crash at start-up. Loaded this way, each keeps its own.
+// dlopen(RTLD_LOCAL | RTLD_DEEPBIND) by sp_tokenizer.cpp (sanitizer builds: dlmopen into a namespace of
+// its own). Why: Debian's libsentencepiece carries a private copy of protobuf whose exported symbols clash
+// with the libprotobuf that LibTorch loads; linked into one process directly, the two crash at start-up.
+// Loaded this way, each keeps its own.
 #include <sentencepiece_processor.h>
 
 #include <cstring>

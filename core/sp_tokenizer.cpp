@@ -55,7 +55,14 @@ struct Shim {
     void* lib = nullptr;
     std::string errors;
     for (auto& c : candidates) {
+      // RTLD_DEEPBIND keeps the module's protobuf apart from LibTorch's (docs/design.md). AddressSanitizer
+      // refuses it (google/sanitizers#611), so sanitizer builds load the module, built without the
+      // sanitizer, into a link-map namespace of its own: its libc, libstdc++ and protobuf are its own.
+#ifdef SPKV_SANITIZED
+      if ((lib = dlmopen(LM_ID_NEWLM, c.c_str(), RTLD_NOW | RTLD_LOCAL))) break;
+#else
       if ((lib = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND))) break;
+#endif
       errors += std::string(" ") + dlerror();
     }
     if (!lib) throw Error("cannot load the SentencePiece module:" + errors);
@@ -93,7 +100,8 @@ class SentencePieceTokenizer : public Tokenizer {
   std::string kind() const override { return "sentencepiece"; }
   int32_t vocab_size() const override { return shim_.query(h_, 0, 0); }
 
-  std::vector<int32_t> encode(std::string_view text, bool bos, bool eos) const override {
+  // The library encodes each run of valid UTF-8 in one call: no progress within it (encode() reports the end).
+  std::vector<int32_t> do_encode(std::string_view text, bool bos, bool eos, const EncodeProgress& progress) const override {
     std::vector<int32_t> ids;
     if (bos && bos_id >= 0) ids.push_back(bos_id);
     size_t i = 0, start = 0;

@@ -312,7 +312,7 @@ json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, in
   Tally all;
   Progress bar("composition", int64_t(docs.size()), "doc");
   for (const TaskDoc& d : docs) {
-    const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
+    const auto ids = encode_showing_progress(tok, d.text, /*bos=*/true, /*eos=*/false);
     Tally& t = by_kind[d.kind];
     t.documents += 1, t.tokens += int64_t(ids.size()), t.longest = std::max(t.longest, int64_t(ids.size()));
     if (!d.answers.empty()) {

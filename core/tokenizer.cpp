@@ -8,6 +8,7 @@
 
 #include "core/bpe_merge.h"
 #include "core/errors.h"
+#include "core/progress.h"
 
 namespace spkv {
 namespace fs = std::filesystem;
@@ -89,7 +90,7 @@ class Llama2cTokenizer : public Tokenizer {
   std::string kind() const override { return "llama2c"; }
   int32_t vocab_size() const override { return int32_t(pieces_.size()); }
 
-  std::vector<int32_t> encode(std::string_view text, bool bos, bool eos) const override {
+  std::vector<int32_t> do_encode(std::string_view text, bool bos, bool eos, const EncodeProgress& progress) const override {
     std::vector<int32_t> ids;
     if (bos) ids.push_back(bos_id);
     std::vector<int32_t> t;
@@ -112,11 +113,15 @@ class Llama2cTokenizer : public Tokenizer {
     // none exists. When no piece holds a space after its first byte, no merge joins a symbol to a following
     // one that starts with a space, so the words are merged one at a time: the result is the same and the
     // working memory is that of the longest word.
-    size_t begin = 0;
+    size_t begin = 0, reported = 0;
     for (size_t i = 1; i <= t.size(); ++i)
       if (i == t.size() || (!inner_space_ && !pieces_[size_t(t[i])].empty() && pieces_[size_t(t[i])][0] == ' ')) {
         merge(t, begin, i, ids);
         begin = i;
+        if (progress && i - reported >= (size_t(1) << 20)) {  // symbols stand for about one byte each
+          progress(size_t(double(text.size()) * double(i) / double(t.size())));
+          reported = i;
+        }
       }
     if (eos) ids.push_back(eos_id);
     return ids;
@@ -154,6 +159,22 @@ class Llama2cTokenizer : public Tokenizer {
 };
 
 }  // namespace
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool bos, bool eos, const EncodeProgress& progress) const {
+  auto ids = do_encode(text, bos, eos, progress);
+  if (progress) progress(text.size());
+  return ids;
+}
+
+std::vector<int32_t> encode_showing_progress(const Tokenizer& tok, std::string_view text, bool bos, bool eos,
+                                             size_t min_bytes) {
+  if (text.size() < min_bytes) return tok.encode(text, bos, eos);
+  Progress bar("tokenize", int64_t(text.size()), "B");
+  size_t shown = 0;
+  auto ids = tok.encode(text, bos, eos, [&](size_t done) { bar.add(int64_t(done - shown)), shown = done; });
+  bar.finish();
+  return ids;
+}
 
 std::unique_ptr<Tokenizer> load_llama2c_tokenizer(const std::string& path, int32_t vocab_size) {
   return std::make_unique<Llama2cTokenizer>(path, vocab_size);

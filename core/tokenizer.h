@@ -3,6 +3,7 @@
 // streamed output and whole-sequence decoding agree byte for byte.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -10,10 +11,13 @@
 
 namespace spkv {
 
+// Told how many bytes of the text are encoded so far: non-decreasing, and text.size() last.
+using EncodeProgress = std::function<void(size_t bytes_done)>;
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  virtual std::vector<int32_t> encode(std::string_view text, bool bos, bool eos) const = 0;
+  std::vector<int32_t> encode(std::string_view text, bool bos, bool eos, const EncodeProgress& progress = {}) const;
   // The bytes token `id` contributes when it follows token `prev` (-1 at the start of a sequence).
   // BOS and EOS contribute nothing.
   virtual std::string token_bytes(int32_t prev, int32_t id) const = 0;
@@ -24,7 +28,17 @@ class Tokenizer {
 
   int32_t bos_id = -1, eos_id = -1;  // -1: the tokenizer has none
   std::string path;
+
+ protected:
+  // progress may be empty. Implementations report as they go where their algorithm has a natural step
+  // (a word, a pre-tokenized piece); encode() reports the end.
+  virtual std::vector<int32_t> do_encode(std::string_view text, bool bos, bool eos, const EncodeProgress& progress) const = 0;
 };
+
+// encode() with a progress bar (bytes, rate, ETA) on stderr when the text has at least min_bytes: one very
+// large document otherwise tokenizes for seconds to minutes without a sign of life.
+std::vector<int32_t> encode_showing_progress(const Tokenizer& tok, std::string_view text, bool bos, bool eos,
+                                             size_t min_bytes = size_t(16) << 20);
 
 // Chooses the format from the file: tokenizer.json -> hf-bpe, *.model -> sentencepiece, else llama2.c.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);

@@ -138,7 +138,7 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   std::vector<TokenPiece> pieces;
   int64_t total_tokens = 0;
   for (auto& d : docs)
-    for (auto& p : split_to_context(d.id, tok->encode(d.text, /*bos=*/true, /*eos=*/false), c.max_seq_len, int32_t(c.bos_id)))
+    for (auto& p : split_to_context(d.id, encode_showing_progress(*tok, d.text, /*bos=*/true, /*eos=*/false), c.max_seq_len, int32_t(c.bos_id)))
       total_tokens += int64_t(p.tokens.size()), pieces.push_back(std::move(p));
 
   std::set<std::string> files;

@@ -143,7 +143,7 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   std::vector<std::vector<int32_t>> ids;
   int64_t total = 0;
   for (auto& d : docs) {
-    ids.push_back(tok->encode(d.text, /*bos=*/true, /*eos=*/false));
+    ids.push_back(encode_showing_progress(*tok, d.text, /*bos=*/true, /*eos=*/false));
     total += int64_t(ids.back().size()) - 1;
   }
   std::vector<double> doc_mean, doc_tokens;
@@ -226,13 +226,17 @@ void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& 
   auto tok = load_tokenizer(tokenizer);
   std::vector<std::vector<int32_t>> train, val;
   int64_t n_train = 0, n_val = 0;
-  Progress bar("tokenize", int64_t(docs.size()), "doc");
+  int64_t bytes = 0;
+  for (auto& d : docs) bytes += int64_t(d.text.size());
+  Progress bar("tokenize", bytes, "B");  // bytes, so that one very large document shows progress too
   for (size_t i = 0; i < docs.size(); ++i) {
-    auto ids = tok->encode(docs[i].text, /*bos=*/true, /*eos=*/false);
+    size_t shown = 0;
+    const std::string doc = "doc " + std::to_string(i + 1) + "/" + std::to_string(docs.size());
+    auto ids = tok->encode(docs[i].text, /*bos=*/true, /*eos=*/false,
+                           [&](size_t done) { bar.add(int64_t(done - shown), doc), shown = done; });
     const bool held_out = val_inputs.empty() ? i % size_t(val_every) == size_t(val_every) - 1 : i >= n_train_docs;
     (held_out ? n_val : n_train) += int64_t(ids.size());
     (held_out ? val : train).push_back(std::move(ids));
-    bar.add(1);
   }
   bar.finish();
   if (val.empty()) throw InputError("tokenize: no document was held out for validation (" + std::to_string(docs.size()) +

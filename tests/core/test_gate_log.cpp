@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <thread>
 
 #include "core/checkpoint.h"
@@ -239,7 +240,13 @@ TEST(GateLog, FullDiskKeepsTheFlushedDocumentsAndResumeCompletes) {
   const json ref = read_log(tmp / "full.h5");
 
   const std::string out = small + "/e.h5";
+  // HDF5 keeps a file it could not flush (no space) in its metadata cache until exit, and LeakSanitizer
+  // reports that cache's strings (H5MM_xstrdup) in sanitizer builds: leak checks are off for this one run.
+  const char* asan = std::getenv("ASAN_OPTIONS");
+  const std::string saved = asan ? asan : "";
+  setenv("ASAN_OPTIONS", (saved + (saved.empty() ? "" : ":") + "detect_leaks=0").c_str(), 1);
   auto failed = test::run_spkv("run " + args + " --flush-seconds 0 --out " + test::quote(out));
+  asan ? setenv("ASAN_OPTIONS", saved.c_str(), 1) : unsetenv("ASAN_OPTIONS");
   ASSERT_EQ(failed.exit_code, 1) << "the log should not fit: " << failed.err;
   const std::string last = failed.err.substr(failed.err.rfind('\n', failed.err.size() - 2) + 1);
   EXPECT_EQ(last.rfind("spkv: error: " + out + ".partial: HDF5: ", 0), 0u) << last;

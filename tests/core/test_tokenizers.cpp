@@ -3,6 +3,7 @@
 // decode(encode(x)) == x for arbitrary bytes (emoji, CJK, invalid UTF-8) in every format.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -273,6 +274,28 @@ TEST(Llama2c, RoundTripsArbitraryBytes) {
   auto tok = load_tokenizer(test::shared_dir() + "/models/stories260K/tok512.bin");
   EXPECT_EQ(tok->vocab_size(), 512);
   expect_round_trip(*tok);
+}
+
+// Progress while encoding one large document (3 MB of words): the same ids as without a callback, reports
+// that never go back, several before the end, and the text's size last; for llama2.c and tokenizer.json.
+TEST(Tokenizers, ProgressOnOneLargeDocumentIsMonotonicAndEndsAtItsSize) {
+  test::TempDir dir;
+  write_llama2c_tokenizer(dir / "t.bin", llama2c_vocab({{" ", -1}, {"a", -2}, {"b", -2}, {"ab", 3}, {" ab", 4}}));
+  test::write_file(dir / "tokenizer.json", make_tokenizer_json(true));
+  std::mt19937 rng(5);
+  const char* words[] = {"ab", " ab", " b", "a", " the", " theme", "\n"};
+  std::string text;
+  while (text.size() < (size_t(3) << 20)) text += words[rng() % 7];
+  for (const std::string file : {"t.bin", "tokenizer.json"}) {
+    auto tok = load_tokenizer(dir / file);
+    std::vector<size_t> reports;
+    const auto ids = tok->encode(text, true, false, [&](size_t done) { reports.push_back(done); });
+    EXPECT_EQ(ids, tok->encode(text, true, false)) << file;
+    ASSERT_GE(reports.size(), 3u) << file;
+    EXPECT_TRUE(std::is_sorted(reports.begin(), reports.end())) << file;
+    EXPECT_LT(reports.front(), text.size()) << file;
+    EXPECT_EQ(reports.back(), text.size()) << file;
+  }
 }
 
 TEST(SentencePiece, TrainedModelRoundTripsArbitraryBytes) {
