@@ -230,6 +230,7 @@ class HfBpeTokenizer : public Tokenizer {
   // offset: where text starts in the whole input, for progress.
   void encode_text(std::string_view text, std::vector<int32_t>& ids, const EncodeProgress& progress, size_t offset) const {
     if (text.empty()) return;
+    const size_t len = text.size();  // before the prefix space, for progress
     std::string prefixed;
     if (add_prefix_space_ && text[0] != ' ') prefixed = " " + std::string(text), text = prefixed;
     std::vector<std::string_view> pieces{text};
@@ -242,7 +243,7 @@ class HfBpeTokenizer : public Tokenizer {
     for (auto pc : pieces) {
       bpe(pc, ids);
       done += pc.size();
-      if (progress && done - reported >= (size_t(1) << 20)) progress(offset + std::min(done, text.size())), reported = done;
+      if (progress && done - reported >= (size_t(1) << 20)) progress(offset + std::min(done, len)), reported = done;
     }
   }
 

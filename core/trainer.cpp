@@ -192,7 +192,7 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     read(o, "predictor_lr_mult", r.predictor_lr_mult, w);
     read(o, "predictor_weight_decay", r.predictor_weight_decay, w);
     read(o, "grad_clip", r.grad_clip, w), read(o, "grad_accum", r.grad_accum, w);
-    if (o.contains("density_lambda")) {
+    if (o.contains("density_lambda") && !o["density_lambda"].is_null()) {
       const json& v = o["density_lambda"];
       r.density_lambda = v.is_array() ? json_field<std::vector<double>>(v, "density_lambda", w)
                                       : std::vector<double>{json_field<double>(v, "density_lambda", w)};
