@@ -498,6 +498,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   TrainResult res;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_at_start = tokens_seen;
+  const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
   for (int64_t step = start; step < r.steps; ++step) {
     bool frozen = false;
     m->gates = r.gates_at(step, &frozen);
@@ -516,7 +517,6 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       BatchLoss l = batch_loss(m, b, device, counts);
       auto loss = l.nll_sum / l.count.clamp_min(1);
       auto objective = loss;
-      const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
       if (knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense)
         objective = loss + density_term(m, r.density_lambda);
       (objective / double(r.grad_accum)).backward();
