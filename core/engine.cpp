@@ -1,5 +1,6 @@
-// The engine's forward pass: the layers of model.cpp with the attention replaced by the kernels over the
-// cache (the CPU ones here; on a CUDA device, cuda_ops::DeviceKvCache does the same on the GPU). Prefill
+// The engine: the model's own layers (model.cpp) with this class as their attention backend, which turns
+// gate decisions into cache entries and attends with the kernels over the cache (the CPU ones here; on a
+// CUDA device, cuda_ops::DeviceKvCache does the same on the GPU). Prefill
 // gathers each head's cached keys (store, ring) ahead of the chunk's own keys and runs the gated kernel with
 // their positions and decisions; decode runs the ragged decode kernel.
 #include "core/engine.h"
@@ -126,43 +127,35 @@ EngineStep Engine::forward(const torch::Tensor& tokens) {
 
 EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
   torch::NoGradGuard no_grad;
-  const ModelConfig& c = model_->config;
-  const int64_t B = tokens.size(0), T = tokens.size(1), H = c.n_heads, Hkv = c.n_kv_heads, D = c.head_dim;
-  auto positions = torch::arange(pos_, pos_ + T, torch::TensorOptions(torch::kInt64).device(device_));  // (T)
+  const int64_t T = tokens.size(1);
+  positions_ = torch::arange(pos_, pos_ + T, torch::TensorOptions(torch::kInt64).device(device_));  // (T)
 #ifdef SPKV_TORCH_CUDA
   if (dcache_) dcache_->reserve(T);
 #endif
-  auto x = model_->model->embed_tokens(tokens);                    // (B, T, C)
-  std::vector<torch::Tensor> us, keeps;
-  for (int64_t il = 0; il < c.n_layers; ++il) {
-    auto* layer = model_->model->layers[il]->as<DecoderLayer>();
-    auto& attn = layer->self_attn;
-    auto h = layer->input_layernorm(x);                                                   // (B, T, C)
-    auto q = model_->rope.apply(attn->q_proj(h).view({B, T, H, D}).transpose(1, 2), positions);    // (B, H, T, D)
-    auto k = model_->rope.apply(attn->k_proj(h).view({B, T, Hkv, D}).transpose(1, 2), positions);  // (B, Hkv, T, D)
-    auto v = attn->v_proj(h).view({B, T, Hkv, D}).transpose(1, 2);                                // (B, Hkv, T, D)
-    auto keep = torch::zeros({B, T, Hkv}, torch::TensorOptions(torch::kBool).device(device_));  // (B, T, Hkv)
-    if (attn->utility) {
-      auto u = attn->utility(attn->tap_residual ? x : h);  // (B, T, Hkv)
-      keep = u >= model_->gates.tau;
-      if (c.spkv.keep_first > 0) keep = keep | (positions < c.spkv.keep_first).view({1, T, 1});
-      us.push_back(u), keeps.push_back(keep);
-    }
-    if (!opt_.layout.empty()) keep = layout_[il].view({1, 1, Hkv}).expand({B, T, Hkv});  // fixed decisions replace the gates'
-    auto y = attend(il, q, k, v, keep.to(torch::kUInt8));  // (B, H, T, D)
-    x = x + attn->o_proj(y.transpose(1, 2).reshape({B, T, H * D}));
-    x = x + layer->mlp(layer->post_attention_layernorm(x));
-  }
-  pos_ += T;
-  x = model_->model->norm(x);
+  us_.clear(), keeps_.clear();
   EngineStep out;
-  out.logits = (model_->lm_head ? model_->lm_head(x) : torch::matmul(x, model_->model->embed_tokens->weight.t())).cpu();
-  if (!us.empty()) out.utility = torch::stack(us, 2).cpu(), out.keep = torch::stack(keeps, 2).cpu();  // (B, T, L, Hkv)
+  out.logits = model_->forward_with(tokens, positions_, *this).cpu();  // (B, T, V); attend() below, once per layer
+  pos_ += T;
+  if (!us_.empty()) out.utility = torch::stack(us_, 2).cpu(), out.keep = torch::stack(keeps_, 2).cpu();  // (B, T, L, Hkv)
   return out;
 }
 
 torch::Tensor Engine::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                             const torch::Tensor& keep) {
+                             const torch::Tensor& u) {
+  const int64_t B = q.size(0), T = q.size(2), Hkv = k.size(1);
+  auto keep = torch::zeros({B, T, Hkv}, torch::TensorOptions(torch::kBool).device(device_));  // (B, T, Hkv)
+  if (u.defined()) {
+    const int64_t keep_first = model_->config.spkv.keep_first;
+    keep = u >= model_->gates.tau;
+    if (keep_first > 0) keep = keep | (positions_ < keep_first).view({1, T, 1});
+    us_.push_back(u), keeps_.push_back(keep);
+  }
+  if (layout_.defined()) keep = layout_[il].view({1, 1, Hkv}).expand({B, T, Hkv});  // fixed decisions replace the gates'
+  return attend_cached(il, q, k, v, keep.to(torch::kUInt8));
+}
+
+torch::Tensor Engine::attend_cached(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const torch::Tensor& keep) {
 #ifdef SPKV_TORCH_CUDA
   if (dcache_) return dcache_->attend(il, q, k, v, keep);
 #endif

@@ -1,7 +1,8 @@
 // The inference engine: runs a Llama-family model over token streams through a KV cache, chunked prefill
 // then one-token decode, with SP-KV gate decisions turned into cache evictions. generate(), scoring and
-// `spkv run` go through it. It borrows the model and owns the cache (kv_cache.h); the attention math is in
-// kernels/cpu. Not the training path: the trainer uses the masked full-sequence forward of model.h.
+// `spkv run` go through it. It borrows the model, runs the model's own layers with itself as their
+// attention backend (model.h), and owns the cache (kv_cache.h); the attention math is in kernels/cpu. Not the
+// training path: the trainer uses the model's masked backend.
 #pragma once
 #include <memory>
 #include <vector>
@@ -43,7 +44,7 @@ struct EngineStep {
 // Device: the model's. On the CPU, the cache is a KvCache and the kernels the CPU ones; on a CUDA device
 // (a build with a CUDA LibTorch, docs/gpu.md), a cuda_ops::DeviceKvCache with the CUDA kernels. Results
 // come back on the CPU either way.
-class Engine {
+class Engine : private AttentionBackend {
  public:
   explicit Engine(LlamaForCausalLM model, const EngineOptions& o = {});
   ~Engine();
@@ -60,10 +61,14 @@ class Engine {
 
  private:
   EngineStep forward_chunk(const torch::Tensor& tokens);  // (B, T)
+  // The model's attention step (AttentionBackend): the gates' decisions (u >= tau, or a position <
+  // keep_first), or the layout's, then attend_cached.
+  torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& u) override;
   // q: (B, H, T, D), k/v: (B, Hkv, T, D) for positions pos_ .. pos_ + T - 1, keep: (B, T, Hkv) uint8.
   // Attends over the cache plus these tokens, then appends them. -> (B, H, T, D)
-  torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                       const torch::Tensor& keep);
+  torch::Tensor attend_cached(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& keep);
 
   LlamaForCausalLM model_;
   EngineOptions opt_;
@@ -73,6 +78,9 @@ class Engine {
   std::unique_ptr<KvCache> cache_;                   // on the CPU
   std::unique_ptr<cuda_ops::DeviceKvCache> dcache_;  // on a CUDA device
   torch::Tensor layout_;  // (L, Hkv) bool, undefined without a layout
+  // The chunk being fed: its positions (T), and each layer's gate scores and decisions (B, T, Hkv).
+  torch::Tensor positions_;
+  std::vector<torch::Tensor> us_, keeps_;
 };
 
 // Teacher-forced NLL of one document streamed through the engine (cleared first, B = 1): nll (T - 1) in

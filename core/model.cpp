@@ -91,13 +91,56 @@ torch::Tensor causal_bias(const torch::Tensor& q_pos, const torch::Tensor& k_pos
       .masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
 }
 
+torch::Tensor attention_probs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& bias) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1), S = k.size(2);
+  auto qg = q.reshape({B, Hkv, H / Hkv * T, D});                                        // (B, Hkv, G*T, D)
+  auto scores = torch::matmul(qg, k.transpose(-2, -1)) / std::sqrt(double(D));        // (B, Hkv, G*T, S)
+  return torch::softmax(scores.view({B, Hkv, H / Hkv, T, S}) + bias, -1);              // (B, Hkv, G, T, S)
+}
+
+torch::Tensor apply_probs(const torch::Tensor& p, const torch::Tensor& v) {
+  const int64_t B = p.size(0), Hkv = p.size(1), G = p.size(2), T = p.size(3), S = p.size(4), D = v.size(3);
+  return torch::matmul(p.view({B, Hkv, G * T, S}), v).view({B, Hkv * G, T, D});  // (B, H, T, D)
+}
+
+MaskedAttention::MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates,
+                                 bool training)
+    : mask_(mask),
+      gates_(gates),
+      training_(training),
+      spkv_window_(c.spkv.enabled ? c.spkv.window : 0),
+      sliding_window_(c.sliding_window) {}
+
+torch::Tensor MaskedAttention::bias(const torch::Tensor& u, c10::ScalarType dtype) const {
+  auto bias = mask_.bias.to(dtype);  // (B|1, 1, 1, T, S)
+  if (u.defined() && gates_.mode != GateMode::dense)
+    bias = torch::where(mask_.far, gate_bias(u, gates_, training_), bias);  // (B, Hkv, 1, T, S)
+  return bias;
+}
+
+torch::Tensor MaskedAttention::attend(int64_t, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                      const torch::Tensor& u) {
+#ifdef SPKV_TORCH_CUDA
+  // The CUDA kernels take the window and the far keys' bias instead of a (T, S) mask: every case but an SP-KV
+  // model that also has a sliding window.
+  const bool gated = u.defined() && gates_.mode != GateMode::dense;
+  if (q.is_cuda() && !(gated && sliding_window_ > 0)) {
+    const int64_t B = q.size(0), T = q.size(2), Hkv = k.size(1);
+    cuda_ops::Gates g;
+    g.q_pos = g.k_pos = mask_.index, g.k_begin = mask_.k_begin, g.window = sliding_window_;
+    if (gated) {
+      auto fb = gate_bias(u, gates_, training_).view({B, Hkv, T});  // (B, Hkv, S)
+      if (mask_.first.defined()) fb = torch::where(mask_.first.unsqueeze(1), torch::zeros_like(fb), fb);
+      g.far_bias = fb, g.window = spkv_window_;
+    }
+    return cuda_ops::gated_attention(q, k, v, g);
+  }
+#endif
+  return apply_probs(attention_probs(q, k, bias(u, q.scalar_type())), v);
+}
+
 AttentionImpl::AttentionImpl(const ModelConfig& c)
-    : n_heads(c.n_heads),
-      n_kv_heads(c.n_kv_heads),
-      head_dim(c.head_dim),
-      tap_residual(c.spkv.tap == "residual"),
-      spkv_window(c.spkv.enabled ? c.spkv.window : 0),
-      sliding_window(c.sliding_window) {
+    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim), tap_residual(c.spkv.tap == "residual") {
   auto lin = [&](int64_t in, int64_t out, bool bias) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
@@ -108,59 +151,16 @@ AttentionImpl::AttentionImpl(const ModelConfig& c)
   if (c.spkv.enabled) utility = register_module("utility", UtilityPredictor(c.dim, c.n_kv_heads, c.spkv));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& residual,
-                                     const RotaryEmbedding& rope, const AttentionMask& mask,
-                                     const GateSettings& gates) {
+torch::Tensor AttentionImpl::forward(int64_t il, const torch::Tensor& x, const torch::Tensor& residual,
+                                     const RotaryEmbedding& rope, const torch::Tensor& positions,
+                                     AttentionBackend& backend) {
   const int64_t B = x.size(0), T = x.size(1);
-  auto q = q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2);     // (B, H, T, D)
-  auto k = k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
-  auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);  // (B, Hkv, T, D)
-  q = rope.apply(q, mask.positions);
-  k = rope.apply(k, mask.positions);
-  torch::Tensor far_bias;  // (B, Hkv, 1, 1, S): the gates' bias on far keys
-  if (utility) {
-    last_utility = utility(tap_residual ? residual : x);  // (B, T, Hkv)
-    if (gates.mode != GateMode::dense) far_bias = gate_bias(last_utility, gates, is_training());
-  }
-  torch::Tensor y;  // (B, H, T, D)
-#ifdef SPKV_TORCH_CUDA
-  // The CUDA kernels take the window and the far keys' bias instead of a (T, S) mask: every case but an SP-KV
-  // model that also has a sliding window, and the attention statistics, which need the probabilities.
-  if (q.is_cuda() && record_tail < 0 && !(far_bias.defined() && sliding_window > 0)) {
-    cuda_ops::Gates g;
-    g.q_pos = g.k_pos = mask.index, g.k_begin = mask.k_begin, g.window = sliding_window;
-    if (far_bias.defined()) {
-      auto fb = far_bias.view({B, n_kv_heads, T});  // (B, Hkv, S)
-      if (mask.first.defined()) fb = torch::where(mask.first.unsqueeze(1), torch::zeros_like(fb), fb);
-      g.far_bias = fb, g.window = spkv_window;
-    }
-    y = cuda_ops::gated_attention(q, k, v, g);
-  }
-#endif
-  if (!y.defined()) {
-    auto bias = mask.bias.to(q.scalar_type());  // (B|1, 1, 1, T, S)
-    if (far_bias.defined()) bias = torch::where(mask.far, far_bias, bias);  // (B, Hkv, 1, T, S)
-    y = attend(q, k, v, bias);
-  }
+  auto q = rope.apply(q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2), positions);     // (B, H, T, D)
+  auto k = rope.apply(k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2), positions);  // (B, Hkv, T, D)
+  auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);                         // (B, Hkv, T, D)
+  last_utility = utility ? utility(tap_residual ? residual : x) : torch::Tensor();               // (B, T, Hkv)
+  auto y = backend.attend(il, q, k, v, last_utility);                                            // (B, H, T, D)
   return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
-}
-
-torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                    const torch::Tensor& bias) const {
-  const int64_t B = q.size(0), T = q.size(2), S = k.size(2), G = n_heads / n_kv_heads;
-  auto qg = q.reshape({B, n_kv_heads, G * T, head_dim});                           // (B, Hkv, G*T, D)
-  auto scores = torch::matmul(qg, k.transpose(-2, -1)) / std::sqrt(double(head_dim));  // (B, Hkv, G*T, S)
-  scores = scores.view({B, n_kv_heads, G, T, S}) + bias;                           // (B, Hkv, G, T, S)
-  auto p = torch::softmax(scores, -1);                                              // (B, Hkv, G, T, S)
-  if (record_tail >= 0) {
-    const int64_t tail = std::min(record_tail, T);
-    received = p.sum(3).mean(2).transpose(1, 2).detach();                                     // (B, S, Hkv)
-    received_tail = p.narrow(3, T - tail, tail).sum(3).mean(2).transpose(1, 2).detach();      // (B, S, Hkv)
-    auto ts = torch::arange(T, p.options().dtype(torch::kInt64)).unsqueeze(1) + (S - T);        // query positions
-    auto far = (ts - torch::arange(S, ts.options()).unsqueeze(0)) >= record_window;              // (T, S)
-    received_far = (p * far).sum(3).mean(2).transpose(1, 2).detach();                          // (B, S, Hkv)
-  }
-  return torch::matmul(p.view({B, n_kv_heads, G * T, S}), v).view({B, n_heads, T, head_dim});  // (B, H, T, D)
 }
 
 MLPImpl::MLPImpl(const ModelConfig& c) {
@@ -179,9 +179,9 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c) {
   post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.dim, c.norm_eps));
 }
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const RotaryEmbedding& rope, const AttentionMask& mask,
-                                        const GateSettings& gates) {
-  auto h = x + self_attn(input_layernorm(x), x, rope, mask, gates);  // (B, T, C)
+torch::Tensor DecoderLayerImpl::forward(int64_t il, const torch::Tensor& x, const RotaryEmbedding& rope,
+                                        const torch::Tensor& positions, AttentionBackend& backend) {
+  auto h = x + self_attn->forward(il, input_layernorm(x), x, rope, positions, backend);  // (B, T, C)
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -193,9 +193,10 @@ LlamaModelImpl::LlamaModelImpl(const ModelConfig& c) {
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& tokens, const RotaryEmbedding& rope,
-                                      const AttentionMask& mask, const GateSettings& gates) {
+                                      const torch::Tensor& positions, AttentionBackend& backend) {
   auto x = embed_tokens(tokens);  // (B, T, C)
-  for (auto& layer : *layers) x = layer->as<DecoderLayer>()->forward(x, rope, mask, gates);
+  for (size_t il = 0; il < layers->size(); ++il)
+    x = layers[il]->as<DecoderLayer>()->forward(int64_t(il), x, rope, positions, backend);
   return norm(x);
 }
 
@@ -213,13 +214,19 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const t
   if (segments.defined() && segments.sizes() != tokens.sizes())
     throw InputError("segments must have the shape of tokens " + shape_str(tokens.sizes()) + ", got " +
                      shape_str(segments.sizes()));
+  auto mask = make_attention_mask(config, tokens.size(1), segments, tokens.device());
+  last_evictable = mask.evictable;
+  MaskedAttention backend(config, mask, gates, is_training());
+  return forward_with(tokens, mask.positions, backend);
+}
+
+torch::Tensor LlamaForCausalLMImpl::forward_with(const torch::Tensor& tokens, const torch::Tensor& positions,
+                                                 AttentionBackend& backend) {
   if (rope.cos.device() != tokens.device()) {  // the RoPE tables are not module buffers: they follow the tokens
     rope.cos = rope.cos.to(tokens.device());
     rope.sin = rope.sin.to(tokens.device());
   }
-  auto mask = make_attention_mask(config, tokens.size(1), segments, tokens.device());
-  last_evictable = mask.evictable;
-  auto h = model(tokens, rope, mask, gates);  // (B, T, C)
+  auto h = model->forward(tokens, rope, positions, backend);                        // (B, T, C)
   return lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());  // (B, T, V)
 }
 

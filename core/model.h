@@ -1,7 +1,7 @@
 // A Llama-family decoder (Llama 1/2/3, Qwen2, Mistral, llama2.c) as LibTorch modules. Parameter names are
 // Hugging Face's, so named_parameters() is the checkpoint's table of contents. One file per architecture
-// family. SP-KV gating (gating.h) enters through the attention bias; the KV cache is not here:
-// Attention::attend is the seam where it plugs in.
+// family. The decoder layers are written once; their attention step takes a backend (AttentionBackend):
+// the full-sequence mask here (with SP-KV's gate bias, gating.h), or the engine's KV cache, which is not here.
 #pragma once
 #include <torch/torch.h>
 
@@ -32,31 +32,55 @@ TORCH_MODULE(RMSNorm);
 // 0 where the key is visible (causal, and within `window` when window > 0), -inf elsewhere. (T, S)
 torch::Tensor causal_bias(const torch::Tensor& q_pos, const torch::Tensor& k_pos, int64_t window = 0);
 
+// The attention step of the one decoder-layer loop. The layers compute q, k, v and the gate scores; a
+// backend decides which keys each query sees and attends over them:
+//   MaskedAttention    (below) the full-sequence mask: training and masked evaluation, every gate mode;
+//   RecordingAttention (attention_stats.h) the same, also keeping the attention mass each key received;
+//   the engine's cache (engine.cpp) the compacted per-head CPU cache, or the GPU device cache.
+struct AttentionBackend {
+  virtual ~AttentionBackend() = default;
+  // Layer il. q: (B, H, T, D) and k: (B, Hkv, T, D) after RoPE, v: (B, Hkv, T, D); u: (B, T, Hkv) gate
+  // scores, undefined without SP-KV -> (B, H, T, D).
+  virtual torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& u) = 0;
+};
+
+// Attention probabilities over keys that `bias` leaves visible. q: (B, H, T, D), k: (B, Hkv, S, D), bias:
+// broadcastable to (B, Hkv, G, T, S) -> p (B, Hkv, G, T, S); each KV head serves G = H / Hkv query heads.
+torch::Tensor attention_probs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& bias);
+// p: (B, Hkv, G, T, S), v: (B, Hkv, S, D) -> (B, H, T, D).
+torch::Tensor apply_probs(const torch::Tensor& p, const torch::Tensor& v);
+
+// The mask of one full-sequence call (built once, shared by every layer) with the gates' bias on far keys.
+class MaskedAttention : public AttentionBackend {
+ public:
+  // training: Bernoulli sampling in ste mode.
+  MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates, bool training);
+  torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& u) override;
+
+ protected:
+  // The additive bias of layer il's keys: the mask, with the gates' bias on far keys. (B|1, Hkv|1, 1, T, S)
+  torch::Tensor bias(const torch::Tensor& u, c10::ScalarType dtype) const;
+  const AttentionMask& mask_;
+  GateSettings gates_;
+  bool training_;
+  int64_t spkv_window_, sliding_window_;  // W of the gates (0 without SP-KV); the model's sliding window (0: none)
+};
+
 struct AttentionImpl : torch::nn::Module {
   explicit AttentionImpl(const ModelConfig& c);
   // x: the normalized attention input (B, T, C); residual: the layer input before its norm (B, T, C), read
-  // only by a predictor tapped there -> (B, T, C). With SP-KV, out-of-window keys get gate_bias (one gate
-  // per KV head), and the scores are kept in `utility`.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& residual, const RotaryEmbedding& rope,
-                        const AttentionMask& mask, const GateSettings& gates);
-  // The seam. q: (B, H, T, D), k/v: (B, Hkv, S, D), bias: broadcastable to (B, Hkv, G, T, S), e.g. (T, S)
-  // -> (B, H, T, D). One softmax over the keys that bias leaves visible; each KV head serves G = H / Hkv
-  // query heads.
-  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                       const torch::Tensor& bias) const;
+  // only by a predictor tapped there; positions: (T) or (B|1, T) -> (B, T, C). The gate scores are kept
+  // in last_utility; the backend attends.
+  torch::Tensor forward(int64_t il, const torch::Tensor& x, const torch::Tensor& residual, const RotaryEmbedding& rope,
+                        const torch::Tensor& positions, AttentionBackend& backend);
 
   int64_t n_heads, n_kv_heads, head_dim;
   bool tap_residual = false;
-  int64_t spkv_window = 0, sliding_window = 0;  // W of the gates; the model's sliding window (0: none)
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   UtilityPredictor utility{nullptr};  // null without SP-KV
   torch::Tensor last_utility;         // (B, T, Hkv) scores of the last forward call (with autograd graph)
-  // Attention statistics (spkv run --attention-stats): when record_tail >= 0, attend() keeps the attention
-  // mass each key received, averaged over the G query heads of its KV head and summed over every query
-  // (received), over the last record_tail queries (received_tail), and over the queries that see the key
-  // from outside a window of record_window (t - s >= record_window: received_far). All (B, S, Hkv), float32.
-  int64_t record_tail = -1, record_window = 0;
-  mutable torch::Tensor received, received_tail, received_far;
 };
 TORCH_MODULE(Attention);
 
@@ -69,8 +93,9 @@ TORCH_MODULE(MLP);
 
 struct DecoderLayerImpl : torch::nn::Module {
   explicit DecoderLayerImpl(const ModelConfig& c);
-  torch::Tensor forward(const torch::Tensor& x, const RotaryEmbedding& rope, const AttentionMask& mask,
-                        const GateSettings& gates);
+  // Layer il: x (B, T, C) -> (B, T, C).
+  torch::Tensor forward(int64_t il, const torch::Tensor& x, const RotaryEmbedding& rope, const torch::Tensor& positions,
+                        AttentionBackend& backend);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   MLP mlp{nullptr};
@@ -79,8 +104,9 @@ TORCH_MODULE(DecoderLayer);
 
 struct LlamaModelImpl : torch::nn::Module {  // HF "model.": embeddings, layers, final norm
   explicit LlamaModelImpl(const ModelConfig& c);
-  torch::Tensor forward(const torch::Tensor& tokens, const RotaryEmbedding& rope, const AttentionMask& mask,
-                        const GateSettings& gates);
+  // The layer loop, the only one: tokens (B, T) at positions (T) or (B|1, T) -> hidden states (B, T, C).
+  torch::Tensor forward(const torch::Tensor& tokens, const RotaryEmbedding& rope, const torch::Tensor& positions,
+                        AttentionBackend& backend);
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers;
   RMSNorm norm{nullptr};
@@ -93,6 +119,9 @@ struct LlamaForCausalLMImpl : torch::nn::Module {
   // and attention stops at each document start), or undefined for one document per row -> logits (B, T, V).
   // The attention mask is built here once per call and shared by every layer.
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& segments = {});
+  // The same layers with any attention backend (the engine's cache, attention statistics): tokens (B, T) at
+  // positions (T) or (B|1, T) -> logits (B, T, V). Does not set last_evictable.
+  torch::Tensor forward_with(const torch::Tensor& tokens, const torch::Tensor& positions, AttentionBackend& backend);
   // Copies a checkpoint's tensors into the parameters (zero-copy for mapped float32). Throws
   // CheckpointError for a missing, unexpected or wrongly shaped tensor, naming the file and the config.
   // init_missing_predictor: a checkpoint without utility predictors (a dense model being adapted) keeps

@@ -11,6 +11,7 @@
 #include <ctime>
 #include <set>
 
+#include "core/attention_stats.h"
 #include "core/checkpoint.h"
 #include "core/documents.h"
 #include "core/engine.h"
@@ -48,30 +49,6 @@ void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>&
     }
     fmt::print("\n");
   }
-}
-
-// The attention mass each key of `tokens` received under full attention (the masked forward of model.cpp),
-// averaged over the query heads of its KV head: from every query, from the last `tail` queries, and from the
-// queries that see it from outside the window W. Fills three (T, L, Hkv) float32 arrays.
-void attention_stats(LlamaForCausalLM& model, const std::vector<int32_t>& tokens, int64_t tail, int64_t W,
-                     std::vector<float>& received, std::vector<float>& received_last, std::vector<float>& received_far) {
-  torch::NoGradGuard no_grad;
-  std::vector<torch::Tensor> all, last, far;
-  for (auto& layer : *model->model->layers) {
-    auto* attn = layer->as<DecoderLayer>()->self_attn.get();
-    attn->record_tail = tail, attn->record_window = W;
-  }
-  model(torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0).to(model->parameters().front().device()));
-  for (auto& layer : *model->model->layers) {
-    auto* attn = layer->as<DecoderLayer>()->self_attn.get();
-    all.push_back(attn->received[0]), last.push_back(attn->received_tail[0]), far.push_back(attn->received_far[0]);  // (T, Hkv)
-    attn->record_tail = -1, attn->received = attn->received_tail = attn->received_far = torch::Tensor();
-  }
-  auto flat = [](const std::vector<torch::Tensor>& per_layer, std::vector<float>& out) {
-    auto t = torch::stack(per_layer, 1).to(torch::kCPU, torch::kFloat32).contiguous();  // (T, L, Hkv)
-    out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
-  };
-  flat(all, received), flat(last, received_last), flat(far, received_far);
 }
 
 }  // namespace
@@ -157,7 +134,6 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   h.inputs_json = json_text(o.inputs, -1);
   h.split_policy = kSplitPolicy;
   h.last_queries = o.attention_stats ? o.last_queries : 0;
-  if (o.attention_stats) model->gates.mode = GateMode::dense;  // the masked forward that measures attention
 
   GateLogWriter log(o.out, h, o.resume, o.flush_seconds);
   const auto& done = log.existing_ids();
@@ -179,8 +155,11 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     const TokenPiece& p = pieces[i];
     ScoredDocument s = score_document(engine, p.tokens);
     LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
-    if (o.attention_stats)
-      attention_stats(model, p.tokens, o.last_queries, c.spkv.window, d.received, d.received_last, d.received_far);
+    if (o.attention_stats) {  // the masked forward under full attention, which measures what the cache cannot
+      auto st = attention_stats(model, p.tokens, o.last_queries, c.spkv.window);  // 3 x (T, L, Hkv)
+      auto put = [](const torch::Tensor& t, std::vector<float>& out) { out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()); };
+      put(st[0], d.received), put(st[1], d.received_last), put(st[2], d.received_far);
+    }
     if (d.cache_entries.back() != engine.cache_entries())
       throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
                               engine.cache_entries(), d.cache_entries.back()));
