@@ -8,8 +8,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "analysis/gate_log_reader.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
+#include "core/gatelog/reader.h"
+#include "core/gatelog/rule.h"
 
 namespace spkv::analysis {
 namespace {
@@ -133,16 +134,17 @@ CheckReport check_gate_log(const std::string& path) {
           fail(fmt::format("gates/z{} is {} but u = {} and tau = {}{}", cell(), int(z[i]), uv, info.tau,
                            t < first ? fmt::format(" and position < keep_first = {}", first) : ""));
       }
-      if (gated && t >= W)
+      if (gated && t - W >= first)
         for (int64_t k = 0; k < LH; ++k) closed_far += z[size_t((t - W) * LH + k)];
-      const int64_t want_entries = gated ? std::min(t + 1, W) * LH + closed_far : (t + 1) * LH;
+      const int64_t want_entries = gated ? spkv_cache_entries(t + 1, W, first, LH, closed_far) : (t + 1) * LH;
       if (entries[size_t(t)] != want_entries)
         fail(fmt::format("tokens/cache_entries[{}] is {}, expected {} ({} run, {})", b + t, entries[size_t(t)], want_entries,
                          gated ? "gated: L*Hkv*min(t+1, W) + the kept tokens at positions <= t - W" : "dense: L*Hkv*(t+1)", at()));
     }
     if (!valid_utf8(concat)) fail("the token texts of " + doc + " do not concatenate to valid UTF-8");
     // Eligible: positions keep_first <= s < T - W; kept: those with z = 1.
-    const int64_t lo = std::min(T, first), hi = T - W, n_elig = std::max<int64_t>(0, hi - lo);
+    const EligibleKeys elig = eligible_keys(T, W, first);
+    const int64_t lo = elig.begin, hi = elig.end, n_elig = elig.count();
     for (int64_t k = 0; k < LH; ++k) {
       int64_t kept = 0;
       for (int64_t s = lo; s < hi; ++s) kept += z[size_t(s * LH + k)];

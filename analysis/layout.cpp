@@ -12,8 +12,8 @@
 #include <set>
 #include <sstream>
 
-#include "core/errors.h"
-#include "core/json_text.h"
+#include "core/base/errors.h"
+#include "core/base/json_text.h"
 
 namespace spkv::analysis {
 

@@ -2,7 +2,7 @@
 // and which sees only the local window. Derivation from gate-log densities (the guided layout), the
 // reference layouts at the same budget (interleaved layers, random heads), the per-layer projection, and
 // the three export formats (our JSON, a Hugging Face config fragment, the DuoAttention/kvpress TSV).
-// Torch-free, Qt-free. Not the evaluation: that runs the model (tools/layout.cpp through core/engine.h).
+// Torch-free, Qt-free. Not the evaluation: that runs the model (tools/layout.cpp through core/infer/engine.h).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -9,9 +9,10 @@
 #include <memory>
 #include <numeric>
 
-#include "analysis/gate_log_reader.h"
-#include "core/errors.h"
-#include "core/json_text.h"
+#include "core/base/errors.h"
+#include "core/base/json_text.h"
+#include "core/gatelog/reader.h"
+#include "core/gatelog/rule.h"
 
 namespace spkv::analysis {
 
@@ -53,10 +54,6 @@ Summary density_summary(const std::vector<std::vector<int64_t>>& kept, const std
 }
 }  // namespace
 
-double spkv_entries(int64_t T, int64_t window, int64_t keep_first, int64_t heads, int64_t kept_total) {
-  return double(heads * std::min(T, window) + kept_total + heads * std::min(keep_first, std::max<int64_t>(0, T - window)));
-}
-
 Report summary_report(const LogInfo& in, const std::vector<int64_t>& off, const std::vector<std::string>& ids,
                       const std::vector<int64_t>& kept, const std::vector<int64_t>& eligible) {
   Report r;
@@ -73,7 +70,7 @@ Report summary_report(const LogInfo& in, const std::vector<int64_t>& off, const 
       r.kept[i] += kept[d * LH + i], r.eligible[i] += eligible[d * LH + i], kept_total += kept[d * LH + i];
     }
     const int64_t T = off[d + 1] - off[d];
-    const double spkv = spkv_entries(T, in.window, in.keep_first, LH, kept_total);
+    const double spkv = double(spkv_cache_entries(T, in.window, in.keep_first, LH, kept_total));
     r.compression.push_back({ids[d], T, double(LH * T) / spkv, spkv});
   }
   const double k = std::accumulate(r.kept.begin(), r.kept.end(), 0.0), e = std::accumulate(r.eligible.begin(), r.eligible.end(), 0.0);
@@ -121,12 +118,13 @@ Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> t
       int64_t kept_total = 0;
       for (int64_t i = 0; i < LH; ++i)
         kept_total += doc_kept.back()[i], log_kept[i] += doc_kept.back()[i], log_elig[i] += doc_elig.back()[i];
-      const double spkv = spkv_entries(T, W, in.keep_first, LH, kept_total);  // the dense cache holds T per head
+      const double spkv = double(spkv_cache_entries(T, W, in.keep_first, LH, kept_total));  // the dense cache holds T per head
       r.compression.push_back({log.document_ids()[d], T, double(LH * T) / spkv, spkv});
       lengths.push_back(double(T)), ratios.push_back(r.compression.back().compression);
       // Tau sweep over the eligible positions keep_first <= s < T - W.
-      const int64_t first = std::min(T, in.keep_first), last = T - W;
-      if (last <= first) continue;
+      const EligibleKeys elig = eligible_keys(T, W, in.keep_first);
+      const int64_t first = elig.begin, last = elig.end;
+      if (elig.count() == 0) continue;
       const auto u = log.u(off[d] + first, off[d] + last);  // (last - first, L, Hkv)
       for (size_t k = 0; k < tau_grid.size(); ++k)
         for (size_t j = 0; j < u.size(); ++j) above[k][j % LH] += u[j] >= tau_grid[k];

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "analysis/attention.h"
-#include "analysis/gate_log_reader.h"
 #include "analysis/stats.h"
 #include "analysis/tokens.h"
+#include "core/gatelog/reader.h"
 
 namespace spkv::analysis {
 
@@ -65,10 +65,6 @@ struct Report {
 // Reads the logs (same L, Hkv, W and keep_first; else FileError naming the log that differs) and computes
 // the report. tau_grid defaults to 0.05, 0.10, ..., 0.95.
 Report analyze_logs(const std::vector<std::string>& paths, std::vector<double> tau_grid = {});
-
-// SP-KV KV entries at the end of a document of T tokens: every head's window, the keep_first tokens that
-// have left it (always kept) and the kept eligible tokens (kept_total, summed over the heads).
-double spkv_entries(int64_t T, int64_t window, int64_t keep_first, int64_t heads, int64_t kept_total);
 
 // The summary fields of one log's report from its per-document counts alone, without reading token rows:
 // settings, kept and eligible totals, the pooled overall density (mean only) and per-document compression,

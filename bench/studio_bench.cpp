@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "core/gate_log.h"
+#include "core/gatelog/writer.h"
 #include "gui/app/MainWindow.h"
 #include "gui/widgets/HeatmapView.h"
 #include "gui/widgets/TokenView.h"

@@ -1,5 +1,5 @@
 // The view of one layer of a compacted per-head KV cache, and the params of decode attention over it:
-// raw pointers, sizes and CSR offsets, FlashInfer-style. The cache (core/kv_cache.h) fills the view; the
+// raw pointers, sizes and CSR offsets, FlashInfer-style. The cache (core/infer/kv_cache.h) fills the view; the
 // kernels only read it. No LibTorch here.
 #pragma once
 #include <cstdint>

@@ -14,10 +14,11 @@
 
 #include <unistd.h>
 
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/json_text.h"
-#include "core/safetensors.h"
+#include "core/base/errors.h"
+#include "core/base/json_text.h"
+#include "core/model/checkpoint.h"
+#include "core/model/safetensors.h"
+#include "tools/cli.h"
 #include "tools/run.h"
 
 namespace spkv {
@@ -166,6 +167,31 @@ void cmd_bench_run(const BenchOptions& o) {
     write_file_atomic(o.json, json_text(nlohmann::json{{"bench", "run"}, {"model", o.model}, {"pieces", pieces.size()}, {"tokens", n_tokens},
                                              {"plain_s", plain}, {"logged_s", logged}, {"overhead", logged / plain - 1},
                                              {"machine", machine()}}));
+}
+
+void cli::add_bench_commands(CLI::App& app, cli::Commands& out) {
+  auto bo = cli::options<BenchOptions>();
+  auto* bench = app.add_subcommand("bench", "benchmarks: SP-KV against dense in the same process");
+  bench->require_subcommand(1);
+  auto* bdec = bench->add_subcommand("decode", "decode tokens/s and KV bytes, dense vs SP-KV cache, by context length");
+  auto* brun = bench->add_subcommand("run", "the cost of gate logging: spkv run's loop with and without the HDF5 log");
+  for (auto* b : {bdec, brun}) {
+    b->add_option("--model,-m", bo->model, "SP-KV model")->required();
+    b->add_option("--tokenizer,-t", bo->tokenizer, "tokenizer file (default: found beside the model)");
+    b->add_option("--corpus", bo->inputs, "text for prompts / documents (default: MODEL/heldout/text)");
+    b->add_option("--chunk", bo->chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+    b->add_option("--json", bo->json, "also write the results here");
+  }
+  bdec->add_option("--contexts", bo->contexts, "prompt lengths")->delimiter(',');
+  bdec->add_option("--steps", bo->steps, "decode steps timed after each prompt")->check(CLI::PositiveNumber);
+  bdec->add_option("--device", bo->device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
+  brun->add_option("--max-docs", bo->max_docs, "documents of the corpus")->check(CLI::PositiveNumber);
+
+  auto defaults = [bo] {
+    if (bo->inputs.empty()) bo->inputs = {bo->model + "/heldout/text"};
+  };
+  out.push_back({bdec, [bo, defaults] { return defaults(), cmd_bench_decode(*bo), true; }});
+  out.push_back({brun, [bo, defaults] { return defaults(), cmd_bench_run(*bo), true; }});
 }
 
 }  // namespace spkv

@@ -1,5 +1,5 @@
 // `spkv layout derive | eval | export`. Derivation and the formats are analysis/layout.cpp; evaluation
-// streams each held-out piece through core/engine.h once per variant (the layout imposed on the cache).
+// streams each held-out piece through core/infer/engine.h once per variant (the layout imposed on the cache).
 #include "tools/layout.h"
 
 #include <fmt/core.h>
@@ -14,14 +14,15 @@
 #include "analysis/layout.h"
 #include "analysis/report.h"
 #include "analysis/stats.h"
-#include "core/documents.h"
-#include "core/engine.h"
-#include "core/errors.h"
-#include "core/json_text.h"
-#include "core/model.h"
-#include "core/progress.h"
-#include "core/safetensors.h"
-#include "core/tokenizer.h"
+#include "core/base/errors.h"
+#include "core/base/json_text.h"
+#include "core/base/progress.h"
+#include "core/infer/engine.h"
+#include "core/model/model.h"
+#include "core/model/safetensors.h"
+#include "core/text/documents.h"
+#include "core/text/tokenizer.h"
+#include "tools/cli.h"
 #include "tools/run.h"
 
 namespace spkv {
@@ -172,6 +173,39 @@ void cmd_layout_export(const LayoutExportOptions& o) {
   fmt::print("{}: {} of {} heads global, window {}; wrote {}/layout.json, hf_config_fragment.json ({}), "
              "full_attention_heads.tsv\n", l.name, l.n_global(), l.n_layers * l.n_kv_heads, l.window, o.out_dir,
              model_type.empty() ? "model_type unknown" : model_type);
+}
+
+void cli::add_layout_commands(CLI::App& app, cli::Commands& out) {
+  auto ldo = cli::options<LayoutDeriveOptions>();
+  auto leo = cli::options<LayoutEvalOptions>();
+  auto lxo = cli::options<LayoutExportOptions>();
+  auto* lay = app.add_subcommand("layout", "hybrid local-global layouts: derive from gate logs, evaluate, export");
+  lay->require_subcommand(1);
+  auto* lder = lay->add_subcommand("derive", "rank heads by SP-KV density; the guided layout and reference layouts at a budget");
+  ldo->tool = std::string("spkv ") + SPKV_VERSION + " (" + SPKV_GIT_COMMIT + ")";
+  lder->add_option("logs", ldo->logs, "gate logs (.h5) of one model and settings; several are merged")->required();
+  lder->add_option("--budget,-b", ldo->budget, "global heads: N heads, a fraction 0.F or F%, kv:R (KV-byte ratio), or density");
+  lder->add_option("--out,-o", ldo->out_dir, "folder for the layouts (one NAME.json each)")->required();
+  lder->add_option("--random", ldo->random, "random-head reference layouts (seeds 1..N)")->check(CLI::NonNegativeNumber);
+  auto* leval = lay->add_subcommand("eval", "NLL and KV bytes of layouts against full attention and dynamic SP-KV");
+  leval->add_option("--model,-m", leo->model, "model (Hugging Face-style directory or .bin)")->required();
+  leval->add_option("--tokenizer,-t", leo->tokenizer, "tokenizer file (default: found beside the model)");
+  leval->add_option("layouts", leo->layouts, "layout files (spkv layout derive)")->required();
+  leval->add_option("--corpus", leo->inputs, "held-out text files, folders or JSONL")->required();
+  leval->add_option("--separator", leo->separator, "document separator inside .txt files");
+  leval->add_option("--skip-docs", leo->skip_docs, "skip the first N documents (e.g. those the layouts were derived from)")
+      ->check(CLI::NonNegativeNumber);
+  leval->add_option("--max-docs", leo->max_docs, "at most this many documents (0 = all)");
+  leval->add_option("--chunk", leo->chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+  leval->add_option("--json", leo->json, "also write the results here");
+  leval->add_option("--markdown", leo->markdown, "also write the table here");
+  auto* lexp = lay->add_subcommand("export", "a layout as our JSON, a Hugging Face config fragment and a DuoAttention/kvpress TSV");
+  lexp->add_option("layout", lxo->layout, "layout file (spkv layout derive)")->required();
+  lexp->add_option("--out,-o", lxo->out_dir, "output folder")->required();
+  lexp->add_option("--model-type", lxo->model_type, "target Hugging Face model_type (default: the layout's model)");
+  out.push_back({lder, [ldo] { return cmd_layout_derive(*ldo), true; }});
+  out.push_back({leval, [leo] { return cmd_layout_eval(*leo), true; }});
+  out.push_back({lexp, [lxo] { return cmd_layout_export(*lxo), true; }});
 }
 
 }  // namespace spkv

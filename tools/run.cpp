@@ -11,16 +11,17 @@
 #include <ctime>
 #include <set>
 
-#include "core/attention_stats.h"
-#include "core/checkpoint.h"
-#include "core/documents.h"
-#include "core/engine.h"
-#include "core/errors.h"
-#include "core/gate_log.h"
-#include "core/json_text.h"
-#include "core/progress.h"
-#include "core/sha256.h"
-#include "core/tokenizer.h"
+#include "core/base/errors.h"
+#include "core/base/json_text.h"
+#include "core/base/progress.h"
+#include "core/base/sha256.h"
+#include "core/gatelog/rule.h"
+#include "core/gatelog/writer.h"
+#include "core/infer/engine.h"
+#include "core/model/attention_stats.h"
+#include "core/model/checkpoint.h"
+#include "core/text/documents.h"
+#include "core/text/tokenizer.h"
 
 namespace spkv {
 
@@ -69,20 +70,20 @@ LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const To
   d.u.assign(ub, ub + T * L * Hkv);
   auto z = s.keep.to(torch::kUInt8).contiguous();  // (T, L, Hkv)
   d.z.assign(z.data_ptr<uint8_t>(), z.data_ptr<uint8_t>() + T * L * Hkv);
-  // Eligible keys: some query of the piece sees them outside the window, and keep_first does not pin them.
-  const int64_t first = std::min(T, c.spkv.keep_first), last = T - W;  // eligible: first <= s < last
-  d.kept.assign(L * Hkv, 0), d.eligible.assign(L * Hkv, std::max<int64_t>(0, last - first));
-  for (int64_t t = first; t < last; ++t)
+  const int64_t first = c.spkv.keep_first;
+  const EligibleKeys elig = eligible_keys(T, W, first);
+  d.kept.assign(L * Hkv, 0), d.eligible.assign(L * Hkv, elig.count());
+  for (int64_t t = elig.begin; t < elig.end; ++t)
     for (int64_t i = 0; i < L * Hkv; ++i) d.kept[i] += d.z[t * L * Hkv + i];
-  int64_t stored = 0;  // kept tokens that have left the ring, over every (layer, head)
+  int64_t stored = 0;  // kept eligible tokens that have left the ring, over every (layer, head)
   for (int64_t t = 0; t < T; ++t) {
     if (!gated) {
       d.cache_entries.push_back(int32_t((t + 1) * L * Hkv));
       continue;
     }
-    if (t - W >= 0)
+    if (t - W >= first)  // the token leaving the ring at t
       for (int64_t i = 0; i < L * Hkv; ++i) stored += d.z[(t - W) * L * Hkv + i];
-    d.cache_entries.push_back(int32_t(std::min(t + 1, W) * L * Hkv + stored));
+    d.cache_entries.push_back(int32_t(spkv_cache_entries(t + 1, W, first, L * Hkv, stored)));
   }
   return d;
 }

@@ -1,14 +1,14 @@
 // `spkv run`: a model over a corpus through the engine, every gate decision into an HDF5 gate log
-// (core/gate_log.h). Declared here so that spkv.cpp only parses its flags.
+// (core/gatelog/writer.h). Declared here so that spkv.cpp only parses its flags.
 #pragma once
 #include <atomic>
 #include <string>
 #include <vector>
 
-#include "core/documents.h"
-#include "core/engine.h"
-#include "core/gate_log.h"
-#include "core/tokenizer.h"
+#include "core/gatelog/writer.h"
+#include "core/infer/engine.h"
+#include "core/text/documents.h"
+#include "core/text/tokenizer.h"
 
 namespace spkv {
 
@@ -29,8 +29,8 @@ struct RunOptions {
   std::string tool_version, git_commit;
 };
 
-// The log record of one scored piece. Cache entries follow from the decisions: after token t a gated head
-// holds min(t + 1, W) ring entries plus every token s <= t - W it kept; a dense cache holds t + 1.
+// The log record of one scored piece. Eligible keys and cache entries follow from the decisions by the rule of
+// core/gatelog/rule.h; a dense cache holds t + 1 entries per head after token t.
 LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
                           bool gated);
 

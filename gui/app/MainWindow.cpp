@@ -3,33 +3,26 @@
 #include <QApplication>
 #include <QCheckBox>
 #include <QComboBox>
-#include <QDateTime>
 #include <QDir>
 #include <QDragEnterEvent>
 #include <QFileDialog>
 #include <QFileInfo>
-#include <QFormLayout>
 #include <QHeaderView>
 #include <QJsonArray>
 #include <QJsonDocument>
-#include <QJsonObject>
 #include <QLabel>
 #include <QLineEdit>
 #include <QMenuBar>
 #include <QMessageBox>
 #include <QMimeData>
 #include <QProgressBar>
-#include <QPushButton>
-#include <QSaveFile>
 #include <QScrollArea>
 #include <QSettings>
 #include <QSlider>
 #include <QSortFilterProxyModel>
-#include <QSpinBox>
 #include <QSplitter>
 #include <QStatusBar>
 #include <QTableView>
-#include <QTableWidget>
 #include <QTabWidget>
 #include <QTimer>
 #include <QToolButton>
@@ -37,8 +30,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/errors.h"
+#include "core/base/errors.h"
 #include "gui/models/ColorMap.h"
+#include "gui/app/LayoutDesigner.h"
+#include "gui/app/PlotsTab.h"
 #include "gui/widgets/HeatmapView.h"
 #include "gui/widgets/PlotView.h"
 #include "gui/widgets/TokenView.h"
@@ -46,7 +41,6 @@
 namespace spkv::gui {
 namespace {
 constexpr int kMaxRecent = 8;
-const char* kPlotNames[3] = {"cache_entries", "compression", "density_histogram"};
 
 struct DocBundle {
   std::shared_ptr<const Document> doc;
@@ -60,17 +54,6 @@ DocBundle documentViews(std::shared_ptr<const Document> doc, const KeptRule& r, 
   b.lod = std::make_shared<Lod>(buildLod(*doc, r, cancel));
   b.kept = doc->keptEligible(r), b.entries = doc->entriesByPosition(r), b.doc = std::move(doc);
   return b;
-}
-
-QString mib(double bytes) {
-  const double m = bytes / (1024.0 * 1024.0);
-  return m >= 10240 ? QString::number(m / 1024.0, 'f', 1) + " GiB" : QString::number(m, 'f', 1) + " MiB";
-}
-
-void writeAtomic(const QString& path, const std::string& text) {
-  QSaveFile f(path);
-  if (!f.open(QIODevice::WriteOnly) || f.write(text.data(), qint64(text.size())) != qint64(text.size()) || !f.commit())
-    throw FileError(path.toStdString(), "cannot write: " + f.errorString().toStdString());
 }
 
 }  // namespace
@@ -89,10 +72,8 @@ MainWindow::~MainWindow() { m_jobs.cancelAll(); }
 void MainWindow::buildUi() {
   m_heatmap = new HeatmapView(&m_density);
   m_tokens = new TokenView;
-  for (auto& p : m_plots) {
-    p = new PlotView;
-    connect(p, &PlotView::exportFailed, this, &MainWindow::showError);
-  }
+  m_plotsTab = new PlotsTab;
+  connect(m_plotsTab, &PlotsTab::failed, this, &MainWindow::showError);
 
   // Side tabs: the run, the documents, the layout designer.
   m_side = new QTabWidget;
@@ -118,29 +99,10 @@ void MainWindow::buildUi() {
           [this, proxy](const QModelIndex& cur) { if (cur.isValid()) selectDocument(proxy->mapToSource(cur).row()); });
   m_side->addTab(m_docTable, "Documents");
 
-  auto* designer = new QWidget;
-  auto* form = new QFormLayout(designer);
-  m_budget = new QSpinBox;
-  m_budgetText = new QLineEdit;
-  m_budgetText->setPlaceholderText("or: 25%, 0.3, kv:0.35, density (Enter)");
-  m_referenceBox = new QComboBox;
-  m_editHeads = new QCheckBox("click heads on the heatmap to toggle them");
-  m_layoutReadout = new QLabel;
-  m_layoutReadout->setWordWrap(true);
-  auto* export_button = new QPushButton("Export layout…");
-  m_evals = new QTableWidget(0, 6);
-  m_evals->setHorizontalHeaderLabels({"file", "layout", "global", "KV ratio", "ΔNLL vs full", "ΔNLL vs SP-KV"});
-  m_evals->horizontalHeader()->setSectionResizeMode(QHeaderView::ResizeToContents);
-  m_evals->verticalHeader()->hide(), m_evals->setEditTriggers(QAbstractItemView::NoEditTriggers);
-  form->addRow("global heads", m_budget);
-  form->addRow("budget", m_budgetText);
-  form->addRow("compare with", m_referenceBox);
-  form->addRow(m_editHeads);
-  form->addRow(m_layoutReadout);
-  form->addRow(export_button);
-  form->addRow(new QLabel("Evaluations next to the log (spkv layout eval --json):"));
-  form->addRow(m_evals);
-  m_side->addTab(designer, "Layout");
+  m_designer = new LayoutDesigner(m_density);
+  connect(m_designer, &LayoutDesigner::failed, this, &MainWindow::showError);
+  connect(m_designer, &LayoutDesigner::exportRequested, this, [this] { exportInteractively("Export the layout into", &MainWindow::exportLayout); });
+  m_side->addTab(m_designer, "Layout");
 
   // The heatmap with its controls.
   auto* heat_panel = new QWidget;
@@ -195,10 +157,7 @@ void MainWindow::buildUi() {
   tsplit->setStretchFactor(0, 3), tsplit->setStretchFactor(1, 1);
   tv->addLayout(trow), tv->addWidget(tsplit, 1);
   m_bottom->addTab(token_tab, "Tokens");
-  auto* plot_tab = new QWidget;
-  auto* pv = new QHBoxLayout(plot_tab);
-  for (auto* p : m_plots) pv->addWidget(p);
-  m_bottom->addTab(plot_tab, "Plots");
+  m_bottom->addTab(m_plotsTab, "Plots");
 
   auto* split = new QSplitter(Qt::Vertical);
   split->addWidget(top), split->addWidget(m_bottom);
@@ -237,21 +196,7 @@ void MainWindow::buildUi() {
     m_tauTimer->start();  // documents, pyramid and plots once the slider settles
   });
   connect(m_tauLogged, &QCheckBox::toggled, this, [this](bool on) { setTau(on ? std::nullopt : std::optional<double>(m_tauSlider->value() / 1000.0)); });
-  connect(m_budget, &QSpinBox::valueChanged, this, &MainWindow::setBudget);
-  connect(m_budgetText, &QLineEdit::returnPressed, this, [this] {
-    try {
-      if (m_stats) m_budget->setValue(int(analysis::budget_heads(analysis::parse_budget(m_budgetText->text().toStdString()), report())));
-    } catch (const std::exception& e) {
-      showError(e.what());
-    }
-  });
-  connect(m_referenceBox, &QComboBox::currentTextChanged, this, [this](const QString& s) { setReference(s == "none" ? QString() : s); });
-  connect(m_editHeads, &QCheckBox::toggled, m_heatmap, &HeatmapView::setEditMode);
-  connect(export_button, &QPushButton::clicked, this, [this] { exportInteractively("Export the layout into", &MainWindow::exportLayout); });
-  connect(m_evals, &QTableWidget::cellClicked, this, [this](int row, int) {
-    const QString name = m_evals->item(row, 1)->data(Qt::UserRole).toString();
-    if (!name.isEmpty()) m_referenceBox->setCurrentText(name);
-  });
+  connect(m_designer, &LayoutDesigner::editModeChanged, m_heatmap, &HeatmapView::setEditMode);
   connect(m_rows, &QComboBox::currentIndexChanged, this, [this](int i) {
     if (m_corpus) m_tokens->setRows(m_corpus->info.n_layers, m_corpus->info.n_kv_heads, i == 1);
   });
@@ -346,7 +291,7 @@ void MainWindow::dropEvent(QDropEvent* e) { openLog(e->mimeData()->urls().first(
 
 void MainWindow::onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const CorpusStats> stats) {
   m_jobs.cancelAll();  // the previous log's jobs (a log that fails to open leaves them running)
-  m_corpus = c, m_doc.reset(), m_tau.reset(), m_hits.clear(), m_hit = -1, m_reference.clear();
+  m_corpus = c, m_doc.reset(), m_tau.reset(), m_hits.clear(), m_hit = -1;
   m_stats = std::move(stats);
   const auto& in = c->info;
   setWindowTitle("spkv-studio — " + QFileInfo(QString::fromStdString(in.path)).fileName());
@@ -375,17 +320,7 @@ void MainWindow::onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const Corpu
   m_tokens->setRows(in.n_layers, in.n_kv_heads, m_rows->currentIndex() == 1);
   m_detail.setToken(nullptr, -1, 0, 0, {});
   m_documents.setCorpus(c.get(), m_stats.get());
-  m_budget->blockSignals(true);
-  m_budget->setRange(1, int(c->LH()));  // derive_layouts needs 1 .. L * Hkv global heads
-  int density_heads = 1;                 // a log without eligible keys (e.g. no document yet) has no density budget
-  try {
-    density_heads = std::max(1, int(analysis::budget_heads(analysis::parse_budget("density"), report())));
-  } catch (const ConfigError&) {
-  }
-  m_budget->setValue(density_heads);
-  m_budget->blockSignals(false);
-  readEvaluations();
-  refreshLayouts();
+  m_designer->setCorpus(c.get(), &report());
   refreshHeatmap();
   selectHead(std::min<int>(m_selLayer, int(in.n_layers) - 1), std::min<int>(m_selHead, int(in.n_kv_heads) - 1));
   if (c->D() > 0) selectDocument(0);
@@ -396,39 +331,6 @@ void MainWindow::onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const Corpu
         c->hist = std::move(h);
         m_tauSlider->setEnabled(true), m_tauLogged->setEnabled(true);
       });
-}
-
-void MainWindow::readEvaluations() {
-  m_evaluated.clear();
-  m_evals->setRowCount(0);
-  const QFileInfo log(QString::fromStdString(m_corpus->info.path));
-  const int64_t LH = m_corpus->LH();
-  for (const QFileInfo& f : log.dir().entryInfoList({"*.json"}, QDir::Files, QDir::Name)) {
-    QFile file(f.filePath());
-    if (f.size() > (16 << 20) || !file.open(QIODevice::ReadOnly)) continue;
-    const QJsonObject o = QJsonDocument::fromJson(file.readAll()).object();
-    if (!o.value("rows").isArray()) continue;  // not an `spkv layout eval --json` file
-    for (const auto& v : o.value("rows").toArray()) {
-      const QJsonObject r = v.toObject();
-      const int row = m_evals->rowCount();
-      m_evals->insertRow(row);
-      auto cell = [&](int col, const QString& text) { m_evals->setItem(row, col, new QTableWidgetItem(text)); };
-      const QString name = r.value("name").toString();
-      cell(0, f.fileName()), cell(1, name);
-      cell(2, r.value("global_heads").isDouble() ? QString::number(r.value("global_heads").toInt()) : "–");
-      cell(3, formatNumber(r.value("kv_ratio").toDouble(NAN), 3));
-      cell(4, formatNumber(r.value("delta_pct_vs_full").toDouble(NAN), 2) + "%");
-      cell(5, r.value("delta_pct_vs_spkv").isDouble() ? formatNumber(r.value("delta_pct_vs_spkv").toDouble(), 2) + "%" : "–");
-      const QJsonArray flags = r.value("layout").toArray();
-      if (flags.size() != LH) continue;  // full attention, SP-KV, or another model's shape
-      analysis::Layout l;
-      l.name = "eval: " + name.toStdString(), l.n_layers = m_corpus->info.n_layers, l.n_kv_heads = m_corpus->info.n_kv_heads;
-      for (const auto& x : flags) l.global.push_back(uint8_t(x.toInt() != 0));
-      m_evals->item(row, 1)->setData(Qt::UserRole, QString::fromStdString(l.name));
-      m_evaluated.push_back(std::move(l));
-    }
-  }
-  m_evals->setVisible(m_evals->rowCount() > 0);
 }
 
 // --- selection --------------------------------------------------------------------------------------
@@ -520,7 +422,7 @@ void MainWindow::onStats(std::shared_ptr<const CorpusStats> stats) {
   m_stats = std::move(stats);
   m_documents.setCorpus(m_corpus.get(), m_stats.get());
   refreshCorpusPlots();
-  refreshLayouts();
+  m_designer->setReport(&report());
   refreshHeatmap();
 }
 
@@ -553,158 +455,41 @@ QString MainWindow::densityReadout() const {
   const int64_t LH = m_corpus->LH();
   const bool doc = m_scope->currentIndex() == 1 && m_doc;
   const double dense = doc ? double(m_doc->T * LH) : m_corpus->denseEntries();
-  const double entries = kept + (doc ? analysis::spkv_entries(m_doc->T, m_corpus->info.window, m_corpus->info.keep_first, LH, 0)
+  const double entries = kept + (doc ? spkv_cache_entries(m_doc->T, m_corpus->info.window, m_corpus->info.keep_first, LH, 0)
                                      : m_corpus->fixed_entries);
   QString s = QStringLiteral("tau %1 (%2) · density %3 · KV entries %4 of %5 (%6×)")
                   .arg(m_tau ? *m_tau : m_corpus->info.tau, 0, 'f', 3).arg(m_tau ? "counterfactual" : "logged")
                   .arg(formatNumber(elig > 0 ? kept / elig : NAN, 4)).arg(qlonglong(entries)).arg(qlonglong(dense)).arg(formatNumber(entries / dense, 3));
   if (m_corpus->head_dim > 0)
-    s += QStringLiteral(" · KV %1 of %2 in 16-bit").arg(mib(entries * m_corpus->kvBytesPerEntry()), mib(dense * m_corpus->kvBytesPerEntry()));
+    s += QStringLiteral(" · KV %1 of %2 in 16-bit").arg(formatMib(entries * m_corpus->kvBytesPerEntry()), formatMib(dense * m_corpus->kvBytesPerEntry()));
   return s;
 }
 
 void MainWindow::refreshDocumentPlots() {
-  if (!m_doc || !m_corpus) return;
-  Plot p;
-  p.title = QStringLiteral("KV cache entries against position, document %1 (%2)").arg(m_doc->index).arg(QString::fromStdString(m_doc->id));
-  p.xLabel = "position (tokens)", p.yLabel = "K/V rows over all layers and heads";
-  Series dense{Series::Kind::Line, "dense", QColor(150, 150, 150), {}, {}};
-  Series spkv{Series::Kind::Line, m_tau ? QStringLiteral("SP-KV at tau %1").arg(*m_tau, 0, 'f', 3) : "SP-KV (logged)",
-              QColor(30, 110, 200), {}, {}};
-  const int64_t step = std::max<int64_t>(1, m_doc->T / 2000);
-  for (int64_t t = 0; t < m_doc->T; t += step) {
-    dense.x.push_back(double(t)), dense.y.push_back(double((t + 1) * m_doc->LH));
-    spkv.x.push_back(double(t)), spkv.y.push_back(m_docEntries[size_t(t)]);
-  }
-  p.series = {dense, spkv};
-  m_plots[0]->setPlot(p);
+  if (m_doc && m_corpus) m_plotsTab->showDocument(*m_doc, m_docEntries, m_tau);
 }
 
 void MainWindow::refreshCorpusPlots() {
-  if (!m_corpus) return;
-  Plot comp;
-  comp.title = "Compression against document length";
-  comp.xLabel = "document length (tokens)", comp.yLabel = "dense / SP-KV KV entries";
-  Series pts{Series::Kind::Points, "documents", QColor(30, 110, 200), {}, {}};
-  for (int d = 0; d < m_documents.rowCount(); ++d) pts.x.push_back(double(m_corpus->tokens(d))), pts.y.push_back(m_documents.compression(d));
-  const auto fit = analysis::fit_line(pts.x, pts.y);
-  comp.series.push_back(pts);
-  if (fit.n >= 2 && !pts.x.empty()) {
-    const auto [lo, hi] = std::minmax_element(pts.x.begin(), pts.x.end());
-    comp.series.push_back({Series::Kind::Line, QStringLiteral("fit: %1 + %2 per 1k tokens, R² %3").arg(fit.intercept, 0, 'f', 3)
-                               .arg(1000 * fit.slope, 0, 'f', 3).arg(fit.r2, 0, 'f', 3),
-                           QColor(220, 80, 30), {*lo, *hi}, {fit.intercept + fit.slope * *lo, fit.intercept + fit.slope * *hi}});
-  }
-  m_plots[1]->setPlot(comp);
+  if (m_corpus) m_plotsTab->showCorpus(*m_corpus, *m_stats, m_documents, m_selLayer);
+}
 
-  Plot hist;
-  const int64_t H = m_corpus->info.n_kv_heads, LH = m_corpus->LH();
-  hist.title = QStringLiteral("Per-document density, layer %1").arg(m_selLayer);
-  hist.xLabel = "density (kept / eligible)", hist.yLabel = "documents";
-  constexpr int kBins = 20;
-  Series bars{Series::Kind::Bars, QStringLiteral("layer %1, %2 documents").arg(m_selLayer).arg(m_corpus->D()), QColor(80, 160, 90), {}, {}, 1.0 / kBins};
-  std::vector<double> counts(kBins, 0);
-  for (int64_t d = 0; d < m_corpus->D(); ++d) {
-    int64_t k = 0, e = 0;
-    for (int64_t h = 0; h < H; ++h) k += m_stats->kept[size_t(d * LH + m_selLayer * H + h)], e += m_corpus->eligible[size_t(d * LH + m_selLayer * H + h)];
-    if (e > 0) counts[size_t(std::min<int64_t>(kBins - 1, int64_t(kBins * double(k) / double(e))))] += 1;
-  }
-  for (int b = 0; b < kBins; ++b) bars.x.push_back(double(b) / kBins), bars.y.push_back(counts[size_t(b)]);
-  hist.series = {bars};
-  m_plots[2]->setPlot(hist);
+PlotView* MainWindow::plot(int i) const { return m_plotsTab->plot(i); }
+
+void MainWindow::exportPlots(const QString& dir) {
+  m_plotsTab->exportTo(dir);
+  statusBar()->showMessage("wrote the plots to " + dir, 10000);
 }
 
 // --- layout designer --------------------------------------------------------------------------------
-void MainWindow::setBudget(int heads) {
-  m_budget->blockSignals(true), m_budget->setValue(heads), m_budget->blockSignals(false);
-  refreshLayouts();
-}
-
-void MainWindow::refreshLayouts() {
-  if (!m_corpus) return;
-  m_derived = analysis::derive_layouts(report(), m_budget->value());
-  m_designed = m_derived.front();  // guided
-  const QString current = m_referenceBox->currentText();
-  m_referenceBox->blockSignals(true);
-  m_referenceBox->clear();
-  m_referenceBox->addItem("none");
-  for (size_t i = 1; i < m_derived.size(); ++i) m_referenceBox->addItem(QString::fromStdString(m_derived[i].name));
-  for (const auto& l : m_evaluated) m_referenceBox->addItem(QString::fromStdString(l.name));
-  const int keep = m_referenceBox->findText(current);
-  m_referenceBox->setCurrentIndex(std::max(0, keep));
-  m_referenceBox->blockSignals(false);
-  setReference(m_referenceBox->currentText() == "none" ? QString() : m_referenceBox->currentText());
-}
-
-void MainWindow::toggleHead(int layer, int head) {
-  if (!m_corpus || m_designed.global.empty()) return;
-  auto& g = m_designed.global[size_t(layer * m_corpus->info.n_kv_heads + head)];
-  g = !g;
-  m_designed.name = "custom";
-  m_designed.method = "hand-edited in spkv-studio, starting from the guided layout";
-  m_budget->blockSignals(true), m_budget->setValue(int(m_designed.n_global())), m_budget->blockSignals(false);
-  refreshLayoutView();
-}
-
-void MainWindow::setReference(const QString& name) {
-  m_reference.clear();
-  for (const auto* list : {&m_derived, &m_evaluated})
-    for (const auto& l : *list)
-      if (QString::fromStdString(l.name) == name) m_reference = l.global;
-  if (m_referenceBox->currentText() != (name.isEmpty() ? "none" : name)) {
-    m_referenceBox->blockSignals(true), m_referenceBox->setCurrentText(name.isEmpty() ? "none" : name), m_referenceBox->blockSignals(false);
-  }
-  refreshLayoutView();
-}
-
-void MainWindow::refreshLayoutView() {
-  m_designed.coverage = analysis::layout_coverage(m_designed.global, report());
-  m_designed.kv_ratio = analysis::layout_kv_ratio(m_designed.global, report());
-  m_density.setGlobal(m_designed.global);
-  m_density.setReference(m_reference);
-  m_layoutReadout->setText(layoutReadout());
-}
-
-QString MainWindow::layoutReadout() const {
-  if (!m_corpus) return {};
-  auto line = [&](const QString& name, const std::vector<uint8_t>& g) {
-    const double kv = analysis::layout_kv_ratio(g, report());
-    int64_t n = 0;
-    for (auto x : g) n += x;
-    QString s = QStringLiteral("%1: %2 of %3 heads global · coverage %4 · KV %5× of full")
-                    .arg(name).arg(n).arg(g.size()).arg(formatNumber(analysis::layout_coverage(g, report()), 3)).arg(formatNumber(kv, 3));
-    if (m_corpus->head_dim > 0) s += " (" + mib(kv * m_corpus->denseEntries() * m_corpus->kvBytesPerEntry()) + ")";
-    return s;
-  };
-  QString s = line(QString::fromStdString(m_designed.name), m_designed.global);
-  if (!m_reference.empty()) s += "\n" + line(m_referenceBox->currentText() + " (dots)", m_reference);
-  s += QStringLiteral("\ndynamic SP-KV: KV %1× of full").arg(formatNumber(analysis::spkv_kv_ratio(report()), 3));
-  return s;
-}
+void MainWindow::setBudget(int heads) { m_designer->setBudget(heads); }
+void MainWindow::toggleHead(int layer, int head) { m_designer->toggleHead(layer, head); }
+void MainWindow::setReference(const QString& name) { m_designer->setReference(name); }
+const analysis::Layout& MainWindow::designed() const { return m_designer->designed(); }
+QString MainWindow::layoutReadout() const { return m_designer->readout(); }
 
 void MainWindow::exportLayout(const QString& dir) {
   if (!m_corpus) throw InputError("export layout: no log is open");
-  if (!QDir().mkpath(dir)) throw FileError(dir.toStdString(), "cannot create the folder");
-  analysis::Layout l = m_designed;
-  l.window = m_corpus->info.window, l.tau = m_tau ? *m_tau : m_corpus->info.tau, l.logs = {m_corpus->info.path};
-  l.model_path = report().model_path, l.checkpoint_sha256 = report().checkpoint_sha256, l.model_type = report().model_type;
-  l.created = QDateTime::currentDateTimeUtc().toString(Qt::ISODate).toStdString(), l.tool = "spkv-studio";
-  std::vector<std::string> warnings;
-  const std::string hf = analysis::hf_config_fragment(l, l.model_type, warnings);
-  const QDir d(dir);
-  writeAtomic(d.filePath("layout.json"), analysis::layout_json(l));
-  writeAtomic(d.filePath("hf_config_fragment.json"), hf);
-  writeAtomic(d.filePath("full_attention_heads.tsv"), analysis::duo_attention_tsv(l));
-  QString msg = QStringLiteral("wrote layout.json, hf_config_fragment.json, full_attention_heads.tsv to %1").arg(dir);
-  for (const auto& w : warnings) msg += "; warning: " + QString::fromStdString(w);
-  statusBar()->showMessage(msg, 15000);
-}
-
-void MainWindow::exportPlots(const QString& dir) {
-  if (!QDir().mkpath(dir)) throw FileError(dir.toStdString(), "cannot create the folder");
-  for (int i = 0; i < 3; ++i)
-    for (const char* ext : {".png", ".svg"}) m_plots[i]->exportTo(QDir(dir).filePath(QString(kPlotNames[i]) + ext));
-  statusBar()->showMessage("wrote the plots to " + dir, 10000);
+  statusBar()->showMessage(m_designer->exportTo(dir, m_tau ? *m_tau : m_corpus->info.tau), 15000);
 }
 
 bool MainWindow::showTab(const QString& name) {

@@ -1,7 +1,8 @@
 // spkv-studio's main window: opens a gate log (argument, dialog, recent files, drag-and-drop), shows the
 // run's provenance, the layer x head heatmap, the documents, the token view with search and per-token
-// detail, the plots, the counterfactual tau slider and the layout designer. All reading and aggregation run
-// as JobRunner jobs; this class only wires results into models and views. No torch.
+// detail, the plots (PlotsTab.h), the counterfactual tau slider and the layout designer (LayoutDesigner.h).
+// All reading and aggregation run as JobRunner jobs; this class only wires results into models and views.
+// No torch.
 #pragma once
 #include <QMainWindow>
 #include <memory>
@@ -18,15 +19,15 @@ class QLabel;
 class QLineEdit;
 class QProgressBar;
 class QSlider;
-class QSpinBox;
 class QTableView;
-class QTableWidget;
 class QTabWidget;
 
 namespace spkv::gui {
 
 class HeatmapView;
+class LayoutDesigner;
 class PlotView;
+class PlotsTab;
 class TokenView;
 
 class MainWindow : public QMainWindow {
@@ -53,7 +54,7 @@ class MainWindow : public QMainWindow {
   JobRunner& jobs() { return m_jobs; }
   const Corpus* corpus() const { return m_corpus.get(); }
   const Document* document() const { return m_doc.get(); }
-  const analysis::Layout& designed() const { return m_designed; }
+  const analysis::Layout& designed() const;
   HeatmapView* heatmap() const { return m_heatmap; }
   TokenView* tokenView() const { return m_tokens; }
   DensityModel* densityModel() { return &m_density; }
@@ -62,7 +63,7 @@ class MainWindow : public QMainWindow {
   QString densityReadout() const;
   QString layoutReadout() const;
   QString lastError() const { return m_lastError; }
-  PlotView* plot(int i) const { return m_plots[i]; }  // 0 cache entries, 1 compression, 2 density histogram
+  PlotView* plot(int i) const;  // 0 cache entries, 1 compression, 2 density histogram
   int64_t searchHit() const;
 
  signals:
@@ -84,13 +85,10 @@ class MainWindow : public QMainWindow {
   void onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const CorpusStats> stats);
   void onStats(std::shared_ptr<const CorpusStats> stats);  // new counts: document list, plots, layouts, heatmap
   const analysis::Report& report() const { return m_stats->report; }
-  void readEvaluations();
   void applyTau();           // after the slider settles
   void refreshHeatmap();
   void refreshDocumentPlots();
   void refreshCorpusPlots();
-  void refreshLayouts();     // derive at the budget from the current counts
-  void refreshLayoutView();  // designed + reference onto the heatmap, readouts
   KeptRule rule() const;
   std::vector<int64_t> corpusKept() const;  // (LH) corpus totals under rule()
 
@@ -101,9 +99,6 @@ class MainWindow : public QMainWindow {
   std::vector<double> m_docEntries;           // (T) its cache rows after each token under rule()
   std::shared_ptr<const CorpusStats> m_stats;  // the corpus under rule() (the logged one until a tau job returns)
   std::optional<double> m_tau;                 // counterfactual tau, or the logged decisions
-  std::vector<analysis::Layout> m_derived, m_evaluated;
-  analysis::Layout m_designed;
-  std::vector<uint8_t> m_reference;
   int m_selLayer = 0, m_selHead = 0;
   std::vector<int64_t> m_hits;
   int m_hit = -1;
@@ -114,16 +109,15 @@ class MainWindow : public QMainWindow {
   TokenDetailModel m_detail;
   HeatmapView* m_heatmap = nullptr;
   TokenView* m_tokens = nullptr;
-  PlotView* m_plots[3] = {};
-  QLabel *m_provenance = nullptr, *m_readout = nullptr, *m_layoutReadout = nullptr, *m_tokenLabel = nullptr,
+  PlotsTab* m_plotsTab = nullptr;
+  LayoutDesigner* m_designer = nullptr;
+  QLabel *m_provenance = nullptr, *m_readout = nullptr, *m_tokenLabel = nullptr,
          *m_jobLabel = nullptr, *m_searchLabel = nullptr;
-  QComboBox *m_colormap = nullptr, *m_scope = nullptr, *m_rows = nullptr, *m_referenceBox = nullptr;
+  QComboBox *m_colormap = nullptr, *m_scope = nullptr, *m_rows = nullptr;
   QSlider* m_tauSlider = nullptr;
-  QCheckBox *m_tauLogged = nullptr, *m_editHeads = nullptr;
-  QSpinBox* m_budget = nullptr;
-  QLineEdit *m_budgetText = nullptr, *m_search = nullptr;
+  QCheckBox* m_tauLogged = nullptr;
+  QLineEdit* m_search = nullptr;
   QTableView *m_docTable = nullptr, *m_detailTable = nullptr;
-  QTableWidget* m_evals = nullptr;
   QTabWidget *m_side = nullptr, *m_bottom = nullptr;
   QProgressBar* m_progress = nullptr;
   QMenu* m_recentMenu = nullptr;

@@ -20,26 +20,21 @@ uint16_t clampCode(uint16_t h) { return h & 0x8000 ? 0 : std::min<uint16_t>(h, k
 // A reader whose construction, every use and destruction (also on a cancel) hold the HDF5 lock.
 struct LockedReader {
   explicit LockedReader(const std::string& path) {
-    std::lock_guard<std::mutex> lock(hdf5Mutex());
-    r = std::make_unique<analysis::GateLogReader>(path);
+    std::lock_guard<std::mutex> lock(hdf5_mutex());
+    r = std::make_unique<GateLogReader>(path);
   }
   ~LockedReader() {
-    std::lock_guard<std::mutex> lock(hdf5Mutex());
+    std::lock_guard<std::mutex> lock(hdf5_mutex());
     r.reset();
   }
   template <class F>
   auto operator()(F f) {
-    std::lock_guard<std::mutex> lock(hdf5Mutex());
+    std::lock_guard<std::mutex> lock(hdf5_mutex());
     return f(*r);
   }
-  std::unique_ptr<analysis::GateLogReader> r;
+  std::unique_ptr<GateLogReader> r;
 };
 }  // namespace
-
-std::mutex& hdf5Mutex() {
-  static std::mutex m;
-  return m;
-}
 
 float halfToFloat(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
@@ -71,8 +66,8 @@ std::vector<int64_t> Corpus::keptTotal(const KeptRule& rule) const {
 }
 
 Corpus openCorpus(const std::string& path) {
-  std::lock_guard<std::mutex> lock(hdf5Mutex());
-  analysis::GateLogReader r(path);
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
+  GateLogReader r(path);
   Corpus c;
   c.info = r.info(), c.offsets = r.token_offsets(), c.ids = r.document_ids(), c.kept = r.kept(), c.eligible = r.eligible();
   c.eligible_total.assign(size_t(c.LH()), 0), c.logged_kept_total.assign(size_t(c.LH()), 0);
@@ -81,7 +76,7 @@ Corpus openCorpus(const std::string& path) {
       c.eligible_total[size_t(i)] += c.eligible[size_t(d * c.LH() + i)];
       c.logged_kept_total[size_t(i)] += c.kept[size_t(d * c.LH() + i)];
     }
-    c.fixed_entries += analysis::spkv_entries(c.tokens(d), c.info.window, c.info.keep_first, c.LH(), 0);
+    c.fixed_entries += spkv_cache_entries(c.tokens(d), c.info.window, c.info.keep_first, c.LH(), 0);
   }
   const auto cfg = nlohmann::json::parse(c.info.model_config, nullptr, false);
   if (cfg.is_object()) {
@@ -125,7 +120,8 @@ template <class F>
 void forEachEligibleChunk(const Corpus& c, Cancel& cancel, const Progress& progress, F f) {
   LockedReader reader(c.info.path);
   for (int64_t d = 0; d < c.D(); ++d) {
-    const int64_t b = c.offsets[d] + c.info.keep_first, e = c.offsets[d + 1] - c.info.window;
+    const EligibleKeys elig = eligible_keys(c.tokens(d), c.info.window, c.info.keep_first);
+    const int64_t b = c.offsets[d] + elig.begin, e = c.offsets[d] + elig.end;
     for (int64_t s = b; s < e; s += kChunkTokens) {
       check(cancel);
       auto u = reader([&](auto& r) { return r.u_bits(s, std::min(e, s + kChunkTokens)); });
@@ -156,19 +152,19 @@ std::vector<int64_t> keptPerDocument(const Corpus& c, uint16_t code, Cancel& can
 
 std::vector<int64_t> Document::keptEligible(const KeptRule& r) const {
   std::vector<int64_t> out(size_t(LH), 0);
-  for (int64_t t = std::max<int64_t>(0, keep_first); t < T - window; ++t)
+  const EligibleKeys elig = eligible_keys(T, window, keep_first);
+  for (int64_t t = elig.begin; t < elig.end; ++t)
     for (int64_t i = 0; i < LH; ++i) out[i] += kept(t, i, r);
   return out;
 }
 
 std::vector<double> Document::entriesByPosition(const KeptRule& r) const {
-  // After token t each head holds the last min(t + 1, W) tokens plus the kept ones at positions <= t - W.
   std::vector<double> out(static_cast<size_t>(T));
-  double stored = 0;
+  int64_t stored = 0;  // kept eligible tokens that have left the window
   for (int64_t t = 0; t < T; ++t) {
-    if (t >= window)
+    if (t - window >= keep_first)
       for (int64_t i = 0; i < LH; ++i) stored += kept(t - window, i, r);
-    out[t] = double(std::min(t + 1, window) * LH) + stored;
+    out[t] = double(spkv_cache_entries(t + 1, window, keep_first, LH, stored));
   }
   return out;
 }

@@ -1,7 +1,7 @@
 // What spkv-studio holds of a gate log, and the computations that fill it off the GUI thread: the corpus
 // (settings, per-document summaries, per-head histograms of u for counterfactual tau), one document's
 // token rows, and its level-of-detail pyramid. Plain C++ (no Qt, no torch): tested without a window.
-// HDF5 is not thread-safe in Debian's build, so every read holds hdf5Mutex(), one chunk at a time.
+// HDF5 is not thread-safe in Debian's build, so every read holds hdf5_mutex() (core/gatelog/lock.h), one chunk at a time.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -10,15 +10,16 @@
 #include <string>
 #include <vector>
 
-#include "analysis/gate_log_reader.h"
 #include "analysis/report.h"
+#include "core/gatelog/lock.h"
+#include "core/gatelog/reader.h"
+#include "core/gatelog/rule.h"
 
 namespace spkv::gui {
 
 using Cancel = std::atomic<bool>;
 using Progress = std::function<void(double)>;  // fraction done, in [0, 1]
 struct Cancelled {};                            // thrown by a job that saw its Cancel flag set
-std::mutex& hdf5Mutex();
 
 // float16 codes of non-negative values are ordered like their values: u >= tau iff code >= tauCode(tau).
 constexpr int kHalfOne = 0x3C00;  // the code of 1.0; u in [0, 1] has codes 0 .. kHalfOne
@@ -33,7 +34,7 @@ struct KeptRule {
 };
 
 struct Corpus {
-  analysis::LogInfo info;
+  LogInfo info;
   std::vector<int64_t> offsets;          // (D + 1) token offsets
   std::vector<std::string> ids;          // (D)
   std::vector<int64_t> kept, eligible;   // (D, LH) as logged

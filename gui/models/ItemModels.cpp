@@ -10,6 +10,11 @@ double ratio(int64_t a, int64_t b) { return b > 0 ? double(a) / double(b) : std:
 
 QString formatNumber(double x, int digits) { return std::isfinite(x) ? QString::number(x, 'f', digits) : QStringLiteral("–"); }
 
+QString formatMib(double bytes) {
+  const double m = bytes / (1024.0 * 1024.0);
+  return m >= 10240 ? QString::number(m / 1024.0, 'f', 1) + " GiB" : QString::number(m, 'f', 1) + " MiB";
+}
+
 // --- DensityModel -----------------------------------------------------------------------------------
 void DensityModel::setCounts(int64_t layers, int64_t heads, std::vector<int64_t> kept, std::vector<int64_t> eligible,
                              std::vector<double> lo, std::vector<double> hi, QString scope) {

@@ -12,6 +12,8 @@ namespace spkv::gui {
 
 // x with `digits` decimals, or "–" when it is not finite (a head with nothing eligible).
 QString formatNumber(double x, int digits);
+// A byte count in MiB, or GiB from 10 GiB on, with one decimal.
+QString formatMib(double bytes);
 
 enum Roles {
   DensityRole = Qt::UserRole + 1,  // double: kept / eligible (NaN when nothing was eligible)

@@ -6,7 +6,7 @@
 #include <QMenu>
 #include <QPainter>
 
-#include "core/errors.h"
+#include "core/base/errors.h"
 
 namespace spkv::gui {
 

@@ -10,8 +10,8 @@
 #include <functional>
 
 #include "analysis/check_log.h"
-#include "analysis/gate_log_reader.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
+#include "core/gatelog/reader.h"
 #include "tests/test_util.h"
 
 namespace spkv::analysis {

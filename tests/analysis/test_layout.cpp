@@ -11,8 +11,8 @@
 #include <set>
 
 #include "analysis/layout.h"
-#include "core/errors.h"
-#include "core/gate_log.h"
+#include "core/base/errors.h"
+#include "core/gatelog/writer.h"
 #include "tests/test_util.h"
 
 namespace spkv::analysis {

@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <numeric>
 
-#include "analysis/gate_log_reader.h"
 #include "analysis/layout.h"
-#include "core/documents.h"
+#include "core/gatelog/reader.h"
+#include "core/text/documents.h"
 #include "tests/test_util.h"
 
 namespace spkv::analysis {

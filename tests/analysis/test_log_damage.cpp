@@ -7,9 +7,9 @@
 #include <functional>
 #include <random>
 
-#include "analysis/gate_log_reader.h"
-#include "core/errors.h"
-#include "core/gate_log.h"
+#include "core/base/errors.h"
+#include "core/gatelog/reader.h"
+#include "core/gatelog/writer.h"
 #include "tests/test_util.h"
 
 namespace spkv::analysis {

@@ -7,9 +7,9 @@
 #include <cmath>
 #include <cstdio>
 
-#include "analysis/gate_log_reader.h"
 #include "analysis/report.h"
-#include "core/documents.h"
+#include "core/gatelog/reader.h"
+#include "core/text/documents.h"
 #include "tests/test_util.h"
 
 namespace spkv::analysis {

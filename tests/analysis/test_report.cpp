@@ -6,10 +6,10 @@
 
 #include <cmath>
 
-#include "analysis/gate_log_reader.h"
 #include "analysis/report.h"
-#include "core/errors.h"
-#include "core/gate_log.h"
+#include "core/base/errors.h"
+#include "core/gatelog/reader.h"
+#include "core/gatelog/writer.h"
 #include "tests/test_util.h"
 
 namespace spkv::analysis {

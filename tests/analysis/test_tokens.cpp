@@ -9,7 +9,7 @@
 
 #include "analysis/report.h"
 #include "analysis/stats.h"
-#include "core/gate_log.h"
+#include "core/gatelog/writer.h"
 #include "tests/test_util.h"
 
 namespace spkv::analysis {

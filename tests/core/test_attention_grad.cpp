@@ -7,7 +7,7 @@
 
 #include <cmath>
 
-#include "core/gating.h"
+#include "core/model/gating.h"
 #include "kernels/bf16.h"
 #include "kernels/cpu/attention_fast.h"
 #include "kernels/cpu/attention_ref.h"

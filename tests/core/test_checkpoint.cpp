@@ -6,10 +6,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/model.h"
-#include "core/safetensors.h"
+#include "core/base/errors.h"
+#include "core/model/checkpoint.h"
+#include "core/model/model.h"
+#include "core/model/safetensors.h"
 #include "tests/test_util.h"
 
 namespace spkv {
@@ -334,7 +334,7 @@ TEST(Checkpoint, TruncatedLlama2cFileIsRejected) {
   EXPECT_NE(r.err.find(std::to_string(bytes.size())), std::string::npos) << r.err;  // the expected size
 }
 
-// remove_tree replaces std::filesystem::remove_all (see core/safetensors.h): it removes nested folders and
+// remove_tree replaces std::filesystem::remove_all (see core/model/safetensors.h): it removes nested folders and
 // files, does nothing for a missing path, and removes a symbolic link without following it.
 TEST(Checkpoint, RemoveTreeRemovesNestedFoldersButNotWhatLinksPointTo) {
   namespace fs = std::filesystem;

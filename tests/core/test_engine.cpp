@@ -6,10 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/engine.h"
-#include "core/errors.h"
-#include "core/generate.h"
-#include "core/tokenizer.h"
+#include "core/base/errors.h"
+#include "core/infer/engine.h"
+#include "core/infer/generate.h"
+#include "core/text/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace spkv {

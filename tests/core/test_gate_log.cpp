@@ -12,13 +12,13 @@
 #include <cstdlib>
 #include <thread>
 
-#include "core/checkpoint.h"
-#include "core/documents.h"
-#include "core/engine.h"
-#include "core/errors.h"
-#include "core/gate_log.h"
-#include "core/sha256.h"
-#include "core/tokenizer.h"
+#include "core/base/errors.h"
+#include "core/base/sha256.h"
+#include "core/gatelog/writer.h"
+#include "core/infer/engine.h"
+#include "core/model/checkpoint.h"
+#include "core/text/documents.h"
+#include "core/text/tokenizer.h"
 #include "tests/core/reference_model.h"
 #include "tests/test_util.h"
 

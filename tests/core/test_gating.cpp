@@ -4,10 +4,10 @@
 // and checkpoint round trips.
 #include <gtest/gtest.h>
 
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/model.h"
-#include "core/safetensors.h"
+#include "core/base/errors.h"
+#include "core/model/checkpoint.h"
+#include "core/model/model.h"
+#include "core/model/safetensors.h"
 #include "tests/core/reference_model.h"
 #include "tests/test_util.h"
 

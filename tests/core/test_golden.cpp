@@ -6,10 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint.h"
-#include "core/model.h"
-#include "core/safetensors.h"
-#include "core/tokenizer.h"
+#include "core/model/checkpoint.h"
+#include "core/model/model.h"
+#include "core/model/safetensors.h"
+#include "core/text/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace spkv {

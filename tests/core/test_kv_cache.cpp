@@ -6,8 +6,9 @@
 #include <random>
 #include <vector>
 
-#include "core/errors.h"
-#include "core/kv_cache.h"
+#include "core/base/errors.h"
+#include "core/gatelog/rule.h"
+#include "core/infer/kv_cache.h"
 #include "kernels/cpu/attention_ref.h"
 #include "kernels/cpu/cache_append_ref.h"
 #include "tests/kernels/append_cache.h"
@@ -35,6 +36,41 @@ std::vector<int64_t> store_positions(const kernels::CacheView& v, int64_t b, int
     out.push_back(int64_t(k[0] - il * 100 - hk * 10) / 1000);
   }
   return out;
+}
+
+// The rule every reader counts with (core/gatelog/rule.h) against the cache that implements it: after each
+// token, the entries the SP-KV cache holds equal spkv_cache_entries of the kept eligible tokens that have
+// left the window, with keep_first tokens pinned (the engine keeps them whatever the gate says), for
+// pieces shorter than the window, shorter than keep_first and longer than both.
+TEST(KvCache, TheGateLogRuleCountsWhatTheCacheHolds) {
+  const int64_t L = 2, Hkv = 3, D = 4, W = 5, LH = L * Hkv;
+  std::mt19937 rng(7);
+  std::bernoulli_distribution open(0.35);
+  for (const int64_t keep_first : {0, 2, 9})
+    for (const int64_t N : {3, 8, 31}) {
+      SpkvKvCache cache({1, L, Hkv, D, 4}, W);
+      std::vector<uint8_t> z(N * LH);  // (N, L, Hkv)
+      for (int64_t t = 0; t < N; ++t)
+        for (int64_t i = 0; i < LH; ++i) z[t * LH + i] = t < keep_first || open(rng);
+      int64_t kept_left = 0;  // kept eligible tokens that have left the window, over the heads
+      for (int64_t t = 0; t < N; ++t) {
+        for (int64_t il = 0; il < L; ++il) {
+          auto k = rows(t, il, Hkv, D, 1.f), v = rows(t, il, Hkv, D, -1.f);
+          cache.append(0, il, k.data(), v.data(), &z[(t * L + il) * Hkv]);
+        }
+        const int64_t s = t - W;  // the token leaving the window at t
+        if (s >= keep_first)
+          for (int64_t i = 0; i < LH; ++i) kept_left += z[s * LH + i];
+        ASSERT_EQ(cache.entries(), spkv_cache_entries(t + 1, W, keep_first, LH, kept_left))
+            << "keep_first " << keep_first << ", N " << N << ", after token " << t;
+      }
+      // At the end, the kept eligible tokens are those of positions keep_first <= s < N - W.
+      const EligibleKeys e = eligible_keys(N, W, keep_first);
+      int64_t kept = 0;
+      for (int64_t t = e.begin; t < e.end; ++t)
+        for (int64_t i = 0; i < LH; ++i) kept += z[t * LH + i];
+      EXPECT_EQ(kept, kept_left);
+    }
 }
 
 TEST(KvCache, SpkvHeadsHoldTheirWindowPlusExactlyTheKeptTokens) {

@@ -5,8 +5,8 @@
 
 #include <cmath>
 
-#include "core/errors.h"
-#include "core/model.h"
+#include "core/base/errors.h"
+#include "core/model/model.h"
 #include "kernels/cpu/attention_ref.h"
 #include "tests/core/reference_model.h"
 #include "tests/test_util.h"

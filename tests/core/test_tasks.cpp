@@ -5,8 +5,8 @@
 #include <regex>
 #include <set>
 
-#include "core/errors.h"
-#include "core/tasks.h"
+#include "core/base/errors.h"
+#include "core/text/tasks.h"
 #include "tests/test_util.h"
 
 namespace spkv {

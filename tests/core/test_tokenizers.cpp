@@ -11,8 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/errors.h"
-#include "core/tokenizer.h"
+#include "core/base/errors.h"
+#include "core/text/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace spkv {

@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/toy_reversal.h"
+#include "core/train/toy_reversal.h"
 #include "tests/test_util.h"
 
 namespace spkv {

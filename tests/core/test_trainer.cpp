@@ -15,10 +15,10 @@
 #include <thread>
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint.h"
-#include "core/errors.h"
-#include "core/safetensors.h"
-#include "core/trainer.h"
+#include "core/base/errors.h"
+#include "core/model/checkpoint.h"
+#include "core/model/safetensors.h"
+#include "core/train/trainer.h"
 #include "tests/test_util.h"
 
 namespace spkv {

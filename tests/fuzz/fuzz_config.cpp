@@ -1,5 +1,5 @@
-// Fuzz target: Hugging Face config.json (core/config.cpp).
-#include "core/config.h"
+// Fuzz target: Hugging Face config.json (core/model/config.cpp).
+#include "core/model/config.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,7 +1,7 @@
-// Fuzz target: JSONL corpora, as plain documents (core/documents.cpp) and as task files with spans
-// (core/tasks.cpp read_tasks_jsonl).
-#include "core/documents.h"
-#include "core/tasks.h"
+// Fuzz target: JSONL corpora, as plain documents (core/text/documents.cpp) and as task files with spans
+// (core/text/tasks.cpp read_tasks_jsonl).
+#include "core/text/documents.h"
+#include "core/text/tasks.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

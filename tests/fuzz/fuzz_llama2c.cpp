@@ -1,5 +1,5 @@
-// Fuzz target: a llama2.c .bin checkpoint (its 28-byte header and the sizes it implies; core/checkpoint.cpp).
-#include "core/checkpoint.h"
+// Fuzz target: a llama2.c .bin checkpoint (its 28-byte header and the sizes it implies; core/model/checkpoint.cpp).
+#include "core/model/checkpoint.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

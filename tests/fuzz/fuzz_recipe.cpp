@@ -1,5 +1,5 @@
-// Fuzz target: a training recipe (core/trainer.cpp load_recipe; paths in it are not opened until training).
-#include "core/trainer.h"
+// Fuzz target: a training recipe (core/train/trainer.cpp load_recipe; paths in it are not opened until training).
+#include "core/train/trainer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

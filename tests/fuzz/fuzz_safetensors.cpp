@@ -1,6 +1,6 @@
 // Fuzz target: a model.safetensors file (header, offsets, dtypes) loaded as a checkpoint beside a fixed,
-// valid config.json, so the shape checks against the config run too (core/safetensors.cpp, checkpoint.cpp).
-#include "core/checkpoint.h"
+// valid config.json, so the shape checks against the config run too (core/model/safetensors.cpp, checkpoint.cpp).
+#include "core/model/checkpoint.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

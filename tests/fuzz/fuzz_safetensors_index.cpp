@@ -1,8 +1,8 @@
 // Fuzz target: model.safetensors.index.json of a sharded checkpoint whose one shard (model-1.safetensors)
-// and config.json are valid (core/checkpoint.cpp).
+// and config.json are valid (core/model/checkpoint.cpp).
 #include <torch/torch.h>
 
-#include "core/checkpoint.h"
+#include "core/model/checkpoint.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

@@ -1,5 +1,5 @@
-// Fuzz target: a llama2.c tokenizer.bin (core/tokenizer.cpp), then an encode and decode of a fixed text.
-#include "core/tokenizer.h"
+// Fuzz target: a llama2.c tokenizer.bin (core/text/tokenizer.cpp), then an encode and decode of a fixed text.
+#include "core/text/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,6 +1,6 @@
-// Fuzz target: a Hugging Face tokenizer.json (byte-level BPE; core/hf_tokenizer.cpp), then an encode and
+// Fuzz target: a Hugging Face tokenizer.json (byte-level BPE; core/text/hf_tokenizer.cpp), then an encode and
 // decode of a fixed text with whatever loaded.
-#include "core/tokenizer.h"
+#include "core/text/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -11,8 +11,8 @@
 #include <fstream>
 #include <string>
 
-#include "core/config.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
+#include "core/model/config.h"
 
 namespace spkv::fuzz {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "core/gate_log.h"
+#include "core/gatelog/writer.h"
 #include "tests/test_util.h"
 
 namespace spkv::test {

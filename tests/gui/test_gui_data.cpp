@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "analysis/gate_log_reader.h"
+#include "core/gatelog/reader.h"
 #include "gui/models/GateData.h"
 #include "gui/models/Plot.h"
 #include "gui/models/Strips.h"
@@ -98,7 +98,7 @@ TEST_F(KnownLogData, CorpusCountsHistogramsAndCounterfactualTauMatchTheRules) {
   }
   EXPECT_EQ(keptPerDocument(c, tauCode(0.5), cancel, none), c.kept);
   // Histograms count exactly the eligible u values the reader returns as floats.
-  analysis::GateLogReader r(path);
+  GateLogReader r(path);
   const auto u = r.u(0, r.info().n_tokens);
   const double exact = test::from_half(test::to_half(KnownLog::u(18, 7)));  // a tau equal to logged u values
   for (double tau : {0.2, 0.35, 0.62, 0.8, exact}) {

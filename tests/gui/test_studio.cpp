@@ -20,7 +20,7 @@
 #include <hdf5.h>
 
 #include "analysis/layout.h"
-#include "core/errors.h"
+#include "core/base/errors.h"
 #include "gui/app/MainWindow.h"
 #include "gui/models/Strips.h"
 #include "gui/widgets/HeatmapView.h"

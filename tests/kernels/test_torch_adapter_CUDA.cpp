@@ -1,4 +1,4 @@
-// The LibTorch adapter (kernels/torch/cuda_adapter.h) on a GPU: gated attention's autograd against torch's
+// The LibTorch adapter (kernels/torch/: gated_attention_op.h, device_kv_cache.h) on a GPU: gated attention's autograd against torch's
 // own autograd of the masked formula in float64 (soft gates, packed documents, strided q); its input checks;
 // and the GPU KV cache streamed through prefill chunks and decode steps against the CPU reference over the
 // whole sequence (the engine's invariant: a pruned cache gives the masked full-sequence result). Built only
@@ -7,9 +7,10 @@
 
 #include <cmath>
 
-#include "core/errors.h"
+#include "core/base/errors.h"
 #include "kernels/cpu/attention_ref.h"
-#include "kernels/torch/cuda_adapter.h"
+#include "kernels/torch/device_kv_cache.h"
+#include "kernels/torch/gated_attention_op.h"
 
 namespace spkv {
 namespace {

@@ -1,0 +1,248 @@
+// The engine: the model's own layers (model.cpp) with this class as their attention backend, which turns
+// gate decisions into cache entries and attends with the kernels over the cache (the CPU ones here; on a
+// CUDA device, cuda_ops::DeviceKvCache does the same on the GPU). Prefill
+// gathers each head's cached keys (store, ring) ahead of the chunk's own keys and runs the gated kernel with
+// their positions and decisions; decode runs the ragged decode kernel.
+#include "core/infer/engine.h"
+
+#include <cmath>
+#include <string>
+
+#include "core/base/errors.h"
+#include "kernels/cpu/attention_fast.h"
+#include "kernels/torch/device_kv_cache.h"  // declarations only; defined where SPKV_TORCH_CUDA is
+
+namespace spkv {
+namespace {
+// The position given to store keys in a gathered prefill: far behind every query, so a store key is
+// visible iff its keep flag is set (or, in the dense cache, always).
+constexpr int64_t kFar = -(int64_t(1) << 40);
+
+void check(kernels::Status s, const char* what) {
+  if (s != kernels::Status::ok) throw Error(std::string("engine: ") + what + " failed: " + kernels::to_string(s));
+}
+}  // namespace
+
+Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
+    : model_(std::move(model)), opt_(o), device_(model_->parameters().front().device()) {
+  const ModelConfig& c = model_->config;
+  if (c.sliding_window > 0 && c.spkv.enabled)
+    throw ConfigError("engine: an SP-KV model with a sliding_window (" + std::to_string(c.sliding_window) +
+                      ") is not supported");
+#ifndef SPKV_TORCH_CUDA
+  if (!device_.is_cpu())
+    throw ConfigError("engine: the model is on " + device_.str() +
+                      ", but this build has no CUDA kernels for LibTorch (docs/gpu.md: configure with a CUDA LibTorch)");
+#endif
+  if (o.chunk < 1) throw ConfigError("engine: chunk " + std::to_string(o.chunk) + " must be at least 1");
+  KvCacheShape s{o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, o.page_size};
+  if (!o.layout.empty()) {
+    if (int64_t(o.layout.size()) != c.n_layers * c.n_kv_heads)
+      throw ConfigError("engine: the layout has " + std::to_string(o.layout.size()) + " head flags but the model has " +
+                        std::to_string(c.n_layers) + " layers x " + std::to_string(c.n_kv_heads) + " KV heads");
+    if (o.layout_window < 1) throw ConfigError("engine: a layout needs a window of at least 1, got " + std::to_string(o.layout_window));
+    if (c.sliding_window > 0) throw ConfigError("engine: a layout cannot be imposed on a model with a sliding_window");
+    if (o.dense) throw ConfigError("engine: a layout and dense attention exclude each other");
+  }
+  gated_ = !o.layout.empty() || (c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense);
+  // The ring's window; 0: the dense cache, which keeps every token.
+  int64_t W = 0;
+  if (!o.layout.empty()) {
+    layout_ = torch::tensor(std::vector<int64_t>(o.layout.begin(), o.layout.end())).view({c.n_layers, c.n_kv_heads}) != 0;
+    W = o.layout_window;
+  } else if (gated_) {
+    W = c.spkv.window;
+  } else if (c.sliding_window > 0) {  // a sliding window is a ring whose tokens are all dropped (keep = 0)
+    W = c.sliding_window;
+  }
+  // A window at least the context long keeps every token; the ring needs no more rows than positions exist.
+  W = std::min(W, c.max_seq_len);
+  if (device_.is_cpu()) {
+    cache_ = W > 0 ? std::unique_ptr<KvCache>(std::make_unique<SpkvKvCache>(s, W)) : std::make_unique<DenseKvCache>(s);
+  } else {
+#ifdef SPKV_TORCH_CUDA
+    // The GPU cache is always ring + store; the dense one keeps every token (its ring size does not matter).
+    dcache_ = std::make_unique<cuda_ops::DeviceKvCache>(o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, W > 0 ? W : o.page_size,
+                                                         o.page_size, c.max_seq_len, W == 0, device_);
+    model_->rope.cos = model_->rope.cos.to(device_), model_->rope.sin = model_->rope.sin.to(device_);
+    if (layout_.defined()) layout_ = layout_.to(device_);
+#endif
+  }
+  model_->eval();
+}
+
+Engine::~Engine() = default;
+
+const KvCache& Engine::cache() const {
+  if (!cache_) throw Error("engine: the cache is on " + device_.str() + "; use cache_entries() and cache_bytes()");
+  return *cache_;
+}
+
+int64_t Engine::cache_entries() const {
+  if (cache_) return cache_->entries();
+  int64_t n = 0;
+#ifdef SPKV_TORCH_CUDA
+  for (int64_t e : dcache_->entries()) n += e;
+#endif
+  return n;
+}
+
+int64_t Engine::cache_bytes() const {
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) return dcache_->bytes_used();
+#endif
+  return cache_->bytes_allocated();
+}
+
+void Engine::clear() {
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) dcache_->clear();
+#endif
+  for (int64_t b = 0; cache_ && b < opt_.n_seq; ++b) cache_->clear(b);
+  pos_ = 0;
+}
+
+EngineStep Engine::forward(const torch::Tensor& tokens) {
+  if (tokens.dim() != 2 || tokens.size(0) != opt_.n_seq)
+    throw InputError("engine: tokens must be (" + std::to_string(opt_.n_seq) + ", T), got " +
+                     std::to_string(tokens.dim()) + " dims with size(0) " + std::to_string(tokens.size(0)));
+  const int64_t T = tokens.size(1);
+  if (pos_ + T > model_->config.max_seq_len)
+    throw InputError("engine: " + std::to_string(pos_ + T) + " tokens is past the model's context (" +
+                     std::to_string(model_->config.max_seq_len) + ")");
+  std::vector<EngineStep> parts;
+  for (int64_t t0 = 0; t0 < T; t0 += opt_.chunk)
+    parts.push_back(forward_chunk(tokens.narrow(1, t0, std::min(opt_.chunk, T - t0)).to(device_, torch::kInt64)));
+  if (parts.size() == 1) return parts[0];
+  EngineStep out;
+  std::vector<torch::Tensor> logits, utility, keep;
+  for (auto& p : parts) {
+    logits.push_back(p.logits);
+    if (p.utility.defined()) utility.push_back(p.utility), keep.push_back(p.keep);
+  }
+  out.logits = torch::cat(logits, 1);
+  if (!utility.empty()) out.utility = torch::cat(utility, 1), out.keep = torch::cat(keep, 1);
+  return out;
+}
+
+EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
+  torch::NoGradGuard no_grad;
+  const int64_t T = tokens.size(1);
+  positions_ = torch::arange(pos_, pos_ + T, torch::TensorOptions(torch::kInt64).device(device_));  // (T)
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) dcache_->reserve(T);
+#endif
+  us_.clear(), keeps_.clear();
+  EngineStep out;
+  out.logits = model_->forward_with(tokens, positions_, *this).cpu();  // (B, T, V); attend() below, once per layer
+  pos_ += T;
+  if (!us_.empty()) out.utility = torch::stack(us_, 2).cpu(), out.keep = torch::stack(keeps_, 2).cpu();  // (B, T, L, Hkv)
+  return out;
+}
+
+torch::Tensor Engine::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& u) {
+  const int64_t B = q.size(0), T = q.size(2), Hkv = k.size(1);
+  auto keep = torch::zeros({B, T, Hkv}, torch::TensorOptions(torch::kBool).device(device_));  // (B, T, Hkv)
+  if (u.defined()) {
+    const int64_t keep_first = model_->config.spkv.keep_first;
+    keep = u >= model_->gates.tau;
+    if (keep_first > 0) keep = keep | (positions_ < keep_first).view({1, T, 1});
+    us_.push_back(u), keeps_.push_back(keep);
+  }
+  if (layout_.defined()) keep = layout_[il].view({1, 1, Hkv}).expand({B, T, Hkv});  // fixed decisions replace the gates'
+  return attend_cached(il, q, k, v, keep.to(torch::kUInt8));
+}
+
+torch::Tensor Engine::attend_cached(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const torch::Tensor& keep) {
+#ifdef SPKV_TORCH_CUDA
+  if (dcache_) return dcache_->attend(il, q, k, v, keep);
+#endif
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), Hkv = k.size(1);
+  auto qc = q.contiguous();
+  auto y = torch::empty_like(qc);                  // (B, H, T, D)
+  auto kt = k.transpose(1, 2).contiguous();        // (B, T, Hkv, D): one token's rows are contiguous
+  auto vt = v.transpose(1, 2).contiguous();        // (B, T, Hkv, D)
+  auto kc = keep.contiguous();                     // (B, T, Hkv)
+  const float* kp = kt.data_ptr<float>();
+  const float* vp = vt.data_ptr<float>();
+  const uint8_t* zp = kc.data_ptr<uint8_t>();
+  auto row = [&](int64_t b, int64_t t) { return (b * T + t) * Hkv; };  // (b, t, hk = 0) in (B, T, Hkv)
+  const float scale = float(1.0 / std::sqrt(double(D)));
+  auto append_all = [&] {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t)
+        cache_->append(b, il, kp + row(b, t) * D, vp + row(b, t) * D, zp + row(b, t));
+  };
+  if (T == 1) {  // decode: the token joins the cache, then attends over it
+    append_all();
+    kernels::DecodeParams p;
+    p.q = qc.data_ptr<float>(), p.y = y.data_ptr<float>(), p.H = H, p.scale = scale;
+    p.cache = cache_->view(il);
+    check(kernels::cpu::decode_attention(p), "decode attention");
+    return y;
+  }
+  // Prefill: per sequence, keys = [store (padded to the longest head) | ring slots | the chunk].
+  const kernels::CacheView cv = cache_->view(il);
+  std::vector<int64_t> q_pos(T);
+  for (int64_t t = 0; t < T; ++t) q_pos[t] = pos_ + t;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n_store = 0;
+    for (int64_t hk = 0; hk < Hkv; ++hk) n_store = std::max<int64_t>(n_store, cv.store_len[b * Hkv + hk]);
+    const int64_t ring = cv.W > 0 ? cv.ring_len[b] : 0, S = n_store + ring + T;
+    std::vector<float> K(Hkv * S * D), V(Hkv * S * D);
+    std::vector<uint8_t> kept(Hkv * S, 0);  // store padding stays 0: invisible, being far and not kept
+    std::vector<int64_t> k_pos(S, kFar);
+    for (int64_t hk = 0; hk < Hkv; ++hk) {
+      const int64_t i = b * Hkv + hk;
+      float* Kh = K.data() + hk * S * D;
+      float* Vh = V.data() + hk * S * D;
+      for (int64_t j = 0; j < cv.store_len[i]; ++j) {
+        const int32_t page = cv.store_pages[cv.store_indptr[i] + j / cv.page_size];
+        const int64_t off = (j % cv.page_size) * D;
+        std::copy_n(cv.page_k[page] + off, D, Kh + j * D);
+        std::copy_n(cv.page_v[page] + off, D, Vh + j * D);
+        kept[hk * S + j] = 1;
+      }
+      for (int64_t slot = 0; slot < ring; ++slot) {
+        const int64_t s = n_store + slot, src = (i * cv.W + slot) * D;
+        std::copy_n(cv.ring_k + src, D, Kh + s * D);
+        std::copy_n(cv.ring_v + src, D, Vh + s * D);
+        kept[hk * S + s] = cv.ring_keep[i * cv.W + slot];
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t s = n_store + ring + t;
+        std::copy_n(kp + (row(b, t) + hk) * D, D, Kh + s * D);
+        std::copy_n(vp + (row(b, t) + hk) * D, D, Vh + s * D);
+        kept[hk * S + s] = zp[row(b, t) + hk];
+      }
+    }
+    for (int64_t slot = 0; slot < ring; ++slot) k_pos[n_store + slot] = cv.ring_pos[b * cv.W + slot];
+    for (int64_t t = 0; t < T; ++t) k_pos[n_store + ring + t] = pos_ + t;
+    kernels::GatedAttentionParams p;
+    p.q = qc.data_ptr<float>() + b * H * T * D, p.y = y.data_ptr<float>() + b * H * T * D, p.k = K.data(), p.v = V.data();
+    p.keep = kept.data(), p.q_pos = q_pos.data(), p.k_pos = k_pos.data();
+    p.B = 1, p.H = H, p.Hkv = Hkv, p.T = T, p.S = S, p.D = D, p.window = cache_->window(), p.scale = scale;
+    kernels::set_contiguous_strides(p);
+    check(kernels::cpu::gated_attention(p), "prefill attention");
+  }
+  append_all();
+  return y;
+}
+
+ScoredDocument score_document(Engine& engine, const std::vector<int32_t>& tokens) {
+  if (tokens.size() < 2) throw InputError("score: a document needs at least 2 tokens, got " + std::to_string(tokens.size()));
+  engine.clear();
+  auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0);  // (1, T)
+  EngineStep step = engine.forward(ids);
+  const int64_t T = ids.size(1);
+  auto logp = torch::log_softmax(step.logits[0].to(torch::kFloat64), -1);                                  // (T, V)
+  auto nll = -logp.narrow(0, 0, T - 1).gather(1, ids[0].narrow(0, 1, T - 1).unsqueeze(1)).squeeze(1);     // (T-1)
+  ScoredDocument out;
+  out.nll.assign(nll.data_ptr<double>(), nll.data_ptr<double>() + T - 1);
+  if (step.utility.defined()) out.utility = step.utility[0], out.keep = step.keep[0];
+  return out;
+}
+
+}  // namespace spkv

@@ -1,0 +1,577 @@
+// The training loop, its recipe, the token-file batch source, evaluation and checkpoints.
+#include "core/train/trainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <type_traits>
+
+#include "core/base/errors.h"
+#include "core/base/json_field.h"
+#include "core/base/progress.h"
+#include "core/model/checkpoint.h"
+#include "core/model/safetensors.h"
+#include "core/text/tokenizer.h"
+
+namespace spkv {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+uint64_t mix(uint64_t a, uint64_t b) {  // splitmix64 of a pair: independent streams per (seed, step, micro)
+  uint64_t z = a * 0x9E3779B97F4A7C15ull + b + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void check_keys(const json& j, const std::set<std::string>& known, const std::string& where) {
+  if (!j.is_object()) throw ConfigError(where + " must be a JSON object");
+  for (auto& [k, v] : j.items())
+    if (!known.count(k)) throw ConfigError(where + ": unknown field '" + k + "'");
+}
+
+template <class T>
+void read(const json& j, const char* key, T& out, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return;
+  out = json_field<T>(j[key], key, where);
+}
+
+std::string resolve(const std::string& base_dir, const std::string& p) {
+  if (p.empty() || fs::path(p).is_absolute()) return p;
+  return (fs::path(base_dir) / p).lexically_normal().string();
+}
+
+std::string step_dir_name(int64_t step) {
+  char b[32];
+  std::snprintf(b, sizeof b, "step-%07lld", (long long)step);
+  return b;
+}
+
+std::vector<fs::path> checkpoints_in(const fs::path& dir) {
+  std::vector<fs::path> out;
+  if (!fs::is_directory(dir)) return out;
+  for (auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Writes a Hugging Face directory (inference config: hard gates) at `dir` through a temporary sibling.
+void write_model_dir(const fs::path& dir, LlamaForCausalLM& m, const Recipe& r,
+                     const std::function<void(const fs::path&)>& extra = {}) {
+  const fs::path tmp = dir.string() + ".tmp";
+  remove_tree(tmp.string());
+  fs::create_directories(tmp);
+  std::map<std::string, torch::Tensor> tensors;
+  for (auto& [name, t] : m->named_tensors()) tensors[name] = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  ModelConfig c = m->config;
+  c.spkv.mode = GateMode::hard;
+  save_hf_checkpoint(tmp.string(), c, tensors, {{"recipe", r.path}});
+  if (!r.tokenizer.empty()) copy_tokenizer_into(r.tokenizer, tmp.string());
+  if (extra) extra(tmp);
+  remove_tree(dir.string());
+  fs::rename(tmp, dir);
+}
+
+}  // namespace
+
+// --- data ----------------------------------------------------------------------------------------------
+
+TokenFileSource::TokenFileSource(const std::string& train, const std::string& val, int64_t seq_len,
+                                 int64_t batch_size, int64_t n_val_batches, uint64_t seed, bool align_short_documents)
+    : train_(train), val_(val), seq_len_(seq_len), batch_size_(batch_size), n_val_(n_val_batches), seed_(seed),
+      align_(align_short_documents) {
+  for (const TokenFile* f : {&train_, &val_})
+    if (f->n_tokens() < seq_len + 1)
+      throw InputError(f->path() + ": " + std::to_string(f->n_tokens()) + " tokens, fewer than one window of seq_len + 1 = " +
+                       std::to_string(seq_len + 1));
+}
+
+Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<int64_t>& starts) const {
+  const int64_t B = int64_t(starts.size()), T1 = seq_len_ + 1;
+  auto tokens = torch::empty({B, T1}, torch::kInt64), segments = torch::empty({B, T1}, torch::kInt64);
+  auto ta = tokens.accessor<int64_t, 2>(), sa = segments.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t d = f.doc_of(starts[b]), seg = 0;
+    for (int64_t t = 0; t < T1; ++t) {
+      const int64_t i = starts[b] + t;
+      if (t > 0 && d + 1 < f.n_docs() && i >= f.doc_begin(d + 1)) ++d, ++seg;
+      ta[b][t] = f.token(i);
+      sa[b][t] = seg;
+    }
+  }
+  return {tokens, segments, {}};
+}
+
+Batch TokenFileSource::train_batch(int64_t step, int64_t micro) {
+  std::mt19937_64 rng(mix(mix(seed_, uint64_t(step)), uint64_t(micro)));
+  std::uniform_int_distribution<int64_t> pick(0, train_.n_tokens() - (seq_len_ + 1));
+  std::vector<int64_t> starts(batch_size_);
+  for (auto& s : starts) {
+    s = pick(rng);
+    if (!align_) continue;
+    const int64_t d = train_.doc_of(s);
+    if (train_.doc_begin(d + 1) - train_.doc_begin(d) <= seq_len_ + 1) s = train_.doc_begin(d);
+  }
+  return window_batch(train_, starts);
+}
+
+std::vector<Batch> TokenFileSource::val_batches() {
+  // Consecutive windows from the file's start; aligned, a window never starts inside a short document (it
+  // moves on to the next document's first token), as in training.
+  const int64_t T1 = seq_len_ + 1;
+  std::vector<int64_t> starts;
+  for (int64_t s = 0; int64_t(starts.size()) < n_val_ * batch_size_ && s + T1 <= val_.n_tokens(); s += T1) {
+    const int64_t d = val_.doc_of(s);
+    if (align_ && s != val_.doc_begin(d) && val_.doc_begin(d + 1) - val_.doc_begin(d) <= T1) s = val_.doc_begin(d + 1);
+    if (s + T1 <= val_.n_tokens()) starts.push_back(s);
+  }
+  std::vector<Batch> out;
+  for (size_t w = 0; w < starts.size(); w += size_t(batch_size_))
+    out.push_back(window_batch(val_, {starts.begin() + w, starts.begin() + std::min(starts.size(), w + size_t(batch_size_))}));
+  return out;
+}
+
+// --- recipe --------------------------------------------------------------------------------------------
+
+Recipe parse_recipe(const json& j, const std::string& path) {
+  check_keys(j, {"seed", "init", "model", "spkv", "tokenizer", "data", "optim", "schedule", "eval"}, path);
+  Recipe r;
+  r.path = path;
+  r.source = j;
+  const std::string base = fs::path(path).parent_path().string();
+  read(j, "seed", r.seed, path);
+  read(j, "init", r.init, path);
+  read(j, "tokenizer", r.tokenizer, path);
+  r.init = resolve(base, r.init);
+  r.tokenizer = resolve(base, r.tokenizer);
+  if (!r.init.empty() && j.contains("model"))
+    throw ConfigError(path + ": give either 'init' (adapt a checkpoint) or 'model' (train from scratch), not both");
+  if (!r.init.empty()) {
+    r.model = load_checkpoint(r.init).config;
+    if (r.tokenizer.empty()) r.tokenizer = default_tokenizer_path(r.init);
+  } else if (j.contains("model")) {
+    r.model = parse_hf_config(j["model"].dump(), path + ": model");
+  } else {
+    throw ConfigError(path + ": missing field 'init' or 'model'");
+  }
+  // The spkv block goes through the config parser, so recipe and config.json validate the same way.
+  json mj = json::parse(r.model.to_hf_json());
+  mj.erase("spkv");
+  if (j.contains("spkv") && !j["spkv"].is_null()) mj["spkv"] = j["spkv"];
+  r.model = parse_hf_config(mj.dump(), path);
+
+  if (!j.contains("data")) throw ConfigError(path + ": missing field 'data'");
+  const json& d = j["data"];
+  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows"}, path + ": data");
+  read(d, "train", r.train_data, path + ": data");
+  read(d, "val", r.val_data, path + ": data");
+  read(d, "seq_len", r.seq_len, path + ": data");
+  read(d, "batch_size", r.batch_size, path + ": data");
+  read(d, "windows", r.windows, path + ": data");
+  if (r.windows != "random" && r.windows != "documents")
+    throw ConfigError(path + ": data.windows must be \"random\" or \"documents\", got \"" + r.windows + "\"");
+  r.train_data = resolve(base, r.train_data);
+  r.val_data = resolve(base, r.val_data);
+  if (j.contains("optim")) {
+    const json& o = j["optim"];
+    const std::string w = path + ": optim";
+    check_keys(o, {"lr", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay", "predictor_lr_mult",
+                   "predictor_weight_decay", "grad_clip", "grad_accum", "density_lambda"}, w);
+    read(o, "lr", r.lr, w), read(o, "min_lr_ratio", r.min_lr_ratio, w), read(o, "beta1", r.beta1, w);
+    read(o, "beta2", r.beta2, w), read(o, "eps", r.eps, w), read(o, "weight_decay", r.weight_decay, w);
+    read(o, "predictor_lr_mult", r.predictor_lr_mult, w);
+    read(o, "predictor_weight_decay", r.predictor_weight_decay, w);
+    read(o, "grad_clip", r.grad_clip, w), read(o, "grad_accum", r.grad_accum, w);
+    if (o.contains("density_lambda") && !o["density_lambda"].is_null()) {
+      const json& v = o["density_lambda"];
+      r.density_lambda = v.is_array() ? json_field<std::vector<double>>(v, "density_lambda", w)
+                                      : std::vector<double>{json_field<double>(v, "density_lambda", w)};
+    }
+  }
+  if (j.contains("schedule")) {
+    const json& s = j["schedule"];
+    const std::string w = path + ": schedule";
+    check_keys(s, {"steps", "warmup", "gating", "hard_at", "anneal_steps"}, w);
+    read(s, "steps", r.steps, w), read(s, "warmup", r.warmup, w), read(s, "gating", r.gating, w);
+    read(s, "hard_at", r.hard_at, w), read(s, "anneal_steps", r.anneal_steps, w);
+  }
+  if (j.contains("eval")) {
+    const json& e = j["eval"];
+    const std::string w = path + ": eval";
+    check_keys(e, {"every", "batches", "checkpoint_every", "tasks", "tasks_docs"}, w);
+    read(e, "every", r.eval_every, w), read(e, "batches", r.eval_batches, w);
+    read(e, "checkpoint_every", r.checkpoint_every, w);
+    read(e, "tasks", r.eval_tasks, w), read(e, "tasks_docs", r.eval_tasks_docs, w);
+    r.eval_tasks = resolve(base, r.eval_tasks);
+  }
+  auto need = [&](bool ok, const std::string& what) {
+    if (!ok) throw ConfigError(path + ": " + what);
+  };
+  need(r.seq_len >= 2 && r.seq_len <= r.model.max_seq_len,
+       "data.seq_len must be in [2, max_position_embeddings = " + std::to_string(r.model.max_seq_len) + "], got " +
+           std::to_string(r.seq_len));
+  need(r.batch_size >= 1, "data.batch_size must be >= 1");
+  need(r.lr > 0, "optim.lr must be > 0");
+  need(r.min_lr_ratio >= 0 && r.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]");
+  need(r.predictor_lr_mult >= 0, "optim.predictor_lr_mult must be >= 0");
+  need(r.grad_accum >= 1, "optim.grad_accum must be >= 1");
+  need(r.density_lambda.size() == 1 || r.density_lambda.size() == size_t(r.model.n_layers),
+       "optim.density_lambda must be a number or one number per layer (" + std::to_string(r.model.n_layers) +
+           "), got " + std::to_string(r.density_lambda.size()));
+  for (double l : r.density_lambda) need(std::isfinite(l), "optim.density_lambda must be finite");
+  need(r.steps >= 1, "schedule.steps must be >= 1");
+  need(r.warmup >= 0 && r.warmup < r.steps, "schedule.warmup must be in [0, steps)");
+  need(r.gating == "soft_then_hard" || r.gating == "soft" || r.gating == "ste",
+       "schedule.gating '" + r.gating + "' (expected soft_then_hard, soft or ste)");
+  need(r.hard_at >= 0 && r.hard_at <= 1, "schedule.hard_at must be in [0, 1]");
+  need(r.anneal_steps >= 1, "schedule.anneal_steps must be >= 1");
+  need(r.eval_every >= 1 && r.eval_batches >= 1, "eval.every and eval.batches must be >= 1");
+  need(r.eval_tasks.empty() || !r.tokenizer.empty(), "eval.tasks needs a tokenizer (field 'tokenizer')");
+  need(r.eval_tasks_docs >= 1, "eval.tasks_docs must be >= 1");
+  return r;
+}
+
+Recipe load_recipe(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot open recipe");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json j;
+  try {
+    j = json::parse(ss.str());
+  } catch (const json::exception& e) {
+    throw ConfigError(path + ": invalid JSON: " + e.what());
+  }
+  return parse_recipe(j, path);
+}
+
+int64_t Recipe::switch_step() const {
+  if (gating != "soft_then_hard" || !model.spkv.enabled) return steps;
+  return warmup + int64_t(std::llround(hard_at * double(steps - warmup)));
+}
+
+GateSettings Recipe::gates_at(int64_t step, bool* predictor_frozen) const {
+  GateSettings g;
+  g.tau = model.spkv.tau;
+  *predictor_frozen = false;
+  if (!model.spkv.enabled) {
+    g.mode = GateMode::dense;
+  } else if (gating == "ste") {
+    g.mode = GateMode::ste;
+  } else if (step < switch_step()) {
+    g.mode = GateMode::soft;
+  } else {
+    g.mode = GateMode::annealed;
+    g.anneal = std::min(1.0, double(step - switch_step() + 1) / double(anneal_steps));
+    *predictor_frozen = true;
+  }
+  return g;
+}
+
+double Recipe::lr_at(int64_t step) const {
+  if (step < warmup) return lr * double(step + 1) / double(warmup);
+  const double p = double(step - warmup) / double(std::max<int64_t>(1, steps - warmup));
+  return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + std::cos(M_PI * p)));
+}
+
+// --- model and evaluation --------------------------------------------------------------------------
+
+LlamaForCausalLM build_model(const Recipe& r) {
+  torch::manual_seed(r.seed);  // also for adaptation: the new predictors are drawn from it
+  LlamaForCausalLM m(r.model);
+  torch::NoGradGuard ng;
+  if (!r.init.empty()) {
+    m->load(load_checkpoint(r.init), /*init_missing_predictor=*/true);
+    for (auto& p : m->parameters()) p.set_data(p.data().clone());  // own memory, not the file mapping
+    return m;
+  }
+  const double resid = 0.02 / std::sqrt(2.0 * double(r.model.n_layers));
+  for (auto& item : m->named_parameters()) {
+    const std::string& n = item.key();
+    auto& p = item.value();
+    if (n.find(".utility.") != std::string::npos) continue;
+    if (n.find("norm.weight") != std::string::npos) p.fill_(1.0);
+    else if (p.dim() == 1) p.zero_();
+    else p.normal_(0.0, n.find("o_proj") != std::string::npos || n.find("down_proj") != std::string::npos ? resid : 0.02);
+  }
+  for (auto& layer : *m->model->layers) {
+    auto& attn = layer->as<DecoderLayer>()->self_attn;
+    if (attn->utility) attn->utility->reset(r.model.spkv);
+  }
+  return m;
+}
+
+namespace {
+// Targets that count: the batch's loss mask, minus the first token of each packed document.
+torch::Tensor target_mask(const Batch& b, int64_t T) {
+  auto m = torch::ones({b.tokens.size(0), T}, torch::kBool);
+  if (b.segments.defined()) m = b.segments.narrow(1, 1, T) == b.segments.narrow(1, 0, T);
+  if (b.loss_mask.defined()) m = m & b.loss_mask;
+  return m;
+}
+
+struct BatchLoss {
+  torch::Tensor nll_sum;  // () summed NLL of the counted targets, with autograd
+  torch::Tensor count;    // () number of counted targets
+};
+
+// The next-token loss of one batch; the forward pass's gate counts are added to `counts`.
+BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts) {
+  const int64_t T = b.tokens.size(1) - 1;
+  auto logits = m(b.tokens.narrow(1, 0, T).to(device),
+                  b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor());  // (B, T, V)
+  auto nll = torch::nn::functional::cross_entropy(
+      logits.reshape({-1, logits.size(-1)}), b.tokens.narrow(1, 1, T).reshape(-1).to(device),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));  // (B*T)
+  auto mask = target_mask(b, T).reshape(-1).to(device);
+  auto c = m->gate_counts();
+  if (c.defined()) counts = counts.defined() ? counts + c : c;
+  return {(nll * mask).sum(), mask.sum()};
+}
+
+// Mean utility u over the out-of-window keys of the last forward call, every layer and KV head (with the
+// autograd graph): the term of the density knob.
+// The density term -mean over layers of (lambda_l * mean u of layer l's out-of-window keys); one lambda for
+// every layer gives -lambda * mean(u), each layer having as many out-of-window keys.
+torch::Tensor density_term(LlamaForCausalLM& m, const std::vector<double>& lambda) {
+  std::vector<torch::Tensor> u;
+  for (auto& layer : *m->model->layers) u.push_back(layer->as<DecoderLayer>()->self_attn->last_utility);  // (B, T, Hkv)
+  const auto all = torch::stack(u);                                                                   // (L, B, T, Hkv)
+  const auto ev = m->last_evictable.unsqueeze(-1).expand_as(all).to(all.scalar_type());               // (L, B, T, Hkv)
+  const auto per_layer = (all * ev).sum({1, 2, 3}) / ev.sum({1, 2, 3}).clamp_min(1);                 // (L,)
+  const auto lam = torch::tensor(lambda, all.options()).expand_as(per_layer);                          // (L,)
+  return -(lam * per_layer).mean();
+}
+}  // namespace
+
+EvalResult evaluate(LlamaForCausalLM& m, const std::vector<Batch>& batches, const torch::Device& device) {
+  torch::NoGradGuard ng;
+  const bool was_training = m->is_training();
+  const GateSettings saved = m->gates;
+  m->eval();
+  if (m->config.spkv.enabled) m->gates.mode = GateMode::hard;
+  EvalResult r;
+  double sum = 0;
+  for (const Batch& b : batches) {
+    BatchLoss l = batch_loss(m, b, device, r.counts);
+    sum += l.nll_sum.item<double>();
+    r.tokens += l.count.item<int64_t>();
+  }
+  r.nll = r.tokens ? sum / double(r.tokens) : 0;
+  m->gates = saved;
+  m->train(was_training);
+  return r;
+}
+
+json rate_json(const torch::Tensor& counts, const std::string& name) {
+  json j;
+  if (!counts.defined()) return j;
+  auto ratio = [](const torch::Tensor& c) {  // (..., 2) -> (...) kept / total
+    return (c.select(-1, 0).to(torch::kFloat64) / c.select(-1, 1).to(torch::kFloat64).clamp_min(1));
+  };
+  j[name] = ratio(counts.sum(at::IntArrayRef{0, 1})).item<double>();
+  auto per_layer = ratio(counts.sum(1));
+  j[name + "_per_layer"] = std::vector<double>(per_layer.data_ptr<double>(), per_layer.data_ptr<double>() + per_layer.numel());
+  auto per_head = ratio(counts).contiguous();
+  std::vector<std::vector<double>> rows;
+  for (int64_t il = 0; il < per_head.size(0); ++il)
+    rows.emplace_back(per_head[il].data_ptr<double>(), per_head[il].data_ptr<double>() + per_head.size(1));
+  j[name + "_per_head"] = rows;
+  return j;
+}
+
+json density_json(const torch::Tensor& counts) {
+  json j = rate_json(counts, "density");
+  if (counts.defined()) j["evictable_keys"] = counts.select(-1, 1).sum().item<int64_t>();
+  return j;
+}
+
+json EvalResult::to_json() const {
+  json j = density_json(counts);
+  j["val_nll"] = nll;
+  j["val_tokens"] = tokens;
+  return j;
+}
+
+// --- the loop ------------------------------------------------------------------------------------------
+
+TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
+  const torch::Device device = parse_device(o.device);
+  if (data.vocab_size() > r.model.vocab_size)
+    throw ConfigError(r.path + ": the data has token ids up to " + std::to_string(data.vocab_size() - 1) +
+                      " but the model's vocab_size is " + std::to_string(r.model.vocab_size));
+  const fs::path out(o.out_dir), ckdir = out / "checkpoints", log_path = out / "train_log.jsonl";
+  fs::create_directories(out);
+
+  LlamaForCausalLM m = build_model(r);
+  int64_t start = 0, tokens_seen = 0;
+  std::vector<std::string> kept_log;
+  fs::path resume_from;
+  // A folder whose first checkpoint was never completed (a failed write, a kill while writing) cannot be
+  // continued; it starts over, with or without --resume. Half-written checkpoint folders go.
+  const auto cks = checkpoints_in(ckdir);
+  if (fs::exists(ckdir))
+    for (auto& e : fs::directory_iterator(ckdir))
+      if (e.path().filename().string().find(".tmp") != std::string::npos) remove_tree(e.path().string());
+  if (cks.empty() && (o.resume || fs::exists(log_path))) {
+    std::fprintf(stderr, "%s: no complete checkpoint; starting over from step 0\n", ckdir.string().c_str());
+  } else if (o.resume) {
+    resume_from = cks.back();
+    m->load(load_checkpoint(resume_from.string()));
+    torch::NoGradGuard ng;
+    for (auto& p : m->parameters()) p.set_data(p.data().clone());
+    const fs::path state = resume_from / "trainer_state.json";
+    try {
+      std::ifstream sf(state);
+      json st = json::parse(sf);
+      start = st.at("step").get<int64_t>();
+      tokens_seen = st.at("tokens").get<int64_t>();
+    } catch (const json::exception& e) {
+      throw InputError(state.string() + ": expected {\"step\": N, \"tokens\": N}: " + e.what());
+    }
+    std::ifstream lf(log_path);
+    int64_t line_no = 0;
+    for (std::string line; std::getline(lf, line);) {  // keep the log up to the checkpoint
+      ++line_no;
+      try {
+        if (!line.empty() && json::parse(line).value("step", int64_t(0)) <= start) kept_log.push_back(line);
+      } catch (const json::exception&) {  // a line torn by a kill: dropped, the run repeats its steps
+        std::fprintf(stderr, "%s: line %lld is not JSON; dropped\n", log_path.string().c_str(), (long long)line_no);
+      }
+    }
+  } else if (!cks.empty()) {
+    throw InputError(out.string() + ": already holds a training run (train_log.jsonl and checkpoints); pass --resume "
+                     "to continue it, or choose another --out");
+  }
+  m->to(device);
+  write_file_atomic((out / "recipe.json").string(), r.source.dump(2) + "\n");
+
+  // Parameter groups: matrices (decayed), vectors (norm weights, biases: not decayed), predictor.
+  std::vector<torch::Tensor> decay, no_decay, predictor = m->predictor_parameters();
+  for (auto& item : m->named_parameters())
+    if (item.key().find(".utility.") == std::string::npos) (item.value().dim() >= 2 ? decay : no_decay).push_back(item.value());
+  auto group = [&](std::vector<torch::Tensor> ps, double wd) {
+    return torch::optim::OptimizerParamGroup(
+        ps, std::make_unique<torch::optim::AdamWOptions>(
+                torch::optim::AdamWOptions(r.lr).betas({r.beta1, r.beta2}).eps(r.eps).weight_decay(wd)));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups{group(decay, r.weight_decay), group(no_decay, 0.0)};
+  if (!predictor.empty()) groups.push_back(group(predictor, r.predictor_weight_decay));
+  torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(r.lr));
+  if (!resume_from.empty()) torch::load(opt, (resume_from / "optimizer.pt").string(), device);
+
+  {  // the log, truncated to the checkpoint on resume
+    std::string kept;
+    for (auto& l : kept_log) kept += l + "\n";
+    write_file_atomic(log_path.string(), kept);
+  }
+  std::ofstream log(log_path, std::ios::app);
+  auto emit = [&](const json& j) { log << j.dump() << "\n" << std::flush; };
+
+  auto save_checkpoint = [&](int64_t step) {
+    write_model_dir(ckdir / step_dir_name(step), m, r, [&](const fs::path& dir) {
+      std::ostringstream state;  // serialized in memory: torch's file writer aborts when a write fails
+      torch::save(opt, state);
+      write_file_atomic((dir / "optimizer.pt").string(), state.str());
+      json st = {{"step", step}, {"tokens", tokens_seen}, {"seed", r.seed},
+                 {"rng", "per-step: torch::manual_seed(mix(seed, step)); data: mt19937_64(mix(mix(seed, step), micro))"}};
+      write_file_atomic((dir / "trainer_state.json").string(), st.dump(2) + "\n");
+    });
+    auto cks = checkpoints_in(ckdir);
+    for (size_t i = 0; i + 2 < cks.size(); ++i) remove_tree(cks[i].string());
+  };
+
+  const std::vector<Batch> val = data.val_batches();
+  const int64_t ckpt_every = r.checkpoint_every > 0 ? r.checkpoint_every : r.eval_every;
+  std::unique_ptr<Progress> bar;
+  if (o.progress) bar = std::make_unique<Progress>("train", r.steps - start, "step");
+  TrainResult res;
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t tokens_at_start = tokens_seen;
+  const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
+  for (int64_t step = start; step < r.steps; ++step) {
+    bool frozen = false;
+    m->gates = r.gates_at(step, &frozen);
+    for (auto& p : predictor) p.requires_grad_(!frozen);
+    const double lr = r.lr_at(step);
+    for (size_t g = 0; g < opt.param_groups().size(); ++g)
+      static_cast<torch::optim::AdamWOptions&>(opt.param_groups()[g].options()).lr(g == 2 ? lr * r.predictor_lr_mult : lr);
+    torch::manual_seed(mix(r.seed, uint64_t(step)));  // ste sampling
+    m->train();
+    for (auto& p : m->parameters()) p.mutable_grad() = torch::Tensor();
+
+    double loss_sum = 0;
+    torch::Tensor counts;
+    for (int64_t micro = 0; micro < r.grad_accum; ++micro) {
+      Batch b = data.train_batch(step, micro);
+      BatchLoss l = batch_loss(m, b, device, counts);
+      auto loss = l.nll_sum / l.count.clamp_min(1);
+      auto objective = loss;
+      if (knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense)
+        objective = loss + density_term(m, r.density_lambda);
+      (objective / double(r.grad_accum)).backward();
+      loss_sum += loss.item<double>() / double(r.grad_accum);
+      tokens_seen += b.tokens.numel() - b.tokens.size(0);
+    }
+    double grad_norm = 0;
+    if (r.grad_clip > 0) {
+      std::vector<torch::Tensor> with_grad;
+      for (auto& p : m->parameters())
+        if (p.grad().defined()) with_grad.push_back(p);
+      grad_norm = torch::nn::utils::clip_grad_norm_(with_grad, r.grad_clip);
+    }
+    opt.step();
+
+    const int64_t done = step + 1;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    json rec = {{"type", "step"},  {"step", done},          {"loss", loss_sum}, {"lr", lr},
+                {"grad_norm", grad_norm}, {"mode", to_string(m->gates.mode)}, {"anneal", m->gates.anneal},
+                {"tokens", tokens_seen}, {"tok_per_s", el > 0 ? double(tokens_seen - tokens_at_start) / el : 0.0}};
+    if (counts.defined()) rec["density"] = density_json(counts)["density"];
+    emit(rec);
+    if (bar) {
+      char extra[160];
+      std::snprintf(extra, sizeof extra, "loss %.4f%s  %s  %.0f tok/s", loss_sum,
+                    counts.defined() ? (" density " + std::to_string(rec["density"].get<double>()).substr(0, 5)).c_str() : "",
+                    to_string(m->gates.mode), rec["tok_per_s"].get<double>());
+      bar->add(1, extra);
+    }
+    if (done % r.eval_every == 0 || done == r.steps) {
+      EvalResult ev = evaluate(m, val, device);
+      json e = ev.to_json();
+      e["type"] = "eval";
+      e["step"] = done;
+      if (o.eval_hook) {
+        m->eval();
+        e.update(o.eval_hook(m));
+        m->train();
+      }
+      emit(e);
+      res.last_eval = e;
+    }
+    const bool stop = (o.stop && o.stop->load()) || (o.stop_after > 0 && done >= o.stop_after);
+    if (done % ckpt_every == 0 || stop || done == r.steps) save_checkpoint(done);
+    res.step = done;
+    if (stop && done < r.steps) {
+      if (bar) bar->finish();
+      res.interrupted = true;
+      return res;
+    }
+  }
+  if (bar) bar->finish();
+  res.model_dir = (out / "model").string();
+  write_model_dir(out / "model", m, r);
+  return res;
+}
+
+}  // namespace spkv

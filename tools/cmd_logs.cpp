@@ -1,0 +1,73 @@
+// `spkv run | analyze | check`: a model over a corpus into an HDF5 gate log (run.cpp does the work), and
+// the report and the invariant check of gate logs (analysis/).
+#include <fmt/core.h>
+
+#include <cstdio>
+
+#include "analysis/check_log.h"
+#include "analysis/report.h"
+#include "core/base/json_text.h"
+#include "core/model/safetensors.h"
+#include "tools/cli.h"
+#include "tools/run.h"
+
+namespace spkv::cli {
+
+void add_log_commands(CLI::App& app, Commands& out) {
+  auto ro = options<RunOptions>();
+  auto* run = app.add_subcommand("run", "run an SP-KV model over a corpus through the KV cache; log every gate decision to HDF5");
+    ro->tool_version = SPKV_VERSION, ro->git_commit = SPKV_GIT_COMMIT;
+  run->add_option("--model,-m", ro->model, "SP-KV model (Hugging Face-style directory)")->required();
+  run->add_option("--tokenizer,-t", ro->tokenizer, "tokenizer file (default: found beside the model)");
+  run->add_option("--out,-o", ro->out, "the gate log to write (.h5)")->required();
+  run->add_option("inputs", ro->inputs, "text files, folders (recursive) or JSONL files with a \"text\" and optional \"id\"")->required();
+  run->add_option("--separator", ro->separator, "document separator inside .txt files (default: one document per file)");
+  run->add_option("--tau", ro->tau, "gate threshold (default: the model's)");
+  run->add_option("--window", ro->window, "local window W (default: the model's)")->check(CLI::PositiveNumber);
+  run->add_option("--chunk", ro->chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+  run->add_option("--device", ro->device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
+  run->add_option("--max-docs", ro->max_docs, "at most this many input documents (0 = all)");
+  run->add_flag("--dense", ro->dense, "full attention; log what the gates would decide");
+  run->add_flag("--attention-stats", ro->attention_stats, "with --dense: log the attention mass each key received, in total and from the last queries");
+  run->add_option("--last-queries", ro->last_queries, "the final queries of --attention-stats' second statistic")->check(CLI::PositiveNumber);
+  run->add_flag("--resume", ro->resume, "continue the OUT.partial log of an interrupted run (same model and settings)");
+  run->add_option("--flush-seconds", ro->flush_seconds, "flush the partial log at most this often (a kill loses at most this much work)")
+      ->check(CLI::NonNegativeNumber);
+  out.push_back({run, [ro] {
+                   catch_stop_signals();
+                   return cmd_run(*ro, g_stop);
+                 }});
+
+  struct Analyze {
+    std::vector<std::string> logs;
+    std::string json, md;
+  };
+  auto a = options<Analyze>();
+  auto* an = app.add_subcommand("analyze", "density with spread, compression against length, and a tau sweep from gate logs");
+  an->add_option("logs", a->logs, "gate logs (.h5) of one model and settings; several are merged")->required();
+  an->add_option("--out,-o", a->json, "write the report as JSON");
+  an->add_option("--markdown", a->md, "write the report as Markdown");
+  out.push_back({an, [a] {
+                   const auto r = analysis::analyze_logs(a->logs);
+                   const std::string md = analysis::report_markdown(r);
+                   std::fwrite(md.data(), 1, md.size(), stdout);
+                   if (!a->json.empty()) write_file_atomic(a->json, analysis::report_json(r));
+                   if (!a->md.empty()) write_file_atomic(a->md, md);
+                   return true;
+                 }});
+
+  auto logs = options<std::vector<std::string>>();
+  auto* chk = app.add_subcommand("check", "verify every invariant of gate logs (docs/hdf5-schema.md); exit 1 at the first violation");
+  chk->add_option("logs", *logs, "gate logs (.h5, or .h5.partial)")->required();
+  out.push_back({chk, [logs] {
+                   for (const auto& log : *logs) {
+                     const auto r = analysis::check_gate_log(log);
+                     fmt::print("{}: ok: {} documents, {} tokens{}\n", log, r.documents, r.tokens,
+                                r.complete ? "" : " (partial: complete = 0)");
+                     for (const auto& c : r.checked) fmt::print("  checked {}\n", c);
+                   }
+                   return true;
+                 }});
+}
+
+}  // namespace spkv::cli

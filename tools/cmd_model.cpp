@@ -1,0 +1,225 @@
+// `spkv info | generate | eval | convert`: a model's facts, text from it, its NLL, and its conversion to
+// a Hugging Face-style directory.
+#include <fmt/core.h>
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "analysis/stats.h"
+#include "core/base/json_text.h"
+#include "core/base/progress.h"
+#include "core/infer/generate.h"
+#include "core/model/checkpoint.h"
+#include "core/model/safetensors.h"
+#include "core/text/documents.h"
+#include "core/train/trainer.h"
+#include "tools/cli.h"
+
+namespace spkv::cli {
+namespace {
+
+void cmd_info(const ModelArgs& a) {
+  Checkpoint ck = load_checkpoint(a.model);
+  LlamaForCausalLM m(ck.config);
+  m->load(ck);
+  const ModelConfig& c = ck.config;
+  fmt::print("model        {} ({})\n", a.model, ck.format);
+  fmt::print("architecture {}\n", c.architecture);
+  fmt::print("parameters   {}\n", m->parameter_count());
+  fmt::print("dim {}  hidden_dim {}  layers {}  heads {}  kv_heads {}  head_dim {}\n", c.dim, c.hidden_dim,
+             c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
+  fmt::print("vocab {}  context {}  norm_eps {:g}  tied_embeddings {}  attention_bias {}\n", c.vocab_size,
+             c.max_seq_len, c.norm_eps, c.tied_embeddings, c.attention_bias);
+  fmt::print("rope {}  theta {:g}  scaling {} (factor {:g})  sliding_window {}\n", to_string(c.rope_style),
+             c.rope_theta, c.rope_scaling.type, c.rope_scaling.factor, c.sliding_window);
+  fmt::print("tokenizer    {}\n", a.load_tokenizer_for(c)->summary());
+}
+
+// `--samples N --out FILE`: N continuations of the prompt (default: BOS alone), seeds seed..seed+N-1,
+// written as one corpus separated by <|endoftext|>.
+void cmd_sample_corpus(const ModelArgs& a, const std::string& prompt, int64_t max_new, SamplerOptions so,
+                       int64_t samples, const std::string& out) {
+  auto model = load_model(a.model);
+  auto tok = a.load_tokenizer_for(model->config);
+  const std::vector<int32_t> start = tok->encode(prompt, /*bos=*/true, /*eos=*/false);
+  std::string text;
+  Progress bar("sample", samples, "doc");
+  for (int64_t i = 0; i < samples; ++i) {
+    std::vector<int32_t> ids = start;
+    generate(model, ids, max_new, so, [](int32_t) {});
+    so.seed += 1;
+    text += tok->decode(ids) + "\n<|endoftext|>\n";
+    bar.add(1);
+  }
+  bar.finish();
+  write_file_atomic(out, text);
+  fmt::print("wrote {} samples ({} bytes) to {}\n", samples, text.size(), out);
+}
+
+void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new, const SamplerOptions& so) {
+  auto model = load_model(a.model);
+  auto tok = a.load_tokenizer_for(model->config);
+  std::vector<int32_t> ids = tok->encode(prompt, /*bos=*/true, /*eos=*/false);
+  if (int64_t(ids.size()) >= model->config.max_seq_len)
+    throw InputError(fmt::format("the prompt has {} tokens, the model's context is {}", ids.size(),
+                                 model->config.max_seq_len));
+  std::string out = tok->decode(ids);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  std::fflush(stdout);
+  int32_t prev = ids.back();
+  generate(model, ids, max_new, so, [&](int32_t id) {
+    const std::string piece = tok->token_bytes(prev, id);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    prev = id;
+  });
+  if (isatty(fileno(stdout))) std::fputc('\n', stderr);
+}
+
+
+void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs,
+              const EvalOverrides& ov, const std::string& json_out) {
+  auto model = load_model(a.model);
+  ov.apply(model, a.model);
+  auto tok = a.load_tokenizer_for(model->config);
+  auto docs = read_documents(input, separator);
+  if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(max_docs);
+  std::vector<std::vector<int32_t>> ids;
+  int64_t total = 0;
+  for (auto& d : docs) {
+    ids.push_back(encode_showing_progress(*tok, d.text, /*bos=*/true, /*eos=*/false));
+    total += int64_t(ids.back().size()) - 1;
+  }
+  std::vector<double> doc_mean, doc_tokens;
+  double sum = 0;
+  int64_t n = 0;
+  Progress bar("eval", total, "tok");
+  torch::Tensor counts;  // (L, Hkv, 2) with SP-KV
+  for (auto& t : ids) {
+    auto nll = token_nll(model, t, &counts);
+    if (nll.empty()) continue;
+    double s = 0;
+    for (double x : nll) s += x;
+    sum += s, n += int64_t(nll.size());
+    doc_mean.push_back(s / double(nll.size()));
+    doc_tokens.push_back(double(nll.size()));
+    bar.add(int64_t(nll.size()), fmt::format("nll {:.4f}", sum / double(n)));
+  }
+  bar.finish();
+  if (n == 0) throw InputError(input + ": no document has two or more tokens to score");
+  auto s = analysis::summarize(doc_mean, doc_tokens);
+  fmt::print("documents   {}\n", doc_mean.size());
+  fmt::print("tokens      {} (scored; BOS first, every later token predicted once)\n", n);
+  fmt::print("mean NLL    {:.6f} nats/token\n", sum / double(n));
+  fmt::print("perplexity  {:.4f}\n", std::exp(sum / double(n)));
+  fmt::print("per-document: mean {:.4f} (token-weighted), std {:.4f}, 95% bootstrap CI [{:.4f}, {:.4f}]\n",
+             s.mean, s.stddev, s.ci_low, s.ci_high);
+  const auto d = density_json(counts);  // empty without SP-KV
+  if (!json_out.empty()) {
+    nlohmann::json j = {{"model", a.model}, {"input", input}, {"documents", doc_mean.size()}, {"tokens", n},
+                        {"nll", sum / double(n)}, {"ci", {s.ci_low, s.ci_high}},
+                        {"sliding_window", model->config.sliding_window}};
+    if (counts.defined()) j["gates"] = d, j["gates"]["tau"] = model->gates.tau;
+    write_file_atomic(json_out, json_text(j));
+  }
+  if (!counts.defined()) return;
+  fmt::print("SP-KV       window {}, tau {}, hard gates\n", model->config.spkv.window, model->gates.tau);
+  if (d["evictable_keys"].get<int64_t>() == 0) return fmt::print("density     - (no key is outside the window)\n");
+  fmt::print("density     {:.4f} (kept / evictable keys; {} evictable key-heads)\n", d["density"].get<double>(),
+             d["evictable_keys"].get<int64_t>());
+  for (size_t il = 0; il < d["density_per_layer"].size(); ++il) {
+    fmt::print("  layer {:<3} {:.4f}  heads", il, d["density_per_layer"][il].get<double>());
+    for (auto& h : d["density_per_head"][il]) fmt::print(" {:.3f}", h.get<double>());
+    fmt::print("\n");
+  }
+}
+
+// Writes a Hugging Face-style directory. llama2.c weights (interleaved RoPE) get HF's q/k row permutation,
+// so the result is an ordinary rotate-half Llama checkpoint.
+void cmd_convert(const ModelArgs& a, const std::string& out) {
+  // The tokenizer is found (or its absence reported) before anything is written.
+  const std::string tokenizer = a.tokenizer.empty() ? default_tokenizer_path(a.model) : a.tokenizer;
+  Checkpoint ck = load_checkpoint(a.model);
+  LlamaForCausalLM m(ck.config);
+  m->load(ck);
+  auto tensors = m->named_tensors();
+  ModelConfig c = ck.config;
+  if (c.rope_style == RopeStyle::interleaved) {
+    for (auto& [name, t] : tensors) {
+      if (name.find("q_proj.weight") != std::string::npos) t = permute_for_rotate_half(t, c.n_heads);
+      if (name.find("k_proj.weight") != std::string::npos) t = permute_for_rotate_half(t, c.n_kv_heads);
+    }
+    c.rope_style = RopeStyle::rotate_half;
+  }
+  save_hf_checkpoint(out, c, tensors, {{"converted_from", a.model}});
+  const std::string tok = copy_tokenizer_into(tokenizer, out);
+  fmt::print("wrote {} ({} tensors, rope {}) and {}\n", out, tensors.size(), to_string(c.rope_style), tok);
+}
+
+}  // namespace
+
+void add_model_commands(CLI::App& app, Commands& out) {
+  auto ma = options<ModelArgs>();
+  auto* info = app.add_subcommand("info", "show a model's config, parameter count and tokenizer");
+  ma->add(info);
+  out.push_back({info, [ma] { return cmd_info(*ma), true; }});
+
+  struct Gen {
+    ModelArgs ma;
+    std::string prompt, samples_out;
+    int64_t max_new = 256, samples = 0;
+    SamplerOptions so;
+  };
+  auto g = options<Gen>();
+  auto* gen = app.add_subcommand("generate", "continue a prompt; prints prompt + continuation on stdout");
+  g->ma.add(gen);
+  gen->add_option("--prompt,-p", g->prompt, "prompt text (with --samples: default empty, BOS alone)");
+  gen->add_option("--max-new-tokens,-n", g->max_new, "tokens to generate")->check(CLI::NonNegativeNumber);
+  gen->add_option("--temperature", g->so.temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));
+  gen->add_option("--top-p", g->so.top_p, "nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--seed", g->so.seed, "sampling seed");
+  gen->add_option("--samples", g->samples, "write this many samples to --out instead of printing one (temperature default 1)")
+      ->check(CLI::PositiveNumber);
+  gen->add_option("--out,-o", g->samples_out, "corpus file for --samples (documents separated by <|endoftext|>)");
+  out.push_back({gen, [g, gen] {
+                   if (g->samples > 0) {
+                     if (g->samples_out.empty()) throw ConfigError("generate --samples needs --out FILE");
+                     if (!gen->count("--temperature")) g->so.temperature = 1.0f;
+                     cmd_sample_corpus(g->ma, g->prompt, g->max_new, g->so, g->samples, g->samples_out);
+                   } else {
+                     if (!gen->count("--prompt")) throw ConfigError("generate needs --prompt (or --samples N --out FILE)");
+                     cmd_generate(g->ma, g->prompt, g->max_new, g->so);
+                   }
+                   return true;
+                 }});
+
+  struct Eval {
+    ModelArgs ma;
+    std::string input, separator = "<|endoftext|>", json;
+    int64_t max_docs = 0;
+    EvalOverrides ov;
+  };
+  auto e = options<Eval>();
+  auto* ev = app.add_subcommand("eval", "mean NLL per token and perplexity over a text file or folder");
+  e->ma.add(ev);
+  ev->add_option("input", e->input, "text file, or folder of .txt files (recursive)")->required();
+  ev->add_option("--separator", e->separator, "document separator inside files (\"\" = one document per file)");
+  ev->add_option("--max-docs", e->max_docs, "score at most this many documents (0 = all)");
+  e->ov.add(ev);
+  ev->add_option("--json", e->json, "also write the results here");
+  out.push_back({ev, [e] { return cmd_eval(e->ma, e->input, e->separator, e->max_docs, e->ov, e->json), true; }});
+
+  struct Convert {
+    ModelArgs ma;
+    std::string out;
+  };
+  auto c = options<Convert>();
+  auto* conv = app.add_subcommand("convert", "write a model as a Hugging Face-style directory");
+  c->ma.add(conv);
+  conv->add_option("--out,-o", c->out, "output directory")->required();
+  out.push_back({conv, [c] { return cmd_convert(c->ma, c->out), true; }});
+}
+
+}  // namespace spkv::cli
