@@ -32,23 +32,15 @@ struct ModelArgs {
   }
 };
 
-// Evaluation-time changes to a loaded model: the SP-KV threshold, and a sliding window that hides every key
-// beyond it (the local-only ablation of any model).
+// Evaluation-time changes to a loaded model: the SP-KV threshold, a sliding window that hides every key
+// beyond it (the local-only ablation of any model), or a hybrid layout imposed instead of the gates (the
+// ablation of chosen heads). Defined in cmd_model.cpp.
 struct EvalOverrides {
   double tau = 0;      // 0 = the model's
   int64_t window = 0;  // 0 = the model's attention
-  void add(CLI::App* app) {
-    app->add_option("--tau", tau, "SP-KV threshold to evaluate at (default: the model's)");
-    app->add_option("--window", window, "attend only to the last N keys (local-only ablation)")->check(CLI::PositiveNumber);
-  }
-  void apply(LlamaForCausalLM& model, const std::string& path) const {
-    if (tau > 0) {
-      if (!model->config.spkv.enabled) throw ConfigError(path + ": --tau given, but the model has no spkv block");
-      if (tau >= 1) throw ConfigError("--tau must be in (0, 1)");
-      model->gates.tau = tau;
-    }
-    if (window > 0) model->config.sliding_window = window;
-  }
+  std::string layout;  // a layout file (spkv layout derive, docs/layouts.md); "" = none
+  void add(CLI::App* app);
+  void apply(LlamaForCausalLM& model, const std::string& path) const;
 };
 
 // A subcommand and what runs it once the arguments are parsed. run returns false when a stop signal ended

@@ -159,6 +159,7 @@ void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_do
   auto r = evaluate_tasks(model, *tok, docs);
   r["model"] = a.model;
   r["tasks"] = tasks;
+  if (!ov.layout.empty()) r["layout"] = ov.layout;
   print_task_results(r);
   if (!json_out.empty()) write_file_atomic(json_out, json_text(r));
 }

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 
+#include "analysis/layout.h"
 #include "analysis/stats.h"
 #include "core/base/json_text.h"
 #include "core/base/progress.h"
@@ -122,6 +123,7 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
                         {"nll", sum / double(n)}, {"ci", {s.ci_low, s.ci_high}},
                         {"sliding_window", model->config.sliding_window}};
     if (counts.defined()) j["gates"] = d, j["gates"]["tau"] = model->gates.tau;
+    if (!ov.layout.empty()) j["layout"] = ov.layout;
     write_file_atomic(json_out, json_text(j));
   }
   if (!counts.defined()) return;
@@ -159,6 +161,31 @@ void cmd_convert(const ModelArgs& a, const std::string& out) {
 }
 
 }  // namespace
+
+void EvalOverrides::add(CLI::App* app) {
+  app->add_option("--tau", tau, "SP-KV threshold to evaluate at (default: the model's)");
+  auto* w = app->add_option("--window", window, "attend only to the last N keys (local-only ablation)")->check(CLI::PositiveNumber);
+  app->add_option("--layout", layout, "impose a hybrid layout (spkv layout derive) instead of the gates: its local heads see only its window")
+      ->excludes(w);
+}
+
+void EvalOverrides::apply(LlamaForCausalLM& model, const std::string& path) const {
+  if (tau > 0) {
+    if (!model->config.spkv.enabled) throw ConfigError(path + ": --tau given, but the model has no spkv block");
+    if (tau >= 1) throw ConfigError("--tau must be in (0, 1)");
+    model->gates.tau = tau;
+  }
+  if (window > 0) model->config.sliding_window = window;
+  if (!layout.empty()) {
+    const analysis::Layout l = analysis::read_layout(layout);
+    const ModelConfig& c = model->config;
+    if (l.n_layers != c.n_layers || l.n_kv_heads != c.n_kv_heads)
+      throw ConfigError(fmt::format("{}: the layout is for {} layers x {} KV heads, but {} has {} x {}", layout, l.n_layers,
+                                    l.n_kv_heads, path, c.n_layers, c.n_kv_heads));
+    model->layout = {l.global, l.window};
+    check_layout(c, model->layout, layout);
+  }
+}
 
 void add_model_commands(CLI::App& app, Commands& out) {
   auto ma = options<ModelArgs>();

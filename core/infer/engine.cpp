@@ -37,11 +37,7 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
   if (o.chunk < 1) throw ConfigError("engine: chunk " + std::to_string(o.chunk) + " must be at least 1");
   KvCacheShape s{o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, o.page_size};
   if (!o.layout.empty()) {
-    if (int64_t(o.layout.size()) != c.n_layers * c.n_kv_heads)
-      throw ConfigError("engine: the layout has " + std::to_string(o.layout.size()) + " head flags but the model has " +
-                        std::to_string(c.n_layers) + " layers x " + std::to_string(c.n_kv_heads) + " KV heads");
-    if (o.layout_window < 1) throw ConfigError("engine: a layout needs a window of at least 1, got " + std::to_string(o.layout_window));
-    if (c.sliding_window > 0) throw ConfigError("engine: a layout cannot be imposed on a model with a sliding_window");
+    check_layout(c, {o.layout, o.layout_window}, "engine");
     if (o.dense) throw ConfigError("engine: a layout and dense attention exclude each other");
   }
   gated_ = !o.layout.empty() || (c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense);

@@ -9,9 +9,9 @@ RecordingAttention::RecordingAttention(const ModelConfig& c, const AttentionMask
                                        int64_t tail, int64_t window)
     : MaskedAttention(c, mask, gates, /*training=*/false), tail_(tail), window_(window) {}
 
-torch::Tensor RecordingAttention::attend(int64_t, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+torch::Tensor RecordingAttention::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const torch::Tensor& u) {
-  auto p = attention_probs(q, k, bias(u, q.scalar_type()));  // (B, Hkv, G, T, S)
+  auto p = attention_probs(q, k, bias(il, u, q.scalar_type()));  // (B, Hkv, G, T, S)
   const int64_t T = p.size(3), S = p.size(4), tail = std::min(tail_, T);
   received.push_back(p.sum(3).mean(2).transpose(1, 2).detach());                                  // (B, S, Hkv)
   received_tail.push_back(p.narrow(3, T - tail, tail).sum(3).mean(2).transpose(1, 2).detach());   // (B, S, Hkv)

@@ -103,28 +103,48 @@ torch::Tensor apply_probs(const torch::Tensor& p, const torch::Tensor& v) {
   return torch::matmul(p.view({B, Hkv, G * T, S}), v).view({B, Hkv * G, T, D});  // (B, H, T, D)
 }
 
+void check_layout(const ModelConfig& c, const HeadLayout& l, const std::string& where) {
+  if (int64_t(l.global.size()) != c.n_layers * c.n_kv_heads)
+    throw ConfigError(where + ": the layout has " + std::to_string(l.global.size()) + " head flags but the model has " +
+                      std::to_string(c.n_layers) + " layers x " + std::to_string(c.n_kv_heads) + " KV heads");
+  if (l.window < 1) throw ConfigError(where + ": a layout needs a window of at least 1, got " + std::to_string(l.window));
+  if (c.sliding_window > 0) throw ConfigError(where + ": a layout cannot be imposed on a model with a sliding_window");
+}
+
 MaskedAttention::MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates,
-                                 bool training)
+                                 bool training, const HeadLayout& layout)
     : mask_(mask),
       gates_(gates),
       training_(training),
       spkv_window_(c.spkv.enabled ? c.spkv.window : 0),
-      sliding_window_(c.sliding_window) {}
+      sliding_window_(c.sliding_window) {
+  if (layout.empty()) return;
+  check_layout(c, layout, "masked attention");
+  const auto& idx = mask.index;  // (T)
+  layout_ = torch::tensor(std::vector<int64_t>(layout.global.begin(), layout.global.end()), idx.options())
+                .view({c.n_layers, c.n_kv_heads}) != 0;
+  beyond_ = torch::zeros({idx.size(0), idx.size(0)}, idx.options().dtype(torch::kFloat32))
+                .masked_fill((idx.unsqueeze(1) - idx.unsqueeze(0)) >= layout.window, -std::numeric_limits<float>::infinity());
+}
 
-torch::Tensor MaskedAttention::bias(const torch::Tensor& u, c10::ScalarType dtype) const {
+torch::Tensor MaskedAttention::bias(int64_t il, const torch::Tensor& u, c10::ScalarType dtype) const {
   auto bias = mask_.bias.to(dtype);  // (B|1, 1, 1, T, S)
+  if (layout_.defined()) {           // fixed decisions: a local head sees only its window
+    const int64_t Hkv = layout_.size(1);
+    return bias + torch::where(layout_[il].view({1, Hkv, 1, 1, 1}), torch::zeros_like(beyond_), beyond_).to(dtype);
+  }
   if (u.defined() && gates_.mode != GateMode::dense)
     bias = torch::where(mask_.far, gate_bias(u, gates_, training_), bias);  // (B, Hkv, 1, T, S)
   return bias;
 }
 
-torch::Tensor MaskedAttention::attend(int64_t, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+torch::Tensor MaskedAttention::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                       const torch::Tensor& u) {
 #ifdef SPKV_TORCH_CUDA
   // The CUDA kernels take the window and the far keys' bias instead of a (T, S) mask: every case but an SP-KV
   // model that also has a sliding window.
   const bool gated = u.defined() && gates_.mode != GateMode::dense;
-  if (q.is_cuda() && !(gated && sliding_window_ > 0)) {
+  if (q.is_cuda() && !layout_.defined() && !(gated && sliding_window_ > 0)) {
     const int64_t B = q.size(0), T = q.size(2), Hkv = k.size(1);
     cuda_ops::Gates g;
     g.q_pos = g.k_pos = mask_.index, g.k_begin = mask_.k_begin, g.window = sliding_window_;
@@ -136,7 +156,7 @@ torch::Tensor MaskedAttention::attend(int64_t, const torch::Tensor& q, const tor
     return cuda_ops::gated_attention(q, k, v, g);
   }
 #endif
-  return apply_probs(attention_probs(q, k, bias(u, q.scalar_type())), v);
+  return apply_probs(attention_probs(q, k, bias(il, u, q.scalar_type())), v);
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c)
@@ -216,7 +236,7 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const t
                      shape_str(segments.sizes()));
   auto mask = make_attention_mask(config, tokens.size(1), segments, tokens.device());
   last_evictable = mask.evictable;
-  MaskedAttention backend(config, mask, gates, is_training());
+  MaskedAttention backend(config, mask, gates, is_training(), layout);
   return forward_with(tokens, mask.positions, backend);
 }
 

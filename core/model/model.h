@@ -51,20 +51,36 @@ torch::Tensor attention_probs(const torch::Tensor& q, const torch::Tensor& k, co
 // p: (B, Hkv, G, T, S), v: (B, Hkv, S, D) -> (B, H, T, D).
 torch::Tensor apply_probs(const torch::Tensor& p, const torch::Tensor& v);
 
-// The mask of one full-sequence call (built once, shared by every layer) with the gates' bias on far keys.
+// A hybrid local-global layout imposed on the heads instead of the gates (`spkv eval --layout`, the engine's
+// EngineOptions::layout): (L * Hkv) flags, 1 = global (sees every key), 0 = local (sees only the last
+// `window` keys). Empty = none.
+struct HeadLayout {
+  std::vector<uint8_t> global;
+  int64_t window = 0;
+  bool empty() const { return global.empty(); }
+};
+// Throws ConfigError, naming `where`, unless the layout fits the model: L * Hkv flags, window >= 1, and no
+// sliding window of the model's own.
+void check_layout(const ModelConfig& c, const HeadLayout& l, const std::string& where);
+
+// The mask of one full-sequence call (built once, shared by every layer) with the gates' bias on far keys,
+// or a layout's fixed decisions instead.
 class MaskedAttention : public AttentionBackend {
  public:
   // training: Bernoulli sampling in ste mode.
-  MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates, bool training);
+  MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates, bool training,
+                  const HeadLayout& layout = {});
   torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& u) override;
 
  protected:
-  // The additive bias of layer il's keys: the mask, with the gates' bias on far keys. (B|1, Hkv|1, 1, T, S)
-  torch::Tensor bias(const torch::Tensor& u, c10::ScalarType dtype) const;
+  // The additive bias of layer il's keys: the mask, with the gates' bias on far keys, or -inf on the keys
+  // beyond a local head's window. (B|1, Hkv|1, 1, T, S)
+  torch::Tensor bias(int64_t il, const torch::Tensor& u, c10::ScalarType dtype) const;
   const AttentionMask& mask_;
   GateSettings gates_;
   bool training_;
+  torch::Tensor layout_, beyond_;  // (L, Hkv) bool global flags; (T, S) -inf where t - s >= the layout's window
   int64_t spkv_window_, sliding_window_;  // W of the gates (0 without SP-KV); the model's sliding window (0: none)
 };
 
@@ -136,6 +152,7 @@ struct LlamaForCausalLMImpl : torch::nn::Module {
 
   ModelConfig config;
   GateSettings gates;  // from config.spkv; the trainer and `--tau` change it at run time
+  HeadLayout layout;   // imposed on the masked forward instead of the gates (`--layout`); empty = none
   RotaryEmbedding rope;
   torch::Tensor last_evictable;  // (B|1, T) bool, from the last forward call
   LlamaModel model{nullptr};

@@ -1,7 +1,8 @@
 // `spkv layout derive | export | eval` end to end on the bundled default model: the guided layout is the
 // top heads of a density recount from the log itself; the exported files read back to the same layout and
 // evaluate to the same NLL; an all-global layout scores like full attention and an all-local one like
-// `spkv eval --window W` (the masked forward, an independent path); dynamic SP-KV like `spkv eval`.
+// `spkv eval --window W` (the masked forward, an independent path); dynamic SP-KV like `spkv eval`; the
+// guided layout like `spkv eval --layout` (the masked forward with the layout imposed).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -94,6 +95,11 @@ TEST(LayoutCli, DeriveExportReimportAndEvaluateOnTheDefaultModel) {
   ASSERT_TRUE(ok(test::run_spkv("eval -m " + kModel + " " + tmp / "corpus.txt" + flags + "--json " + tmp / "g.json")));
   EXPECT_NEAR(nll(5), read_json(tmp / "w.json")["nll"].get<double>(), 1e-5);
   EXPECT_NEAR(nll(1), read_json(tmp / "g.json")["nll"].get<double>(), 1e-5);
+  // ... and with the guided layout imposed on it (`spkv eval --layout`), against the engine's cache above.
+  ASSERT_TRUE(ok(test::run_spkv("eval -m " + kModel + " " + tmp / "corpus.txt" + flags + "--layout " + tmp / "layouts/guided.json --json " +
+                                tmp / "l.json")));
+  EXPECT_NEAR(nll(2), read_json(tmp / "l.json")["nll"].get<double>(), 1e-5);
+  EXPECT_GT(std::abs(nll(2) - nll(1)), 1e-4) << "the guided layout must differ from the gates, or the comparison means nothing";
 
   // Bad inputs: a layout of another shape, a budget above the head count.
   test::write_file(tmp / "small.json", R"({"format": "spkv-layout", "version": 1, "n_layers": 3, "n_kv_heads": 4,
@@ -101,6 +107,9 @@ TEST(LayoutCli, DeriveExportReimportAndEvaluateOnTheDefaultModel) {
   auto bad = test::run_spkv("layout eval -m " + kModel + " --corpus " + tmp / "corpus.txt " + tmp / "small.json");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("small.json: the layout is 3 layers x 4 KV heads"), std::string::npos) << bad.err;
+  bad = test::run_spkv("tasks eval -m " + kModel + " " + kModel + "/heldout/tasks.jsonl --max-docs 2 --layout " + tmp / "small.json");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("small.json: the layout is for 3 layers x 4 KV heads"), std::string::npos) << bad.err;
   bad = test::run_spkv("layout derive " + tmp / "log.h5 --budget 17 --out " + tmp / "x");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("has 16"), std::string::npos) << bad.err;

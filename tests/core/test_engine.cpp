@@ -148,6 +148,11 @@ TEST(Engine, ImposedLayoutEqualsTheMaskedForwardWithThoseDecisions) {
     EXPECT_LT(max_rel(torch::cat(steps, 1)[0], masked), 1e-4) << "chunk " << chunk;
     for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(e.cache().entries(0, i / 2, i % 2), layout[i] ? T : W) << i;
   }
+  // The masked forward takes the same layout (`spkv eval --layout`), over gates that now say the opposite.
+  m->layout = {layout, W};
+  EXPECT_LT(max_rel(m(tokens)[0], masked), 1e-4);
+  m->layout = {};
+  ASSERT_GT(max_rel(m(tokens)[0], masked), 1e-2) << "the rigged gates differ from the layout";
   // A model without gates: an all-local layout is a sliding window of W.
   ModelConfig c = tiny_config(W, 0.5);
   c.spkv.enabled = false;
@@ -155,6 +160,9 @@ TEST(Engine, ImposedLayoutEqualsTheMaskedForwardWithThoseDecisions) {
   EngineOptions o = options(1, 32);
   o.layout = {0, 0, 0, 0}, o.layout_window = W;
   auto got = Engine(dense, o).forward(tokens).logits[0];
+  dense->layout = {{0, 0, 0, 0}, W};
+  EXPECT_LT(max_rel(got, dense(tokens)[0]), 1e-4);
+  dense->layout = {};
   dense->config.sliding_window = W;
   EXPECT_LT(max_rel(got, dense(tokens)[0]), 1e-4);
   o.layout = {0, 1, 0};
