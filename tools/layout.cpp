@@ -99,7 +99,7 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
   for (auto& v : variants) {
     EngineOptions eo;
     eo.chunk = o.chunk, eo.dense = v.dense;
-    if (v.layout) eo.layout = v.layout->global, eo.layout_window = v.layout->window;
+    if (v.layout) eo.layout = {v.layout->global, v.layout->window};
     Engine engine(model, eo);
     for (const auto& p : pieces) {
       const ScoredDocument s = score_document(engine, p.tokens);

@@ -37,15 +37,15 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
   if (o.chunk < 1) throw ConfigError("engine: chunk " + std::to_string(o.chunk) + " must be at least 1");
   KvCacheShape s{o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, o.page_size};
   if (!o.layout.empty()) {
-    check_layout(c, {o.layout, o.layout_window}, "engine");
+    check_layout(c, o.layout, "engine");
     if (o.dense) throw ConfigError("engine: a layout and dense attention exclude each other");
   }
   gated_ = !o.layout.empty() || (c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense);
   // The ring's window; 0: the dense cache, which keeps every token.
   int64_t W = 0;
   if (!o.layout.empty()) {
-    layout_ = torch::tensor(std::vector<int64_t>(o.layout.begin(), o.layout.end())).view({c.n_layers, c.n_kv_heads}) != 0;
-    W = o.layout_window;
+    layout_ = torch::tensor(std::vector<int64_t>(o.layout.global.begin(), o.layout.global.end())).view({c.n_layers, c.n_kv_heads}) != 0;
+    W = o.layout.window;
   } else if (gated_) {
     W = c.spkv.window;
   } else if (c.sliding_window > 0) {  // a sliding window is a ring whose tokens are all dropped (keep = 0)

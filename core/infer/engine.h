@@ -22,11 +22,9 @@ struct EngineOptions {
   // Full attention through DenseKvCache even for an SP-KV model. The gates still run, so their scores and
   // decisions (what they would decide) are reported.
   bool dense = false;
-  // A hybrid local-global layout imposed on the heads, instead of the gates: (L, Hkv) flags, 1 = global
-  // (keeps every key), 0 = local (sees only the last layout_window keys). Empty = no layout. The cache is
-  // the SP-KV ring + store with these fixed decisions; a model's gates, if any, still run and are reported.
-  std::vector<uint8_t> layout;
-  int64_t layout_window = 0;  // W of the local heads (>= 1 with a layout)
+  // A hybrid local-global layout imposed on the heads instead of the gates (model.h). The cache is the SP-KV
+  // ring + store with these fixed decisions; a model's gates, if any, still run and are reported.
+  HeadLayout layout;
 };
 
 // The result of feeding T new tokens to every sequence.

@@ -140,7 +140,7 @@ TEST(Engine, ImposedLayoutEqualsTheMaskedForwardWithThoseDecisions) {
   rig(-1);
   for (int64_t chunk : {7, 64}) {
     EngineOptions o = options(1, chunk);
-    o.layout = layout, o.layout_window = W;
+    o.layout = {layout, W};
     Engine e(m, o);
     auto first = e.forward(tokens.narrow(1, 0, 150)).logits;
     std::vector<torch::Tensor> steps{first};
@@ -158,14 +158,14 @@ TEST(Engine, ImposedLayoutEqualsTheMaskedForwardWithThoseDecisions) {
   c.spkv.enabled = false;
   auto dense = random_model(c, 22);
   EngineOptions o = options(1, 32);
-  o.layout = {0, 0, 0, 0}, o.layout_window = W;
+  o.layout = {{0, 0, 0, 0}, W};
   auto got = Engine(dense, o).forward(tokens).logits[0];
   dense->layout = {{0, 0, 0, 0}, W};
   EXPECT_LT(max_rel(got, dense(tokens)[0]), 1e-4);
   dense->layout = {};
   dense->config.sliding_window = W;
   EXPECT_LT(max_rel(got, dense(tokens)[0]), 1e-4);
-  o.layout = {0, 1, 0};
+  o.layout = {{0, 1, 0}, W};
   EXPECT_THROW(Engine(dense, o), ConfigError);
 }
 
@@ -252,7 +252,7 @@ TEST(Engine_CUDA, MatchesTheCpuEngine) {
     auto gpu_model = random_model(tiny_config(9, 0.5, 2), 60);
     gpu_model->to(torch::kCUDA);
     EngineOptions o = options(2, 23, /*dense=*/variant == 1);
-    if (variant == 2) o.layout = {1, 0, 0, 1}, o.layout_window = 7;
+    if (variant == 2) o.layout = {{1, 0, 0, 1}, 7};
     Engine cpu(cpu_model, o), gpu(gpu_model, o);
     for (auto [t0, T] : std::vector<std::pair<int64_t, int64_t>>{{0, 61}, {61, 1}, {62, 30}, {92, 1}, {93, 1}, {94, 56}}) {
       auto part = tokens.narrow(1, t0, T);
