@@ -10,6 +10,7 @@
 
 #include "core/base/errors.h"
 #include "core/gatelog/reader.h"
+#include "core/gatelog/schema.h"
 #include "core/gatelog/rule.h"
 
 namespace spkv::analysis {
@@ -82,21 +83,21 @@ CheckReport check_gate_log(const std::string& path) {
   };
   attr_is("/", "NX_class", {"NXroot"}), attr_is("/", "default", {"summary"});
   attr_is("summary", "NX_class", {"NXentry"}), attr_is("summary", "default", {"density"});
-  attr_is("summary/density", "NX_class", {"NXdata"}), attr_is("summary/density", "signal", {"density"});
-  attr_is("summary/density", "axes", {"layer", "kv_head"});
+  attr_is(schema::kDensityGroup, "NX_class", {"NXdata"}), attr_is(schema::kDensityGroup, "signal", {"density"});
+  attr_is(schema::kDensityGroup, "axes", {"layer", "kv_head"});
   rep.checked.push_back("the NeXus default chain root -> summary -> density (signal, axes)");
 
   // Token text: one CSR over all tokens. Its ends here; that it never decreases, by the reader's token_text
   // on each document's rows (each range includes its end, so every entry is compared with the next).
-  const auto text_off = r.whole_int64("tokens/text_offsets");
-  const auto text_len = r.shape("tokens/text_bytes");
+  const auto text_off = r.whole_int64(schema::kTextOffsets);
+  const auto text_len = r.shape(schema::kTextBytes);
   if (text_len.size() != 1) fail("tokens/text_bytes must be one-dimensional");
   if (text_off.front() != 0) fail("tokens/text_offsets must start with 0");
   if (text_off.back() != text_len[0])
     fail(fmt::format("tokens/text_offsets ends at {} but tokens/text_bytes holds {}", text_off.back(), text_len[0]));
 
   // Per document.
-  const bool attention = r.exists("attention/received");
+  const bool attention = r.exists(schema::kReceived);
   const auto& off = r.token_offsets();
   std::vector<int64_t> kept_sum(size_t(LH), 0), elig_sum(size_t(LH), 0);
   const double band = std::ldexp(std::max(std::abs(info.tau), 1e-4), -10);  // float16 rounding of u near tau
@@ -187,9 +188,9 @@ CheckReport check_gate_log(const std::string& path) {
   if (attention) rep.checked.push_back("per document: attention received sums to the query counts; last, far <= received");
 
   // The summary, from the documents.
-  const auto s_kept = r.whole_int64("summary/kept"), s_elig = r.whole_int64("summary/eligible");
+  const auto s_kept = r.whole_int64(schema::kSummaryKept), s_elig = r.whole_int64(schema::kSummaryEligible);
   if (s_kept.size() != size_t(LH) || s_elig.size() != size_t(LH)) fail("summary/kept and summary/eligible must be (n_layers, n_kv_heads)");
-  const auto dens = r.whole_double("summary/density/density");
+  const auto dens = r.whole_double(schema::kDensity);
   if (dens.size() != size_t(LH)) fail("summary/density/density must be (n_layers, n_kv_heads)");
   int64_t tk = 0, te = 0;
   for (int64_t k = 0; k < LH; ++k) {
@@ -202,11 +203,11 @@ CheckReport check_gate_log(const std::string& path) {
       fail(fmt::format("summary/density/density[{}, {}] is {}, expected kept/eligible = {}", k / H, k % H, dens[i], want));
     tk += kept_sum[i], te += elig_sum[i];
   }
-  const double overall = one(r.whole_double("summary/overall_density"), "summary/overall_density"), want_overall = te ? double(tk) / double(te) : std::nan("");
+  const double overall = one(r.whole_double(schema::kOverallDensity), schema::kOverallDensity), want_overall = te ? double(tk) / double(te) : std::nan("");
   if (std::isnan(want_overall) ? !std::isnan(overall) : !(std::abs(overall - want_overall) <= 1e-12))
     fail(fmt::format("summary/overall_density is {}, expected {} / {} = {}", overall, tk, te, want_overall));
-  const int64_t n_docs = one(r.whole_int64("summary/n_documents"), "summary/n_documents");
-  const int64_t n_toks = one(r.whole_int64("summary/n_tokens"), "summary/n_tokens");
+  const int64_t n_docs = one(r.whole_int64(schema::kNDocuments), schema::kNDocuments);
+  const int64_t n_toks = one(r.whole_int64(schema::kNTokens), schema::kNTokens);
   if (n_docs != D || n_toks != N)
     fail(fmt::format("summary/n_documents and n_tokens are {} and {}, expected {} and {}", n_docs, n_toks, D, N));
   auto axis = [&](const char* name, int64_t n) {
@@ -214,7 +215,7 @@ CheckReport check_gate_log(const std::string& path) {
     for (int64_t k = 0; k < n; ++k)
       if (v.size() != size_t(n) || v[size_t(k)] != k) fail(fmt::format("{} must be 0 .. {}", name, n - 1));
   };
-  axis("summary/density/layer", L), axis("summary/density/kv_head", H);
+  axis(schema::kDensityLayer, L), axis(schema::kDensityKvHead, H);
   rep.checked.push_back("summary: kept, eligible, density, overall_density, n_documents, n_tokens, axes");
   return rep;
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "core/base/errors.h"
+#include "core/gatelog/schema.h"
 
 namespace spkv {
 namespace {
@@ -158,7 +159,7 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   i.n_layers = m.num<int64_t>("n_layers", H5T_NATIVE_INT64), i.n_kv_heads = m.num<int64_t>("n_kv_heads", H5T_NATIVE_INT64);
   if (m.has_attr("attention_last_queries"))
     i.attention_last_queries = m.num<int64_t>("attention_last_queries", H5T_NATIVE_INT64);
-  i.attention_far = exists("attention/received_far");
+  i.attention_far = exists(schema::kReceivedFar);
   // Sanity of the attributes that size everything else, then every shape and offsets array against them:
   // a damaged file gives an error naming the dataset, never an out-of-bounds read.
   auto in_range = [&](const char* name, double v, double lo, double hi) {
@@ -168,36 +169,36 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   in_range("n_layers", double(i.n_layers), 1, 4096), in_range("n_kv_heads", double(i.n_kv_heads), 1, 4096);
   in_range("window", double(i.window), 0, double(int64_t(1) << 40)), in_range("keep_first", double(i.keep_first), 0, double(int64_t(1) << 40));
   in_range("tau", i.tau, 0, 1);
-  token_offsets_ = m.rows<int64_t>("documents/token_offsets", H5T_NATIVE_INT64, 0, -1);
+  token_offsets_ = m.rows<int64_t>(schema::kDocTokenOffsets, H5T_NATIVE_INT64, 0, -1);
   if (token_offsets_.empty()) m.fail("documents/token_offsets is empty (it starts with 0)");
   auto length = [&](const char* name) {  // of a one-dimensional dataset
     const auto s = m.shape(name);
     if (s.size() != 1) m.fail(std::string(name) + " must be one-dimensional, has shape " + Impl::shape_str(s));
     return s[0];
   };
-  const int64_t N = length("tokens/ids");
-  m.expect_offsets("documents/token_offsets", token_offsets_, N, "tokens/ids");
+  const int64_t N = length(schema::kIds);
+  m.expect_offsets(schema::kDocTokenOffsets, token_offsets_, N, schema::kIds);
   i.n_documents = int64_t(token_offsets_.size()) - 1, i.n_tokens = token_offsets_.back();
   const int64_t D = i.n_documents, L = i.n_layers, H = i.n_kv_heads, LH = L * H;
   const char* per_token = "(tokens x n_layers x n_kv_heads, from the attributes and documents/token_offsets)";
-  m.expect_shape("gates/u", {N, L, H}, per_token), m.expect_shape("gates/z", {N, L, H}, per_token);
-  for (const char* name : {"tokens/nll", "tokens/cache_entries"}) m.expect_shape(name, {N}, "(one per token)");
-  m.expect_shape("tokens/text_offsets", {N + 1}, "(tokens + 1)");
-  for (const char* name : {"attention/received", "attention/received_last", "attention/received_far"})
+  m.expect_shape(schema::kU, {N, L, H}, per_token), m.expect_shape(schema::kZ, {N, L, H}, per_token);
+  for (const char* name : {schema::kNll, schema::kCacheEntries}) m.expect_shape(name, {N}, "(one per token)");
+  m.expect_shape(schema::kTextOffsets, {N + 1}, "(tokens + 1)");
+  for (const char* name : {schema::kReceived, schema::kReceivedLast, schema::kReceivedFar})
     if (exists(name)) m.expect_shape(name, {N, L, H}, per_token);
   const char* per_doc = "(documents x n_layers x n_kv_heads)";
-  m.expect_shape("documents/kept", {D, L, H}, per_doc), m.expect_shape("documents/eligible", {D, L, H}, per_doc);
-  kept_ = m.rows<int64_t>("documents/kept", H5T_NATIVE_INT64, 0, D, LH);
-  eligible_ = m.rows<int64_t>("documents/eligible", H5T_NATIVE_INT64, 0, D, LH);
+  m.expect_shape(schema::kDocKept, {D, L, H}, per_doc), m.expect_shape(schema::kDocEligible, {D, L, H}, per_doc);
+  kept_ = m.rows<int64_t>(schema::kDocKept, H5T_NATIVE_INT64, 0, D, LH);
+  eligible_ = m.rows<int64_t>(schema::kDocEligible, H5T_NATIVE_INT64, 0, D, LH);
   for (size_t k = 0; k < kept_.size(); ++k)
     if (kept_[k] < 0 || kept_[k] > eligible_[k])
       m.fail("documents/kept[" + std::to_string(k / size_t(LH)) + "] = " + std::to_string(kept_[k]) +
              " is outside [0, eligible = " + std::to_string(eligible_[k]) + "]");
-  m.expect_shape("documents/id_offsets", {D + 1}, "(documents + 1)");
-  const auto id_off = m.rows<int64_t>("documents/id_offsets", H5T_NATIVE_INT64, 0, D + 1);
-  m.expect_offsets("documents/id_offsets", id_off, length("documents/id_bytes"), "documents/id_bytes");
+  m.expect_shape(schema::kDocIdOffsets, {D + 1}, "(documents + 1)");
+  const auto id_off = m.rows<int64_t>(schema::kDocIdOffsets, H5T_NATIVE_INT64, 0, D + 1);
+  m.expect_offsets(schema::kDocIdOffsets, id_off, length(schema::kDocIdBytes), schema::kDocIdBytes);
   // Bytes are read as uint8: converting them to (signed) char would clip every non-ASCII byte to 127.
-  const auto id_bytes = m.rows<uint8_t>("documents/id_bytes", H5T_NATIVE_UINT8, 0, id_off.back());
+  const auto id_bytes = m.rows<uint8_t>(schema::kDocIdBytes, H5T_NATIVE_UINT8, 0, id_off.back());
   for (int64_t d = 0; d < D; ++d) ids_.emplace_back(id_bytes.begin() + id_off[d], id_bytes.begin() + id_off[d + 1]);
 }
 
@@ -206,34 +207,34 @@ GateLogReader::~GateLogReader() {
 }
 
 std::vector<float> GateLogReader::u(int64_t begin, int64_t end) const {
-  return impl_->rows<float>("gates/u", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+  return impl_->rows<float>(schema::kU, H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<uint16_t> GateLogReader::u_bits(int64_t begin, int64_t end) const {
-  return impl_->rows<uint16_t>("gates/u", kFileType, begin, end, info_.n_layers * info_.n_kv_heads);
+  return impl_->rows<uint16_t>(schema::kU, kFileType, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<uint8_t> GateLogReader::z(int64_t begin, int64_t end) const {
-  return impl_->rows<uint8_t>("gates/z", H5T_NATIVE_UINT8, begin, end, info_.n_layers * info_.n_kv_heads);
+  return impl_->rows<uint8_t>(schema::kZ, H5T_NATIVE_UINT8, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<float> GateLogReader::received(int64_t begin, int64_t end) const {
-  return impl_->rows<float>("attention/received", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+  return impl_->rows<float>(schema::kReceived, H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<float> GateLogReader::received_last(int64_t begin, int64_t end) const {
-  return impl_->rows<float>("attention/received_last", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+  return impl_->rows<float>(schema::kReceivedLast, H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<float> GateLogReader::received_far(int64_t begin, int64_t end) const {
-  return impl_->rows<float>("attention/received_far", H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
+  return impl_->rows<float>(schema::kReceivedFar, H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<int32_t> GateLogReader::token_ids(int64_t begin, int64_t end) const {
-  return impl_->rows<int32_t>("tokens/ids", H5T_NATIVE_INT32, begin, end);
+  return impl_->rows<int32_t>(schema::kIds, H5T_NATIVE_INT32, begin, end);
 }
 std::vector<float> GateLogReader::nll(int64_t begin, int64_t end) const {
-  return impl_->rows<float>("tokens/nll", H5T_NATIVE_FLOAT, begin, end);
+  return impl_->rows<float>(schema::kNll, H5T_NATIVE_FLOAT, begin, end);
 }
 std::vector<int32_t> GateLogReader::cache_entries(int64_t begin, int64_t end) const {
-  return impl_->rows<int32_t>("tokens/cache_entries", H5T_NATIVE_INT32, begin, end);
+  return impl_->rows<int32_t>(schema::kCacheEntries, H5T_NATIVE_INT32, begin, end);
 }
 std::vector<int32_t> GateLogReader::positions(int64_t begin, int64_t end) const {
-  return impl_->rows<int32_t>("tokens/position", H5T_NATIVE_INT32, begin, end);
+  return impl_->rows<int32_t>(schema::kPosition, H5T_NATIVE_INT32, begin, end);
 }
 std::vector<int64_t> GateLogReader::shape(const std::string& dataset) const { return impl_->shape(dataset.c_str()); }
 std::vector<int64_t> GateLogReader::whole_int64(const std::string& dataset) const {
@@ -272,10 +273,10 @@ std::vector<std::string> GateLogReader::attribute_strings(const std::string& obj
   return out;
 }
 std::vector<std::string> GateLogReader::token_text(int64_t begin, int64_t end) const {
-  const auto off = impl_->rows<int64_t>("tokens/text_offsets", H5T_NATIVE_INT64, begin, end + 1);
+  const auto off = impl_->rows<int64_t>(schema::kTextOffsets, H5T_NATIVE_INT64, begin, end + 1);
   for (size_t t = 1; t < off.size(); ++t)
     if (off[t] < off[t - 1]) impl_->fail("tokens/text_offsets decreases at entry " + std::to_string(begin + int64_t(t)));
-  const auto bytes = impl_->rows<uint8_t>("tokens/text_bytes", H5T_NATIVE_UINT8, off.front(), off.back());
+  const auto bytes = impl_->rows<uint8_t>(schema::kTextBytes, H5T_NATIVE_UINT8, off.front(), off.back());
   std::vector<std::string> out;
   for (size_t t = 0; t + 1 < off.size(); ++t)
     out.emplace_back(bytes.begin() + (off[t] - off.front()), bytes.begin() + (off[t + 1] - off.front()));

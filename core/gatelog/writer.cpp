@@ -247,24 +247,24 @@ struct GateLogWriter::Impl {
     auto make = [&](const char* name, hid_t type, std::vector<hsize_t> inner) {
       return fresh ? create(name, type, inner) : open(name, type, inner);
     };
-    ids = make("tokens/ids", H5T_NATIVE_INT32, {});
-    nll = make("tokens/nll", H5T_NATIVE_FLOAT, {});
-    position = make("tokens/position", H5T_NATIVE_INT32, {});
-    cache_entries = make("tokens/cache_entries", H5T_NATIVE_INT32, {});
-    text_offsets = make("tokens/text_offsets", H5T_NATIVE_INT64, {});
-    text_bytes = make("tokens/text_bytes", H5T_NATIVE_UINT8, {});
-    u = make("gates/u", f16, {L, Hkv});
-    z = make("gates/z", H5T_NATIVE_UINT8, {L, Hkv});
+    ids = make(schema::kIds, H5T_NATIVE_INT32, {});
+    nll = make(schema::kNll, H5T_NATIVE_FLOAT, {});
+    position = make(schema::kPosition, H5T_NATIVE_INT32, {});
+    cache_entries = make(schema::kCacheEntries, H5T_NATIVE_INT32, {});
+    text_offsets = make(schema::kTextOffsets, H5T_NATIVE_INT64, {});
+    text_bytes = make(schema::kTextBytes, H5T_NATIVE_UINT8, {});
+    u = make(schema::kU, f16, {L, Hkv});
+    z = make(schema::kZ, H5T_NATIVE_UINT8, {L, Hkv});
     if (h.last_queries > 0) {
-      received = make("attention/received", H5T_NATIVE_FLOAT, {L, Hkv});
-      received_last = make("attention/received_last", H5T_NATIVE_FLOAT, {L, Hkv});
-      received_far = make("attention/received_far", H5T_NATIVE_FLOAT, {L, Hkv});
+      received = make(schema::kReceived, H5T_NATIVE_FLOAT, {L, Hkv});
+      received_last = make(schema::kReceivedLast, H5T_NATIVE_FLOAT, {L, Hkv});
+      received_far = make(schema::kReceivedFar, H5T_NATIVE_FLOAT, {L, Hkv});
     }
-    doc_tokens = make("documents/token_offsets", H5T_NATIVE_INT64, {});
-    doc_id_offsets = make("documents/id_offsets", H5T_NATIVE_INT64, {});
-    doc_id_bytes = make("documents/id_bytes", H5T_NATIVE_UINT8, {});
-    doc_kept = make("documents/kept", H5T_NATIVE_INT64, {L, Hkv});
-    doc_eligible = make("documents/eligible", H5T_NATIVE_INT64, {L, Hkv});
+    doc_tokens = make(schema::kDocTokenOffsets, H5T_NATIVE_INT64, {});
+    doc_id_offsets = make(schema::kDocIdOffsets, H5T_NATIVE_INT64, {});
+    doc_id_bytes = make(schema::kDocIdBytes, H5T_NATIVE_UINT8, {});
+    doc_kept = make(schema::kDocKept, H5T_NATIVE_INT64, {L, Hkv});
+    doc_eligible = make(schema::kDocEligible, H5T_NATIVE_INT64, {L, Hkv});
     // The CSR offsets start with 0, so that a log with no documents yet is already well-formed.
     const int64_t zero = 0;
     for (Extendible* e : {&text_offsets, &doc_tokens, &doc_id_offsets})
@@ -273,8 +273,8 @@ struct GateLogWriter::Impl {
 
   void header() {
     attr_str(file, "NX_class", "NXroot");
-    attr_str(file, "default", "summary");
-    attr_num(file, "schema_version", H5T_NATIVE_INT, kGateLogSchemaVersion);
+    attr_str(file, "default", schema::kSummary);
+    attr_num(file, "schema_version", H5T_NATIVE_INT, schema::kVersion);
     attr_str(file, "tool_version", h.tool_version);
     attr_str(file, "git_commit", h.git_commit);
     attr_str(file, "created", h.created);
@@ -301,8 +301,8 @@ struct GateLogWriter::Impl {
   void check_resumable() {
     file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     if (file < 0) throw FileError(path, "cannot open it as an HDF5 gate log to resume");
-    if (read_attr_num<int>("schema_version", H5T_NATIVE_INT) != kGateLogSchemaVersion)
-      fail("schema_version is not " + std::to_string(kGateLogSchemaVersion));
+    if (read_attr_num<int>("schema_version", H5T_NATIVE_INT) != schema::kVersion)
+      fail("schema_version is not " + std::to_string(schema::kVersion));
     auto same_str = [&](const char* name, const std::string& want) {
       const std::string got = read_attr_str(name);
       if (got != want) throw FileError(path, "cannot resume: " + std::string(name) + " is '" + got + "' in the log but '" + want + "' now");
@@ -412,10 +412,10 @@ struct GateLogWriter::Impl {
   // are flushed, so that a killed run's summary matches its documents.
   void summary() {
     const hsize_t L = hsize_t(h.n_layers), Hkv = hsize_t(h.n_kv_heads);
-    hid_t g = group("summary", "NXentry");
+    hid_t g = group(schema::kSummary, "NXentry");
     attr_str(g, "default", "density");
-    put(g, "kept", H5T_NATIVE_INT64, {L, Hkv}, kept_total.data());
-    put(g, "eligible", H5T_NATIVE_INT64, {L, Hkv}, eligible_total.data());
+    put(file, schema::kSummaryKept, H5T_NATIVE_INT64, {L, Hkv}, kept_total.data());
+    put(file, schema::kSummaryEligible, H5T_NATIVE_INT64, {L, Hkv}, eligible_total.data());
     std::vector<double> density(L * Hkv);
     int64_t k = 0, e = 0;
     for (size_t i = 0; i < density.size(); ++i) {
@@ -424,10 +424,10 @@ struct GateLogWriter::Impl {
     }
     const int64_t n_tokens = int64_t(ids.rows);
     const double overall = e ? double(k) / double(e) : std::nan("");
-    put(g, "n_documents", H5T_NATIVE_INT64, {}, &n_docs);
-    put(g, "n_tokens", H5T_NATIVE_INT64, {}, &n_tokens);
-    put(g, "overall_density", H5T_NATIVE_DOUBLE, {}, &overall);
-    hid_t nx = group("summary/density", "NXdata");
+    put(file, schema::kNDocuments, H5T_NATIVE_INT64, {}, &n_docs);
+    put(file, schema::kNTokens, H5T_NATIVE_INT64, {}, &n_tokens);
+    put(file, schema::kOverallDensity, H5T_NATIVE_DOUBLE, {}, &overall);
+    hid_t nx = group(schema::kDensityGroup, "NXdata");
     if (H5Aexists(nx, "signal") <= 0) {
       attr_str(nx, "signal", "density");
       attr_strs(nx, "axes", {"layer", "kv_head"});
@@ -436,9 +436,9 @@ struct GateLogWriter::Impl {
     std::vector<int64_t> layer(L), head(Hkv);
     for (hsize_t i = 0; i < L; ++i) layer[i] = int64_t(i);
     for (hsize_t i = 0; i < Hkv; ++i) head[i] = int64_t(i);
-    put(nx, "density", H5T_NATIVE_DOUBLE, {L, Hkv}, density.data());
-    put(nx, "layer", H5T_NATIVE_INT64, {L}, layer.data());
-    put(nx, "kv_head", H5T_NATIVE_INT64, {Hkv}, head.data());
+    put(file, schema::kDensity, H5T_NATIVE_DOUBLE, {L, Hkv}, density.data());
+    put(file, schema::kDensityLayer, H5T_NATIVE_INT64, {L}, layer.data());
+    put(file, schema::kDensityKvHead, H5T_NATIVE_INT64, {Hkv}, head.data());
     H5Gclose(nx), H5Gclose(g);
   }
 
@@ -505,8 +505,8 @@ GateLogWriter::GateLogWriter(const std::string& path, const GateLogHeader& h, bo
     m.file = H5Fcreate(m.path.c_str(), H5F_ACC_EXCL, fcpl, fapl);
     H5Pclose(fcpl);
     if (m.file < 0) throw FileError(m.path, "cannot create the gate log");
-    for (const char* g : {"tokens", "gates", "documents"}) H5Gclose(m.group(g, nullptr));
-    if (h.last_queries > 0) H5Gclose(m.group("attention", nullptr));
+    for (const char* g : {schema::kTokens, schema::kGates, schema::kDocuments}) H5Gclose(m.group(g, nullptr));
+    if (h.last_queries > 0) H5Gclose(m.group(schema::kAttention, nullptr));
     m.header();
     m.datasets(true);
     m.summary();
@@ -589,7 +589,7 @@ void GateLogWriter::finish(bool complete) {
   hid_t src = H5Fopen(impl_->path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   hid_t dst = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   bool ok = src >= 0 && dst >= 0;
-  for (const char* g : {"tokens", "gates", "documents", "summary", "attention"})
+  for (const char* g : {schema::kTokens, schema::kGates, schema::kDocuments, schema::kSummary, schema::kAttention})
     if (H5Lexists(src, g, H5P_DEFAULT) > 0) ok = ok && H5Ocopy(src, g, dst, g, H5P_DEFAULT, H5P_DEFAULT) >= 0;
   hsize_t idx = 0;
   ok = ok && H5Aiterate2(src, H5_INDEX_CRT_ORDER, H5_ITER_NATIVE, &idx, copy_attr, &dst) >= 0;

@@ -14,9 +14,10 @@
 #include <thread>
 #include <vector>
 
+#include "core/gatelog/schema.h"
+
 namespace spkv {
 
-constexpr int kGateLogSchemaVersion = 1;
 
 // The run's provenance and gate settings: root attributes of the file.
 struct GateLogHeader {

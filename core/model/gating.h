@@ -1,6 +1,6 @@
-// SP-KV gating: the utility predictor, the per-call attention mask (causal, per document, sliding window,
-// SP-KV window) and the gate bias each mode adds to out-of-window keys. The attention itself is in model.cpp;
-// the compacted KV cache that turns closed gates into saved memory is not here.
+// SP-KV gating: the per-call attention mask (causal, per document, sliding window, SP-KV window) and the gate
+// bias each mode adds to out-of-window keys. The utility predictor that scores the keys is predictor.h; the
+// attention itself is in model.cpp; the compacted KV cache that turns closed gates into saved memory is not here.
 #pragma once
 #include <torch/torch.h>
 
@@ -15,17 +15,6 @@ struct GateSettings {
   double tau = 0.5;
   double anneal = 0.0;  // a in [0, 1], annealed mode only
 };
-
-// u = sigmoid(fc2(silu(fc1(h)))), or sigmoid(fc1(h)) for the 1-layer variant. One score per KV head.
-// Parameters: `utility.fc1.{weight,bias}` (C -> hidden or Hkv) and `utility.fc2.{weight,bias}` (hidden -> Hkv).
-struct UtilityPredictorImpl : torch::nn::Module {
-  UtilityPredictorImpl(int64_t dim, int64_t n_kv_heads, const SpkvConfig& s);
-  torch::Tensor forward(const torch::Tensor& h);  // (B, T, C) -> u (B, T, Hkv) in (0, 1)
-  // Re-initializes: default Linear init, output weights scaled by 0.1, output bias = s.init_bias.
-  void reset(const SpkvConfig& s);
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};  // fc2 is null in the 1-layer variant
-};
-TORCH_MODULE(UtilityPredictor);
 
 // Built once per forward call and shared by every layer. S = T (no cache here).
 struct AttentionMask {

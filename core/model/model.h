@@ -8,6 +8,7 @@
 #include "core/model/checkpoint.h"
 #include "core/model/config.h"
 #include "core/model/gating.h"
+#include "core/model/predictor.h"
 
 namespace spkv {
 
