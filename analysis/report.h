@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "analysis/attention.h"
+#include "analysis/offline_baselines.h"
 #include "analysis/stats.h"
 #include "analysis/tokens.h"
 #include "core/gatelog/reader.h"

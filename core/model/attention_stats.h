@@ -1,6 +1,6 @@
 // Attention statistics (`spkv run --dense --attention-stats`): the attention mass each key received under
 // full attention, from a masked-attention backend that keeps the probabilities it computes. Not the
-// analysis of these statistics (analysis/attention.h), nor a CUDA path (the kernels return no probabilities).
+// analysis of these statistics (analysis/offline_baselines.h), nor a CUDA path (the kernels return no probabilities).
 #pragma once
 #include <vector>
 

@@ -1,4 +1,4 @@
-// Eviction baselines at matched density and the predictor's calibration, from dense runs with attention
+// Offline eviction baselines at matched density and the predictor's calibration, from dense runs with attention
 // statistics (`spkv run --dense --attention-stats`, /attention in docs/hdf5-schema.md). For every document
 // and (layer, KV head), each policy keeps as many eligible keys as the SP-KV gates did, and is scored by
 // the share of the far attention mass (what queries outside the window paid to the eligible keys) that

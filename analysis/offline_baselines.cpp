@@ -1,5 +1,5 @@
 // Matched-budget policies per (document, head) and the u histograms behind the calibration.
-#include "analysis/attention.h"
+#include "analysis/offline_baselines.h"
 
 #include <algorithm>
 #include <cmath>
