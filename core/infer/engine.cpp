@@ -139,7 +139,7 @@ EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
 torch::Tensor Engine::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& u) {
   const int64_t B = q.size(0), T = q.size(2), Hkv = k.size(1);
-  auto keep = torch::zeros({B, T, Hkv}, torch::TensorOptions(torch::kBool).device(device_));  // (B, T, Hkv)
+  torch::Tensor keep;  // (B, T, Hkv)
   if (u.defined()) {
     const int64_t keep_first = model_->config.spkv.keep_first;
     keep = u >= model_->gates.tau;
@@ -147,6 +147,7 @@ torch::Tensor Engine::attend(int64_t il, const torch::Tensor& q, const torch::Te
     us_.push_back(u), keeps_.push_back(keep);
   }
   if (layout_.defined()) keep = layout_[il].view({1, 1, Hkv}).expand({B, T, Hkv});  // fixed decisions replace the gates'
+  if (!keep.defined()) keep = torch::zeros({B, T, Hkv}, torch::TensorOptions(torch::kBool).device(device_));  // no gates
   return attend_cached(il, q, k, v, keep.to(torch::kUInt8));
 }
 
