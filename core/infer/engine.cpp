@@ -10,6 +10,7 @@
 
 #include "core/base/errors.h"
 #include "kernels/cpu/attention_fast.h"
+#include "kernels/cpu/decode_step.h"
 #include "kernels/torch/device_kv_cache.h"  // declarations only; defined where SPKV_TORCH_CUDA is
 
 namespace spkv {
@@ -22,6 +23,68 @@ void check(kernels::Status s, const char* what) {
   if (s != kernels::Status::ok) throw Error(std::string("engine: ") + what + " failed: " + kernels::to_string(s));
 }
 }  // namespace
+
+// The model's float32 weights as raw pointers, gathered once (the engine borrows the model: its parameters
+// must not be replaced while the engine runs), and the buffers of one step.
+struct Engine::FusedDecode {
+  kernels::cpu::DecodeDims dims;
+  std::vector<kernels::cpu::DecodeLayerWeights> layers;  // (L)
+  const float *embed = nullptr, *norm = nullptr, *lm_head = nullptr;  // (V, C), (C), (V, C)
+  const float *cos = nullptr, *sin = nullptr;                          // (T_max, D/2)
+  int64_t V = 0;
+  std::vector<float> x, q, y;             // (B, C), (B, H*D), (B, H*D)
+  std::vector<float> xn, k, v, u, h1, h2;  // one sequence at a time
+  std::vector<uint8_t> keep;              // (B, Hkv) the cache's decisions of the current layer
+
+  kernels::cpu::DecodeBuffers buffers(int64_t b) {
+    const int64_t HD = dims.H * dims.D;
+    return {xn.data(), q.data() + b * HD, k.data(), v.data(), u.data(), y.data() + b * HD, h1.data(), h2.data()};
+  }
+
+  // Null when a weight is not a contiguous float32 CPU tensor (the layers then run every step).
+  static std::unique_ptr<FusedDecode> make(LlamaForCausalLM& m, int64_t B) {
+    const ModelConfig& c = m->config;
+    bool ok = true;
+    auto ptr = [&](const torch::Tensor& t) -> const float* {
+      if (!t.defined()) return nullptr;
+      ok = ok && t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous();
+      return ok ? t.data_ptr<float>() : nullptr;
+    };
+    auto f = std::make_unique<FusedDecode>();
+    auto& d = f->dims;
+    d.C = c.dim, d.F = c.hidden_dim, d.H = c.n_heads, d.Hkv = c.n_kv_heads, d.D = c.head_dim;
+    d.eps = float(c.norm_eps), d.interleaved_rope = c.rope_style == RopeStyle::interleaved;
+    for (auto& module : *m->model->layers) {
+      auto& layer = *module->as<DecoderLayer>();
+      auto& a = *layer.self_attn;
+      kernels::cpu::DecodeLayerWeights w;
+      w.attn_norm = ptr(layer.input_layernorm->weight), w.mlp_norm = ptr(layer.post_attention_layernorm->weight);
+      w.wq = ptr(a.q_proj->weight), w.wk = ptr(a.k_proj->weight), w.wv = ptr(a.v_proj->weight), w.wo = ptr(a.o_proj->weight);
+      w.bq = ptr(a.q_proj->bias), w.bk = ptr(a.k_proj->bias), w.bv = ptr(a.v_proj->bias);
+      w.w_gate = ptr(layer.mlp->gate_proj->weight), w.w_up = ptr(layer.mlp->up_proj->weight);
+      w.w_down = ptr(layer.mlp->down_proj->weight);
+      if (a.utility) {
+        w.u_w1 = ptr(a.utility->fc1->weight), w.u_b1 = ptr(a.utility->fc1->bias);
+        if (a.utility->fc2) {
+          w.u_w2 = ptr(a.utility->fc2->weight), w.u_b2 = ptr(a.utility->fc2->bias);
+          d.P = a.utility->fc2->weight.size(1);
+        }
+        d.tap_residual = a.tap_residual;
+      }
+      f->layers.push_back(w);
+    }
+    f->embed = ptr(m->model->embed_tokens->weight), f->norm = ptr(m->model->norm->weight);
+    f->lm_head = m->lm_head ? ptr(m->lm_head->weight) : f->embed;
+    f->cos = ptr(m->rope.cos), f->sin = ptr(m->rope.sin);
+    if (!ok) return nullptr;
+    f->V = c.vocab_size;
+    const int64_t HD = d.H * d.D;
+    f->x.resize(B * d.C), f->q.resize(B * HD), f->y.resize(B * HD), f->keep.resize(B * d.Hkv);
+    f->xn.resize(d.C), f->k.resize(d.Hkv * d.D), f->v.resize(d.Hkv * d.D), f->u.resize(d.Hkv);
+    f->h1.resize(std::max({d.F, d.P, d.C})), f->h2.resize(std::max(d.F, d.C));
+    return f;
+  }
+};
 
 Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
     : model_(std::move(model)), opt_(o), device_(model_->parameters().front().device()) {
@@ -65,6 +128,7 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
 #endif
   }
   model_->eval();
+  if (device_.is_cpu() && o.fused_decode) fused_ = FusedDecode::make(model_, o.n_seq);
 }
 
 Engine::~Engine() = default;
@@ -124,6 +188,7 @@ EngineStep Engine::forward(const torch::Tensor& tokens) {
 EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
   torch::NoGradGuard no_grad;
   const int64_t T = tokens.size(1);
+  if (T == 1 && fused_) return decode_fused(tokens.contiguous());
   positions_ = torch::arange(pos_, pos_ + T, torch::TensorOptions(torch::kInt64).device(device_));  // (T)
 #ifdef SPKV_TORCH_CUDA
   if (dcache_) dcache_->reserve(T);
@@ -133,6 +198,55 @@ EngineStep Engine::forward_chunk(const torch::Tensor& tokens) {
   out.logits = model_->forward_with(tokens, positions_, *this).cpu();  // (B, T, V); attend() below, once per layer
   pos_ += T;
   if (!us_.empty()) out.utility = torch::stack(us_, 2).cpu(), out.keep = torch::stack(keeps_, 2).cpu();  // (B, T, L, Hkv)
+  return out;
+}
+
+EngineStep Engine::decode_fused(const torch::Tensor& tokens) {
+  FusedDecode& f = *fused_;
+  const ModelConfig& c = model_->config;
+  const int64_t B = opt_.n_seq, L = c.n_layers, Hkv = c.n_kv_heads, C = c.dim, V = f.V, half = c.head_dim / 2;
+  const int64_t* tok = tokens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    if (tok[b] < 0 || tok[b] >= V)
+      throw InputError("engine: token id " + std::to_string(tok[b]) + " is outside the vocabulary (" + std::to_string(V) + ")");
+    std::copy_n(f.embed + tok[b] * C, C, f.x.data() + b * C);
+  }
+  EngineStep out;
+  out.logits = torch::empty({B, 1, V});
+  // The gates' scores and decisions, reported whether or not they evict (as attend() does): (B, 1, L, Hkv).
+  float* u_out = nullptr;
+  bool* keep_out = nullptr;
+  if (c.spkv.enabled) {
+    out.utility = torch::empty({B, 1, L, Hkv}), out.keep = torch::empty({B, 1, L, Hkv}, torch::kBool);
+    u_out = out.utility.data_ptr<float>(), keep_out = out.keep.data_ptr<bool>();
+  }
+  const float tau = float(model_->gates.tau);
+  const bool first = pos_ < c.spkv.keep_first;
+  const float *cos = f.cos + pos_ * half, *sin = f.sin + pos_ * half;
+  kernels::DecodeParams p;
+  p.q = f.q.data(), p.y = f.y.data(), p.H = c.n_heads, p.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+  for (int64_t il = 0; il < L; ++il) {
+    for (int64_t b = 0; b < B; ++b) {
+      const kernels::cpu::DecodeBuffers buf = f.buffers(b);
+      kernels::cpu::decode_qkv(f.dims, f.layers[size_t(il)], f.x.data() + b * C, cos, sin, buf);
+      for (int64_t hk = 0; hk < Hkv; ++hk) {
+        bool gate = false;
+        if (u_out) {
+          gate = buf.u[hk] >= tau || first;
+          u_out[(b * L + il) * Hkv + hk] = buf.u[hk], keep_out[(b * L + il) * Hkv + hk] = gate;
+        }
+        f.keep[b * Hkv + hk] = layout_.defined() ? opt_.layout.global[il * Hkv + hk] != 0 : gate;
+      }
+      cache_->append(b, il, buf.k, buf.v, f.keep.data() + b * Hkv);
+    }
+    p.cache = cache_->view(il);
+    check(kernels::cpu::decode_attention(p), "decode attention");
+    for (int64_t b = 0; b < B; ++b) kernels::cpu::decode_out(f.dims, f.layers[size_t(il)], f.x.data() + b * C, f.buffers(b));
+  }
+  for (int64_t b = 0; b < B; ++b)
+    kernels::cpu::decode_logits(f.dims, f.norm, f.lm_head, V, f.x.data() + b * C, f.buffers(b),
+                                out.logits.data_ptr<float>() + b * V);
+  pos_ += 1;
   return out;
 }
 

@@ -25,6 +25,10 @@ struct EngineOptions {
   // A hybrid local-global layout imposed on the heads instead of the gates (model.h). The cache is the SP-KV
   // ring + store with these fixed decisions; a model's gates, if any, still run and are reported.
   HeadLayout layout;
+  // One-token steps on the CPU go through the fused decode step (kernels/cpu/decode_step.h) instead of the
+  // model's LibTorch layers: the same math without operator dispatch or allocation. false: the layers (the
+  // baseline that `spkv bench decode` and the tests compare it with). Ignored unless the model is float32.
+  bool fused_decode = true;
 };
 
 // The result of feeding T new tokens to every sequence.
@@ -59,6 +63,8 @@ class Engine : private AttentionBackend {
 
  private:
   EngineStep forward_chunk(const torch::Tensor& tokens);  // (B, T)
+  // One token per sequence through the fused CPU decode step. tokens: (B, 1) int64 on the CPU.
+  EngineStep decode_fused(const torch::Tensor& tokens);
   // The model's attention step (AttentionBackend): the gates' decisions (u >= tau, or a position <
   // keep_first), or the layout's, then attend_cached.
   torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -79,6 +85,9 @@ class Engine : private AttentionBackend {
   // The chunk being fed: its positions (T), and each layer's gate scores and decisions (B, T, Hkv).
   torch::Tensor positions_;
   std::vector<torch::Tensor> us_, keeps_;
+  // The model's weights as raw pointers and the step's buffers; null when the fused path does not apply.
+  struct FusedDecode;
+  std::unique_ptr<FusedDecode> fused_;
 };
 
 // Teacher-forced NLL of one document streamed through the engine (cleared first, B = 1): nll (T - 1) in

@@ -12,6 +12,8 @@ namespace {
 constexpr int64_t kTile = 32;   // queries per tile
 constexpr int64_t kBlock = 32;  // keys per block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Below this much work (multiply-adds) a decode call runs on the calling thread (decode_step.cpp says why).
+constexpr int64_t kParallelWork = int64_t(1) << 20;
 
 inline float dot(const float* a, const float* b, int64_t D) {
   float s = 0.f;
@@ -129,9 +131,13 @@ Status decode_attention(const DecodeParams& p) {
   const CacheView& c = p.cache;
   if (!valid(p)) return Status::invalid_argument;
   const int64_t G = p.H / c.Hkv, D = c.D, n = c.n_seq * c.Hkv;
-#pragma omp parallel
+  int64_t keys = 0;  // summed over the heads: the work is about 4 G D flops a key
+  for (int64_t i = 0; i < n; ++i) keys += (c.W > 0 ? c.ring_len[i / c.Hkv] : 0) + c.store_len[i];
+#pragma omp parallel if (keys * G * D >= kParallelWork)
   {
-    std::vector<float> score, acc(G * D);
+    // Per thread, kept between calls: a decode step allocates nothing.
+    static thread_local std::vector<float> score, acc, den;
+    acc.resize(G * D), den.resize(G);
 #pragma omp for schedule(dynamic)
     for (int64_t i = 0; i < n; ++i) {
       const int64_t b = i / c.Hkv, ring = c.W > 0 ? c.ring_len[b] : 0, n_keys = ring + c.store_len[i];
@@ -152,7 +158,7 @@ Status decode_attention(const DecodeParams& p) {
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t g = 0; g < G; ++g) score[g * n_keys + off + r] = dot(q + g * D, k + r * D, D) * p.scale;
       });
-      std::vector<float> den(G, 0.f);
+      std::fill(den.begin(), den.end(), 0.f);
       for (int64_t g = 0; g < G; ++g) {
         float* sg = score.data() + g * n_keys;
         const float mx = n_keys ? *std::max_element(sg, sg + n_keys) : 0.f;

@@ -169,6 +169,50 @@ TEST(Engine, ImposedLayoutEqualsTheMaskedForwardWithThoseDecisions) {
   EXPECT_THROW(Engine(dense, o), ConfigError);
 }
 
+// One-token steps run the fused decode step (kernels/cpu/decode_step.h) rather than the model's layers. The
+// tests above cover the default architecture; here every variant it reads weights for, each against the
+// masked forward and against the engine with the fused step off: q/k/v biases (Qwen2), tied embeddings,
+// llama2.c's interleaved RoPE, the 1-layer predictor, the residual tap, GQA with G = 1 and 4, no SP-KV, and a
+// sliding window.
+TEST(Engine, FusedDecodeStepEqualsTheLayersForEveryArchitectureVariant) {
+  const int64_t T = 140, prompt = 60;
+  for (int variant = 0; variant < 7; ++variant) {
+    ModelConfig c = tiny_config(11, 0.5, variant == 2 ? 2 : 0);
+    if (variant == 0) c.attention_bias = true;
+    if (variant == 1) c.tied_embeddings = true, c.rope_style = RopeStyle::interleaved;
+    if (variant == 2) c.spkv.predictor_layers = 1, c.spkv.tap = "residual";
+    if (variant == 3) c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 6;   // G = 4
+    if (variant == 4) c.n_kv_heads = 4;                                  // G = 1
+    if (variant == 5) c.spkv.enabled = false;
+    if (variant == 6) c.spkv.enabled = false, c.sliding_window = 13;
+    auto m = random_model(c, 300 + variant);
+    torch::NoGradGuard ng;
+    const auto tokens = torch::cat({random_tokens(T, 53, variant), random_tokens(T, 53, 50 + variant)}, 0);  // (2, T)
+    const auto ref = m(tokens);  // (2, T, V)
+    auto stream = [&](bool fused) {
+      EngineOptions o = options(2, 32);
+      o.fused_decode = fused;
+      Engine e(m, o);
+      std::vector<EngineStep> steps{e.forward(tokens.narrow(1, 0, prompt))};
+      for (int64_t t = prompt; t < T; ++t) steps.push_back(e.forward(tokens.narrow(1, t, 1)));
+      std::vector<torch::Tensor> logits, keep;
+      for (auto& s : steps) logits.push_back(s.logits), keep.push_back(s.keep);
+      return std::make_tuple(torch::cat(logits, 1), c.spkv.enabled ? torch::cat(keep, 1) : torch::Tensor(), e.cache_entries());
+    };
+    const auto [fused, fused_keep, fused_entries] = stream(true);
+    const auto [layers, layers_keep, layers_entries] = stream(false);
+    EXPECT_LT(max_rel(fused, ref), 1e-4) << "variant " << variant;
+    EXPECT_LT(max_rel(fused, layers), 1e-4) << "variant " << variant;
+    EXPECT_EQ(fused_entries, layers_entries) << "variant " << variant;
+    if (c.spkv.enabled) {
+      EXPECT_TRUE(torch::equal(fused_keep, layers_keep)) << "variant " << variant;
+      const double kept = fused_keep.narrow(1, prompt, T - prompt).to(torch::kFloat64).mean().item<double>();
+      EXPECT_GT(kept, 0.05) << "variant " << variant << ": the decode steps' gates must decide both ways";
+      EXPECT_LT(kept, 0.95) << "variant " << variant;
+    }
+  }
+}
+
 TEST(Engine, DenseOptionEqualsFullAttentionAndStillReportsDecisions) {
   auto m = random_model(tiny_config(6, 0.5), 9);
   torch::NoGradGuard ng;
