@@ -187,6 +187,24 @@ void cli::add_bench_commands(CLI::App& app, cli::Commands& out) {
   bdec->add_option("--device", bo->device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
   brun->add_option("--max-docs", bo->max_docs, "documents of the corpus")->check(CLI::PositiveNumber);
 
+  auto ko = cli::options<BenchKernelOptions>();
+  auto* bker = bench->add_subcommand("kernels", "CPU attention kernels: prefill GFLOP/s against GEMM, decode GB/s against a triad");
+  bker->add_option("--contexts", ko->contexts, "context lengths")->delimiter(',');
+  bker->add_option("--heads", ko->heads, "query heads")->check(CLI::PositiveNumber);
+  bker->add_option("--kv-heads", ko->kv_heads, "KV heads (divides --heads)")->check(CLI::PositiveNumber);
+  bker->add_option("--head-dim", ko->head_dim, "head size")->check(CLI::PositiveNumber);
+  bker->add_option("--window", ko->window, "SP-KV window W")->check(CLI::PositiveNumber);
+  bker->add_option("--chunk", ko->chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+  bker->add_option("--layers", ko->layers, "decode: one cache per layer, all read each step")->check(CLI::PositiveNumber);
+  bker->add_option("--density", ko->density, "SP-KV: share of far keys kept")->check(CLI::Range(0.0, 1.0));
+  bker->add_option("--json", ko->json, "also write the results here");
+  out.push_back({bker, [ko] {
+                   if (ko->heads % ko->kv_heads != 0)
+                     throw ConfigError("bench kernels: --kv-heads " + std::to_string(ko->kv_heads) + " must divide --heads " +
+                                       std::to_string(ko->heads));
+                   return cmd_bench_kernels(*ko), true;
+                 }});
+
   auto defaults = [bo] {
     if (bo->inputs.empty()) bo->inputs = {bo->model + "/heldout/text"};
   };

@@ -1,5 +1,5 @@
-// `spkv bench decode` (decode speed and KV memory, dense vs SP-KV, by context) and `spkv bench run` (the
-// cost of gate logging in `spkv run`). Declared here so that spkv.cpp only parses flags.
+// `spkv bench decode` (decode speed and KV memory, dense vs SP-KV, by context), `spkv bench run` (the
+// cost of gate logging in `spkv run`) and `spkv bench kernels` (bench_kernels.cpp). Declared here so that spkv.cpp only parses flags.
 #pragma once
 #include <string>
 #include <vector>
@@ -16,7 +16,18 @@ struct BenchOptions {
   std::string device = "cpu";                      // decode: cpu, cuda or cuda:N
 };
 
+// `spkv bench kernels`: the CPU attention kernels on random data against the GEMM ceiling and a triad.
+struct BenchKernelOptions {
+  std::vector<int64_t> contexts{1024, 4096, 16384};
+  int64_t heads = 4, kv_heads = 4, head_dim = 32, window = 64;  // the default model's attention
+  int64_t chunk = 128;                                           // prefill chunk (the engine's default)
+  int64_t layers = 4;                                            // decode: caches read per step
+  double density = 0.25;                                         // SP-KV: far keys kept
+  std::string json;
+};
+
 void cmd_bench_decode(const BenchOptions& o);
+void cmd_bench_kernels(const BenchKernelOptions& o);
 void cmd_bench_run(const BenchOptions& o);
 
 }  // namespace spkv

@@ -1,5 +1,5 @@
 // Fast CPU attention: block-sparse gated prefill and decode over the compacted cache. Online softmax in
-// float32; the loops over D are contiguous so that the compiler vectorizes them.
+// float32 over blocks of keys; the scores, exponentials and value sums are vec.h's vector loops.
 #include "kernels/cpu/attention_fast.h"
 
 #include <algorithm>
@@ -7,26 +7,23 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/vec.h"
+
 namespace spkv::kernels::cpu {
 namespace {
 constexpr int64_t kTile = 32;   // queries per tile
-constexpr int64_t kBlock = 32;  // keys per block
+constexpr int64_t kBlock = kKeys;  // keys per block (vec.h's scores_block)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this much work (multiply-adds) a decode call runs on the calling thread (decode_step.cpp says why).
 constexpr int64_t kParallelWork = int64_t(1) << 20;
-
-inline float dot(const float* a, const float* b, int64_t D) {
-  float s = 0.f;
-  for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
-  return s;
-}
+constexpr int64_t kPrefetchPages = 1;  // decode: how far ahead the store pages are fetched (1-6 measured alike)
 
 // Per (b, hk, key block): the block's position range and whether any gate in it is open.
 struct BlockPlan {
   int64_t n_blocks = 0, n_tiles = 0;
   std::vector<int64_t> kmin, kmax;  // (n_blocks)
   std::vector<int64_t> qmin, qmax;  // (n_tiles)
-  std::vector<uint8_t> any_keep;    // (B, Hkv, n_blocks)
+  std::vector<uint8_t> any_keep, every_keep;  // (B, Hkv, n_blocks): some / every gate in the block open
 
   explicit BlockPlan(const GatedAttentionParams& p) {
     n_blocks = (p.S + kBlock - 1) / kBlock, n_tiles = (p.T + kTile - 1) / kTile;
@@ -36,12 +33,18 @@ struct BlockPlan {
     kmin.resize(n_blocks), kmax.resize(n_blocks), qmin.resize(n_tiles), qmax.resize(n_tiles);
     for (int64_t j = 0; j < n_blocks; ++j) range(p.k_pos, j * kBlock, std::min(p.S, (j + 1) * kBlock), kmin[j], kmax[j]);
     for (int64_t i = 0; i < n_tiles; ++i) range(p.q_pos, i * kTile, std::min(p.T, (i + 1) * kTile), qmin[i], qmax[i]);
-    any_keep.assign(p.B * p.Hkv * n_blocks, 0);
+    any_keep.assign(p.B * p.Hkv * n_blocks, 0), every_keep.assign(p.B * p.Hkv * n_blocks, p.keep != nullptr);
     if (!p.keep) return;
     for (int64_t b = 0; b < p.B; ++b)
       for (int64_t hk = 0; hk < p.Hkv; ++hk)
-        for (int64_t s = 0; s < p.S; ++s)
-          if (p.keep[b * p.keep_sb + hk * p.keep_sh + s]) any_keep[(b * p.Hkv + hk) * n_blocks + s / kBlock] = 1;
+        for (int64_t s = 0; s < p.S; ++s) {
+          const bool open = p.keep[b * p.keep_sb + hk * p.keep_sh + s];
+          any_keep[(b * p.Hkv + hk) * n_blocks + s / kBlock] |= open;
+          every_keep[(b * p.Hkv + hk) * n_blocks + s / kBlock] &= open;
+        }
+  }
+  bool all_keep(const GatedAttentionParams& p, int64_t b, int64_t hk, int64_t j) const {
+    return every_keep[(b * p.Hkv + hk) * n_blocks + j];
   }
   // Can any key of block j be visible to any query of tile i?
   bool read(const GatedAttentionParams& p, int64_t b, int64_t hk, int64_t i, int64_t j) const {
@@ -78,8 +81,10 @@ Status gated_attention(const GatedAttentionParams& p) {
   const int64_t n_tasks = p.B * p.Hkv * plan.n_tiles;
 #pragma omp parallel
   {
-    // Online-softmax state of the tile's G x kTile rows: running max, running sum, accumulator (D).
-    std::vector<float> m(G * kTile), l(G * kTile), acc(G * kTile * D), sc(kBlock);
+    // Per thread, kept between calls. The tile's G x kTile query rows: online-softmax state (running max m,
+    // running sum l, accumulator acc (D)) and their scores against one key block; the block's keys transposed.
+    static thread_local std::vector<float> m, l, acc, sc, kt;
+    m.resize(G * kTile), l.resize(G * kTile), acc.resize(G * kTile * D), sc.resize(G * kTile * kBlock), kt.resize(D * kBlock);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < n_tasks; ++task) {
       const int64_t i = task % plan.n_tiles, bh = task / plan.n_tiles, b = bh / p.Hkv, hk = bh % p.Hkv;
@@ -89,31 +94,35 @@ Status gated_attention(const GatedAttentionParams& p) {
       for (int64_t j = 0; j < plan.n_blocks; ++j) {
         if (!plan.read(p, b, hk, i, j)) continue;
         const int64_t s0 = j * kBlock, ns = std::min(kBlock, p.S - s0);
+        const float* K = p.k + b * p.k_sb + hk * p.k_sh + s0 * p.k_st;
+        const float* V = p.v + b * p.v_sb + hk * p.v_sh + s0 * p.v_st;
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t s = 0; s < kBlock; ++s) kt[d * kBlock + s] = s < ns ? K[s * p.k_st + d] : 0.f;
+        for (int64_t g = 0; g < G; ++g)
+          scores_block(p.q + b * p.q_sb + (hk * G + g) * p.q_sh + t0 * p.q_st, p.q_st, nt, kt.data(), D,
+                       sc.data() + g * kTile * kBlock);
+        // Mask and scale. Every key of the block is visible to every query of the tile when all are past
+        // and each is inside the window or kept (a store block: compacted kept keys).
+        const bool all_visible =
+            plan.kmax[j] <= plan.qmin[i] && (p.window <= 0 || plan.qmax[i] - plan.kmin[j] < p.window || plan.all_keep(p, b, hk, j));
         for (int64_t g = 0; g < G; ++g)
           for (int64_t t = 0; t < nt; ++t) {
-            const int64_t qt = t0 + t, row = g * kTile + t;
-            const float* q = p.q + b * p.q_sb + (hk * G + g) * p.q_sh + qt * p.q_st;
-            float bmax = kNegInf;
-            for (int64_t s = 0; s < ns; ++s) {
-              const int64_t ks = s0 + s, d = p.q_pos[qt] - p.k_pos[ks];
-              const bool visible = d >= 0 && (p.window <= 0 || d < p.window || (keep && keep[ks]));
-              sc[s] = visible ? dot(q, p.k + b * p.k_sb + hk * p.k_sh + ks * p.k_st, D) * p.scale : kNegInf;
-              bmax = std::max(bmax, sc[s]);
+            const int64_t qt = t0 + t;
+            float* sr = sc.data() + (g * kTile + t) * kBlock;
+            if (all_visible) {
+              for (int64_t s = 0; s < kBlock; ++s) sr[s] = s < ns ? sr[s] * p.scale : kNegInf;
+              continue;
             }
-            if (bmax == kNegInf) continue;
-            const float new_m = std::max(m[row], bmax), rescale = std::exp(m[row] - new_m);
-            float* a = acc.data() + row * D;
-            for (int64_t d = 0; d < D; ++d) a[d] *= rescale;
-            l[row] *= rescale;
-            for (int64_t s = 0; s < ns; ++s) {
-              if (sc[s] == kNegInf) continue;
-              const float w = std::exp(sc[s] - new_m);
-              l[row] += w;
-              const float* v = p.v + b * p.v_sb + hk * p.v_sh + (s0 + s) * p.v_st;
-              for (int64_t d = 0; d < D; ++d) a[d] += w * v[d];
+            for (int64_t s = 0; s < kBlock; ++s) {
+              const int64_t d = s < ns ? p.q_pos[qt] - p.k_pos[s0 + s] : -1;
+              const bool visible = s < ns && d >= 0 && (p.window <= 0 || d < p.window || (keep && keep[s0 + s]));
+              sr[s] = visible ? sr[s] * p.scale : kNegInf;
             }
-            m[row] = new_m;
           }
+        // The tile's rows: g-major with kTile rows per query head, nt of them in use.
+        for (int64_t g = 0; g < G; ++g)
+          softmax_values_block(sc.data() + g * kTile * kBlock, nt, ns, V, p.v_st, D, m.data() + g * kTile, l.data() + g * kTile,
+                               acc.data() + g * kTile * D);
       }
       for (int64_t g = 0; g < G; ++g)
         for (int64_t t = 0; t < nt; ++t) {
@@ -135,46 +144,49 @@ Status decode_attention(const DecodeParams& p) {
   for (int64_t i = 0; i < n; ++i) keys += (c.W > 0 ? c.ring_len[i / c.Hkv] : 0) + c.store_len[i];
 #pragma omp parallel if (keys * G * D >= kParallelWork)
   {
-    // Per thread, kept between calls: a decode step allocates nothing.
-    static thread_local std::vector<float> score, acc, den;
-    acc.resize(G * D), den.resize(G);
+    // Per thread, kept between calls: a decode step allocates nothing. Online softmax over the segments
+    // (the ring, then each store page): running max m and sum l, accumulator acc (D), per query head.
+    static thread_local std::vector<float> m, l, acc, sc;
+    m.resize(G), l.resize(G), acc.resize(G * D), sc.resize(std::max(c.W, c.page_size));
 #pragma omp for schedule(dynamic)
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t b = i / c.Hkv, ring = c.W > 0 ? c.ring_len[b] : 0, n_keys = ring + c.store_len[i];
+      const int64_t b = i / c.Hkv, ring = c.W > 0 ? c.ring_len[b] : 0;
       const float* q = p.q + i * G * D;  // the G query heads of KV head hk are contiguous: h = hk * G + g
-      float* y = p.y + i * G * D;
-      score.resize(G * n_keys);
-      // Visit the keys segment by segment: the ring rows, then each store page (the last one partly filled).
-      auto for_each_segment = [&](auto&& fn) {
-        if (ring > 0) fn(c.ring_k + i * c.W * D, c.ring_v + i * c.W * D, ring, int64_t(0));
-        for (int64_t j = 0, done = 0; done < c.store_len[i]; ++j) {
-          const int32_t page = c.store_pages[c.store_indptr[i] + j];
-          const int64_t rows = std::min<int64_t>(c.page_size, c.store_len[i] - done);
-          fn(c.page_k[page], c.page_v[page], rows, ring + done);
-          done += rows;
+      std::fill(m.begin(), m.end(), kNegInf), std::fill(l.begin(), l.end(), 0.f), std::fill(acc.begin(), acc.end(), 0.f);
+      auto segment = [&](const float* K, const float* V, int64_t rows) {
+        for (int64_t g = 0; g < G; ++g) {
+          matvec_rows(K, D, q + g * D, nullptr, 0, rows, D, sc.data());
+          float bmax = kNegInf;
+          for (int64_t r = 0; r < rows; ++r) bmax = std::max(bmax, sc[r] *= p.scale);
+          const float new_m = std::max(m[g], bmax);
+          if (new_m > m[g] && l[g] > 0) {
+            const float rescale = std::exp(m[g] - new_m);
+            scale(acc.data() + g * D, D, rescale);
+            l[g] *= rescale;
+          }
+          l[g] += exp_shifted(sc.data(), rows, new_m);
+          accumulate_rows(sc.data(), V, D, rows, D, acc.data() + g * D);
+          m[g] = new_m;
         }
       };
-      for_each_segment([&](const float* k, const float*, int64_t rows, int64_t off) {
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t g = 0; g < G; ++g) score[g * n_keys + off + r] = dot(q + g * D, k + r * D, D) * p.scale;
-      });
-      std::fill(den.begin(), den.end(), 0.f);
-      for (int64_t g = 0; g < G; ++g) {
-        float* sg = score.data() + g * n_keys;
-        const float mx = n_keys ? *std::max_element(sg, sg + n_keys) : 0.f;
-        for (int64_t s = 0; s < n_keys; ++s) den[g] += (sg[s] = std::exp(sg[s] - mx));
+      if (ring > 0) segment(c.ring_k + i * c.W * D, c.ring_v + i * c.W * D, ring);
+      const int32_t* pages = c.store_pages + c.store_indptr[i];
+      for (int64_t j = 0, done = 0; done < c.store_len[i]; ++j) {
+        const int64_t rows = std::min<int64_t>(c.page_size, c.store_len[i] - done);
+        // Pages are scattered in memory, beyond the hardware prefetcher's reach: ask for the page
+        // kPrefetchPages ahead now, so that it streams in while this one is used.
+        const int64_t ahead = j + kPrefetchPages;
+        if (ahead * c.page_size < c.store_len[i]) {
+          const char *nk = reinterpret_cast<const char*>(c.page_k[pages[ahead]]), *nv = reinterpret_cast<const char*>(c.page_v[pages[ahead]]);
+          for (int64_t off = 0; off < c.page_size * D * int64_t(sizeof(float)); off += 64)
+            __builtin_prefetch(nk + off), __builtin_prefetch(nv + off);
+        }
+        segment(c.page_k[pages[j]], c.page_v[pages[j]], rows);
+        done += rows;
       }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for_each_segment([&](const float*, const float* v, int64_t rows, int64_t off) {
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t g = 0; g < G; ++g) {
-            const float w = score[g * n_keys + off + r];
-            float* a = acc.data() + g * D;
-            for (int64_t d = 0; d < D; ++d) a[d] += w * v[r * D + d];
-          }
-      });
+      float* y = p.y + i * G * D;
       for (int64_t g = 0; g < G; ++g)
-        for (int64_t d = 0; d < D; ++d) y[g * D + d] = den[g] > 0 ? acc[g * D + d] / den[g] : 0.f;
+        for (int64_t d = 0; d < D; ++d) y[g * D + d] = l[g] > 0 ? acc[g * D + d] / l[g] : 0.f;
     }
   }
   return Status::ok;

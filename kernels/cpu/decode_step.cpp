@@ -1,55 +1,17 @@
-// The fused CPU decode step (decode_step.h). Each matrix-vector product streams its weight rows once, four
-// rows at a time with sixteen partial sums each, so the compiler vectorizes it without reassociating
-// anything itself; the partial sums make the result differ from LibTorch's in the last bits only.
+// The fused CPU decode step (decode_step.h). Each matrix-vector product streams its weight rows once
+// (vec.h's matvec_rows).
 #include "kernels/cpu/decode_step.h"
 
 #include <algorithm>
 #include <cmath>
 
-#define SPKV_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#include "kernels/cpu/vec.h"
 
 namespace spkv::kernels::cpu {
 namespace {
-constexpr int64_t kLanes = 16;
 // Below this many multiply-adds (about 40 us on one core) a product runs on the calling thread: starting
 // the team costs more than it saves, and a team member that the OS has descheduled stalls it.
 constexpr int64_t kParallelWork = int64_t(1) << 20;
-
-inline float reduce(const float* acc) {
-  float s = 0.f;
-  for (int64_t j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
-}
-
-// Rows [r0, r1) of y = W x (+ bias).
-SPKV_MULTIVERSION
-void matvec_rows(const float* W, const float* x, const float* bias, int64_t r0, int64_t r1, int64_t n, float* y) {
-  const int64_t n16 = n - n % kLanes;
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const float *w0 = W + r * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
-    float a0[kLanes] = {}, a1[kLanes] = {}, a2[kLanes] = {}, a3[kLanes] = {};
-    for (int64_t i = 0; i < n16; i += kLanes)
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const float xv = x[i + j];
-        a0[j] += w0[i + j] * xv, a1[j] += w1[i + j] * xv, a2[j] += w2[i + j] * xv, a3[j] += w3[i + j] * xv;
-      }
-    float s0 = reduce(a0), s1 = reduce(a1), s2 = reduce(a2), s3 = reduce(a3);
-    for (int64_t i = n16; i < n; ++i) s0 += w0[i] * x[i], s1 += w1[i] * x[i], s2 += w2[i] * x[i], s3 += w3[i] * x[i];
-    y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
-  }
-  for (; r < r1; ++r) {
-    const float* w0 = W + r * n;
-    float a0[kLanes] = {};
-    for (int64_t i = 0; i < n16; i += kLanes)
-      for (int64_t j = 0; j < kLanes; ++j) a0[j] += w0[i + j] * x[i + j];
-    float s0 = reduce(a0);
-    for (int64_t i = n16; i < n; ++i) s0 += w0[i] * x[i];
-    y[r] = s0;
-  }
-  if (bias)
-    for (r = r0; r < r1; ++r) y[r] += bias[r];
-}
 
 // out = x * rsqrt(mean(x^2) + eps) * weight, as RMSNormImpl::forward.
 void rmsnorm(const float* x, const float* weight, int64_t C, float eps, float* out) {
@@ -79,10 +41,10 @@ inline float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
 }  // namespace
 
 void matvec(const float* W, const float* x, const float* bias, int64_t rows, int64_t n, float* y) {
-  if (rows * n < kParallelWork) return matvec_rows(W, x, bias, 0, rows, n, y);
+  if (rows * n < kParallelWork) return matvec_rows(W, n, x, bias, 0, rows, n, y);
   const int64_t blocks = (rows + 63) / 64;
 #pragma omp parallel for schedule(dynamic)
-  for (int64_t bl = 0; bl < blocks; ++bl) matvec_rows(W, x, bias, bl * 64, std::min(rows, (bl + 1) * 64), n, y);
+  for (int64_t bl = 0; bl < blocks; ++bl) matvec_rows(W, n, x, bias, bl * 64, std::min(rows, (bl + 1) * 64), n, y);
 }
 
 void decode_qkv(const DecodeDims& d, const DecodeLayerWeights& w, const float* x, const float* cos, const float* sin,

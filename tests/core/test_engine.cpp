@@ -272,6 +272,31 @@ TEST(Engine, BenchDecodeReportsKvBytesThatFollowTheDensity) {
   }
 }
 
+TEST(Engine, BenchKernelsReadsTheBytesOfTheCachesItBuilds) {
+  test::TempDir tmp;
+  auto r = test::run_spkv("--threads 1 bench kernels --contexts 300,700 --layers 2 --heads 4 --kv-heads 2 --head-dim 24 "
+                          "--window 32 --density 0.5 --chunk 64 --json " + (tmp / "k.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(test::read_file(tmp / "k.json"));
+  ASSERT_EQ(j["rows"].size(), 4u);
+  EXPECT_GT(j["gemm_gflops"].get<double>(), 0);
+  EXPECT_GT(j["triad_gbs"].get<double>(), 0);
+  for (auto& row : j["rows"]) {
+    const double T = row["context"].get<double>(), per_entry = 2 * 24 * 4, full = 2 * 2 * T * per_entry;  // 2 layers x 2 KV heads
+    if (row["cache"] == "dense") {
+      EXPECT_EQ(row["kv_bytes"].get<double>(), full) << row.dump();
+    } else {  // the window plus about half of the rest
+      const double expected = 2 * 2 * (32 + 0.5 * (T - 32)) * per_entry;
+      EXPECT_NEAR(row["kv_bytes"].get<double>(), expected, 0.1 * expected) << row.dump();
+    }
+    EXPECT_GT(row["prefill_gflops"].get<double>(), 0);
+    EXPECT_GT(row["decode_gbs"].get<double>(), 0);
+  }
+  r = test::run_spkv("bench kernels --heads 4 --kv-heads 3");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--kv-heads 3 must divide --heads 4"), std::string::npos) << r.err;
+}
+
 TEST(Engine, DeviceFlagErrorsAreClear) {
   const std::string dir = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
   if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " is absent";
