@@ -175,7 +175,10 @@ void cli::add_bench_commands(CLI::App& app, cli::Commands& out) {
   bench->require_subcommand(1);
   auto* bdec = bench->add_subcommand("decode", "decode tokens/s and KV bytes, dense vs SP-KV cache, by context length");
   auto* brun = bench->add_subcommand("run", "the cost of gate logging: spkv run's loop with and without the HDF5 log");
-  for (auto* b : {bdec, brun}) {
+  auto* bthr = bench->add_subcommand("threads", "every engine path at 1 thread, all cores and the automatic policy, quiet "
+                                                "and beside a busy loop");
+  auto reps = std::make_shared<int>(3);
+  for (auto* b : {bdec, brun, bthr}) {
     b->add_option("--model,-m", bo->model, "SP-KV model")->required();
     b->add_option("--tokenizer,-t", bo->tokenizer, "tokenizer file (default: found beside the model)");
     b->add_option("--corpus", bo->inputs, "text for prompts / documents (default: MODEL/heldout/text)");
@@ -186,6 +189,10 @@ void cli::add_bench_commands(CLI::App& app, cli::Commands& out) {
   bdec->add_option("--steps", bo->steps, "decode steps timed after each prompt")->check(CLI::PositiveNumber);
   bdec->add_option("--device", bo->device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
   brun->add_option("--max-docs", bo->max_docs, "documents of the corpus")->check(CLI::PositiveNumber);
+  bthr->add_option("--contexts", bo->contexts, "prompt lengths for prefill and decode")->delimiter(',');
+  bthr->add_option("--steps", bo->steps, "decode steps timed after each prompt")->check(CLI::PositiveNumber);
+  bthr->add_option("--max-docs", bo->max_docs, "documents scored by the run path")->check(CLI::PositiveNumber);
+  bthr->add_option("--reps", *reps, "interleaved runs of every configuration (the median is reported)")->check(CLI::PositiveNumber);
 
   auto ko = cli::options<BenchKernelOptions>();
   auto* bker = bench->add_subcommand("kernels", "CPU attention kernels: prefill GFLOP/s against GEMM, decode GB/s against a triad");
@@ -210,6 +217,7 @@ void cli::add_bench_commands(CLI::App& app, cli::Commands& out) {
   };
   out.push_back({bdec, [bo, defaults] { return defaults(), cmd_bench_decode(*bo), true; }});
   out.push_back({brun, [bo, defaults] { return defaults(), cmd_bench_run(*bo), true; }});
+  out.push_back({bthr, [bo, defaults, reps] { return defaults(), cmd_bench_threads(*bo, *reps), true; }});
 }
 
 }  // namespace spkv

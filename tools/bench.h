@@ -1,5 +1,6 @@
 // `spkv bench decode` (decode speed and KV memory, dense vs SP-KV, by context), `spkv bench run` (the
-// cost of gate logging in `spkv run`) and `spkv bench kernels` (bench_kernels.cpp). Declared here so that spkv.cpp only parses flags.
+// cost of gate logging in `spkv run`), `spkv bench kernels` (bench_kernels.cpp) and `spkv bench threads`
+// (bench_threads.cpp). Declared here so that spkv.cpp only parses flags.
 #pragma once
 #include <string>
 #include <vector>
@@ -27,6 +28,9 @@ struct BenchKernelOptions {
 };
 
 void cmd_bench_decode(const BenchOptions& o);
+// `spkv bench threads` (bench_threads.cpp): every engine path at 1 thread, all cores and the automatic
+// policy, quiet and beside a one-core busy loop; median of `reps` interleaved runs.
+void cmd_bench_threads(const BenchOptions& o, int reps);
 void cmd_bench_kernels(const BenchKernelOptions& o);
 void cmd_bench_run(const BenchOptions& o);
 

@@ -5,12 +5,14 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 
 #include "analysis/layout.h"
 #include "analysis/stats.h"
 #include "core/base/json_text.h"
 #include "core/base/progress.h"
+#include "core/base/threads.h"
 #include "core/infer/generate.h"
 #include "core/model/checkpoint.h"
 #include "core/model/safetensors.h"
@@ -59,7 +61,7 @@ void cmd_sample_corpus(const ModelArgs& a, const std::string& prompt, int64_t ma
   fmt::print("wrote {} samples ({} bytes) to {}\n", samples, text.size(), out);
 }
 
-void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new, const SamplerOptions& so) {
+void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new, const SamplerOptions& so, bool timing) {
   auto model = load_model(a.model);
   auto tok = a.load_tokenizer_for(model->config);
   std::vector<int32_t> ids = tok->encode(prompt, /*bos=*/true, /*eos=*/false);
@@ -70,13 +72,21 @@ void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new
   std::fwrite(out.data(), 1, out.size(), stdout);
   std::fflush(stdout);
   int32_t prev = ids.back();
+  int64_t n = 0;
+  std::chrono::steady_clock::time_point first;  // timed from the first token on, as llama2.c's run.c does
   generate(model, ids, max_new, so, [&](int32_t id) {
     const std::string piece = tok->token_bytes(prev, id);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
     prev = id;
+    if (n++ == 0) first = std::chrono::steady_clock::now();
   });
   if (isatty(fileno(stdout))) std::fputc('\n', stderr);
+  if (timing && n > 1) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - first).count();
+    fmt::print(stderr, "generated {} tokens; after the first: {:.1f} tok/s ({:.4f} ms a token, {} threads)\n", n,
+               double(n - 1) / s, 1e3 * s / double(n - 1), threads::current());
+  }
 }
 
 
@@ -99,6 +109,7 @@ void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& s
   Progress bar("eval", total, "tok");
   torch::Tensor counts;  // (L, Hkv, 2) with SP-KV
   for (auto& t : ids) {
+    threads::rebalance();
     auto nll = token_nll(model, t, &counts);
     if (nll.empty()) continue;
     double s = 0;
@@ -198,6 +209,7 @@ void add_model_commands(CLI::App& app, Commands& out) {
     std::string prompt, samples_out;
     int64_t max_new = 256, samples = 0;
     SamplerOptions so;
+    bool timing = false;
   };
   auto g = options<Gen>();
   auto* gen = app.add_subcommand("generate", "continue a prompt; prints prompt + continuation on stdout");
@@ -210,6 +222,7 @@ void add_model_commands(CLI::App& app, Commands& out) {
   gen->add_option("--samples", g->samples, "write this many samples to --out instead of printing one (temperature default 1)")
       ->check(CLI::PositiveNumber);
   gen->add_option("--out,-o", g->samples_out, "corpus file for --samples (documents separated by <|endoftext|>)");
+  gen->add_flag("--timing", g->timing, "print tokens/s after the first token on stderr");
   out.push_back({gen, [g, gen] {
                    if (g->samples > 0) {
                      if (g->samples_out.empty()) throw ConfigError("generate --samples needs --out FILE");
@@ -217,7 +230,7 @@ void add_model_commands(CLI::App& app, Commands& out) {
                      cmd_sample_corpus(g->ma, g->prompt, g->max_new, g->so, g->samples, g->samples_out);
                    } else {
                      if (!gen->count("--prompt")) throw ConfigError("generate needs --prompt (or --samples N --out FILE)");
-                     cmd_generate(g->ma, g->prompt, g->max_new, g->so);
+                     cmd_generate(g->ma, g->prompt, g->max_new, g->so, g->timing);
                    }
                    return true;
                  }});

@@ -17,6 +17,7 @@
 #include "core/base/errors.h"
 #include "core/base/json_text.h"
 #include "core/base/progress.h"
+#include "core/base/threads.h"
 #include "core/infer/engine.h"
 #include "core/model/model.h"
 #include "core/model/safetensors.h"
@@ -102,6 +103,7 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
     if (v.layout) eo.layout = {v.layout->global, v.layout->window};
     Engine engine(model, eo);
     for (const auto& p : pieces) {
+      threads::rebalance();
       const ScoredDocument s = score_document(engine, p.tokens);
       double sum = 0;
       for (double x : s.nll) sum += x;

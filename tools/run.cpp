@@ -15,6 +15,7 @@
 #include "core/base/json_text.h"
 #include "core/base/progress.h"
 #include "core/base/sha256.h"
+#include "core/base/threads.h"
 #include "core/gatelog/rule.h"
 #include "core/gatelog/writer.h"
 #include "core/infer/engine.h"
@@ -154,6 +155,7 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   size_t i = done.size();
   for (; i < pieces.size() && !stop; ++i) {
     const TokenPiece& p = pieces[i];
+    threads::rebalance();
     ScoredDocument s = score_document(engine, p.tokens);
     LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
     if (o.attention_stats) {  // the masked forward under full attention, which measures what the cache cannot

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "core/base/threads.h"
 #include "tools/cli.h"
 
 namespace spkv::cli {
@@ -55,8 +56,10 @@ int main(int argc, char** argv) {
   CLI::App app{"spkv: Self-Pruned KV attention toolkit"};
   app.set_version_flag("--version", std::string(SPKV_VERSION) + " (" + SPKV_GIT_COMMIT + ")");
   app.require_subcommand(1);
-  int threads = int(std::thread::hardware_concurrency());
-  app.add_option("--threads", threads, "CPU threads for LibTorch")->check(CLI::PositiveNumber);
+  int threads = 0;  // automatic (core/base/threads.h)
+  app.add_option("--threads", threads,
+                 "CPU threads (default: automatic, the cores that other processes leave free, re-chosen as that changes)")
+      ->check(CLI::PositiveNumber);
   int blas_threads = 1;
   app.add_option("--blas-threads", blas_threads, "OpenBLAS threads inside each matmul")->check(CLI::PositiveNumber);
   Commands commands;
@@ -74,7 +77,7 @@ int main(int argc, char** argv) {
   }
   bool complete = true;  // false: a stop signal ended run or train early
   try {
-    at::set_num_threads(threads);
+    spkv::threads::configure(threads, [](int n) { at::set_num_threads(n); });
     set_blas_threads(blas_threads);
     // Keep freed tensor memory in the heap instead of returning it to the kernel on every step.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);

@@ -12,6 +12,7 @@
 
 #include "core/base/errors.h"
 #include "core/base/progress.h"
+#include "core/base/threads.h"
 #include "core/model/safetensors.h"
 #include "core/train/trainer.h"
 
@@ -376,6 +377,7 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
   if (progress) bar.emplace("tasks", int64_t(docs.size()), "doc");
   const auto device = m->parameters().front().device();
   for (const TaskDoc& d : docs) {
+    threads::rebalance();
     const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
     const auto answers = span_tokens(tok, ids, d.text, d.answers);
     const auto facts = span_tokens(tok, ids, d.text, d.facts);

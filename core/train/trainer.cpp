@@ -14,6 +14,7 @@
 #include "core/base/errors.h"
 #include "core/base/json_field.h"
 #include "core/base/progress.h"
+#include "core/base/threads.h"
 #include "core/model/checkpoint.h"
 #include "core/model/safetensors.h"
 #include "core/text/tokenizer.h"
@@ -500,6 +501,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   int64_t tokens_at_start = tokens_seen;
   const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
   for (int64_t step = start; step < r.steps; ++step) {
+    threads::rebalance();
     bool frozen = false;
     m->gates = r.gates_at(step, &frozen);
     for (auto& p : predictor) p.requires_grad_(!frozen);
