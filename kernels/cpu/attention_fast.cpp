@@ -79,12 +79,26 @@ Status gated_attention(const GatedAttentionParams& p) {
   }
   const BlockPlan plan(p);
   const int64_t n_tasks = p.B * p.Hkv * plan.n_tiles;
+  // Every key block transposed once, for all the tiles that read it: (B, Hkv, n_blocks, D, kBlock), the
+  // columns past the last key zero.
+  static thread_local std::vector<float> kt_buffer;  // the calling thread's; the team reaches it through kt_all
+  kt_buffer.resize(p.B * p.Hkv * plan.n_blocks * D * kBlock);
+  float* const kt_all = kt_buffer.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t bj = 0; bj < p.B * p.Hkv * plan.n_blocks; ++bj) {
+    const int64_t j = bj % plan.n_blocks, bh = bj / plan.n_blocks, b = bh / p.Hkv, hk = bh % p.Hkv;
+    const int64_t s0 = j * kBlock, ns = std::min(kBlock, p.S - s0);
+    const float* K = p.k + b * p.k_sb + hk * p.k_sh + s0 * p.k_st;
+    float* kt = kt_all + bj * D * kBlock;
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t s = 0; s < kBlock; ++s) kt[d * kBlock + s] = s < ns ? K[s * p.k_st + d] : 0.f;
+  }
 #pragma omp parallel
   {
     // Per thread, kept between calls. The tile's G x kTile query rows: online-softmax state (running max m,
     // running sum l, accumulator acc (D)) and their scores against one key block; the block's keys transposed.
-    static thread_local std::vector<float> m, l, acc, sc, kt;
-    m.resize(G * kTile), l.resize(G * kTile), acc.resize(G * kTile * D), sc.resize(G * kTile * kBlock), kt.resize(D * kBlock);
+    static thread_local std::vector<float> m, l, acc, sc;
+    m.resize(G * kTile), l.resize(G * kTile), acc.resize(G * kTile * D), sc.resize(G * kTile * kBlock);
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < n_tasks; ++task) {
       const int64_t i = task % plan.n_tiles, bh = task / plan.n_tiles, b = bh / p.Hkv, hk = bh % p.Hkv;
@@ -94,13 +108,10 @@ Status gated_attention(const GatedAttentionParams& p) {
       for (int64_t j = 0; j < plan.n_blocks; ++j) {
         if (!plan.read(p, b, hk, i, j)) continue;
         const int64_t s0 = j * kBlock, ns = std::min(kBlock, p.S - s0);
-        const float* K = p.k + b * p.k_sb + hk * p.k_sh + s0 * p.k_st;
         const float* V = p.v + b * p.v_sb + hk * p.v_sh + s0 * p.v_st;
-        for (int64_t d = 0; d < D; ++d)
-          for (int64_t s = 0; s < kBlock; ++s) kt[d * kBlock + s] = s < ns ? K[s * p.k_st + d] : 0.f;
+        const float* kt = kt_all + (bh * plan.n_blocks + j) * D * kBlock;
         for (int64_t g = 0; g < G; ++g)
-          scores_block(p.q + b * p.q_sb + (hk * G + g) * p.q_sh + t0 * p.q_st, p.q_st, nt, kt.data(), D,
-                       sc.data() + g * kTile * kBlock);
+          scores_block(p.q + b * p.q_sb + (hk * G + g) * p.q_sh + t0 * p.q_st, p.q_st, nt, kt, D, sc.data() + g * kTile * kBlock);
         // Mask and scale. Every key of the block is visible to every query of the tile when all are past
         // and each is inside the window or kept (a store block: compacted kept keys).
         const bool all_visible =
