@@ -62,9 +62,9 @@ struct DecodeResult {
 
 // Prefills `prompt`, then decodes `steps` greedy tokens one at a time, timing prefill and decode apart.
 DecodeResult run_decode(LlamaForCausalLM& model, const std::vector<int32_t>& prompt, int64_t steps, bool dense,
-                        int64_t chunk) {
+                        int64_t chunk, bool fused = true) {
   EngineOptions eo;
-  eo.dense = dense, eo.chunk = chunk;
+  eo.dense = dense, eo.chunk = chunk, eo.fused_decode = fused;
   Engine engine(model, eo);
   DecodeResult r;
   auto t0 = clock_type::now();
@@ -100,24 +100,30 @@ void cmd_bench_decode(const BenchOptions& o) {
   const auto tokens = corpus_tokens(o.inputs, *tok, max_ctx);
   const ModelConfig& c = model->config;
   nlohmann::json rows = nlohmann::json::array();
-  fmt::print("{:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8} {:>8} {:>10}\n", "context", "dense tok/s", "SP-KV tok/s",
-             "speedup", "dense KV MB", "SP-KV KV MB", "ratio", "density", "predicted");
+  fmt::print("{:>7} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8} {:>8} {:>10} {:>13}\n", "context", "dense tok/s", "SP-KV tok/s",
+             "speedup", "dense KV MB", "SP-KV KV MB", "ratio", "density", "predicted", "layers tok/s");
   for (int64_t T : o.contexts) {
     const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + T);
     const DecodeResult d = run_decode(model, prompt, o.steps, /*dense=*/true, o.chunk);
     const DecodeResult s = run_decode(model, prompt, o.steps, /*dense=*/false, o.chunk);
+    // The same SP-KV decode through the model's LibTorch layers instead of the fused step (the baseline of
+    // kernels/cpu/decode_step.h), on the CPU only.
+    const bool cpu = parse_device(o.device).is_cpu();
+    const double layers_tps = cpu ? o.steps / run_decode(model, prompt, o.steps, false, o.chunk, /*fused=*/false).decode_s : 0;
     const double len = double(T + o.steps), W = double(c.spkv.window);
     const double predicted = (W + s.density * (len - W)) / len, ratio = double(s.bytes) / double(d.bytes);
     const double dense_tps = o.steps / d.decode_s, spkv_tps = o.steps / s.decode_s;
-    fmt::print("{:>7} {:>12.1f} {:>12.1f} {:>7.2f}x {:>12.2f} {:>12.2f} {:>8.3f} {:>8.3f} {:>10.3f}\n", T, dense_tps,
-               spkv_tps, spkv_tps / dense_tps, d.bytes / 1e6, s.bytes / 1e6, ratio, s.density, predicted);
+    fmt::print("{:>7} {:>12.1f} {:>12.1f} {:>7.2f}x {:>12.2f} {:>12.2f} {:>8.3f} {:>8.3f} {:>10.3f} {:>13.1f}\n", T, dense_tps,
+               spkv_tps, spkv_tps / dense_tps, d.bytes / 1e6, s.bytes / 1e6, ratio, s.density, predicted, layers_tps);
     rows.push_back({{"context", T}, {"steps", o.steps},
                     {"dense", {{"decode_tok_s", dense_tps}, {"prefill_s", d.prefill_s}, {"kv_bytes", d.bytes}, {"entries", d.entries}}},
                     {"spkv", {{"decode_tok_s", spkv_tps}, {"prefill_s", s.prefill_s}, {"kv_bytes", s.bytes}, {"entries", s.entries}}},
                     {"speedup", spkv_tps / dense_tps}, {"kv_ratio", ratio}, {"density", s.density},
-                    {"kv_ratio_predicted", predicted}, {"kv_ratio_error", ratio / predicted - 1}});
+                    {"kv_ratio_predicted", predicted}, {"kv_ratio_error", ratio / predicted - 1},
+                    {"spkv_layers_decode_tok_s", layers_tps}});
   }
-  fmt::print("KV MB: bytes the caches allocated (rings + pages); predicted ratio: (W + density (T - W)) / T\n");
+  fmt::print("KV MB: bytes the caches allocated (rings + pages); predicted ratio: (W + density (T - W)) / T; layers: SP-KV "
+             "decode through the model's LibTorch layers instead of the fused step\n");
   if (!o.json.empty())
     write_file_atomic(o.json, json_text(nlohmann::json{{"bench", "decode"}, {"model", o.model}, {"window", c.spkv.window},
                                              {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"rows", rows}}));

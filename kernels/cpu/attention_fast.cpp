@@ -16,7 +16,7 @@ constexpr int64_t kBlock = kKeys;  // keys per block (vec.h's scores_block)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this much work (multiply-adds) a decode call runs on the calling thread (decode_step.cpp says why).
 constexpr int64_t kParallelWork = int64_t(1) << 20;
-constexpr int64_t kPrefetchPages = 1;  // decode: how far ahead the store pages are fetched (1-6 measured alike)
+constexpr int64_t kPrefetchPages = 2;  // decode: how far ahead the store pages are fetched (1-6 measured alike)
 
 // Per (b, hk, key block): the block's position range and whether any gate in it is open.
 struct BlockPlan {
@@ -165,20 +165,7 @@ Status decode_attention(const DecodeParams& p) {
       const float* q = p.q + i * G * D;  // the G query heads of KV head hk are contiguous: h = hk * G + g
       std::fill(m.begin(), m.end(), kNegInf), std::fill(l.begin(), l.end(), 0.f), std::fill(acc.begin(), acc.end(), 0.f);
       auto segment = [&](const float* K, const float* V, int64_t rows) {
-        for (int64_t g = 0; g < G; ++g) {
-          matvec_rows(K, D, q + g * D, nullptr, 0, rows, D, sc.data());
-          float bmax = kNegInf;
-          for (int64_t r = 0; r < rows; ++r) bmax = std::max(bmax, sc[r] *= p.scale);
-          const float new_m = std::max(m[g], bmax);
-          if (new_m > m[g] && l[g] > 0) {
-            const float rescale = std::exp(m[g] - new_m);
-            scale(acc.data() + g * D, D, rescale);
-            l[g] *= rescale;
-          }
-          l[g] += exp_shifted(sc.data(), rows, new_m);
-          accumulate_rows(sc.data(), V, D, rows, D, acc.data() + g * D);
-          m[g] = new_m;
-        }
+        attend_rows(q, G, K, V, rows, D, p.scale, m.data(), l.data(), acc.data(), sc.data());
       };
       if (ring > 0) segment(c.ring_k + i * c.W * D, c.ring_v + i * c.W * D, ring);
       const int32_t* pages = c.store_pages + c.store_indptr[i];

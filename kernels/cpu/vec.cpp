@@ -75,9 +75,9 @@ SPKV_INLINE float row_weights(float* sr, float& m, float& l) {
 }
 }  // namespace
 
-SPKV_MULTIVERSION
-void matvec_rows(const float* W, int64_t ld, const float* x, const float* bias, int64_t r0, int64_t r1, int64_t n,
-                 float* y) {
+namespace {
+SPKV_INLINE void matvec_rows_inl(const float* W, int64_t ld, const float* x, const float* bias, int64_t r0, int64_t r1,
+                                 int64_t n, float* y) {
   const int64_t n16 = n - n % kLanes;
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {  // four rows share each load of x
@@ -103,8 +103,7 @@ void matvec_rows(const float* W, int64_t ld, const float* x, const float* bias, 
     for (r = r0; r < r1; ++r) y[r] += bias[r];
 }
 
-SPKV_MULTIVERSION
-float exp_shifted(float* s, int64_t n, float shift) {
+SPKV_INLINE float exp_shifted_inl(float* s, int64_t n, float shift) {
   constexpr float lo = -87.f;
   const int64_t n16 = n - n % kLanes;
   v16 sum = {};
@@ -123,8 +122,7 @@ float exp_shifted(float* s, int64_t n, float shift) {
   return total;
 }
 
-SPKV_MULTIVERSION
-void accumulate_rows(const float* w, const float* V, int64_t ld, int64_t rows, int64_t D, float* acc) {
+SPKV_INLINE void accumulate_rows_inl(const float* w, const float* V, int64_t ld, int64_t rows, int64_t D, float* acc) {
   const int64_t D16 = D - D % kLanes;
   for (int64_t d = 0; d < D16; d += kLanes) {  // sixteen columns at a time, held in a register over the rows
     v16 a = load(acc + d);
@@ -133,6 +131,42 @@ void accumulate_rows(const float* w, const float* V, int64_t ld, int64_t rows, i
   }
   for (int64_t d = D16; d < D; ++d)
     for (int64_t r = 0; r < rows; ++r) acc[d] += w[r] * V[r * ld + d];
+}
+
+}  // namespace
+
+SPKV_MULTIVERSION
+void matvec_rows(const float* W, int64_t ld, const float* x, const float* bias, int64_t r0, int64_t r1, int64_t n,
+                 float* y) {
+  matvec_rows_inl(W, ld, x, bias, r0, r1, n, y);
+}
+
+SPKV_MULTIVERSION
+float exp_shifted(float* s, int64_t n, float shift) { return exp_shifted_inl(s, n, shift); }
+
+SPKV_MULTIVERSION
+void accumulate_rows(const float* w, const float* V, int64_t ld, int64_t rows, int64_t D, float* acc) {
+  accumulate_rows_inl(w, V, ld, rows, D, acc);
+}
+
+SPKV_MULTIVERSION
+void attend_rows(const float* q, int64_t G, const float* K, const float* V, int64_t rows, int64_t D, float scale, float* m,
+                 float* l, float* acc, float* s) {
+  for (int64_t g = 0; g < G; ++g) {
+    matvec_rows_inl(K, D, q + g * D, nullptr, 0, rows, D, s);
+    float bmax = -std::numeric_limits<float>::infinity();
+    for (int64_t r = 0; r < rows; ++r) bmax = std::max(bmax, s[r] *= scale);
+    const float new_m = std::max(m[g], bmax);
+    float* a = acc + g * D;
+    if (new_m > m[g] && l[g] > 0) {
+      const float rescale = exp_poly<float, int32_t>(std::max(m[g] - new_m, -87.f));
+      for (int64_t d = 0; d < D; ++d) a[d] *= rescale;
+      l[g] *= rescale;
+    }
+    l[g] += exp_shifted_inl(s, rows, new_m);
+    accumulate_rows_inl(s, V, D, rows, D, a);
+    m[g] = new_m;
+  }
 }
 
 SPKV_MULTIVERSION

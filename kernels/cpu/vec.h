@@ -33,6 +33,12 @@ void softmax_values_block(float* S, int64_t nr, int64_t ns, const float* V, int6
 // acc (D) += sum_r w[r] * V[r, :] for r < rows. V: rows of D, ld apart.
 void accumulate_rows(const float* w, const float* V, int64_t ld, int64_t rows, int64_t D, float* acc);
 
+// Decode's online softmax over one segment of a head's cache (the ring, or a store page): for each of the G
+// query heads q (G, D) of a KV head, the scores against K (rows, D), then the running max m (G), sum l (G)
+// and accumulator acc (G, D) updated with V (rows, D). s: scratch of at least `rows` floats.
+void attend_rows(const float* q, int64_t G, const float* K, const float* V, int64_t rows, int64_t D, float scale, float* m,
+                 float* l, float* acc, float* s);
+
 // a (n) *= f.
 void scale(float* a, int64_t n, float f);
 
