@@ -72,8 +72,9 @@ void cmd_bench_threads(const BenchOptions& o, int reps) {
   const ModelConfig& c = model->config;
   int64_t max_ctx = 0;
   for (int64_t T : o.contexts) max_ctx = std::max(max_ctx, T);
-  if (max_ctx + o.steps > c.max_seq_len) {  // RoPE has no position table: only the config limits the context
-    model->config.max_seq_len = max_ctx + o.steps;
+  const int64_t max_steps = std::max<int64_t>(o.steps, 2048);  // decode runs until kMinSeconds
+  if (max_ctx + max_steps > c.max_seq_len) {  // RoPE has no position table: only the config limits the context
+    model->config.max_seq_len = max_ctx + max_steps;
     model->rope = RotaryEmbedding(model->config);
   }
   // Prompts: the corpus's documents, concatenated; documents for the run path, cut to the context.
@@ -89,31 +90,45 @@ void cmd_bench_threads(const BenchOptions& o, int reps) {
   if (stream.empty()) throw InputError("bench threads: the corpus has no tokens");
   while (int64_t(stream.size()) < max_ctx) stream.insert(stream.end(), stream.begin(), stream.end());
 
-  // One pass over every path: tokens/s by path name.
+  // One pass over every path: tokens/s by path name. Prefill and decode repeat until they have run for
+  // kMinSeconds, so that short ones are not lost in the noise.
+  constexpr double kMinSeconds = 0.3;
   auto pass = [&] {
     std::map<std::string, double> tps;
     EngineOptions eo;
     eo.chunk = o.chunk;
     for (int64_t T : o.contexts) {
-      Engine e(model, eo);
       auto ids = torch::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + T)).unsqueeze(0);
+      std::unique_ptr<Engine> e;
+      int64_t next = 0, n = 0;
       auto t0 = clock_type::now();
-      int64_t next = e.forward(ids).logits[0][-1].argmax().item<int64_t>();
-      tps[fmt::format("prefill {}", T)] = T / seconds_since(t0);
+      do {
+        e = std::make_unique<Engine>(model, eo);
+        next = e->forward(ids).logits[0][-1].argmax().item<int64_t>();
+        n += T;
+      } while (seconds_since(t0) < kMinSeconds);
+      tps[fmt::format("prefill {}", T)] = n / seconds_since(t0);
       t0 = clock_type::now();
-      for (int64_t i = 0; i < o.steps; ++i)
-        next = e.forward(torch::full({1, 1}, next, torch::kInt64)).logits[0][-1].argmax().item<int64_t>();
-      tps[fmt::format("decode {}", T)] = o.steps / seconds_since(t0);
+      n = 0;
+      while (n < o.steps || (seconds_since(t0) < kMinSeconds && n < max_steps)) {
+        next = e->forward(torch::full({1, 1}, next, torch::kInt64)).logits[0][-1].argmax().item<int64_t>();
+        ++n;
+      }
+      tps[fmt::format("decode {}", T)] = n / seconds_since(t0);
     }
     Engine e(model, eo);
     int64_t n = 0;
     auto t0 = clock_type::now();
     for (auto& p : pieces) n += int64_t(score_document(e, p).nll.size()) + 1;
     tps["run"] = n / seconds_since(t0);
-    std::vector<int32_t> text{int32_t(c.bos_id)};
     t0 = clock_type::now();
-    generate(model, text, 256, SamplerOptions{}, [](int32_t) {});
-    tps["generate"] = double(text.size() - 1) / seconds_since(t0);
+    n = 0;
+    do {
+      std::vector<int32_t> text{int32_t(c.bos_id)};
+      generate(model, text, 256, SamplerOptions{}, [](int32_t) {});
+      n += int64_t(text.size()) - 1;
+    } while (seconds_since(t0) < kMinSeconds);
+    tps["generate"] = double(n) / seconds_since(t0);
     return tps;
   };
 
@@ -129,6 +144,11 @@ void cmd_bench_threads(const BenchOptions& o, int reps) {
       std::unique_ptr<BusyLoop> busy;
       if (cf.busy) busy = std::make_unique<BusyLoop>();
       chosen[cf.name].push_back(threads::configure(cf.threads, apply));
+      {  // warm up untimed: a new thread count starts new OpenMP threads, whose buffers then grow once
+        Engine e(model, EngineOptions{});
+        e.forward(torch::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + std::min<int64_t>(256, max_ctx))).unsqueeze(0));
+        for (int i = 0; i < 4; ++i) e.forward(torch::full({1, 1}, int64_t(stream[0]), torch::kInt64));
+      }
       for (auto& [path, v] : pass()) runs[cf.name][path].push_back(v);
       fmt::print(stderr, "bench threads: rep {} / {}: {} done ({} threads)\n", rep + 1, reps, cf.name, chosen[cf.name].back());
     }
