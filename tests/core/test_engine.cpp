@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <set>
+
 #include "core/base/errors.h"
 #include "core/infer/engine.h"
 #include "core/infer/generate.h"
@@ -295,6 +297,26 @@ TEST(Engine, BenchKernelsReadsTheBytesOfTheCachesItBuilds) {
   r = test::run_spkv("bench kernels --heads 4 --kv-heads 3");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--kv-heads 3 must divide --heads 4"), std::string::npos) << r.err;
+}
+
+TEST(Engine, BenchThreadsTimesEveryPathAndTheAutomaticCountYieldsTheBusyCore) {
+  const std::string dir = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
+  if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " is absent";
+  test::TempDir tmp;
+  auto r = test::run_spkv("bench threads -m " + test::quote(dir) + " --contexts 100 --steps 4 --max-docs 2 --reps 1 --json " +
+                          (tmp / "t.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(test::read_file(tmp / "t.json"));
+  std::set<std::string> paths;
+  for (auto& row : j["rows"]) {
+    paths.insert(row["path"].get<std::string>());
+    EXPECT_EQ(row["ratio"].size(), 5u) << row.dump();  // every configuration but the baseline
+    for (auto& [config, tps] : row["tok_s"].items()) EXPECT_GT(tps.get<double>(), 0) << config;
+  }
+  EXPECT_EQ(paths, (std::set<std::string>{"decode 100", "generate", "prefill 100", "run"}));
+  const int cores = j["cores"].get<int>();
+  ASSERT_EQ(j["auto_busy"].size(), 1u);
+  EXPECT_LE(j["auto_busy"][0].get<int>(), std::max(1, cores - 1)) << "the busy loop's core is left to it";
 }
 
 TEST(Engine, DeviceFlagErrorsAreClear) {
