@@ -65,6 +65,7 @@ void add_data_commands(CLI::App& app, Commands& out);    // tokenize, train-toke
 void add_train_commands(CLI::App& app, Commands& out);   // train, toy (cmd_train.cpp)
 void add_log_commands(CLI::App& app, Commands& out);     // run, analyze, check (cmd_logs.cpp)
 void add_layout_commands(CLI::App& app, Commands& out);  // layout derive | eval | export (layout.cpp)
-void add_bench_commands(CLI::App& app, Commands& out);   // bench decode | run (bench.cpp)
+void add_bench_commands(CLI::App& app, Commands& out);   // bench decode | run | kernels | threads (bench*.cpp)
+void add_dist_commands(CLI::App& app, Commands& out);    // dist check (cmd_dist.cpp)
 
 }  // namespace spkv::cli

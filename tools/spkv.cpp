@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
   add_log_commands(app, commands);
   add_layout_commands(app, commands);
   add_bench_commands(app, commands);
+  add_dist_commands(app, commands);
 
   try {
     app.parse(argc, argv);

@@ -42,4 +42,10 @@ struct InputError : Error {
   using Error::Error;
 };
 
+// A distributed run failed: a rank died or timed out, or the group could not form. The message names the
+// rank (core/dist/process_group.h).
+struct DistributedError : Error {
+  using Error::Error;
+};
+
 }  // namespace spkv

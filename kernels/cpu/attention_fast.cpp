@@ -3,7 +3,6 @@
 #include "kernels/cpu/attention_fast.h"
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <vector>
 

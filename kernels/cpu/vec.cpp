@@ -238,9 +238,4 @@ void softmax_values_block(float* S, int64_t nr, int64_t ns, const float* V, int6
   }
 }
 
-SPKV_MULTIVERSION
-void scale(float* a, int64_t n, float f) {
-  for (int64_t i = 0; i < n; ++i) a[i] *= f;
-}
-
 }  // namespace spkv::kernels::cpu

@@ -1,5 +1,6 @@
 // The vector building blocks of the fast CPU kernels (attention_fast.cpp, decode_step.cpp): matrix-vector
-// rows, the exponential of shifted scores, and weighted sums of value rows. Each is compiled for AVX-512,
+// rows, blocks of scores, the exponential of shifted scores, weighted sums of value rows, and the online-
+// softmax steps of prefill (a key block for a query tile) and decode (a cache segment). Each is compiled for AVX-512,
 // AVX2+FMA and the x86-64 baseline and picked at run time on the machine the binary runs on (GCC function
 // multi-versioning), so a portable build still uses the vector units it finds. Sums run in sixteen
 // interleaved partial sums, written out so that the compiler vectorizes them without being allowed to
@@ -38,8 +39,5 @@ void accumulate_rows(const float* w, const float* V, int64_t ld, int64_t rows, i
 // and accumulator acc (G, D) updated with V (rows, D). s: scratch of at least `rows` floats.
 void attend_rows(const float* q, int64_t G, const float* K, const float* V, int64_t rows, int64_t D, float scale, float* m,
                  float* l, float* acc, float* s);
-
-// a (n) *= f.
-void scale(float* a, int64_t n, float f);
 
 }  // namespace spkv::kernels::cpu
