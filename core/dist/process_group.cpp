@@ -111,6 +111,7 @@ struct Group::Impl {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
   std::thread heartbeat;
   std::atomic<bool> stop{false};
+  bool failed = false;  // a collective failed: the group is broken, and leaving it waits for nobody
 
   // Which ranks stopped: their heartbeat counters do not move over 2.5 s. Rank 0 hosts the store, so a
   // store that cannot be reached means rank 0 is gone.
@@ -141,6 +142,7 @@ struct Group::Impl {
     try {
       fn();
     } catch (const std::exception& e) {
+      failed = true;
       throw DistributedError("rank " + std::to_string(l.rank) + " of " + std::to_string(l.world_size) + ": " + what +
                              " failed: " + diagnose() + " [" + first_line(e.what()) + "]");
     }
@@ -183,6 +185,7 @@ Group::~Group() {
   g.stop = true;
   if (g.heartbeat.joinable()) g.heartbeat.join();
   // Rank 0 hosts the store: it leaves last, so that no rank loses the store while it still talks to it.
+  if (g.failed) return;
   try {
     g.pg->barrier()->wait();
   } catch (const std::exception&) {
