@@ -2,10 +2,16 @@
 // cost of gate logging in `spkv run`), `spkv bench kernels` (bench_kernels.cpp) and `spkv bench threads`
 // (bench_threads.cpp). Declared here so that spkv.cpp only parses flags.
 #pragma once
+#include <chrono>
 #include <string>
 #include <vector>
 
 namespace spkv {
+
+// Wall-clock seconds since t0 (steady clock): every benchmark's timer.
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 struct BenchOptions {
   std::string model, tokenizer, json;

@@ -28,7 +28,7 @@ double best_of(int reps, Fn&& fn) {
   for (int r = 0; r < reps; ++r) {
     const auto t0 = clock_type::now();
     fn();
-    best = std::min(best, std::chrono::duration<double>(clock_type::now() - t0).count());
+    best = std::min(best, seconds_since(t0));
   }
   return best;
 }

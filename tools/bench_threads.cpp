@@ -33,8 +33,6 @@ namespace spkv {
 namespace {
 using clock_type = std::chrono::steady_clock;
 
-double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
-
 // A child process that spins on one core until stopped (or until this process dies).
 class BusyLoop {
  public:
