@@ -53,15 +53,23 @@ inline void write_file(const std::string& path, const std::string& bytes) {
   out << bytes;
 }
 
+inline std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 struct RunResult {
   int exit_code = -1;
   std::string out, err;
 };
 
-// Runs the spkv binary with `args` (already shell-quoted), capturing stdout and stderr.
-inline RunResult run_spkv(const std::string& args) {
+// Runs `binary` with `args` (already shell-quoted) under the name SPKV_BIN (its argv[0], which usage lines
+// print), capturing stdout and stderr.
+inline RunResult run_spkv_as(const std::string& binary, const std::string& args) {
   TempDir tmp;
-  const std::string cmd = std::string(SPKV_BIN) + " " + args + " >" + (tmp / "out") + " 2>" + (tmp / "err");
+  const std::string cmd = "bash -c 'exec -a \"$0\" \"$@\"' " + quote(SPKV_BIN) + " " + quote(binary) + " " + args +
+                          " >" + (tmp / "out") + " 2>" + (tmp / "err");
   RunResult r;
   const int status = std::system(cmd.c_str());
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -70,11 +78,8 @@ inline RunResult run_spkv(const std::string& args) {
   return r;
 }
 
-inline std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+// Runs the spkv binary with `args` (already shell-quoted), capturing stdout and stderr.
+inline RunResult run_spkv(const std::string& args) { return run_spkv_as(SPKV_BIN, args); }
 
 #ifdef SPKV_BIN
 // Every gate log a test writes also passes `spkv check` (each invariant of docs/hdf5-schema.md).

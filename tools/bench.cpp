@@ -173,7 +173,7 @@ void cmd_bench_run(const BenchOptions& o) {
 
 void cli::add_bench_commands(CLI::App& app, cli::Commands& out) {
   auto bo = cli::options<BenchOptions>();
-  auto* bench = app.add_subcommand("bench", "benchmarks: SP-KV against dense in the same process");
+  auto* bench = add_command(app, "bench");
   bench->require_subcommand(1);
   auto* bdec = bench->add_subcommand("decode", "decode tokens/s and KV bytes, dense vs SP-KV cache, by context length");
   auto* brun = bench->add_subcommand("run", "the cost of gate logging: spkv run's loop with and without the HDF5 log");

@@ -174,7 +174,7 @@ void add_data_commands(CLI::App& app, Commands& out) {
     int64_t val_every = 20;
   };
   auto k = options<Tokenize>();
-  auto* tk = app.add_subcommand("tokenize", "tokenize text into memory-mapped train.tok and val.tok files");
+  auto* tk = add_command(app, "tokenize");
   tk->add_option("--tokenizer,-t", k->tok, "tokenizer file")->required();
   tk->add_option("inputs", k->inputs, "text files or folders of .txt files")->required();
   tk->add_option("--separator", k->separator, "document separator inside files (\"\" = one document per file)");
@@ -189,7 +189,7 @@ void add_data_commands(CLI::App& app, Commands& out) {
     std::string separator = "<|endoftext|>";
   };
   auto t = options<TrainTokenizer>();
-  auto* ttk = app.add_subcommand("train-tokenizer", "train a SentencePiece tokenizer (.model) on text or JSONL documents");
+  auto* ttk = add_command(app, "train-tokenizer");
   ttk->add_option("inputs", t->inputs, "text files, .jsonl files or folders")->required();
   ttk->add_option("--separator", t->separator, "document separator inside .txt files");
   ttk->add_option("--out,-o", t->sp.out_model, "output file (must end in .model)")->required();
@@ -197,7 +197,7 @@ void add_data_commands(CLI::App& app, Commands& out) {
   ttk->add_option("--model-type", t->sp.model_type, "bpe or unigram")->check(CLI::IsMember({"bpe", "unigram"}));
   out.push_back({ttk, [t] { return cmd_train_tokenizer(t->inputs, t->separator, t->sp), true; }});
 
-  auto* tasks = app.add_subcommand("tasks", "long-range tasks: key-value lookup, needle, reversal, copy");
+  auto* tasks = add_command(app, "tasks");
   tasks->require_subcommand(1);
   struct Generate {
     TaskGenOptions tg;

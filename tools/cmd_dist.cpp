@@ -38,7 +38,7 @@ void cmd_dist_check(const DistCheck& o) {
 }  // namespace
 
 void cli::add_dist_commands(CLI::App& app, Commands& out) {
-  auto* dist = app.add_subcommand("dist", "distributed runs over torch.distributed (c10d): launch checks");
+  auto* dist = add_command(app, "dist");
   dist->require_subcommand(1);
   auto o = options<DistCheck>();
   auto* check = dist->add_subcommand("check", "form the process group of this launch and run its collectives once");

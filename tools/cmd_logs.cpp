@@ -15,7 +15,7 @@ namespace spkv::cli {
 
 void add_log_commands(CLI::App& app, Commands& out) {
   auto ro = options<RunOptions>();
-  auto* run = app.add_subcommand("run", "run an SP-KV model over a corpus through the KV cache; log every gate decision to HDF5");
+  auto* run = add_command(app, "run");
     ro->tool_version = SPKV_VERSION, ro->git_commit = SPKV_GIT_COMMIT;
   run->add_option("--model,-m", ro->model, "SP-KV model (Hugging Face-style directory)")->required();
   run->add_option("--tokenizer,-t", ro->tokenizer, "tokenizer file (default: found beside the model)");
@@ -43,7 +43,7 @@ void add_log_commands(CLI::App& app, Commands& out) {
     std::string json, md;
   };
   auto a = options<Analyze>();
-  auto* an = app.add_subcommand("analyze", "density with spread, compression against length, and a tau sweep from gate logs");
+  auto* an = add_command(app, "analyze");
   an->add_option("logs", a->logs, "gate logs (.h5) of one model and settings; several are merged")->required();
   an->add_option("--out,-o", a->json, "write the report as JSON");
   an->add_option("--markdown", a->md, "write the report as Markdown");
@@ -57,7 +57,7 @@ void add_log_commands(CLI::App& app, Commands& out) {
                  }});
 
   auto logs = options<std::vector<std::string>>();
-  auto* chk = app.add_subcommand("check", "verify every invariant of gate logs (docs/hdf5-schema.md); exit 1 at the first violation");
+  auto* chk = add_command(app, "check");
   chk->add_option("logs", *logs, "gate logs (.h5, or .h5.partial)")->required();
   out.push_back({chk, [logs] {
                    for (const auto& log : *logs) {

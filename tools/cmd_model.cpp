@@ -1,5 +1,5 @@
-// `spkv info | generate | eval | convert`: a model's facts, text from it, its NLL, and its conversion to
-// a Hugging Face-style directory.
+// `spkv generate | eval | convert`: text from a model, its NLL, and its conversion to a Hugging Face-style
+// directory. (`spkv info` is in info.cpp.)
 #include <fmt/core.h>
 #include <torch/torch.h>
 
@@ -22,23 +22,6 @@
 
 namespace spkv::cli {
 namespace {
-
-void cmd_info(const ModelArgs& a) {
-  Checkpoint ck = load_checkpoint(a.model);
-  LlamaForCausalLM m(ck.config);
-  m->load(ck);
-  const ModelConfig& c = ck.config;
-  fmt::print("model        {} ({})\n", a.model, ck.format);
-  fmt::print("architecture {}\n", c.architecture);
-  fmt::print("parameters   {}\n", m->parameter_count());
-  fmt::print("dim {}  hidden_dim {}  layers {}  heads {}  kv_heads {}  head_dim {}\n", c.dim, c.hidden_dim,
-             c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim);
-  fmt::print("vocab {}  context {}  norm_eps {:g}  tied_embeddings {}  attention_bias {}\n", c.vocab_size,
-             c.max_seq_len, c.norm_eps, c.tied_embeddings, c.attention_bias);
-  fmt::print("rope {}  theta {:g}  scaling {} (factor {:g})  sliding_window {}\n", to_string(c.rope_style),
-             c.rope_theta, c.rope_scaling.type, c.rope_scaling.factor, c.sliding_window);
-  fmt::print("tokenizer    {}\n", a.load_tokenizer_for(c)->summary());
-}
 
 // `--samples N --out FILE`: N continuations of the prompt (default: BOS alone), seeds seed..seed+N-1,
 // written as one corpus separated by <|endoftext|>.
@@ -199,11 +182,6 @@ void EvalOverrides::apply(LlamaForCausalLM& model, const std::string& path) cons
 }
 
 void add_model_commands(CLI::App& app, Commands& out) {
-  auto ma = options<ModelArgs>();
-  auto* info = app.add_subcommand("info", "show a model's config, parameter count and tokenizer");
-  ma->add(info);
-  out.push_back({info, [ma] { return cmd_info(*ma), true; }});
-
   struct Gen {
     ModelArgs ma;
     std::string prompt, samples_out;
@@ -212,7 +190,7 @@ void add_model_commands(CLI::App& app, Commands& out) {
     bool timing = false;
   };
   auto g = options<Gen>();
-  auto* gen = app.add_subcommand("generate", "continue a prompt; prints prompt + continuation on stdout");
+  auto* gen = add_command(app, "generate");
   g->ma.add(gen);
   gen->add_option("--prompt,-p", g->prompt, "prompt text (with --samples: default empty, BOS alone)");
   gen->add_option("--max-new-tokens,-n", g->max_new, "tokens to generate")->check(CLI::NonNegativeNumber);
@@ -242,7 +220,7 @@ void add_model_commands(CLI::App& app, Commands& out) {
     EvalOverrides ov;
   };
   auto e = options<Eval>();
-  auto* ev = app.add_subcommand("eval", "mean NLL per token and perplexity over a text file or folder");
+  auto* ev = add_command(app, "eval");
   e->ma.add(ev);
   ev->add_option("input", e->input, "text file, or folder of .txt files (recursive)")->required();
   ev->add_option("--separator", e->separator, "document separator inside files (\"\" = one document per file)");
@@ -256,7 +234,7 @@ void add_model_commands(CLI::App& app, Commands& out) {
     std::string out;
   };
   auto c = options<Convert>();
-  auto* conv = app.add_subcommand("convert", "write a model as a Hugging Face-style directory");
+  auto* conv = add_command(app, "convert");
   c->ma.add(conv);
   conv->add_option("--out,-o", c->out, "output directory")->required();
   out.push_back({conv, [c] { return cmd_convert(c->ma, c->out), true; }});

@@ -81,7 +81,7 @@ void add_train_commands(CLI::App& app, Commands& out) {
     TrainOptions to;
   };
   auto t = options<Train>();
-  auto* tr = app.add_subcommand("train", "train or adapt a model from a recipe (JSON); see docs/training.md");
+  auto* tr = add_command(app, "train");
   tr->add_option("--recipe,-r", t->recipe, "recipe file")->required();
   tr->add_option("--out,-o", t->to.out_dir, "run folder: train_log.jsonl, checkpoints/, model/")->required();
   tr->add_flag("--resume", t->to.resume, "continue from the latest checkpoint in --out");
@@ -89,7 +89,7 @@ void add_train_commands(CLI::App& app, Commands& out) {
   tr->add_option("--stop-after", t->to.stop_after, "stop with a checkpoint after this step, as if interrupted");
   out.push_back({tr, [t] { return cmd_train(t->recipe, t->to); }});
 
-  auto* toy = app.add_subcommand("toy", "toy tasks that separate the mechanisms");
+  auto* toy = add_command(app, "toy");
   toy->require_subcommand(1);
   auto o = options<ToyOptions>();
   auto* rev = toy->add_subcommand("reversal", "32 numbers, >= 50 filler tokens, numbers reversed: full vs window vs SP-KV");

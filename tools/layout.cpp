@@ -181,7 +181,7 @@ void cli::add_layout_commands(CLI::App& app, cli::Commands& out) {
   auto ldo = cli::options<LayoutDeriveOptions>();
   auto leo = cli::options<LayoutEvalOptions>();
   auto lxo = cli::options<LayoutExportOptions>();
-  auto* lay = app.add_subcommand("layout", "hybrid local-global layouts: derive from gate logs, evaluate, export");
+  auto* lay = add_command(app, "layout");
   lay->require_subcommand(1);
   auto* lder = lay->add_subcommand("derive", "rank heads by SP-KV density; the guided layout and reference layouts at a budget");
   ldo->tool = std::string("spkv ") + SPKV_VERSION + " (" + SPKV_GIT_COMMIT + ")";

@@ -1,99 +1,74 @@
-// The `spkv` command line: one binary with subcommands, registered by group (tools/cli.h: cmd_model.cpp,
-// cmd_data.cpp, cmd_train.cpp, cmd_logs.cpp, layout.cpp, bench.cpp). This file holds main(): the global
-// flags, the parse, and the one place that turns exceptions into messages and exit codes.
+// `spkv`, the command line's front: it answers --help, --version and `info` itself, without LibTorch, and
+// replaces itself (execv: the same process, pid and arguments) with `spkv-torch` beside it for every other
+// command. Loading LibTorch costs about 0.4 s (288 shared libraries and their static initializers), which a
+// question about the tool or a model should not pay. Both binaries build their top level from cli_base.h.
 #include <CLI/CLI.hpp>
-#include <torch/torch.h>
 
-#include <dlfcn.h>
-#include <malloc.h>
+#include <unistd.h>
 
-#include <csignal>
+#include <cerrno>
 #include <cstdio>
-#include <thread>
+#include <cstring>
+#include <filesystem>
+#include <string>
 
-#include "core/base/threads.h"
-#include "tools/cli.h"
-
-namespace spkv::cli {
-
-std::atomic<bool> g_stop{false};
-std::atomic<int> g_signal{0};
-
-namespace {
-void on_stop_signal(int sig) {
-  g_signal = sig;
-  g_stop = true;
-  std::signal(sig, SIG_DFL);
-}
-}  // namespace
-
-void catch_stop_signals() {
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
-}
-
-}  // namespace spkv::cli
+#include "tools/cli_base.h"
 
 namespace {
 
-// OpenBLAS's own threads fight LibTorch's intra-op threads; at this project's model sizes one BLAS thread
-// is faster (docs/results.md, "CPU threads"). Looked up at run time: the BLAS may not be OpenBLAS.
-void set_blas_threads(int n) {
-  using Fn = void (*)(int);
-  if (auto f = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(n);
+// The first argument that is not a flag (nor the value of a global flag): the command, or "" for none.
+std::string command_of(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    bool takes_value = false;
+    for (const char* f : spkv::cli::kValueFlags) takes_value = takes_value || a == f;
+    if (takes_value) ++i;
+    else if (a.empty() || a[0] != '-') return a;
+  }
+  return "";
 }
 
-std::string one_line(std::string s) {
-  const size_t nl = s.find('\n');
-  if (nl != std::string::npos) s.resize(nl);
-  return s;
+// spkv-torch in the folder of this executable.
+std::string torch_binary() {
+  char exe[4096];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  const std::filesystem::path self = n > 0 ? std::filesystem::path(std::string(exe, size_t(n))) : "spkv";
+  return (self.parent_path() / "spkv-torch").string();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace spkv::cli;
-  CLI::App app{"spkv: Self-Pruned KV attention toolkit"};
-  app.set_version_flag("--version", std::string(SPKV_VERSION) + " (" + SPKV_GIT_COMMIT + ")");
-  app.require_subcommand(1);
-  int threads = 0;  // automatic (core/base/threads.h)
-  app.add_option("--threads", threads,
-                 "CPU threads (default: automatic, the cores that other processes leave free, re-chosen as that changes)")
-      ->check(CLI::PositiveNumber);
-  int blas_threads = 1;
-  app.add_option("--blas-threads", blas_threads, "OpenBLAS threads inside each matmul")->check(CLI::PositiveNumber);
+  const std::string command = command_of(argc, argv);
+  if (!command.empty() && command != "info") {
+    const std::string bin = torch_binary();
+    execv(bin.c_str(), argv);  // argv[0] stays what the user typed, so messages and usage read the same
+    std::fprintf(stderr, "spkv: error: %s: cannot run the LibTorch half of spkv: %s\n", bin.c_str(), std::strerror(errno));
+    return 1;
+  }
+  CLI::App app;
+  GlobalOptions global;
+  setup_top_level(app, global);
   Commands commands;
-  add_model_commands(app, commands);
-  add_train_commands(app, commands);
-  add_data_commands(app, commands);
-  add_log_commands(app, commands);
-  add_layout_commands(app, commands);
-  add_bench_commands(app, commands);
-  add_dist_commands(app, commands);
-
+  for (const CommandName& c : kCommands) {
+    if (std::string(c.name) == "info") add_info_command(app, commands);
+    else add_command(app, c.name);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  bool complete = true;  // false: a stop signal ended run or train early
   try {
-    spkv::threads::configure(threads, [](int n) { at::set_num_threads(n); });
-    set_blas_threads(blas_threads);
-    // Keep freed tensor memory in the heap instead of returning it to the kernel on every step.
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     for (const Command& c : commands)
-      if (*c.app) complete = c.run() && complete;
+      if (*c.app) c.run();
   } catch (const std::exception& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "spkv: error: %s\n", one_line(e.what()).c_str());
+    std::string message = e.what();
+    message.resize(std::min(message.size(), message.find('\n')));
+    std::fprintf(stderr, "spkv: error: %s\n", message.c_str());
     return 1;
-  }
-  if (!complete && g_signal != 0) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "spkv: stopped by %s\n", g_signal == SIGTERM ? "SIGTERM" : "SIGINT");
-    return 128 + g_signal;
   }
   return 0;
 }

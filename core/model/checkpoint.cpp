@@ -1,26 +1,17 @@
-// llama2.c legacy .bin and Hugging Face safetensors checkpoint loading; HF-style checkpoint writing.
+// Checkpoint loading (an index, checkpoint_index.h, turned into float32 tensors); HF-style checkpoint writing.
 #include "core/model/checkpoint.h"
 
 #include <torch/torch.h>
 
-#include <charconv>
-#include <cstring>
 #include <filesystem>
-#include <set>
-#include <fstream>
-#include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "core/base/errors.h"
 #include "core/model/safetensors.h"
 
 namespace spkv {
 namespace fs = std::filesystem;
-using json = nlohmann::json;
 
 namespace {
-
-std::string layer_name(int64_t il, const char* rest) { return "model.layers." + std::to_string(il) + "." + rest; }
 
 // A float32 tensor that views mapped bytes (no copy); the mapping lives as long as the tensor.
 torch::Tensor view_mapped(const std::shared_ptr<MappedFile>& file, const void* data, std::vector<int64_t> shape) {
@@ -43,241 +34,27 @@ torch::Tensor to_f32(const TensorView& v, const std::shared_ptr<MappedFile>& fil
   }
 }
 
-Checkpoint load_llama2c(const std::string& path) {
-  auto file = std::make_shared<MappedFile>(path);
-  if (file->size() < 28) throw CheckpointError(path, "truncated file: no 28-byte llama2.c header");
-  int32_t h[7];
-  std::memcpy(h, file->data(), sizeof h);
-  Checkpoint ck;
-  ck.path = ck.config_file = path;
-  ck.format = "llama2c";
-  ModelConfig& c = ck.config;
-  c.dim = h[0], c.hidden_dim = h[1], c.n_layers = h[2], c.n_heads = h[3], c.n_kv_heads = h[4];
-  c.vocab_size = std::abs(int64_t(h[5])), c.max_seq_len = h[6];
-  c.tied_embeddings = h[5] > 0;
-  c.rope_style = RopeStyle::interleaved;
-  c.norm_eps = 1e-5;
-  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
-  if (c.n_heads <= 0 || c.dim % c.n_heads != 0)
-    throw CheckpointError(path, "header: dim " + std::to_string(c.dim) + " is not a multiple of n_heads " +
-                                    std::to_string(c.n_heads));
-  try {
-    c.validate(path);
-  } catch (const ConfigError& e) {
-    throw CheckpointError(path, std::string("invalid llama2.c header: ") + e.what());
-  }
-  const int64_t C = c.dim, F = c.hidden_dim, L = c.n_layers, V = c.vocab_size, D = c.head_dim;
-  const int64_t Ckv = c.n_kv_heads * D;
-  // The layout of run.c's memory_map_weights, in order.
-  struct Block {
-    const char* name;
-    std::vector<int64_t> shape;
-  };
-  std::vector<Block> blocks = {{"tok", {V, C}},       {"rms_att", {L, C}},  {"wq", {L, C, C}},
-                               {"wk", {L, Ckv, C}},   {"wv", {L, Ckv, C}},  {"wo", {L, C, C}},
-                               {"rms_ffn", {L, C}},   {"w1", {L, F, C}},    {"w2", {L, C, F}},
-                               {"w3", {L, F, C}},     {"rms_final", {C}},   {"freq_real", {c.max_seq_len, D / 2}},
-                               {"freq_imag", {c.max_seq_len, D / 2}}};
-  if (!c.tied_embeddings) blocks.push_back({"wcls", {V, C}});
-  uint64_t expected = 28;
-  for (auto& b : blocks) {
-    uint64_t n = 4;
-    for (auto s : b.shape)
-      if (__builtin_mul_overflow(n, uint64_t(s), &n)) n = UINT64_MAX;
-    if (__builtin_add_overflow(expected, n, &expected)) expected = UINT64_MAX;
-  }
-  if (file->size() != expected)
-    throw CheckpointError(path, std::string(file->size() < expected ? "truncated file" : "trailing bytes") +
-                                    ": the header (dim " + std::to_string(C) + ", hidden_dim " + std::to_string(F) +
-                                    ", n_layers " + std::to_string(L) + ", vocab " + std::to_string(V) +
-                                    ") implies " + (expected == UINT64_MAX ? "more than 2^64" : std::to_string(expected)) +
-                                    " bytes, the file has " +
-                                    std::to_string(file->size()));
-  std::map<std::string, torch::Tensor> raw;
-  size_t off = 28;
-  for (auto& b : blocks) {
-    raw[b.name] = view_mapped(file, file->data() + off, b.shape);
-    off += 4 * static_cast<size_t>(raw[b.name].numel());
-  }
-  auto& t = ck.tensors;
-  t["model.embed_tokens.weight"] = raw["tok"];
-  t["model.norm.weight"] = raw["rms_final"];
-  if (!c.tied_embeddings) t["lm_head.weight"] = raw["wcls"];
-  for (int64_t il = 0; il < L; ++il) {
-    t[layer_name(il, "input_layernorm.weight")] = raw["rms_att"][il];
-    t[layer_name(il, "self_attn.q_proj.weight")] = raw["wq"][il];
-    t[layer_name(il, "self_attn.k_proj.weight")] = raw["wk"][il];
-    t[layer_name(il, "self_attn.v_proj.weight")] = raw["wv"][il];
-    t[layer_name(il, "self_attn.o_proj.weight")] = raw["wo"][il];
-    t[layer_name(il, "post_attention_layernorm.weight")] = raw["rms_ffn"][il];
-    t[layer_name(il, "mlp.gate_proj.weight")] = raw["w1"][il];
-    t[layer_name(il, "mlp.down_proj.weight")] = raw["w2"][il];
-    t[layer_name(il, "mlp.up_proj.weight")] = raw["w3"][il];
-  }
-  for (auto& kv : t) ck.origin[kv.first] = path;
-  return ck;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CheckpointError(path, "cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void add_safetensors(Checkpoint& ck, const std::string& file) {
-  SafetensorsFile st(file);
-  for (auto& [name, view] : st.tensors()) {
-    if (ck.tensors.count(name))
-      throw CheckpointError(file, "tensor '" + name + "' also appears in " + ck.origin[name]);
-    ck.tensors[name] = to_f32(view, st.mapping(), file);
-    ck.origin[name] = file;
-  }
-}
-
-Checkpoint load_hf(const fs::path& dir, const fs::path& single_file) {
-  Checkpoint ck;
-  ck.format = "hf";
-  ck.config_file = (dir / "config.json").string();
-  if (!fs::exists(ck.config_file))
-    throw CheckpointError(dir.string(), "no config.json (expected a Hugging Face model directory)");
-  ck.config = parse_hf_config(read_text(ck.config_file), ck.config_file);
-  if (!single_file.empty()) {
-    add_safetensors(ck, single_file.string());
-    return ck;
-  }
-  const fs::path index = dir / "model.safetensors.index.json";
-  if (fs::exists(dir / "model.safetensors")) {
-    add_safetensors(ck, (dir / "model.safetensors").string());
-  } else if (fs::exists(index)) {
-    json j;
-    try {
-      j = json::parse(read_text(index.string()));
-    } catch (const json::exception& e) {
-      throw CheckpointError(index.string(), std::string("invalid JSON: ") + e.what());
-    }
-    if (!j.contains("weight_map") || !j["weight_map"].is_object())
-      throw CheckpointError(index.string(), "missing object 'weight_map'");
-    std::set<std::string> shards;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string())
-        throw CheckpointError(index.string(), "weight_map['" + it.key() + "'] must be a shard file name, got " + it.value().dump());
-      shards.insert(it.value().get<std::string>());
-    }
-    for (auto& s : shards) add_safetensors(ck, (dir / s).string());
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
-      if (!ck.tensors.count(it.key()))
-        throw CheckpointError(index.string(), "weight_map names tensor '" + it.key() + "' but shard " +
-                                                  it.value().get<std::string>() + " does not contain it");
-  } else {
-    throw CheckpointError(dir.string(), "no model.safetensors or model.safetensors.index.json");
-  }
-  return ck;
-}
-
 }  // namespace
 
 Checkpoint load_checkpoint(const std::string& path) {
-  const fs::path p(path);
-  if (!fs::exists(p)) throw CheckpointError(path, "no such file or directory");
+  const CheckpointIndex index = index_checkpoint(path);  // a missing predictor: LlamaForCausalLM::load decides
   Checkpoint ck;
-  if (fs::is_directory(p)) ck = load_hf(p, {});
-  else if (p.extension() == ".safetensors") ck = load_hf(p.parent_path().empty() ? "." : p.parent_path(), p);
-  else ck = load_llama2c(path);
-  ck.path = path;
-  check_tensors(ck, ck.config, /*init_missing_predictor=*/true);  // a missing predictor: LlamaForCausalLM::load decides
+  ck.config = index.config;
+  ck.path = index.path;
+  ck.config_file = index.config_file;
+  ck.format = index.format;
+  for (const auto& [name, t] : index.tensors) {
+    ck.tensors[name] = to_f32(t.view, t.mapping, t.file);
+    ck.origin[name] = t.file;
+  }
   return ck;
 }
 
-std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelConfig& c) {
-  const int64_t C = c.dim, Dq = c.n_heads * c.head_dim, Dkv = c.n_kv_heads * c.head_dim;
-  std::vector<std::pair<std::string, std::vector<int64_t>>> out{{"model.embed_tokens.weight", {c.vocab_size, C}}};
-  for (int64_t il = 0; il < c.n_layers; ++il) {
-    auto add = [&](const char* rest, std::vector<int64_t> shape) { out.emplace_back(layer_name(il, rest), std::move(shape)); };
-    const bool b = c.attention_bias;
-    add("self_attn.q_proj.weight", {Dq, C});
-    if (b) add("self_attn.q_proj.bias", {Dq});
-    add("self_attn.k_proj.weight", {Dkv, C});
-    if (b) add("self_attn.k_proj.bias", {Dkv});
-    add("self_attn.v_proj.weight", {Dkv, C});
-    if (b) add("self_attn.v_proj.bias", {Dkv});
-    add("self_attn.o_proj.weight", {C, Dq});
-    if (c.spkv.enabled) {
-      const int64_t out1 = c.spkv.predictor_layers == 2 ? c.spkv.hidden(C) : c.n_kv_heads;
-      add("self_attn.utility.fc1.weight", {out1, C}), add("self_attn.utility.fc1.bias", {out1});
-      if (c.spkv.predictor_layers == 2)
-        add("self_attn.utility.fc2.weight", {c.n_kv_heads, out1}), add("self_attn.utility.fc2.bias", {c.n_kv_heads});
-    }
-    add("mlp.gate_proj.weight", {c.hidden_dim, C}), add("mlp.up_proj.weight", {c.hidden_dim, C});
-    add("mlp.down_proj.weight", {C, c.hidden_dim});
-    add("input_layernorm.weight", {C}), add("post_attention_layernorm.weight", {C});
-  }
-  out.emplace_back("model.norm.weight", std::vector<int64_t>{C});
-  if (!c.tied_embeddings) out.emplace_back("lm_head.weight", std::vector<int64_t>{c.vocab_size, C});
-  return out;
-}
-
 void check_tensors(const Checkpoint& ck, const ModelConfig& c, bool init_missing_predictor) {
-  auto shape_str = [](const std::vector<int64_t>& s) {
-    std::string o = "[";
-    for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-    return o + "]";
-  };
-  auto origin = [&](const std::string& name) { return ck.origin.count(name) ? ck.origin.at(name) : ck.path; };
-  const std::string predictor_fields = "predictor_layers " + std::to_string(c.spkv.predictor_layers) + ", predictor_hidden " +
-                                       std::to_string(c.spkv.hidden(c.dim)) + ", hidden_size " + std::to_string(c.dim) +
-                                       ", num_key_value_heads " + std::to_string(c.n_kv_heads);
-  const std::string fields = "hidden_size " + std::to_string(c.dim) + ", intermediate_size " + std::to_string(c.hidden_dim) +
-                             ", heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) + " kv, head_dim " +
-                             std::to_string(c.head_dim) + ", vocab_size " + std::to_string(c.vocab_size);
-  // The layers the weights hold, counted first: a config of millions of layers fails here, before its
-  // parameters are listed.
-  int64_t held = 0;
-  for (const auto& [name, t] : ck.tensors) {
-    if (name.rfind("model.layers.", 0) != 0) continue;
-    int64_t il = 0;
-    const char* digits = name.c_str() + 13;
-    if (std::from_chars(digits, name.c_str() + name.size(), il).ec == std::errc()) held = std::max(held, il + 1);
-  }
-  if (c.n_layers > held)
-    throw CheckpointError(ck.path, "missing tensor '" + layer_name(held, "input_layernorm.weight") + "' (the config " +
-                                       ck.config_file + " has " + std::to_string(c.n_layers) + " layers, the weights " +
-                                       std::to_string(held) + ")");
-  std::set<std::string> expected;
-  for (const auto& [name, shape] : parameter_shapes(c)) {
-    expected.insert(name);
-    const bool predictor = name.find(".utility.") != std::string::npos;
-    auto it = ck.tensors.find(name);
-    if (it == ck.tensors.end() && predictor && init_missing_predictor) continue;
-    if (it == ck.tensors.end() && predictor)
-      throw CheckpointError(ck.path, "missing tensor '" + name + "': the config " + ck.config_file +
-                                         " has an spkv block (predictor_layers " + std::to_string(c.spkv.predictor_layers) +
-                                         ") but the weights have no such utility predictor");
-    if (it == ck.tensors.end())
-      throw CheckpointError(ck.path, "missing tensor '" + name + "' (the config " + ck.config_file + " has " +
-                                         std::to_string(c.n_layers) + " layers" +
-                                         (c.attention_bias ? ", attention_bias = true" : "") + ")");
-    if (it->second.sizes().vec() != shape)
-      throw CheckpointError(origin(name), "tensor '" + name + "' has shape " + shape_str(it->second.sizes().vec()) + " but the " +
-                                              (predictor ? "config's spkv block (" + ck.config_file + ": " + predictor_fields
-                                                         : "config (" + ck.config_file + ": " + fields) +
-                                              ") implies " + shape_str(shape));
-  }
-  for (const auto& [name, t] : ck.tensors) {
-    if (expected.count(name) || name.find("rotary_emb.inv_freq") != std::string::npos ||
-        (name == "lm_head.weight" && c.tied_embeddings))
-      continue;
-    if (name.find(".utility.") != std::string::npos)
-      throw CheckpointError(origin(name), "unexpected tensor '" + name + "': the config " + ck.config_file +
-                                              (c.spkv.enabled ? " has a different utility predictor (predictor_layers " +
-                                                                    std::to_string(c.spkv.predictor_layers) + ")"
-                                                              : " has no spkv block, so the model has no utility predictor"));
-    throw CheckpointError(origin(name), "unexpected tensor '" + name + "': the config " + ck.config_file + " (" +
-                                            std::to_string(c.n_layers) + " layers, tie_word_embeddings " +
-                                            (c.tied_embeddings ? "true" : "false") + ", attention_bias " +
-                                            (c.attention_bias ? "true" : "false") + ") has no such parameter");
-  }
+  TensorShapes shapes;
+  for (const auto& [name, t] : ck.tensors)
+    shapes[name] = {t.sizes().vec(), ck.origin.count(name) ? ck.origin.at(name) : ck.path};
+  check_shapes(shapes, c, ck.path, ck.config_file, init_missing_predictor);
 }
 
 torch::Tensor permute_for_rotate_half(const torch::Tensor& w, int64_t n_heads) {

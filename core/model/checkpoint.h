@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/model/checkpoint_index.h"
 #include "core/model/config.h"
 
 namespace spkv {
@@ -27,13 +28,8 @@ struct Checkpoint {
 // Throws CheckpointError / ConfigError naming the file and the problem.
 Checkpoint load_checkpoint(const std::string& path);
 
-// Every parameter of the model a config describes, in the model's order: Hugging Face name and shape,
-// computed without allocating.
-std::vector<std::pair<std::string, std::vector<int64_t>>> parameter_shapes(const ModelConfig& c);
-
-// Checks ck.tensors against parameter_shapes(c): a missing, unexpected or wrongly shaped tensor throws
-// CheckpointError naming its file and the config fields that imply the shape. init_missing_predictor: a
-// checkpoint without utility predictors (a dense model being adapted) passes. load_checkpoint checks against
+// check_shapes (checkpoint_index.h) on ck.tensors. init_missing_predictor: a checkpoint without utility
+// predictors (a dense model being adapted) passes. load_checkpoint checks against
 // the checkpoint's own config (a missing predictor passes); LlamaForCausalLM::load checks against the model's.
 void check_tensors(const Checkpoint& ck, const ModelConfig& c, bool init_missing_predictor = false);
 

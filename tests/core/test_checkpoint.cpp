@@ -364,5 +364,40 @@ TEST(Checkpoint, SaveIsAtomicAndReloadsExactly) {
   for (auto& [n, x] : m->named_tensors()) EXPECT_TRUE(torch::equal(x, t.at(n))) << n;
 }
 
+
+// `spkv` answers --help, --version and info without LibTorch (tools/spkv.cpp) and hands every other command
+// to spkv-torch: what it answers must be what spkv-torch answers, byte for byte, exit code included.
+TEST(Cli, FrontAnswersWhatTheTorchBinaryAnswers) {
+  test::TempDir dir;
+  ModelConfig c = tiny_config();
+  c.tied_embeddings = false, c.attention_bias = true, c.spkv.enabled = true, c.spkv.predictor_layers = 2;
+  save_tiny(dir / "m", c);
+  test::write_file(dir / "m/tokenizer.json", "{}");  // a broken tokenizer: info fails after the model lines
+  const std::string m = test::quote(dir / "m");
+  for (const std::string& args : std::vector<std::string>{"--help", "--version", "", "info --help", "info -m " + m, "--threads 0 info -m " + m,
+                                 "info -m " + test::quote(dir / "missing"), "bogus", "--threads 1 bogus"}) {
+    const auto front = test::run_spkv(args);
+    const auto torch = test::run_spkv_as(SPKV_TORCH_BIN, args);
+    EXPECT_EQ(front.out, torch.out) << args;
+    EXPECT_EQ(front.err, torch.err) << args;
+    EXPECT_EQ(front.exit_code, torch.exit_code) << args;
+  }
+  // The parameter count comes from the index, not from a model: it must be the model's.
+  const auto r = test::run_spkv("info -m " + m);
+  EXPECT_NE(r.out.find("parameters   " + std::to_string(LlamaForCausalLM(c)->parameter_count()) + "\n"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(index_checkpoint(dir / "m").parameter_count(), LlamaForCausalLM(c)->parameter_count());
+}
+
+TEST(Cli, FrontWithoutTheTorchBinarySaysSoInOneLine) {
+  test::TempDir dir;
+  std::filesystem::copy_file(SPKV_BIN, dir / "spkv");
+  std::filesystem::permissions(dir / "spkv", std::filesystem::perms::owner_all);
+  const auto r = test::run_spkv_as(dir / "spkv", "generate -m x");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "spkv: error: " + (dir / "spkv-torch") +
+                       ": cannot run the LibTorch half of spkv: No such file or directory\n");
+}
+
 }  // namespace
 }  // namespace spkv
