@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/base/errors.h"
+#include "core/dist/process_group.h"
 #include "core/model/model.h"
 #include "core/text/tokenizer.h"
 #include "tools/cli_base.h"
@@ -29,6 +30,11 @@ struct EvalOverrides {
   void apply(LlamaForCausalLM& model, const std::string& path) const;
 };
 
+// --rank, --world-size, --master and --dist-timeout: a launch by hand (torchrun's and Slurm's environments
+// need no flags), and the process group it forms: null for one process (docs/distributed.md). cmd_dist.cpp.
+void add_launch_flags(CLI::App* app, dist::LaunchFlags& flags, double& timeout_s);
+std::unique_ptr<dist::Group> join_launch(const dist::LaunchFlags& flags, double timeout_s);
+
 // Ctrl-C (SIGINT) and a batch scheduler's SIGTERM ask run and train to stop after the current document or
 // step, leaving what resumes; a second signal stops at once. A command stopped so exits 128 + the signal.
 extern std::atomic<bool> g_stop;
@@ -38,7 +44,7 @@ void catch_stop_signals();
 void add_model_commands(CLI::App& app, Commands& out);   // generate, eval, convert (cmd_model.cpp)
 void add_data_commands(CLI::App& app, Commands& out);    // tokenize, train-tokenizer, tasks (cmd_data.cpp)
 void add_train_commands(CLI::App& app, Commands& out);   // train, toy (cmd_train.cpp)
-void add_log_commands(CLI::App& app, Commands& out);     // run, analyze, check (cmd_logs.cpp)
+void add_log_commands(CLI::App& app, Commands& out);     // run, merge, analyze, check (cmd_logs.cpp)
 void add_layout_commands(CLI::App& app, Commands& out);  // layout derive | eval | export (layout.cpp)
 void add_bench_commands(CLI::App& app, Commands& out);   // bench decode | run | kernels | threads (bench*.cpp)
 void add_dist_commands(CLI::App& app, Commands& out);    // dist check (cmd_dist.cpp)

@@ -33,6 +33,7 @@ inline constexpr CommandName kCommands[] = {
     {"train-tokenizer", "train a SentencePiece tokenizer (.model) on text or JSONL documents"},
     {"tasks", "long-range tasks: key-value lookup, needle, reversal, copy"},
     {"run", "run an SP-KV model over a corpus through the KV cache; log every gate decision to HDF5"},
+    {"merge", "merge the shard logs of a sharded spkv run into one gate log, in document order"},
     {"analyze", "density with spread, compression against length, and a tau sweep from gate logs"},
     {"check", "verify every invariant of gate logs (docs/hdf5-schema.md); exit 1 at the first violation"},
     {"layout", "hybrid local-global layouts: derive from gate logs, evaluate, export"},

@@ -150,13 +150,14 @@ void print_task_results(const nlohmann::json& r) {
 }
 
 void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_docs, const EvalOverrides& ov,
-                    const std::string& json_out) {
+                    const std::string& json_out, dist::Group* group) {
   auto model = load_model(a.model);
   ov.apply(model, a.model);
   auto tok = a.load_tokenizer_for(model->config);
   auto docs = read_tasks_jsonl(tasks);
   if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(size_t(max_docs));
-  auto r = evaluate_tasks(model, *tok, docs);
+  auto r = evaluate_tasks(model, *tok, docs, /*progress=*/true, group);
+  if (group && group->rank() != 0) return;  // rank 0 reports
   r["model"] = a.model;
   r["tasks"] = tasks;
   if (!ov.layout.empty()) r["layout"] = ov.layout;
@@ -256,6 +257,8 @@ void add_data_commands(CLI::App& app, Commands& out) {
     std::string tasks, json;
     int64_t max_docs = 0;
     EvalOverrides ov;
+    dist::LaunchFlags launch;
+    double dist_timeout = 300;
   };
   auto e = options<TaskEval>();
   auto* teval = tasks->add_subcommand("eval", "teacher-forced accuracy on the answers of a task file, and what the gates keep");
@@ -264,7 +267,11 @@ void add_data_commands(CLI::App& app, Commands& out) {
   teval->add_option("--max-docs", e->max_docs, "score at most this many documents (0 = all)");
   teval->add_option("--json", e->json, "also write the results here");
   e->ov.add(teval);
-  out.push_back({teval, [e] { return cmd_tasks_eval(e->ma, e->tasks, e->max_docs, e->ov, e->json), true; }});
+  add_launch_flags(teval, e->launch, e->dist_timeout);
+  out.push_back({teval, [e] {
+                   const auto group = join_launch(e->launch, e->dist_timeout);
+                   return cmd_tasks_eval(e->ma, e->tasks, e->max_docs, e->ov, e->json, group.get()), true;
+                 }});
 }
 
 }  // namespace spkv::cli

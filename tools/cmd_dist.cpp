@@ -37,6 +37,20 @@ void cmd_dist_check(const DistCheck& o) {
 }
 }  // namespace
 
+void cli::add_launch_flags(CLI::App* app, dist::LaunchFlags& flags, double& timeout_s) {
+  app->add_option("--rank", flags.rank, "this process's rank in a launch (default: torchrun's RANK or Slurm's SLURM_PROCID)");
+  app->add_option("--world-size", flags.world_size, "processes in the launch (default: WORLD_SIZE or SLURM_NTASKS)");
+  app->add_option("--master", flags.master, "HOST:PORT of rank 0's store (default: MASTER_ADDR:MASTER_PORT)");
+  app->add_option("--dist-timeout", timeout_s, "seconds for every rank to join the launch, and for each collective")
+      ->check(CLI::PositiveNumber);
+}
+
+std::unique_ptr<dist::Group> cli::join_launch(const dist::LaunchFlags& flags, double timeout_s) {
+  const dist::Launch l = dist::resolve_launch(flags);
+  if (l.world_size == 1) return nullptr;
+  return std::make_unique<dist::Group>(l, std::chrono::milliseconds(int64_t(timeout_s * 1000)));
+}
+
 void cli::add_dist_commands(CLI::App& app, Commands& out) {
   auto* dist = add_command(app, "dist");
   dist->require_subcommand(1);

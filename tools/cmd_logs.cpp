@@ -1,5 +1,5 @@
-// `spkv run | analyze | check`: a model over a corpus into an HDF5 gate log (run.cpp does the work), and
-// the report and the invariant check of gate logs (analysis/).
+// `spkv run | merge | analyze | check`: a model over a corpus into an HDF5 gate log (run.cpp does the work),
+// the merge of a sharded run's logs, and the report and the invariant check of gate logs (analysis/).
 #include <fmt/core.h>
 
 #include <cstdio>
@@ -7,6 +7,7 @@
 #include "analysis/check_log.h"
 #include "analysis/report.h"
 #include "core/base/json_text.h"
+#include "core/gatelog/merge.h"
 #include "core/model/safetensors.h"
 #include "tools/cli.h"
 #include "tools/run.h"
@@ -17,10 +18,10 @@ void add_log_commands(CLI::App& app, Commands& out) {
   auto ro = options<RunOptions>();
   auto* run = add_command(app, "run");
     ro->tool_version = SPKV_VERSION, ro->git_commit = SPKV_GIT_COMMIT;
-  run->add_option("--model,-m", ro->model, "SP-KV model (Hugging Face-style directory)")->required();
+  run->add_option("--model,-m", ro->model, "SP-KV model (Hugging Face-style directory)");
   run->add_option("--tokenizer,-t", ro->tokenizer, "tokenizer file (default: found beside the model)");
   run->add_option("--out,-o", ro->out, "the gate log to write (.h5)")->required();
-  run->add_option("inputs", ro->inputs, "text files, folders (recursive) or JSONL files with a \"text\" and optional \"id\"")->required();
+  run->add_option("inputs", ro->inputs, "text files, folders (recursive) or JSONL files with a \"text\" and optional \"id\"");
   run->add_option("--separator", ro->separator, "document separator inside .txt files (default: one document per file)");
   run->add_option("--tau", ro->tau, "gate threshold (default: the model's)");
   run->add_option("--window", ro->window, "local window W (default: the model's)")->check(CLI::PositiveNumber);
@@ -33,9 +34,33 @@ void add_log_commands(CLI::App& app, Commands& out) {
   run->add_flag("--resume", ro->resume, "continue the OUT.partial log of an interrupted run (same model and settings)");
   run->add_option("--flush-seconds", ro->flush_seconds, "flush the partial log at most this often (a kill loses at most this much work)")
       ->check(CLI::NonNegativeNumber);
+  run->add_option("--shard", ro->shard, "run shard I of N alone, I/N (a job array); merge the shard logs with spkv merge");
+  add_launch_flags(run, ro->launch, ro->dist_timeout);
+  run->add_flag("--keep-shards", ro->keep_shards, "keep the shard logs of a launch after rank 0 merged them");
+  run->add_flag("--status", ro->status, "print the progress of the sharded run writing --out (from its manifest), and exit");
+  // --status needs only --out.
+  run->callback([run] {
+    if (!run->count("--status"))
+      for (const char* required : {"--model", "inputs"})
+        if (!run->count(required)) throw CLI::RequiredError(required);
+  });
   out.push_back({run, [ro] {
                    catch_stop_signals();
                    return cmd_run(*ro, g_stop);
+                 }});
+
+  struct Merge {
+    std::vector<std::string> shards;
+    std::string out;
+  };
+  auto mo = options<Merge>();
+  auto* merge = add_command(app, "merge");
+  merge->add_option("shards", mo->shards, "the shard logs of one run (any order), e.g. runs/x.shard-*-of-00004.h5")->required();
+  merge->add_option("--out,-o", mo->out, "the merged gate log to write (.h5)")->required();
+  out.push_back({merge, [mo] {
+                   const MergeSummary m = merge_gate_logs(mo->shards, mo->out);
+                   fmt::print("merged {} shards into {} ({} documents, {} tokens)\n", m.shards, mo->out, m.documents, m.tokens);
+                   return true;
                  }});
 
   struct Analyze {

@@ -73,36 +73,58 @@ void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new
 }
 
 
+// Sharded over a launch (group): each rank scores a token-balanced, contiguous share of the documents; rank 0
+// gathers every document's NLL sum and count in document order and reports what one process reports.
 void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs,
-              const EvalOverrides& ov, const std::string& json_out) {
+              const EvalOverrides& ov, const std::string& json_out, dist::Group* group) {
   auto model = load_model(a.model);
   ov.apply(model, a.model);
   auto tok = a.load_tokenizer_for(model->config);
   auto docs = read_documents(input, separator);
   if (max_docs > 0 && int64_t(docs.size()) > max_docs) docs.resize(max_docs);
   std::vector<std::vector<int32_t>> ids;
-  int64_t total = 0;
+  std::vector<int64_t> doc_len;
   for (auto& d : docs) {
     ids.push_back(encode_showing_progress(*tok, d.text, /*bos=*/true, /*eos=*/false));
-    total += int64_t(ids.back().size()) - 1;
+    doc_len.push_back(int64_t(ids.back().size()) - 1);
+  }
+  const int64_t ranks = group ? group->size() : 1, rank = group ? group->rank() : 0;
+  const auto bounds = balanced_ranges(doc_len, ranks);
+  const size_t first = bounds[size_t(rank)], end = bounds[size_t(rank) + 1];
+  int64_t total = 0;
+  for (size_t i = first; i < end; ++i) total += doc_len[i];
+  std::vector<double> scored;  // per document of this rank: NLL sum, tokens scored
+  Progress bar(group ? fmt::format("eval {}/{}", rank, ranks) : "eval", total, "tok");
+  torch::Tensor counts;  // (L, Hkv, 2) with SP-KV
+  double running = 0, running_n = 0;
+  for (size_t i = first; i < end; ++i) {
+    threads::rebalance();
+    auto nll = token_nll(model, ids[i], &counts);
+    double s = 0;
+    for (double x : nll) s += x;
+    scored.push_back(s), scored.push_back(double(nll.size()));
+    running += s, running_n += double(nll.size());
+    bar.add(int64_t(nll.size()), fmt::format("nll {:.4f}", running / std::max(1.0, running_n)));
+  }
+  bar.finish();
+  if (group) {
+    scored = group->all_gather_concat(scored);
+    if (counts.defined()) {
+      std::vector<int64_t> c(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+      group->allreduce_sum(c);
+      counts = torch::tensor(c).reshape(counts.sizes());
+    }
+    if (rank != 0) return;  // rank 0 reports
   }
   std::vector<double> doc_mean, doc_tokens;
   double sum = 0;
   int64_t n = 0;
-  Progress bar("eval", total, "tok");
-  torch::Tensor counts;  // (L, Hkv, 2) with SP-KV
-  for (auto& t : ids) {
-    threads::rebalance();
-    auto nll = token_nll(model, t, &counts);
-    if (nll.empty()) continue;
-    double s = 0;
-    for (double x : nll) s += x;
-    sum += s, n += int64_t(nll.size());
-    doc_mean.push_back(s / double(nll.size()));
-    doc_tokens.push_back(double(nll.size()));
-    bar.add(int64_t(nll.size()), fmt::format("nll {:.4f}", sum / double(n)));
+  for (size_t i = 0; i + 1 < scored.size(); i += 2) {  // in document order, as one process adds them
+    if (scored[i + 1] == 0) continue;
+    sum += scored[i], n += int64_t(scored[i + 1]);
+    doc_mean.push_back(scored[i] / scored[i + 1]);
+    doc_tokens.push_back(scored[i + 1]);
   }
-  bar.finish();
   if (n == 0) throw InputError(input + ": no document has two or more tokens to score");
   auto s = analysis::summarize(doc_mean, doc_tokens);
   fmt::print("documents   {}\n", doc_mean.size());
@@ -218,6 +240,8 @@ void add_model_commands(CLI::App& app, Commands& out) {
     std::string input, separator = "<|endoftext|>", json;
     int64_t max_docs = 0;
     EvalOverrides ov;
+    dist::LaunchFlags launch;
+    double dist_timeout = 300;
   };
   auto e = options<Eval>();
   auto* ev = add_command(app, "eval");
@@ -227,7 +251,11 @@ void add_model_commands(CLI::App& app, Commands& out) {
   ev->add_option("--max-docs", e->max_docs, "score at most this many documents (0 = all)");
   e->ov.add(ev);
   ev->add_option("--json", e->json, "also write the results here");
-  out.push_back({ev, [e] { return cmd_eval(e->ma, e->input, e->separator, e->max_docs, e->ov, e->json), true; }});
+  add_launch_flags(ev, e->launch, e->dist_timeout);
+  out.push_back({ev, [e] {
+                   const auto group = join_launch(e->launch, e->dist_timeout);
+                   return cmd_eval(e->ma, e->input, e->separator, e->max_docs, e->ov, e->json, group.get()), true;
+                 }});
 
   struct Convert {
     ModelArgs ma;

@@ -13,7 +13,13 @@ namespace spkv::cli {
 namespace {
 
 // Returns false when interrupted before the last step.
-bool cmd_train(const std::string& recipe_path, TrainOptions o) {
+bool cmd_train(const std::string& recipe_path, TrainOptions o, const dist::LaunchFlags& flags, double dist_timeout) {
+  const dist::Launch launch = dist::resolve_launch(flags);
+  const auto group = join_launch(flags, dist_timeout);  // several processes: data parallel (docs/distributed.md)
+  if (group) {
+    o.group = group.get();
+    if (o.device == "cuda") o.device = "cuda:" + std::to_string(launch.local_rank);  // one GPU per process
+  }
   Recipe r = load_recipe(recipe_path);
   if (r.train_data.empty() || r.val_data.empty())
     throw ConfigError(recipe_path + ": data.train and data.val must name token files (from `spkv tokenize`)");
@@ -38,6 +44,7 @@ bool cmd_train(const std::string& recipe_path, TrainOptions o) {
     };
   }
   TrainResult res = train(r, data, o);
+  if (launch.rank != 0) return !res.interrupted;  // rank 0 reports
   if (res.interrupted) {
     fmt::print("stopped after step {}; checkpoint in {}/checkpoints; continue with --resume\n", res.step, o.out_dir);
     return false;
@@ -79,6 +86,8 @@ void add_train_commands(CLI::App& app, Commands& out) {
   struct Train {
     std::string recipe;
     TrainOptions to;
+    dist::LaunchFlags launch;
+    double dist_timeout = 300;
   };
   auto t = options<Train>();
   auto* tr = add_command(app, "train");
@@ -87,7 +96,8 @@ void add_train_commands(CLI::App& app, Commands& out) {
   tr->add_flag("--resume", t->to.resume, "continue from the latest checkpoint in --out");
   tr->add_option("--device", t->to.device, "cpu, cuda or cuda:N");
   tr->add_option("--stop-after", t->to.stop_after, "stop with a checkpoint after this step, as if interrupted");
-  out.push_back({tr, [t] { return cmd_train(t->recipe, t->to); }});
+  add_launch_flags(tr, t->launch, t->dist_timeout);
+  out.push_back({tr, [t] { return cmd_train(t->recipe, t->to, t->launch, t->dist_timeout); }});
 
   auto* toy = add_command(app, "toy");
   toy->require_subcommand(1);

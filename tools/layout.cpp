@@ -18,6 +18,7 @@
 #include "core/base/json_text.h"
 #include "core/base/progress.h"
 #include "core/base/threads.h"
+#include "core/dist/process_group.h"
 #include "core/infer/engine.h"
 #include "core/model/model.h"
 #include "core/model/safetensors.h"
@@ -68,7 +69,7 @@ struct Variant {
 nlohmann::json finite_or_null(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
 }  // namespace
 
-void cmd_layout_eval(const LayoutEvalOptions& o) {
+void cmd_layout_eval(const LayoutEvalOptions& o, dist::Group* group) {
   auto model = load_model(o.model);
   const ModelConfig& c = model->config;
   auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
@@ -96,23 +97,36 @@ void cmd_layout_eval(const LayoutEvalOptions& o) {
   variants.push_back({"full attention", nullptr, true});
   if (c.spkv.enabled) variants.push_back({fmt::format("SP-KV (tau {})", model->gates.tau), nullptr, false});
   for (const auto& l : layouts) variants.push_back({l.name, &l, false});
-  Progress bar("layout eval", n_tokens * int64_t(variants.size()), "tok");
+  // A launch's ranks score contiguous, token-balanced shares of the pieces; rank 0 gathers every piece's
+  // numbers in piece order and reports what one process reports.
+  std::vector<int64_t> piece_tokens;
+  for (const auto& p : pieces) piece_tokens.push_back(int64_t(p.tokens.size()));
+  const int64_t rank = group ? group->rank() : 0;
+  const auto bounds = balanced_ranges(piece_tokens, group ? group->size() : 1);
+  const size_t first = bounds[size_t(rank)], end = bounds[size_t(rank) + 1];
+  int64_t my_tokens = 0;
+  for (size_t i = first; i < end; ++i) my_tokens += piece_tokens[i];
+  Progress bar(group ? fmt::format("layout eval {}/{}", rank, group->size()) : "layout eval", my_tokens * int64_t(variants.size()), "tok");
   for (auto& v : variants) {
     EngineOptions eo;
     eo.chunk = o.chunk, eo.dense = v.dense;
     if (v.layout) eo.layout = {v.layout->global, v.layout->window};
     Engine engine(model, eo);
-    for (const auto& p : pieces) {
+    std::vector<double> scored;  // per piece: summed NLL, scored tokens, K/V rows held at its end
+    for (size_t i = first; i < end; ++i) {
       threads::rebalance();
-      const ScoredDocument s = score_document(engine, p.tokens);
+      const ScoredDocument s = score_document(engine, pieces[i].tokens);
       double sum = 0;
       for (double x : s.nll) sum += x;
-      v.doc_sum.push_back(sum), v.doc_n.push_back(double(s.nll.size()));
-      v.entries += double(engine.cache_entries());
-      bar.add(int64_t(p.tokens.size()), v.name);
+      scored.insert(scored.end(), {sum, double(s.nll.size()), double(engine.cache_entries())});
+      bar.add(int64_t(pieces[i].tokens.size()), v.name);
     }
+    if (group) scored = group->all_gather_concat(scored);
+    for (size_t i = 0; i + 2 < scored.size(); i += 3)
+      v.doc_sum.push_back(scored[i]), v.doc_n.push_back(scored[i + 1]), v.entries += scored[i + 2];
   }
   bar.finish();
+  if (group && rank != 0) return;  // rank 0 reports
 
   // Paired comparisons against full attention: per-piece mean NLL differences, weighted by scored tokens.
   const Variant& full = variants[0];
@@ -201,12 +215,18 @@ void cli::add_layout_commands(CLI::App& app, cli::Commands& out) {
   leval->add_option("--chunk", leo->chunk, "prefill chunk length")->check(CLI::PositiveNumber);
   leval->add_option("--json", leo->json, "also write the results here");
   leval->add_option("--markdown", leo->markdown, "also write the table here");
+  auto launch = std::make_shared<dist::LaunchFlags>();
+  auto timeout = std::make_shared<double>(300);
+  add_launch_flags(leval, *launch, *timeout);
   auto* lexp = lay->add_subcommand("export", "a layout as our JSON, a Hugging Face config fragment and a DuoAttention/kvpress TSV");
   lexp->add_option("layout", lxo->layout, "layout file (spkv layout derive)")->required();
   lexp->add_option("--out,-o", lxo->out_dir, "output folder")->required();
   lexp->add_option("--model-type", lxo->model_type, "target Hugging Face model_type (default: the layout's model)");
   out.push_back({lder, [ldo] { return cmd_layout_derive(*ldo), true; }});
-  out.push_back({leval, [leo] { return cmd_layout_eval(*leo), true; }});
+  out.push_back({leval, [leo, launch, timeout] {
+                   const auto group = join_launch(*launch, *timeout);
+                   return cmd_layout_eval(*leo, group.get()), true;
+                 }});
   out.push_back({lexp, [lxo] { return cmd_layout_export(*lxo), true; }});
 }
 

@@ -7,6 +7,9 @@
 #include <vector>
 
 namespace spkv {
+namespace dist {
+class Group;
+}
 
 struct LayoutDeriveOptions {
   std::vector<std::string> logs;
@@ -26,7 +29,8 @@ struct LayoutEvalOptions {
 };
 // Full attention, dynamic SP-KV (when the model has gates) and every layout over the same documents:
 // NLL with its spread across documents, the paired NLL change against full attention, and KV bytes.
-void cmd_layout_eval(const LayoutEvalOptions& o);
+// group: the ranks of a launch share the documents (docs/distributed.md); rank 0 reports.
+void cmd_layout_eval(const LayoutEvalOptions& o, dist::Group* group = nullptr);
 
 struct LayoutExportOptions {
   std::string layout, out_dir, model_type;  // model_type: default the layout's provenance

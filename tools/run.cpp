@@ -7,7 +7,11 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <ctime>
 #include <set>
 
@@ -16,6 +20,8 @@
 #include "core/base/progress.h"
 #include "core/base/sha256.h"
 #include "core/base/threads.h"
+#include "core/dist/process_group.h"
+#include "core/gatelog/merge.h"
 #include "core/gatelog/rule.h"
 #include "core/gatelog/writer.h"
 #include "core/infer/engine.h"
@@ -23,6 +29,7 @@
 #include "core/model/checkpoint.h"
 #include "core/text/documents.h"
 #include "core/text/tokenizer.h"
+#include "tools/shards.h"
 
 namespace spkv {
 
@@ -89,11 +96,46 @@ LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const To
   return d;
 }
 
+namespace {
+
+// Which part of the corpus this process runs: shard `index` of `count` (count 1: all of it).
+struct ShardChoice {
+  int64_t index = 0, count = 1;
+  bool distributed = false;  // a launch of `count` processes (a group forms); else --shard or one process
+};
+
+ShardChoice choose_shard(const RunOptions& o, const dist::Launch& l) {
+  if (l.world_size > 1) {
+    if (!o.shard.empty())
+      throw ConfigError("--shard " + o.shard + ": this is a launch of " + std::to_string(l.world_size) + " processes (" + l.source +
+                        "), which splits the corpus already; use one or the other");
+    return {l.rank, l.world_size, true};
+  }
+  if (o.shard.empty()) return {};
+  ShardChoice c;
+  char slash = 0, rest = 0;
+  long long i = -1, n = -1;
+  if (std::sscanf(o.shard.c_str(), "%lld%c%lld%c", &i, &slash, &n, &rest) != 3 || slash != '/' || n < 1 || i < 0 || i >= n)
+    throw ConfigError("--shard " + o.shard + ": expected I/N with 0 <= I < N (e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)");
+  c.index = i, c.count = n;
+  return c;
+}
+
+}  // namespace
+
 bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
-  if (o.resume && std::filesystem::exists(o.out) && !std::filesystem::exists(GateLogWriter::partial_path(o.out))) {
+  if (o.status) return print_run_status(o.out), true;
+  const dist::Launch launch = dist::resolve_launch(o.launch);
+  const ShardChoice shard = choose_shard(o, launch);
+  const bool sharded = shard.count > 1;
+  const std::string log_path = sharded ? shard_log_path(o.out, shard.index, shard.count) : o.out;
+  auto complete = [](const std::string& f) { return std::filesystem::exists(f) && !std::filesystem::exists(GateLogWriter::partial_path(f)); };
+  if (o.resume && complete(o.out)) {
     fmt::print(stderr, "{} is already complete: nothing to resume\n", o.out);
     return true;
   }
+  std::unique_ptr<dist::Group> group;  // formed first: a rank that cannot join fails every rank early
+  if (shard.distributed) group = std::make_unique<dist::Group>(launch, std::chrono::milliseconds(int64_t(o.dist_timeout * 1000)));
   Checkpoint ck = load_checkpoint(o.model);
   LlamaForCausalLM model(ck.config);
   model->load(ck);
@@ -105,7 +147,8 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     model->gates.tau = o.tau;
   }
   if (o.window > 0) c.spkv.window = o.window;
-  model->to(parse_device(o.device));
+  // One GPU per process of a launch: cuda means cuda:LOCAL_RANK.
+  model->to(parse_device(shard.distributed && o.device == "cuda" ? "cuda:" + std::to_string(launch.local_rank) : o.device));
   if (o.attention_stats && !o.dense)
     throw ConfigError("--attention-stats needs --dense: the statistics are those of full attention");
   auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
@@ -115,10 +158,12 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   if (o.max_docs > 0 && int64_t(docs.size()) > o.max_docs) docs.resize(size_t(o.max_docs));
 
   std::vector<TokenPiece> pieces;
-  int64_t total_tokens = 0;
+  std::vector<int64_t> piece_tokens;
   for (auto& d : docs)
     for (auto& p : split_to_context(d.id, encode_showing_progress(*tok, d.text, /*bos=*/true, /*eos=*/false), c.max_seq_len, int32_t(c.bos_id)))
-      total_tokens += int64_t(p.tokens.size()), pieces.push_back(std::move(p));
+      piece_tokens.push_back(int64_t(p.tokens.size())), pieces.push_back(std::move(p));
+  if (sharded && int64_t(pieces.size()) < shard.count)
+    throw ConfigError(fmt::format("{} shards for {} documents: use at most {}", shard.count, pieces.size(), pieces.size()));
 
   std::set<std::string> files;
   for (auto& [name, f] : ck.origin) files.insert(f);
@@ -137,50 +182,100 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   h.split_policy = kSplitPolicy;
   h.last_queries = o.attention_stats ? o.last_queries : 0;
 
-  GateLogWriter log(o.out, h, o.resume, o.flush_seconds);
-  const auto& done = log.existing_ids();
-  const std::string partial = GateLogWriter::partial_path(o.out);
-  if (done.size() > pieces.size())
-    throw FileError(partial, fmt::format("cannot resume: the log holds {} documents, the inputs give only {}", done.size(), pieces.size()));
-  int64_t skipped_tokens = 0;
-  for (size_t i = 0; i < done.size(); ++i) {
-    if (done[i] != pieces[i].id)
-      throw FileError(partial, fmt::format("cannot resume: document {} is '{}' in the log but '{}' in the inputs", i, done[i], pieces[i].id));
-    skipped_tokens += int64_t(pieces[i].tokens.size());
+  // The documents of each shard: contiguous, balanced by tokens, the same on every process.
+  const std::vector<size_t> bounds = balanced_ranges(piece_tokens, shard.count);
+  Manifest manifest;
+  manifest.out = o.out, manifest.checkpoint_sha256 = h.checkpoint_sha256, manifest.inputs_json = h.inputs_json;
+  manifest.created = h.created, manifest.shard_count = shard.count, manifest.documents = int64_t(pieces.size());
+  for (int64_t k = 0; k < shard.count; ++k) {
+    ShardEntry e;
+    e.index = k, e.file = shard_log_path(o.out, k, shard.count);
+    e.first_document = int64_t(bounds[size_t(k)]), e.documents = int64_t(bounds[size_t(k) + 1] - bounds[size_t(k)]);
+    for (size_t i = bounds[size_t(k)]; i < bounds[size_t(k) + 1]; ++i) e.tokens += piece_tokens[i];
+    e.first_id = pieces[bounds[size_t(k)]].id, e.last_id = pieces[bounds[size_t(k) + 1] - 1].id;
+    manifest.tokens += e.tokens;
+    manifest.shards.push_back(e);
   }
-  if (o.resume) fmt::print(stderr, "resuming after {} documents ({} tokens)\n", done.size(), skipped_tokens);
+  const ShardEntry mine = sharded ? manifest.shards[size_t(shard.index)] : ShardEntry{0, 0, int64_t(pieces.size()), manifest.tokens, o.out, "", ""};
+  if (sharded) {
+    h.shard_index = shard.index, h.shard_count = shard.count, h.shard_first_document = mine.first_document;
+    h.corpus_documents = int64_t(pieces.size());
+    // Every shard writes the same manifest (a job array's shards never talk to each other); rank 0 alone
+    // when they form a group.
+    if (!shard.distributed || shard.index == 0) write_manifest(manifest_path(o.out), manifest);
+  }
+  const size_t first = size_t(mine.first_document), end = first + size_t(mine.documents);
 
-  std::vector<int64_t> kept(c.n_layers * c.n_kv_heads, 0), eligible(kept.size(), 0);
-  Progress bar("run", total_tokens - skipped_tokens, "tok");
-  size_t i = done.size();
-  for (; i < pieces.size() && !stop; ++i) {
-    const TokenPiece& p = pieces[i];
-    threads::rebalance();
-    ScoredDocument s = score_document(engine, p.tokens);
-    LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
-    if (o.attention_stats) {  // the masked forward under full attention, which measures what the cache cannot
-      auto st = attention_stats(model, p.tokens, o.last_queries, c.spkv.window);  // 3 x (T, L, Hkv)
-      auto put = [](const torch::Tensor& t, std::vector<float>& out) { out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()); };
-      put(st[0], d.received), put(st[1], d.received_last), put(st[2], d.received_far);
+  const bool finished = o.resume && complete(log_path);  // a shard finished before the launch was interrupted
+  if (finished) fmt::print(stderr, "{} is already complete\n", log_path);
+  if (!finished) {
+    GateLogWriter log(log_path, h, o.resume, o.flush_seconds);
+    const auto& done = log.existing_ids();
+    const std::string partial = GateLogWriter::partial_path(log_path);
+    if (done.size() > end - first)
+      throw FileError(partial, fmt::format("cannot resume: the log holds {} documents, the inputs give only {}", done.size(), end - first));
+    int64_t skipped_tokens = 0;
+    for (size_t i = 0; i < done.size(); ++i) {
+      if (done[i] != pieces[first + i].id)
+        throw FileError(partial, fmt::format("cannot resume: document {} is '{}' in the log but '{}' in the inputs", first + i, done[i], pieces[first + i].id));
+      skipped_tokens += piece_tokens[first + i];
     }
-    if (d.cache_entries.back() != engine.cache_entries())
-      throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
-                              engine.cache_entries(), d.cache_entries.back()));
-    for (size_t j = 0; j < kept.size(); ++j) kept[j] += d.kept[j], eligible[j] += d.eligible[j];
-    log.add(std::move(d));
-    bar.add(int64_t(p.tokens.size()), fmt::format("doc {}/{}", i + 1, pieces.size()));
-  }
-  if (i < pieces.size()) {
+    if (o.resume) fmt::print(stderr, "resuming after {} documents ({} tokens)\n", done.size(), skipped_tokens);
+
+    std::vector<int64_t> kept(c.n_layers * c.n_kv_heads, 0), eligible(kept.size(), 0);
+    std::unique_ptr<ShardProgress> progress;
+    if (sharded) progress = std::make_unique<ShardProgress>(mine, int64_t(done.size()), skipped_tokens);
+    Progress bar(sharded ? fmt::format("run {}/{}", shard.index, shard.count) : "run", mine.tokens - skipped_tokens, "tok");
+    size_t i = first + done.size();
+    for (; i < end && !stop; ++i) {
+      const TokenPiece& p = pieces[i];
+      threads::rebalance();
+      ScoredDocument s = score_document(engine, p.tokens);
+      LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
+      if (o.attention_stats) {  // the masked forward under full attention, which measures what the cache cannot
+        auto st = attention_stats(model, p.tokens, o.last_queries, c.spkv.window);  // 3 x (T, L, Hkv)
+        auto put = [](const torch::Tensor& t, std::vector<float>& out) { out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()); };
+        put(st[0], d.received), put(st[1], d.received_last), put(st[2], d.received_far);
+      }
+      if (d.cache_entries.back() != engine.cache_entries())
+        throw Error(fmt::format("run: {}: the cache holds {} entries but the decisions imply {}", p.id,
+                                engine.cache_entries(), d.cache_entries.back()));
+      for (size_t j = 0; j < kept.size(); ++j) kept[j] += d.kept[j], eligible[j] += d.eligible[j];
+      log.add(std::move(d));
+      bar.add(int64_t(p.tokens.size()), fmt::format("doc {}/{}", i - first + 1, end - first));
+      if (progress) progress->add(int64_t(p.tokens.size()));
+    }
+    if (i < end) {
+      bar.finish();
+      if (progress) progress->finish("stopped");
+      fmt::print("stopped after {} of {} documents; {} holds them; continue with --resume\n", i - first, end - first, partial);
+      return false;  // the writer's destructor flushes and leaves the partial log, marked incomplete
+    }
+    log.close();
     bar.finish();
-    fmt::print("stopped after {} of {} documents; {} holds them; continue with --resume\n", i, pieces.size(), partial);
-    return false;  // the writer's destructor flushes and leaves the partial log, marked incomplete
+    if (progress) progress->finish("done");
+    fmt::print("wrote {} ({} documents, {} tokens this run; gating {}, window {}, tau {})\n", log_path, end - first,
+               mine.tokens - skipped_tokens, h.gating_mode, h.window, h.tau);
+    if (done.empty() && !sharded) print_density(kept, eligible, c.n_layers, c.n_kv_heads);
   }
-  log.close();
-  bar.finish();
-  fmt::print("wrote {} ({} documents, {} tokens this run; gating {}, window {}, tau {})\n", o.out, pieces.size(),
-             total_tokens - skipped_tokens, h.gating_mode, h.window, h.tau);
-  if (done.empty()) print_density(kept, eligible, c.n_layers, c.n_kv_heads);
-  return true;
+  if (!sharded) return true;
+  if (!shard.distributed) {
+    fmt::print("shard {} of {} is in {}; once all {} are done: spkv merge --out {} SHARD_LOGS...\n", shard.index, shard.count,
+               log_path, shard.count, o.out);
+    return true;
+  }
+  // A launch: rank 0 merges once every shard is written; every rank leaves once the merged log is there.
+  if (!group->wait_for_all("finish its shard", &stop)) return false;
+  if (shard.index == 0) {
+    std::vector<std::string> shard_logs;
+    for (const ShardEntry& e : manifest.shards) shard_logs.push_back(e.file);
+    const MergeSummary m = merge_gate_logs(shard_logs, o.out);
+    if (!o.keep_shards)
+      for (const std::string& f : shard_logs) std::filesystem::remove(f), std::filesystem::remove(progress_path(f));
+    fmt::print("merged {} shards into {} ({} documents, {} tokens){}\n", m.shards, o.out, m.documents, m.tokens,
+               o.keep_shards ? "" : "; the shard logs are removed");
+  }
+  return group->wait_for_all("see the merged log", &stop);
 }
 
 }  // namespace spkv

@@ -1,10 +1,11 @@
 // `spkv run`: a model over a corpus through the engine, every gate decision into an HDF5 gate log
-// (core/gatelog/writer.h). Declared here so that spkv.cpp only parses its flags.
+// (core/gatelog/writer.h). Declared here so that cmd_logs.cpp only parses its flags.
 #pragma once
 #include <atomic>
 #include <string>
 #include <vector>
 
+#include "core/dist/process_group.h"
 #include "core/gatelog/writer.h"
 #include "core/infer/engine.h"
 #include "core/text/documents.h"
@@ -26,6 +27,13 @@ struct RunOptions {
   bool resume = false;
   double flush_seconds = 5;  // how often the partial log is flushed (what a kill can lose)
   std::string device = "cpu";  // cpu, cuda or cuda:N (a build with a CUDA LibTorch)
+  // Sharding (docs/distributed.md): a launch of N processes (torchrun, Slurm, or these flags) runs one shard
+  // each and rank 0 merges them into `out`; --shard I/N runs shard I alone (a job array; `spkv merge` after).
+  dist::LaunchFlags launch;
+  std::string shard;           // "I/N"
+  double dist_timeout = 300;   // seconds to form the group
+  bool keep_shards = false;    // keep the shard logs after the merge
+  bool status = false;         // print the progress of the sharded run writing `out`, and return
   std::string tool_version, git_commit;
 };
 

@@ -7,6 +7,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>  // needs USE_C10D_GLOO (core/CMakeLists.txt)
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <thread>
@@ -209,6 +210,18 @@ void Group::allreduce_sum(std::vector<int64_t>& v) {
   std::copy_n(t.data_ptr<int64_t>(), v.size(), v.begin());
 }
 
+void Group::allreduce_sum(float* data, int64_t n) {
+  std::vector<at::Tensor> ts{torch::from_blob(data, {n}, torch::kFloat32)};
+  impl_->run("allreduce", [&] { impl_->pg->allreduce(ts)->wait(); });
+}
+
+void Group::broadcast(float* data, int64_t n, int root) {
+  std::vector<at::Tensor> ts{torch::from_blob(data, {n}, torch::kFloat32)};
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  impl_->run("broadcast", [&] { impl_->pg->broadcast(ts, o)->wait(); });
+}
+
 std::vector<int64_t> Group::all_gather(int64_t v) {
   std::vector<at::Tensor> in{torch::full({1}, v, torch::kInt64)};
   std::vector<std::vector<at::Tensor>> out(1);
@@ -219,8 +232,71 @@ std::vector<int64_t> Group::all_gather(int64_t v) {
   return all;
 }
 
+std::vector<double> Group::all_gather_concat(const std::vector<double>& mine) {
+  const std::vector<int64_t> sizes = all_gather(int64_t(mine.size()));
+  const int64_t longest = std::max<int64_t>(1, *std::max_element(sizes.begin(), sizes.end()));
+  auto padded = torch::zeros({longest}, torch::kFloat64);  // Gloo's allgather takes equal sizes
+  std::copy(mine.begin(), mine.end(), padded.data_ptr<double>());
+  std::vector<at::Tensor> in{padded};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < size(); ++r) out[0].push_back(torch::empty({longest}, torch::kFloat64));
+  impl_->run("all_gather", [&] { impl_->pg->allgather(out, in)->wait(); });
+  std::vector<double> all;
+  for (int r = 0; r < size(); ++r) all.insert(all.end(), out[0][size_t(r)].data_ptr<double>(), out[0][size_t(r)].data_ptr<double>() + sizes[size_t(r)]);
+  return all;
+}
+
 void Group::barrier() {
   impl_->run("barrier", [&] { impl_->pg->barrier()->wait(); });
+}
+
+bool Group::wait_for_all(const std::string& stage, const std::atomic<bool>* stop) {
+  Impl& g = *impl_;
+  const Launch& l = g.l;
+  const std::string where = "rank " + std::to_string(l.rank) + " of " + std::to_string(l.world_size) + ": waiting for every rank to " + stage;
+  auto key = [&](int r) { return "spkv/stage/" + stage + "/" + std::to_string(r); };
+  using clock = std::chrono::steady_clock;
+  constexpr auto kSilent = std::chrono::seconds(10);
+  try {
+    auto s = connect(l, false, g.timeout);  // its own connection: a store client is not shared between threads
+    s->add(key(l.rank), 1);
+    // The first rank to see a peer stop writes why, so that every rank reports the same cause (rank 0 then
+    // lingers a second before it leaves, since its store goes with it).
+    const std::string failed_key = "spkv/stage/" + stage + "/failed";
+    auto fail = [&](const std::string& cause, bool publish) {
+      g.failed = true;
+      if (publish) {
+        s->set(failed_key, std::vector<uint8_t>(cause.begin(), cause.end()));
+        if (l.rank == 0) std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+      throw DistributedError(where + ": " + cause);
+    };
+    std::vector<int64_t> beats(size_t(l.world_size), -1);
+    std::vector<clock::time_point> moved(size_t(l.world_size), clock::now());
+    while (true) {
+      if (s->check({failed_key})) {
+        const auto cause = s->get(failed_key);
+        fail(std::string(cause.begin(), cause.end()), false);
+      }
+      bool all = true;
+      for (int r = 0; r < l.world_size; ++r) {
+        if (s->add(key(r), 0) > 0) continue;
+        all = false;
+        const int64_t b = s->add(heartbeat_key(r), 0);
+        if (b != beats[size_t(r)]) beats[size_t(r)] = b, moved[size_t(r)] = clock::now();
+        else if (clock::now() - moved[size_t(r)] > kSilent) fail("rank " + std::to_string(r) + " stopped (no heartbeat for 10 s)", true);
+      }
+      if (all) return true;
+      if (stop && *stop) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  } catch (const DistributedError&) {
+    throw;
+  } catch (const std::exception& e) {
+    g.failed = true;
+    throw DistributedError(where + ": " + (l.rank != 0 ? "rank 0 stopped (its store at " + l.master_addr + ":" + std::to_string(l.master_port) + " is unreachable)" : "the store failed") +
+                           " [" + first_line(e.what()) + "]");
+  }
 }
 
 }  // namespace spkv::dist

@@ -6,6 +6,7 @@
 // the others fail with a DistributedError that names it, within the group's timeout (docs/distributed.md).
 // Not a transport of our own, and not the sharding of any command (that is each command's).
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -50,9 +51,20 @@ class Group {
   // Sums the values over the ranks, in place (int64 or double; each rank passes the same count).
   void allreduce_sum(std::vector<double>& v);
   void allreduce_sum(std::vector<int64_t>& v);
+  // Sums n floats over the ranks, in place (a bucket of gradients: one collective for all of them).
+  void allreduce_sum(float* data, int64_t n);
+  // Rank `root`'s n floats, copied to every rank, in place.
+  void broadcast(float* data, int64_t n, int root = 0);
+  // Every rank's vector (lengths may differ), concatenated in rank order.
+  std::vector<double> all_gather_concat(const std::vector<double>& mine);
   // Every rank's value, in rank order.
   std::vector<int64_t> all_gather(int64_t v);
   void barrier();
+  // Marks this rank as having reached `stage` and waits, with no time limit, until every rank has: the end
+  // of work whose length differs between ranks (a shard of a corpus). A rank whose heartbeat stops before it
+  // gets there makes this throw DistributedError naming it, within about 10 s. Returns false at once when
+  // *stop becomes true.
+  bool wait_for_all(const std::string& stage, const std::atomic<bool>* stop = nullptr);
 
  private:
   struct Impl;

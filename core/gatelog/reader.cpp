@@ -160,6 +160,15 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   if (m.has_attr("attention_last_queries"))
     i.attention_last_queries = m.num<int64_t>("attention_last_queries", H5T_NATIVE_INT64);
   i.attention_far = exists(schema::kReceivedFar);
+  i.tool_version = m.str_or_empty("tool_version"), i.tap = m.str_or_empty("tap");
+  if (m.has_attr("context")) i.context = m.num<int64_t>("context", H5T_NATIVE_INT64);
+  if (m.has_attr("chunk")) i.chunk = m.num<int64_t>("chunk", H5T_NATIVE_INT64);
+  if (m.has_attr("shard_count")) {
+    i.shard_count = m.num<int64_t>("shard_count", H5T_NATIVE_INT64);
+    i.shard_index = m.num<int64_t>("shard_index", H5T_NATIVE_INT64);
+    i.shard_first_document = m.num<int64_t>("shard_first_document", H5T_NATIVE_INT64);
+    i.corpus_documents = m.num<int64_t>("corpus_documents", H5T_NATIVE_INT64);
+  }
   // Sanity of the attributes that size everything else, then every shape and offsets array against them:
   // a damaged file gives an error naming the dataset, never an out-of-bounds read.
   auto in_range = [&](const char* name, double v, double lo, double hi) {

@@ -18,6 +18,10 @@ struct LogInfo {
   int64_t window = 0, keep_first = 0, n_layers = 0, n_kv_heads = 0, attention_last_queries = 0;
   int64_t n_documents = 0, n_tokens = 0;
   bool attention_far = false;  // /attention/received_far is present (a dense run with --attention-stats)
+  std::string tool_version, tap;
+  int64_t context = 0, chunk = 0;
+  // A shard of a sharded run (GateLogHeader): shard_count 0 when the log is not one.
+  int64_t shard_index = 0, shard_count = 0, shard_first_document = 0, corpus_documents = 0;
 };
 
 class GateLogReader {

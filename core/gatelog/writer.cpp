@@ -294,6 +294,12 @@ struct GateLogWriter::Impl {
     attr_num(file, "attention_last_queries", H5T_NATIVE_INT64, h.last_queries);
     attr_str(file, "inputs", h.inputs_json);
     attr_str(file, "split_policy", h.split_policy);
+    if (h.shard_count > 0) {
+      attr_num(file, "shard_index", H5T_NATIVE_INT64, h.shard_index);
+      attr_num(file, "shard_count", H5T_NATIVE_INT64, h.shard_count);
+      attr_num(file, "shard_first_document", H5T_NATIVE_INT64, h.shard_first_document);
+      attr_num(file, "corpus_documents", H5T_NATIVE_INT64, h.corpus_documents);
+    }
     attr_num(file, "complete", H5T_NATIVE_INT, 0);
   }
 
@@ -316,6 +322,11 @@ struct GateLogWriter::Impl {
     same_num("tau", h.tau), same_num("window", double(h.window)), same_num("keep_first", double(h.keep_first));
     same_num("n_layers", double(h.n_layers)), same_num("n_kv_heads", double(h.n_kv_heads));
     same_num("attention_last_queries", double(h.last_queries));
+    if (h.shard_count > 0) {
+      same_num("shard_index", double(h.shard_index)), same_num("shard_count", double(h.shard_count));
+      same_num("shard_first_document", double(h.shard_first_document));
+      same_num("corpus_documents", double(h.corpus_documents));
+    }
     H5Fclose(file);
     file = -1;
   }

@@ -31,6 +31,9 @@ struct GateLogHeader {
   int64_t last_queries = 0;  // > 0: /attention is logged, "received_last" over this many final queries
   std::string inputs_json;   // the command's inputs, a JSON list
   std::string split_policy;  // how documents longer than the context were split
+  // A shard of a sharded run (docs/distributed.md): shard_index of shard_count, holding the run's documents
+  // [shard_first_document, + its own) of corpus_documents. shard_count 0: not a shard (no attributes).
+  int64_t shard_index = 0, shard_count = 0, shard_first_document = 0, corpus_documents = 0;
 };
 
 // One document as the engine saw it. T tokens, L layers, Hkv KV heads.

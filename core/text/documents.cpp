@@ -141,4 +141,26 @@ std::vector<Document> read_all_documents(const std::vector<std::string>& inputs,
   return docs;
 }
 
+std::vector<size_t> balanced_ranges(const std::vector<int64_t>& tokens, int64_t parts) {
+  std::vector<int64_t> prefix(tokens.size() + 1, 0);
+  for (size_t i = 0; i < tokens.size(); ++i) prefix[i + 1] = prefix[i] + tokens[i];
+  // Compared in integers: prefix * parts against k * total.
+  auto scaled = [&](size_t i) { return __int128(prefix[i]) * parts; };
+  std::vector<size_t> bounds{0};
+  for (int64_t k = 1; k < parts; ++k) {
+    const __int128 target = __int128(k) * prefix.back();
+    // The first boundary at or past the target, and the first one of the plateau just before it.
+    const size_t hi = size_t(std::partition_point(prefix.begin(), prefix.end(), [&](int64_t p) { return __int128(p) * parts < target; }) -
+                             prefix.begin());
+    size_t best = hi;
+    if (hi > 0) {
+      const size_t lo = size_t(std::lower_bound(prefix.begin(), prefix.end(), prefix[hi - 1]) - prefix.begin());
+      if (target - scaled(lo) <= scaled(hi) - target) best = lo;
+    }
+    bounds.push_back(std::max(best, bounds.back()));
+  }
+  bounds.push_back(tokens.size());
+  return bounds;
+}
+
 }  // namespace spkv

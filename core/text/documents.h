@@ -32,6 +32,12 @@ extern const char* const kSplitPolicy;
 std::vector<TokenPiece> split_to_context(const std::string& id, const std::vector<int32_t>& ids, int64_t context,
                                          int32_t bos);
 
+// Splits items 0..n-1 with these token counts into `parts` contiguous ranges of nearly equal token counts:
+// boundary k is the item boundary nearest k/parts of the total (ties to the earlier one), so each range is
+// within one item's tokens of an equal share. Returns parts + 1 boundaries, from 0 to n. Depends on nothing
+// but the counts and `parts`: every process of a sharded run computes the same ranges.
+std::vector<size_t> balanced_ranges(const std::vector<int64_t>& tokens, int64_t parts);
+
 // The byte offset of the first invalid UTF-8 sequence in s, or -1 if s is valid UTF-8.
 long utf8_error_offset(const std::string& s);
 

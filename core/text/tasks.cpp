@@ -13,7 +13,9 @@
 #include "core/base/errors.h"
 #include "core/base/progress.h"
 #include "core/base/threads.h"
+#include "core/dist/process_group.h"
 #include "core/model/safetensors.h"
+#include "core/text/documents.h"
 #include "core/train/trainer.h"
 
 namespace spkv {
@@ -364,7 +366,8 @@ json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>& docs, in
   return {{"window", window}, {"kinds", kinds}, {"all", summary(all)}};
 }
 
-json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs, bool progress) {
+json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs, bool progress,
+                    dist::Group* group) {
   torch::NoGradGuard no_grad;
   m->eval();
   const ModelConfig& c = m->config;
@@ -373,10 +376,17 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
   std::map<std::string, Tally> by_kind;
   auto counts = torch::zeros({c.n_layers, c.n_kv_heads, 2}, torch::kInt64);  // [kept, counted]: all, facts, other
   auto keep_fact = counts.clone(), keep_other = counts.clone();
+  // A launch's ranks take contiguous shares of the documents, balanced by text length; the tallies are sums.
+  std::vector<int64_t> bytes;
+  for (const TaskDoc& d : docs) bytes.push_back(int64_t(d.text.size()));
+  const auto bounds = balanced_ranges(bytes, group ? group->size() : 1);
+  const size_t first = bounds[size_t(group ? group->rank() : 0)], end = bounds[size_t(group ? group->rank() : 0) + 1];
+  for (const TaskDoc& d : docs) by_kind[d.kind];  // every kind of the file, also those of other ranks' documents
   std::optional<Progress> bar;
-  if (progress) bar.emplace("tasks", int64_t(docs.size()), "doc");
+  if (progress) bar.emplace("tasks", int64_t(end - first), "doc");
   const auto device = m->parameters().front().device();
-  for (const TaskDoc& d : docs) {
+  for (size_t di = first; di < end; ++di) {
+    const TaskDoc& d = docs[di];
     threads::rebalance();
     const auto ids = tok.encode(d.text, /*bos=*/true, /*eos=*/false);
     const auto answers = span_tokens(tok, ids, d.text, d.answers);
@@ -410,6 +420,18 @@ json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector
     if (bar) bar->add(1);
   }
   if (bar) bar->finish();
+  if (group) {  // sums over the ranks: every tally, and the gate counts
+    std::vector<double> v;
+    for (auto& [k, t] : by_kind) v.insert(v.end(), {t.answers, t.exact, t.tokens, t.correct, t.truncated});
+    group->allreduce_sum(v);
+    size_t i = 0;
+    for (auto& [k, t] : by_kind) t = {v[i], v[i + 1], v[i + 2], v[i + 3], v[i + 4]}, i += 5;
+    for (torch::Tensor* c : {&counts, &keep_fact, &keep_other}) {
+      std::vector<int64_t> x(c->data_ptr<int64_t>(), c->data_ptr<int64_t>() + c->numel());
+      group->allreduce_sum(x);
+      *c = torch::tensor(x).reshape(c->sizes());
+    }
+  }
   auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
   json out = json::object(), kinds = json::object();
   Tally all;

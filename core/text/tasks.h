@@ -11,6 +11,9 @@
 #include "core/text/tokenizer.h"
 
 namespace spkv {
+namespace dist {
+class Group;
+}
 
 struct ByteSpan {
   int64_t begin = 0, end = 0;  // [begin, end) in the document's UTF-8 bytes
@@ -72,7 +75,9 @@ nlohmann::json task_composition(const Tokenizer& tok, const std::vector<TaskDoc>
 // m->gates.tau): density and the keep rate of fact keys vs all other evictable keys, pooled and per
 // layer and head. Documents longer than the context are scored on their first max_seq_len tokens; answers
 // beyond it are counted in "truncated".
+// With a group (a launch, docs/distributed.md), each rank scores a contiguous share of the documents and
+// every rank returns the totals over all of them, as one process would.
 nlohmann::json evaluate_tasks(LlamaForCausalLM& m, const Tokenizer& tok, const std::vector<TaskDoc>& docs,
-                              bool progress = true);
+                              bool progress = true, dist::Group* group = nullptr);
 
 }  // namespace spkv

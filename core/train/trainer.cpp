@@ -15,6 +15,7 @@
 #include "core/base/json_field.h"
 #include "core/base/progress.h"
 #include "core/base/threads.h"
+#include "core/dist/process_group.h"
 #include "core/model/checkpoint.h"
 #include "core/model/safetensors.h"
 #include "core/text/tokenizer.h"
@@ -340,18 +341,55 @@ BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& d
   return {(nll * mask).sum(), mask.sum()};
 }
 
-// Mean utility u over the out-of-window keys of the last forward call, every layer and KV head (with the
-// autograd graph): the term of the density knob.
-// The density term -mean over layers of (lambda_l * mean u of layer l's out-of-window keys); one lambda for
-// every layer gives -lambda * mean(u), each layer having as many out-of-window keys.
-torch::Tensor density_term(LlamaForCausalLM& m, const std::vector<double>& lambda) {
+// The density knob's term, -mean over layers l of (lambda_l * mean u over layer l's out-of-window keys),
+// from the last forward call (with the autograd graph), in two parts: per layer the sum of u over those keys
+// and their number. A data-parallel step adds up the numbers of every rank before it divides (density_term).
+struct DensityParts {
+  torch::Tensor sums;    // (L,) with the graph
+  torch::Tensor counts;  // (L,)
+};
+DensityParts density_parts(LlamaForCausalLM& m) {
   std::vector<torch::Tensor> u;
   for (auto& layer : *m->model->layers) u.push_back(layer->as<DecoderLayer>()->self_attn->last_utility);  // (B, T, Hkv)
   const auto all = torch::stack(u);                                                                   // (L, B, T, Hkv)
   const auto ev = m->last_evictable.unsqueeze(-1).expand_as(all).to(all.scalar_type());               // (L, B, T, Hkv)
-  const auto per_layer = (all * ev).sum({1, 2, 3}) / ev.sum({1, 2, 3}).clamp_min(1);                 // (L,)
-  const auto lam = torch::tensor(lambda, all.options()).expand_as(per_layer);                          // (L,)
+  return {(all * ev).sum({1, 2, 3}), ev.sum({1, 2, 3})};
+}
+// counts: the keys of the whole batch, every rank's (L,). One lambda for every layer gives -lambda * mean(u),
+// each layer having as many out-of-window keys.
+torch::Tensor density_term(const DensityParts& d, const torch::Tensor& counts, const std::vector<double>& lambda) {
+  const auto per_layer = d.sums / counts.clamp_min(1);                            // (L,)
+  const auto lam = torch::tensor(lambda, per_layer.options()).expand_as(per_layer);  // (L,)
   return -(lam * per_layer).mean();
+}
+
+// Rows [begin, begin + n) of a batch: a rank's slice of the global batch.
+Batch rows_of(const Batch& b, int64_t begin, int64_t n) {
+  Batch out;
+  out.tokens = b.tokens.narrow(0, begin, n);
+  if (b.segments.defined()) out.segments = b.segments.narrow(0, begin, n);
+  if (b.loss_mask.defined()) out.loss_mask = b.loss_mask.narrow(0, begin, n);
+  return out;
+}
+
+// Sums every gradient over the ranks, in buckets of at most 2^22 floats (16 MB): one collective per bucket.
+// Every rank runs the same graph, so every rank has the same gradients defined, in the same order.
+void allreduce_gradients(const std::vector<torch::Tensor>& params, dist::Group& g) {
+  constexpr int64_t kBucket = int64_t(1) << 22;
+  std::vector<torch::Tensor> grads;
+  for (auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  for (size_t i = 0; i < grads.size();) {
+    size_t j = i;
+    int64_t n = 0;
+    std::vector<torch::Tensor> parts;
+    while (j < grads.size() && (j == i || n + grads[j].numel() <= kBucket)) n += grads[j].numel(), parts.push_back(grads[j++].reshape(-1));
+    auto flat = torch::cat(parts).to(torch::kCPU).contiguous();  // (n,) the collectives run on CPU buffers (Gloo)
+    g.allreduce_sum(flat.data_ptr<float>(), n);
+    int64_t at = 0;
+    for (size_t k = i; k < j; at += grads[k].numel(), ++k) grads[k].copy_(flat.narrow(0, at, grads[k].numel()).view_as(grads[k]).to(grads[k].device()));
+    i = j;
+  }
 }
 }  // namespace
 
@@ -411,6 +449,13 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   if (data.vocab_size() > r.model.vocab_size)
     throw ConfigError(r.path + ": the data has token ids up to " + std::to_string(data.vocab_size() - 1) +
                       " but the model's vocab_size is " + std::to_string(r.model.vocab_size));
+  // Data parallel (o.group): rank r takes rows [r B/N, (r + 1) B/N) of every micro-batch; rank 0 alone
+  // writes the log, checkpoints and the model.
+  const int64_t N = o.group ? o.group->size() : 1, rank = o.group ? o.group->rank() : 0;
+  const bool lead = rank == 0;
+  if (r.batch_size % N != 0)
+    throw ConfigError(r.path + ": data.batch_size " + std::to_string(r.batch_size) + " does not divide among " +
+                      std::to_string(N) + " ranks (each takes an equal share of every batch)");
   const fs::path out(o.out_dir), ckdir = out / "checkpoints", log_path = out / "train_log.jsonl";
   fs::create_directories(out);
 
@@ -455,7 +500,15 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
                      "to continue it, or choose another --out");
   }
   m->to(device);
-  write_file_atomic((out / "recipe.json").string(), r.source.dump(2) + "\n");
+  if (N > 1) {  // every rank starts from rank 0's weights
+    torch::NoGradGuard ng;
+    for (auto& p : m->parameters()) {
+      auto cpu = p.detach().to(torch::kCPU).contiguous();
+      o.group->broadcast(cpu.data_ptr<float>(), cpu.numel());
+      p.copy_(cpu);
+    }
+  }
+  if (lead) write_file_atomic((out / "recipe.json").string(), r.source.dump(2) + "\n");
 
   // Parameter groups: matrices (decayed), vectors (norm weights, biases: not decayed), predictor.
   std::vector<torch::Tensor> decay, no_decay, predictor = m->predictor_parameters();
@@ -471,15 +524,19 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(r.lr));
   if (!resume_from.empty()) torch::load(opt, (resume_from / "optimizer.pt").string(), device);
 
-  {  // the log, truncated to the checkpoint on resume
+  if (lead) {  // the log, truncated to the checkpoint on resume
     std::string kept;
     for (auto& l : kept_log) kept += l + "\n";
     write_file_atomic(log_path.string(), kept);
   }
-  std::ofstream log(log_path, std::ios::app);
-  auto emit = [&](const json& j) { log << j.dump() << "\n" << std::flush; };
+  std::ofstream log;
+  if (lead) log.open(log_path, std::ios::app);
+  auto emit = [&](const json& j) {
+    if (lead) log << j.dump() << "\n" << std::flush;
+  };
 
   auto save_checkpoint = [&](int64_t step) {
+    if (!lead) return;
     write_model_dir(ckdir / step_dir_name(step), m, r, [&](const fs::path& dir) {
       std::ostringstream state;  // serialized in memory: torch's file writer aborts when a write fails
       torch::save(opt, state);
@@ -495,7 +552,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   const std::vector<Batch> val = data.val_batches();
   const int64_t ckpt_every = r.checkpoint_every > 0 ? r.checkpoint_every : r.eval_every;
   std::unique_ptr<Progress> bar;
-  if (o.progress) bar = std::make_unique<Progress>("train", r.steps - start, "step");
+  if (o.progress && lead) bar = std::make_unique<Progress>("train", r.steps - start, "step");
   TrainResult res;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_at_start = tokens_seen;
@@ -515,16 +572,29 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     double loss_sum = 0;
     torch::Tensor counts;
     for (int64_t micro = 0; micro < r.grad_accum; ++micro) {
-      Batch b = data.train_batch(step, micro);
+      const Batch full = data.train_batch(step, micro);
+      const Batch b = N > 1 ? rows_of(full, rank * (r.batch_size / N), r.batch_size / N) : full;
       BatchLoss l = batch_loss(m, b, device, counts);
-      auto loss = l.nll_sum / l.count.clamp_min(1);
-      auto objective = loss;
-      if (knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense)
-        objective = loss + density_term(m, r.density_lambda);
+      const bool with_knob = knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense;
+      DensityParts d;
+      if (with_knob) d = density_parts(m);
+      // The divisors are the whole micro-batch's: this rank's targets and keys, plus every other rank's.
+      torch::Tensor count = l.count, keys = d.counts;
+      if (N > 1) {
+        std::vector<double> v{l.count.item<double>()};
+        if (with_knob)
+          for (int64_t i = 0; i < d.counts.numel(); ++i) v.push_back(d.counts[i].item<double>());
+        o.group->allreduce_sum(v);
+        count = torch::tensor(int64_t(v[0]), l.count.options());
+        if (with_knob) keys = torch::tensor(std::vector<double>(v.begin() + 1, v.end()), d.counts.options().dtype(torch::kFloat64)).to(d.counts.dtype());
+      }
+      auto loss = l.nll_sum / count.clamp_min(1);
+      auto objective = with_knob ? loss + density_term(d, keys, r.density_lambda) : loss;  // summed over the ranks: the whole batch's
       (objective / double(r.grad_accum)).backward();
       loss_sum += loss.item<double>() / double(r.grad_accum);
-      tokens_seen += b.tokens.numel() - b.tokens.size(0);
+      tokens_seen += full.tokens.numel() - full.tokens.size(0);
     }
+    if (N > 1) allreduce_gradients(m->parameters(), *o.group);
     double grad_norm = 0;
     if (r.grad_clip > 0) {
       std::vector<torch::Tensor> with_grad;
@@ -533,6 +603,15 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       grad_norm = torch::nn::utils::clip_grad_norm_(with_grad, r.grad_clip);
     }
     opt.step();
+    bool stop = (o.stop && o.stop->load()) || (o.stop_after > 0 && step + 1 >= o.stop_after);
+    if (N > 1) {  // the step's loss and gate counts over every rank, and a stop asked of any rank
+      std::vector<double> v{loss_sum, stop ? 1.0 : 0.0};
+      const auto c = counts.defined() ? counts.to(torch::kCPU).to(torch::kFloat64).contiguous() : torch::Tensor();
+      if (c.defined()) v.insert(v.end(), c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+      o.group->allreduce_sum(v);
+      loss_sum = v[0], stop = v[1] > 0;
+      if (c.defined()) counts = torch::tensor(std::vector<double>(v.begin() + 2, v.end())).to(counts.dtype()).reshape(counts.sizes());
+    }
 
     const int64_t done = step + 1;
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -548,7 +627,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
                     to_string(m->gates.mode), rec["tok_per_s"].get<double>());
       bar->add(1, extra);
     }
-    if (done % r.eval_every == 0 || done == r.steps) {
+    if (lead && (done % r.eval_every == 0 || done == r.steps)) {  // the other ranks wait in the next step
       EvalResult ev = evaluate(m, val, device);
       json e = ev.to_json();
       e["type"] = "eval";
@@ -561,7 +640,6 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       emit(e);
       res.last_eval = e;
     }
-    const bool stop = (o.stop && o.stop->load()) || (o.stop_after > 0 && done >= o.stop_after);
     if (done % ckpt_every == 0 || stop || done == r.steps) save_checkpoint(done);
     res.step = done;
     if (stop && done < r.steps) {
@@ -572,7 +650,8 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   }
   if (bar) bar->finish();
   res.model_dir = (out / "model").string();
-  write_model_dir(out / "model", m, r);
+  if (lead) write_model_dir(out / "model", m, r);
+  if (N > 1) o.group->barrier();  // the model is written before any rank reports it
   return res;
 }
 

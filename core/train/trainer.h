@@ -1,6 +1,6 @@
 // Training and adaptation of (SP-KV) Llama models: the recipe, batch sources, the AdamW loop with the
 // soft -> annealed-hard gate schedule, checkpoints with exact resume, validation and the JSONL log.
-// Not a general-purpose trainer: one model, one device, next-token loss only.
+// Not a general-purpose trainer: one model, one device per process, next-token loss only.
 #pragma once
 #include <atomic>
 #include <functional>
@@ -13,6 +13,9 @@
 #include "core/train/token_file.h"
 
 namespace spkv {
+namespace dist {
+class Group;
+}
 
 // One micro-batch. Inputs are tokens[:, :-1], targets tokens[:, 1:].
 struct Batch {
@@ -100,6 +103,10 @@ struct TrainOptions {
   bool progress = true;
   // Called at each evaluation with the model in eval mode; its JSON object is merged into the log record.
   std::function<nlohmann::json(LlamaForCausalLM&)> eval_hook;
+  // Data parallel over a process group (docs/distributed.md): each rank takes an equal slice of every batch,
+  // gradients are summed over the ranks before clipping and the step, and rank 0 alone writes. Same result
+  // as one process with the same recipe, to float rounding (not with ste gating, whose draws are per rank).
+  dist::Group* group = nullptr;
 };
 
 struct TrainResult {

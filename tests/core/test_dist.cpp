@@ -4,16 +4,13 @@
 // within the timeout with an error that names it.
 #include <gtest/gtest.h>
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <map>
 
 #include "core/base/errors.h"
 #include "core/dist/process_group.h"
+#include "tests/core/launch.h"
 #include "tests/test_util.h"
 
 namespace spkv {
@@ -88,50 +85,8 @@ TEST(Dist, LaunchesResolveFromFlagsTorchrunAndSlurm) {
   }
 }
 
-int free_port() {
-  const int s = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET, a.sin_addr.s_addr = htonl(INADDR_LOOPBACK), a.sin_port = 0;
-  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t n = sizeof a;
-  getsockname(s, reinterpret_cast<sockaddr*>(&a), &n);
-  close(s);
-  return ntohs(a.sin_port);
-}
-
-struct RankResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-// Starts `n` processes of `spkv dist check ARGS` with torchrun's variables, all at once; `kill_rank` >= 0 is
-// killed (SIGKILL) `kill_after` seconds after the start. Every process runs under `timeout 120`.
-std::vector<RankResult> launch(int n, const std::string& args, int kill_rank = -1, int kill_after = 0) {
-  test::TempDir tmp;
-  const int port = free_port();
-  std::string script;
-  for (int r = 0; r < n; ++r)
-    script += "(RANK=" + std::to_string(r) + " WORLD_SIZE=" + std::to_string(n) + " LOCAL_RANK=" + std::to_string(r) +
-              " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " exec timeout 120 " + SPKV_BIN +
-              " --threads 1 dist check " + args + " >" + (tmp / ("o" + std::to_string(r))) + " 2>" +
-              (tmp / ("e" + std::to_string(r))) + ") & p" + std::to_string(r) + "=$!\n";
-  if (kill_rank >= 0)  // the spkv process itself, timeout's child
-    script += "sleep " + std::to_string(kill_after) + "; kill -9 $(pgrep -P $p" + std::to_string(kill_rank) + ")\n";
-  for (int r = 0; r < n; ++r)
-    script += "wait $p" + std::to_string(r) + "; echo $? >" + (tmp / ("c" + std::to_string(r))) + "\n";
-  test::write_file(tmp / "launch.sh", script);
-  std::system(("bash " + (tmp / "launch.sh")).c_str());
-  std::vector<RankResult> out(n);
-  for (int r = 0; r < n; ++r) {
-    out[r].exit_code = std::atoi(test::read_file(tmp / ("c" + std::to_string(r))).c_str());
-    out[r].out = test::read_file(tmp / ("o" + std::to_string(r)));
-    out[r].err = test::read_file(tmp / ("e" + std::to_string(r)));
-  }
-  return out;
-}
-
 TEST(Dist, TwoRanksFormAGroupAndTheirCollectivesAgree) {
-  const auto rs = launch(2, "--timeout 30");
+  const auto rs = test::launch(2, "dist check --timeout 30");
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(rs[r].exit_code, 0) << "rank " << r << ": " << rs[r].err;
     EXPECT_NE(rs[r].out.find("rank " + std::to_string(r) + " of 2 (local rank " + std::to_string(r) + ", torchrun"),
@@ -142,7 +97,7 @@ TEST(Dist, TwoRanksFormAGroupAndTheirCollectivesAgree) {
 
 TEST(Dist, AKilledRankMakesTheOthersFailWithinTheTimeoutNamingIt) {
   const auto t0 = std::chrono::steady_clock::now();
-  const auto rs = launch(3, "--timeout 20 --hold 6", /*kill_rank=*/2, /*kill_after=*/3);
+  const auto rs = test::launch(3, "dist check --timeout 20 --hold 6", /*kill_rank=*/2, /*kill_after=*/3);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(rs[2].exit_code, 137);  // timeout passes on 128 + SIGKILL
   for (int r = 0; r < 2; ++r) {

@@ -19,6 +19,7 @@
 #include "core/model/checkpoint.h"
 #include "core/model/safetensors.h"
 #include "core/train/trainer.h"
+#include "tests/core/launch.h"
 #include "tests/test_util.h"
 
 namespace spkv {
@@ -276,6 +277,76 @@ TEST(Trainer, ResumeReproducesTheUninterruptedRunExactly) {
   }
   EXPECT_FALSE(std::filesystem::exists(dir / "a/checkpoints/step-0000004"));  // only the last two are kept
   EXPECT_EQ(load_hf_config(dir / "a/model/config.json").spkv.mode, GateMode::hard);
+}
+
+// Data-parallel training (docs/distributed.md): two processes, each taking half of every micro-batch, train
+// what one process trains with the same recipe (the density knob on, through the soft and annealed phases):
+// the same loss and density at every step and the same weights, to float rounding (the halves' gradients are
+// summed in another order). A run stopped at two ranks resumes in one process; a batch that does not divide
+// among the ranks is refused.
+TEST(Trainer, TwoRanksTrainWhatOneProcessTrainsAndResumeAtAnotherWorldSize) {
+  test::TempDir dir;
+  write_token_file(dir / "train.tok", markov_docs(200, 64, 4), 64);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  json recipe = tiny_recipe(dir.path.string());
+  recipe["schedule"]["steps"] = 20;
+  recipe["schedule"]["warmup"] = 3;
+  recipe["eval"]["every"] = 10;
+  recipe["optim"]["density_lambda"] = -3.0;  // as DensityKnobMovesTheGates: the gates close within the soft phase
+  recipe["optim"]["predictor_lr_mult"] = 30.0;
+  recipe["spkv"]["init_bias"] = 0.3;
+  test::write_file(dir / "recipe.json", recipe.dump());
+  const std::string train = "train --recipe " + test::quote(dir / "recipe.json") + " --out ";
+  const auto one = test::run_spkv("--threads 1 " + train + test::quote(dir / "one"));
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  const auto two = test::launch(2, train + test::quote(dir / "two"));
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(two[r].exit_code, 0) << "rank " << r << ": " << two[r].err;
+  EXPECT_NE(two[0].out.find("trained 20 steps"), std::string::npos) << two[0].out;
+  EXPECT_TRUE(two[1].out.empty()) << "rank 0 reports: " << two[1].out;
+
+  auto la = read_log(dir / "one/train_log.jsonl", "step"), lb = read_log(dir / "two/train_log.jsonl", "step");
+  ASSERT_EQ(la.size(), 20u);
+  ASSERT_EQ(lb.size(), 20u);
+  for (size_t i = 0; i < la.size(); ++i) {
+    EXPECT_NEAR(lb[i]["loss"].get<double>(), la[i]["loss"].get<double>(), 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(lb[i]["density"].get<double>(), la[i]["density"].get<double>(), 1e-6) << "step " << i + 1;
+    EXPECT_NEAR(lb[i]["grad_norm"].get<double>(), la[i]["grad_norm"].get<double>(), 1e-4 * la[i]["grad_norm"].get<double>());
+    EXPECT_EQ(lb[i]["tokens"], la[i]["tokens"]);
+    EXPECT_EQ(lb[i]["mode"], la[i]["mode"]);
+  }
+  EXPECT_EQ(la[17]["mode"], "annealed");
+  EXPECT_LT(la.back()["density"].get<double>(), 0.9) << "the knob closed gates, so the density term was in play";
+  auto ea = read_log(dir / "one/train_log.jsonl", "eval"), eb = read_log(dir / "two/train_log.jsonl", "eval");
+  ASSERT_EQ(eb.size(), 2u);
+  EXPECT_NEAR(eb.back()["val_nll"].get<double>(), ea.back()["val_nll"].get<double>(), 1e-5);
+
+  auto max_diff = [&](const std::string& a, const std::string& b) {
+    SafetensorsFile fa(a), fb(b);
+    EXPECT_EQ(fa.tensors().size(), fb.tensors().size());
+    double worst = 0;
+    for (auto& [name, t] : fa.tensors()) {
+      const auto* x = static_cast<const float*>(t.data);
+      const auto* y = static_cast<const float*>(fb.get(name).data);
+      for (int64_t k = 0; k < t.numel(); ++k) worst = std::max(worst, double(std::abs(x[k] - y[k])));
+    }
+    return worst;
+  };
+  EXPECT_LT(max_diff(dir / "one/model/model.safetensors", dir / "two/model/model.safetensors"), 1e-4);
+  // Another world size would train other weights if the data order depended on it: a 2-rank run stopped at
+  // step 10 and resumed in one process ends where one process ends.
+  const auto half = test::launch(2, train + test::quote(dir / "mixed") + " --stop-after 10");
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(half[r].exit_code, 0) << "rank " << r << ": " << half[r].err;
+  const auto rest = test::run_spkv("--threads 1 " + train + test::quote(dir / "mixed") + " --resume");
+  ASSERT_EQ(rest.exit_code, 0) << rest.err;
+  EXPECT_LT(max_diff(dir / "one/model/model.safetensors", dir / "mixed/model/model.safetensors"), 1e-4);
+  EXPECT_GT(max_diff(dir / "one/model/model.safetensors", dir / "one/checkpoints/step-0000010/model.safetensors"), 1e-3)
+      << "the last ten steps move the weights by more than the tolerance, or the comparisons above prove little";
+
+  const auto three = test::launch(3, train + test::quote(dir / "three"));
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(three[r].exit_code, 1);
+    EXPECT_NE(three[r].err.find("data.batch_size 4 does not divide among 3 ranks"), std::string::npos) << three[r].err;
+  }
 }
 
 // The density knob (optim.density_lambda, the method's L_aux = -lambda * mean(u)): with the same data and
