@@ -44,6 +44,17 @@ void KvCache::store_row(int64_t b, int64_t il, int64_t hk, const float* k, const
   ++st.len;
 }
 
+void KvCache::store_remove(int64_t b, int64_t il, int64_t hk, int64_t i) {
+  Store& st = stores_[head(b, il, hk)];
+  const int64_t P = shape_.page_size, D = shape_.head_dim, last = st.len - 1;
+  if (i != last) {
+    const int32_t from = st.pages[size_t(last / P)], to = st.pages[size_t(i / P)];
+    std::copy_n(page_k_[from] + (last % P) * D, D, page_k_[to] + (i % P) * D);
+    std::copy_n(page_v_[from] + (last % P) * D, D, page_v_[to] + (i % P) * D);
+  }
+  if (--st.len % P == 0) free_pages_.push_back(st.pages.back()), st.pages.pop_back();
+}
+
 kernels::CacheView KvCache::view(int64_t il) {
   const int64_t B = shape_.n_seq, Hkv = shape_.n_kv_heads, D = shape_.head_dim;
   csr_indptr_.assign(1, 0), csr_pages_.clear(), csr_len_.clear();
@@ -114,6 +125,67 @@ void SpkvKvCache::append(int64_t b, int64_t il, const float* k, const float* v, 
   ring_pos_[(il * B + b) * W_ + slot] = pos;
   ring_len_[il * B + b] = int32_t(std::min(pos + 1, W_));
   ++pos;
+}
+
+BudgetedKvCache::BudgetedKvCache(const KvCacheShape& s, int64_t window, const CacheBudget& budget, const PolicySpec& policy)
+    : KvCache(s, window), budget_(budget), policy_(policy) {
+  if (window < 1) throw ConfigError("budgeted cache: window " + std::to_string(window) + " must be at least 1");
+  const size_t heads = size_t(s.n_layers * s.n_seq * s.n_kv_heads);
+  row_pos_.resize(heads), row_score_.resize(heads), evicted_.resize(heads);
+}
+
+void BudgetedKvCache::append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t*) {
+  const int64_t B = shape_.n_seq, Hkv = shape_.n_kv_heads, D = shape_.head_dim;
+  int64_t& pos = seen_[il * B + b];
+  const int64_t slot = pos % W_;
+  for (int64_t hk = 0; hk < Hkv; ++hk) {
+    const int64_t row = ((il * B + b) * Hkv + hk) * W_ + slot;
+    if (pos >= W_) {  // the token at pos - W leaves the ring, into the store
+      const float* leaving = &ring_k_[row * D];
+      store_row(b, il, hk, leaving, &ring_v_[row * D]);
+      row_pos_[head(b, il, hk)].push_back(pos - W_);
+      row_score_[head(b, il, hk)].push_back(policy_.entry_score(il, hk, pos - W_, leaving, D));
+    }
+    std::copy_n(k + hk * D, D, &ring_k_[row * D]);
+    std::copy_n(v + hk * D, D, &ring_v_[row * D]);
+    ring_keep_[row] = 1;
+  }
+  ring_pos_[(il * B + b) * W_ + slot] = pos;
+  ring_len_[il * B + b] = int32_t(std::min(pos + 1, W_));
+  ++pos;
+  for (int64_t hk = 0; hk < Hkv; ++hk) {  // down to the budget, lowest score first
+    const size_t h = head(b, il, hk);
+    auto& ps = row_pos_[h];
+    auto& sc = row_score_[h];
+    const int64_t limit = budget_.rows(pos, il, hk, W_);
+    while (entries(b, il, hk) > limit && !ps.empty()) {
+      size_t victim = 0;
+      for (size_t i = 1; i < ps.size(); ++i)
+        if (sc[i] < sc[victim] || (sc[i] == sc[victim] && ps[i] < ps[victim])) victim = i;
+      evicted_[h].push_back({ps[victim], pos - 1});
+      store_remove(b, il, hk, int64_t(victim));
+      ps[victim] = ps.back(), sc[victim] = sc.back();
+      ps.pop_back(), sc.pop_back();
+    }
+  }
+}
+
+std::vector<int64_t> BudgetedKvCache::positions(int64_t b, int64_t il, int64_t hk) const {
+  const int64_t B = shape_.n_seq, n = ring_len_[il * B + b];
+  std::vector<int64_t> out;
+  for (int64_t s = 0; s < n; ++s) out.push_back(ring_pos_[(il * B + b) * W_ + s]);
+  const auto& ps = row_pos_[head(b, il, hk)];
+  out.insert(out.end(), ps.begin(), ps.end());
+  return out;
+}
+
+void BudgetedKvCache::clear(int64_t b) {
+  KvCache::clear(b);
+  for (int64_t il = 0; il < shape_.n_layers; ++il)
+    for (int64_t hk = 0; hk < shape_.n_kv_heads; ++hk) {
+      const size_t h = head(b, il, hk);
+      row_pos_[h].clear(), row_score_[h].clear(), evicted_[h].clear();
+    }
 }
 
 DenseKvCache::DenseKvCache(const KvCacheShape& s) : KvCache(s, 0) {}

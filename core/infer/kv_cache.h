@@ -1,13 +1,14 @@
 // The KV cache, separate from the model. SpkvKvCache is the compacted per-head SP-KV cache: for each
 // (sequence, layer, KV head) a ring of the last W tokens plus an append-only long-term store that a token
 // enters, when it leaves the ring, only if its gate is open. DenseKvCache keeps every token (the
-// full-attention baseline). Both store K/V rows in pages from one pool and hand the kernels a
+// full-attention baseline); BudgetedKvCache keeps what a budgeted eviction policy leaves (cache_policy.h). Both store K/V rows in pages from one pool and hand the kernels a
 // kernels::CacheView. Torch-free: rows in as raw floats. Not the attention itself (kernels/) nor the model.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "core/infer/cache_policy.h"
 #include "kernels/decode_params.h"
 
 namespace spkv {
@@ -26,7 +27,7 @@ class KvCache {
   // The kernels' view of layer il. Valid until the next append or clear.
   kernels::CacheView view(int64_t il);
   // Forgets sequence b in every layer; its pages go back to the pool (still allocated, and counted).
-  void clear(int64_t b);
+  virtual void clear(int64_t b);
 
   const KvCacheShape& shape() const { return shape_; }
   int64_t window() const { return W_; }
@@ -40,6 +41,8 @@ class KvCache {
  protected:
   KvCache(const KvCacheShape& s, int64_t W);
   void store_row(int64_t b, int64_t il, int64_t hk, const float* k, const float* v);  // onto the store
+  // Removes row i of the store: the last row moves into its place (the kernels do not depend on the order).
+  void store_remove(int64_t b, int64_t il, int64_t hk, int64_t i);
   size_t head(int64_t b, int64_t il, int64_t hk) const { return (il * shape_.n_seq + b) * shape_.n_kv_heads + hk; }
 
   KvCacheShape shape_;
@@ -69,6 +72,30 @@ class SpkvKvCache : public KvCache {
  public:
   SpkvKvCache(const KvCacheShape& s, int64_t window);  // window W >= 1
   void append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t* keep) override;
+};
+
+// Budgeted baselines (cache_policy.h): every token that leaves the window enters the store, and after each
+// append a head over its budget evicts the store row of lowest policy score (ties: the earliest position)
+// until it is not. The window is always kept. Records when each evicted position left.
+class BudgetedKvCache : public KvCache {
+ public:
+  BudgetedKvCache(const KvCacheShape& s, int64_t window, const CacheBudget& budget, const PolicySpec& policy);
+  void append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t* keep) override;  // keep ignored
+  void set_budget(const CacheBudget& budget) { budget_ = budget; }  // e.g. the next document's matched schedule
+  // The positions head (b, il, hk) holds: the window's, then the store's (in store order).
+  std::vector<int64_t> positions(int64_t b, int64_t il, int64_t hk) const;
+  struct Eviction {
+    int64_t pos, at;  // the position evicted, and the position whose append evicted it
+  };
+  const std::vector<Eviction>& evictions(int64_t b, int64_t il, int64_t hk) const { return evicted_[head(b, il, hk)]; }
+  void clear(int64_t b) override;  // also the sequence's positions, scores and evictions
+
+ private:
+  CacheBudget budget_;
+  PolicySpec policy_;
+  std::vector<std::vector<int64_t>> row_pos_;   // per head: the position of each store row
+  std::vector<std::vector<double>> row_score_;  // per head: its policy score
+  std::vector<std::vector<Eviction>> evicted_;  // per head
 };
 
 class DenseKvCache : public KvCache {

@@ -3,6 +3,7 @@
 // memory accounting counts the pages actually allocated; cleared pages are reused.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -189,6 +190,114 @@ TEST(KvCache, FusedAppendReferenceKeepsWhatTheCacheKeeps) {
   EXPECT_EQ(tight.overflow[0], 1);
   EXPECT_EQ(tight.store_len[0], 2 * P);
   EXPECT_EQ(tight.free_next[0], 2);  // pages are taken only while the head's table has room
+}
+
+// Budgeted baselines (cache_policy.h) against a brute-force simulation written from the policies'
+// definitions: after every token each head holds exactly the positions the simulation holds, as many rows as
+// its budget allows (never more), the store rows the kernels see are those positions, and every eviction is
+// recorded once. Keys are random (K-norm must rank them); V rows encode the position. Odd sizes; budgets:
+// fixed slots (at and above the window), densities, and the entries of a real SP-KV run, per head and
+// uniform.
+TEST(KvCache, BudgetedPoliciesKeepWhatABruteForceSimulationKeeps) {
+  const int64_t L = 2, Hkv = 3, D = 5, W = 4, LH = L * Hkv, N = 29;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::bernoulli_distribution open(0.4);
+  // The keys, and the SP-KV run whose entries the matched budgets copy.
+  std::vector<float> keys(N * LH * D);
+  for (auto& x : keys) x = normal(rng);
+  std::vector<int32_t> spkv_entries(N * LH);
+  {
+    SpkvKvCache spkv({1, L, Hkv, D, 3}, W);
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t il = 0; il < L; ++il) {
+        std::vector<uint8_t> z(Hkv);
+        for (auto& g : z) g = open(rng);
+        spkv.append(0, il, &keys[(t * L + il) * Hkv * D], rows(t, il, Hkv, D, 1.f).data(), z.data());
+        for (int64_t hk = 0; hk < Hkv; ++hk) spkv_entries[(t * L + il) * Hkv + hk] = int32_t(spkv.entries(0, il, hk));
+      }
+  }
+  std::vector<std::pair<std::string, CacheBudget>> budgets = {
+      {"slots:7", parse_budget("slots:7")}, {"slots:4", parse_budget("slots:4")},
+      {"density:0.3", parse_budget("density:0.3")}, {"density:0", parse_budget("density:0")}};
+  for (bool uniform : {false, true}) {
+    CacheBudget m;
+    m.kind = CacheBudget::Kind::matched, m.matched = spkv_entries, m.n_layers = L, m.n_kv_heads = Hkv, m.uniform = uniform;
+    budgets.emplace_back(uniform ? "matched uniform" : "matched", m);
+  }
+  // The budget, written out: rows after n tokens, never below the window.
+  auto limit = [&](const std::string& name, int64_t n, int64_t il, int64_t hk) -> int64_t {
+    int64_t r = 0;
+    if (name == "slots:7") r = 7;
+    if (name == "slots:4") r = 4;
+    if (name == "density:0.3") r = n <= W ? n : W + int64_t(0.3 * double(n - W));
+    if (name == "density:0") r = std::min(n, W);
+    if (name == "matched") r = spkv_entries[(n - 1) * LH + il * Hkv + hk];
+    if (name == "matched uniform") {
+      int64_t total = 0;
+      for (int64_t i = 0; i < LH; ++i) total += spkv_entries[(n - 1) * LH + i];
+      r = total / LH + (il * Hkv + hk < total % LH ? 1 : 0);
+    }
+    return std::max(r, std::min(n, W));
+  };
+  for (const std::string policy : {"streaming:2", "knorm", "random:7"})
+    for (const auto& [name, budget] : budgets) {
+      const PolicySpec spec = parse_policy(policy);
+      BudgetedKvCache cache({1, L, Hkv, D, 3}, W, budget, spec);
+      std::vector<std::vector<int64_t>> held(LH);  // the simulation: positions per head
+      std::vector<int64_t> evictions(LH, 0);
+      for (int64_t t = 0; t < N; ++t)
+        for (int64_t il = 0; il < L; ++il) {
+          cache.append(0, il, &keys[(t * L + il) * Hkv * D], rows(t, il, Hkv, D, 1.f).data(), nullptr);
+          for (int64_t hk = 0; hk < Hkv; ++hk) {
+            auto& h = held[il * Hkv + hk];
+            h.push_back(t);
+            const int64_t n = t + 1, lim = limit(name, n, il, hk);
+            while (int64_t(h.size()) > lim) {  // the victim by the policy's definition, among out-of-window positions
+              int64_t victim = -1;
+              double worst = 0;
+              for (int64_t p : h) {
+                if (p > t - W) continue;
+                const float* k = &keys[(p * L + il) * Hkv * D + hk * D];
+                double score = 0;
+                if (policy == "knorm") {
+                  for (int64_t d = 0; d < D; ++d) score -= double(k[d]) * double(k[d]);  // -|k|^2: same order as -|k|
+                } else if (policy == "streaming:2") {
+                  score = double(p) + (p < 2 ? 1e9 : 0);
+                } else {
+                  score = spec.entry_score(il, hk, p, k, D);  // the draw is the policy's definition
+                }
+                if (victim < 0 || score < worst) victim = p, worst = score;  // ties: the earlier position (scan order)
+              }
+              ASSERT_GE(victim, 0);
+              h.erase(std::find(h.begin(), h.end(), victim));
+              ++evictions[il * Hkv + hk];
+            }
+            auto got = cache.positions(0, il, hk);
+            std::sort(got.begin(), got.end());
+            EXPECT_EQ(got, h) << policy << ", " << name << ", token " << t << ", head (" << il << ", " << hk << ")";
+            EXPECT_EQ(cache.entries(0, il, hk), std::min(n, lim)) << policy << ", " << name;
+            if (name == "matched") EXPECT_EQ(cache.entries(0, il, hk), spkv_entries[t * LH + il * Hkv + hk]);
+            EXPECT_EQ(int64_t(cache.evictions(0, il, hk).size()), evictions[il * Hkv + hk]);
+          }
+        }
+      // The kernels' view holds the store's positions (V rows encode them; rows() writes -V here as +V).
+      for (int64_t il = 0; il < L; ++il) {
+        const auto v = cache.view(il);
+        for (int64_t hk = 0; hk < Hkv; ++hk) {
+          std::vector<int64_t> store;
+          for (int64_t j = 0; j < v.store_len[hk]; ++j) {
+            const int32_t page = v.store_pages[v.store_indptr[hk] + j / v.page_size];
+            store.push_back(int64_t(v.page_v[page][(j % v.page_size) * v.D] - il * 100 - hk * 10) / 1000);
+          }
+          auto all = cache.positions(0, il, hk);
+          EXPECT_EQ(store, std::vector<int64_t>(all.begin() + std::min<int64_t>(N, W), all.end())) << policy << ", " << name;
+        }
+      }
+    }
+  EXPECT_THROW(parse_policy("h2o:x"), ConfigError);
+  EXPECT_THROW(parse_budget("density:1.5"), ConfigError);
+  EXPECT_THROW(parse_budget("slots:-1"), ConfigError);
 }
 
 }  // namespace
