@@ -586,7 +586,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
           for (int64_t i = 0; i < d.counts.numel(); ++i) v.push_back(d.counts[i].item<double>());
         o.group->allreduce_sum(v);
         count = torch::tensor(int64_t(v[0]), l.count.options());
-        if (with_knob) keys = torch::tensor(std::vector<double>(v.begin() + 1, v.end()), d.counts.options().dtype(torch::kFloat64)).to(d.counts.dtype());
+        if (with_knob) keys = torch::tensor(std::vector<double>(v.begin() + 1, v.end())).to(d.counts.dtype());
       }
       auto loss = l.nll_sum / count.clamp_min(1);
       auto objective = with_knob ? loss + density_term(d, keys, r.density_lambda) : loss;  // summed over the ranks: the whole batch's
