@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -29,6 +28,7 @@
 #include "core/model/checkpoint.h"
 #include "core/text/documents.h"
 #include "core/text/tokenizer.h"
+#include "tools/cli.h"
 #include "tools/shards.h"
 
 namespace spkv {
@@ -129,13 +129,12 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   const ShardChoice shard = choose_shard(o, launch);
   const bool sharded = shard.count > 1;
   const std::string log_path = sharded ? shard_log_path(o.out, shard.index, shard.count) : o.out;
-  auto complete = [](const std::string& f) { return std::filesystem::exists(f) && !std::filesystem::exists(GateLogWriter::partial_path(f)); };
-  if (o.resume && complete(o.out)) {
+  if (o.resume && log_complete(o.out)) {
     fmt::print(stderr, "{} is already complete: nothing to resume\n", o.out);
     return true;
   }
-  std::unique_ptr<dist::Group> group;  // formed first: a rank that cannot join fails every rank early
-  if (shard.distributed) group = std::make_unique<dist::Group>(launch, std::chrono::milliseconds(int64_t(o.dist_timeout * 1000)));
+  // Formed first: a rank that cannot join fails every rank early.
+  const std::unique_ptr<dist::Group> group = shard.distributed ? cli::join_launch(o.launch, o.dist_timeout) : nullptr;
   Checkpoint ck = load_checkpoint(o.model);
   LlamaForCausalLM model(ck.config);
   model->load(ck);
@@ -206,7 +205,7 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   }
   const size_t first = size_t(mine.first_document), end = first + size_t(mine.documents);
 
-  const bool finished = o.resume && complete(log_path);  // a shard finished before the launch was interrupted
+  const bool finished = o.resume && log_complete(log_path);  // a shard finished before the launch was interrupted
   if (finished) fmt::print(stderr, "{} is already complete\n", log_path);
   if (!finished) {
     GateLogWriter log(log_path, h, o.resume, o.flush_seconds);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/base/errors.h"
+#include "core/base/json_field.h"
 #include "core/base/json_text.h"
 #include "core/gatelog/writer.h"
 #include "core/model/safetensors.h"
@@ -40,11 +41,7 @@ json read_json(const std::string& path) {
 template <class T>
 T field(const json& j, const char* name, const std::string& path) {
   if (!j.contains(name)) throw FileError(path, std::string("missing field '") + name + "'");
-  try {
-    return j.at(name).get<T>();
-  } catch (const json::exception&) {
-    throw FileError(path, std::string("field '") + name + "' has the wrong type: " + j.at(name).dump());
-  }
+  return json_field<T>(j.at(name), name, path);
 }
 }  // namespace
 
@@ -53,6 +50,7 @@ std::string shard_log_path(const std::string& out, int64_t index, int64_t count)
 }
 std::string manifest_path(const std::string& out) { return without_h5(out) + ".manifest.json"; }
 std::string progress_path(const std::string& shard_log) { return shard_log + ".progress.json"; }
+bool log_complete(const std::string& log) { return fs::exists(log) && !fs::exists(GateLogWriter::partial_path(log)); }
 
 void write_manifest(const std::string& path, const Manifest& m) {
   json j{{"out", m.out}, {"created", m.created}, {"checkpoint_sha256", m.checkpoint_sha256},
@@ -120,7 +118,7 @@ void print_run_status(const std::string& out) {
   const Manifest m = read_manifest(mpath);
   fmt::print("{}: {} shards, {} documents, {} tokens (manifest {}, {})\n", out, m.shard_count, m.documents, m.tokens, mpath, m.created);
   fmt::print("{:>5}  {:>21}  {:>25}  {:<8}  {:>10}  {}\n", "shard", "documents", "tokens", "state", "tok/s", "updated");
-  const bool merged = fs::exists(out) && !fs::exists(GateLogWriter::partial_path(out));
+  const bool merged = log_complete(out);
   int64_t docs = 0, toks = 0, eta_s = 0;
   double rate = 0;
   bool eta_known = true;
@@ -134,8 +132,7 @@ void print_run_status(const std::string& out) {
       state = field<std::string>(p, "state", progress_path(s.file)), updated = field<std::string>(p, "updated", progress_path(s.file));
       r = field<double>(p, "tokens_per_second", progress_path(s.file));
     }
-    const bool log_done = fs::exists(s.file) && !fs::exists(GateLogWriter::partial_path(s.file));
-    if (log_done || merged) d = s.documents, t = s.tokens, state = "done";
+    if (log_complete(s.file) || merged) d = s.documents, t = s.tokens, state = "done";
     if (state == "running") rate += r;
     if (t < s.tokens) {  // the run ends with its slowest shard
       if (state == "running" && r > 0) eta_s = std::max(eta_s, int64_t(double(s.tokens - t) / r));

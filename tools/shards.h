@@ -14,6 +14,7 @@ namespace spkv {
 std::string shard_log_path(const std::string& out, int64_t index, int64_t count);
 std::string manifest_path(const std::string& out);
 std::string progress_path(const std::string& shard_log);  // SHARD.progress.json
+bool log_complete(const std::string& log);  // LOG exists and no LOG.partial: its run finished
 
 struct ShardEntry {
   int64_t index = 0, first_document = 0, documents = 0, tokens = 0;
