@@ -42,6 +42,12 @@ struct DecodeParamsT {
   int64_t H = 0;
   float scale = 0.0f;
   CacheViewT<Row> cache;
+  // Optional (the CPU kernels; the budgeted eviction policies read it): the attention weights, (n_seq, H,
+  // weights_stride). Row (b, h) holds the ring slots [0, ring_len[b]) then the store rows [0, store_len[i])
+  // of its KV head, in order; the entries past them are not written. A head with more entries than the
+  // stride is Status::invalid_argument.
+  float* weights = nullptr;
+  int64_t weights_stride = 0;
 };
 
 using CacheView = CacheViewT<float>;
@@ -52,7 +58,21 @@ template <class Row>
 bool valid(const DecodeParamsT<Row>& p) {
   const CacheViewT<Row>& c = p.cache;
   return p.q && p.y && c.Hkv > 0 && p.H % c.Hkv == 0 && c.D > 0 && (c.W <= 0 || (c.ring_len && c.ring_k && c.ring_v)) &&
-         c.store_indptr && c.store_len;
+         c.store_indptr && c.store_len && (!p.weights || p.weights_stride > 0);
+}
+
+// The entries of head i = b * Hkv + hk: its ring slots and store rows (the length of its weights row).
+template <class Row>
+int64_t head_entries(const CacheViewT<Row>& c, int64_t i) {
+  return (c.W > 0 ? c.ring_len[i / c.Hkv] : 0) + c.store_len[i];
+}
+
+// Every head's entries fit the weights' stride (or no weights are asked for).
+template <class Row>
+bool weights_fit(const DecodeParamsT<Row>& p) {
+  for (int64_t i = 0; p.weights && i < p.cache.n_seq * p.cache.Hkv; ++i)
+    if (head_entries(p.cache, i) > p.weights_stride) return false;
+  return true;
 }
 
 }  // namespace spkv::kernels

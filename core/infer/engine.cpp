@@ -103,7 +103,14 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
     check_layout(c, o.layout, "engine");
     if (o.dense) throw ConfigError("engine: a layout and dense attention exclude each other");
   }
-  gated_ = !o.layout.empty() || (c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense);
+  if (o.baseline) {
+    if (!device_.is_cpu()) throw ConfigError("engine: the eviction baselines run on the CPU, but the model is on " + device_.str());
+    if (!o.layout.empty() || o.dense) throw ConfigError("engine: an eviction baseline excludes a layout and --dense");
+    if (o.baseline->window <= 0 && !c.spkv.enabled)
+      throw ConfigError("engine: an eviction baseline on a model without SP-KV needs its window (the keys always kept)");
+    opt_.chunk = 1;
+  }
+  gated_ = !o.baseline && (!o.layout.empty() || (c.spkv.enabled && model_->gates.mode != GateMode::dense && !o.dense));
   // The ring's window; 0: the dense cache, which keeps every token.
   int64_t W = 0;
   if (!o.layout.empty()) {
@@ -116,7 +123,11 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
   }
   // A window at least the context long keeps every token; the ring needs no more rows than positions exist.
   W = std::min(W, c.max_seq_len);
-  if (device_.is_cpu()) {
+  if (o.baseline) {
+    const int64_t bw = std::min(o.baseline->window > 0 ? o.baseline->window : c.spkv.window, c.max_seq_len);
+    auto bc = std::make_unique<BudgetedKvCache>(s, bw, o.baseline->budget, o.baseline->policy);
+    baseline_ = bc.get(), cache_ = std::move(bc);
+  } else if (device_.is_cpu()) {
     cache_ = W > 0 ? std::unique_ptr<KvCache>(std::make_unique<SpkvKvCache>(s, W)) : std::make_unique<DenseKvCache>(s);
   } else {
 #ifdef SPKV_TORCH_CUDA
@@ -239,8 +250,7 @@ EngineStep Engine::decode_fused(const torch::Tensor& tokens) {
       }
       cache_->append(b, il, buf.k, buf.v, f.keep.data() + b * Hkv);
     }
-    p.cache = cache_->view(il);
-    check(kernels::cpu::decode_attention(p), "decode attention");
+    decode_attention(il, p);
     for (int64_t b = 0; b < B; ++b) kernels::cpu::decode_out(f.dims, f.layers[size_t(il)], f.x.data() + b * C, f.buffers(b));
   }
   for (int64_t b = 0; b < B; ++b)
@@ -290,8 +300,7 @@ torch::Tensor Engine::attend_cached(int64_t il, const torch::Tensor& q, const to
     append_all();
     kernels::DecodeParams p;
     p.q = qc.data_ptr<float>(), p.y = y.data_ptr<float>(), p.H = H, p.scale = scale;
-    p.cache = cache_->view(il);
-    check(kernels::cpu::decode_attention(p), "decode attention");
+    decode_attention(il, p);
     return y;
   }
   // Prefill: per sequence, keys = [store (padded to the longest head) | ring slots | the chunk].
@@ -342,8 +351,30 @@ torch::Tensor Engine::attend_cached(int64_t il, const torch::Tensor& q, const to
   return y;
 }
 
+void Engine::decode_attention(int64_t il, kernels::DecodeParams& p) {
+  p.cache = cache_->view(il);
+  if (baseline_ && baseline_->wants_attention()) {
+    int64_t stride = 1;
+    for (int64_t i = 0; i < p.cache.n_seq * p.cache.Hkv; ++i) stride = std::max(stride, kernels::head_entries(p.cache, i));
+    weights_.resize(size_t(p.cache.n_seq * p.H * stride));
+    p.weights = weights_.data(), p.weights_stride = stride;
+  }
+  check(kernels::cpu::decode_attention(p), "decode attention");
+  if (p.weights) baseline_->observe(il, p.weights, p.weights_stride, p.H);
+}
+
 ScoredDocument score_document(Engine& engine, const std::vector<int32_t>& tokens) {
   if (tokens.size() < 2) throw InputError("score: a document needs at least 2 tokens, got " + std::to_string(tokens.size()));
+  BudgetedKvCache* bc = engine.baseline_cache();
+  if (bc && bc->policy().kind == PolicyKind::oracle) {  // the first pass: full attention, recorded
+    const CacheBudget budget = bc->budget();
+    bc->set_budget(parse_budget("slots:" + std::to_string(tokens.size())));
+    bc->record_attention(int64_t(tokens.size()));
+    engine.clear();
+    engine.forward(torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0));
+    bc->set_future(bc->recorded());
+    bc->set_budget(budget);
+  }
   engine.clear();
   auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0);  // (1, T)
   EngineStep step = engine.forward(ids);
@@ -352,6 +383,9 @@ ScoredDocument score_document(Engine& engine, const std::vector<int32_t>& tokens
   auto nll = -logp.narrow(0, 0, T - 1).gather(1, ids[0].narrow(0, 1, T - 1).unsqueeze(1)).squeeze(1);     // (T-1)
   ScoredDocument out;
   out.nll.assign(nll.data_ptr<double>(), nll.data_ptr<double>() + T - 1);
+  auto best = step.logits[0].narrow(0, 0, T - 1).argmax(-1).to(torch::kInt32).contiguous();  // (T-1)
+  out.argmax.assign(best.data_ptr<int32_t>(), best.data_ptr<int32_t>() + T - 1);
+  if (bc) out.baseline_held = bc->held_total(0);
   if (step.utility.defined()) out.utility = step.utility[0], out.keep = step.keep[0];
   return out;
 }

@@ -5,6 +5,7 @@
 // training path: the trainer uses the model's masked backend.
 #pragma once
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "core/infer/kv_cache.h"
@@ -14,6 +15,14 @@ namespace spkv {
 namespace cuda_ops {
 class DeviceKvCache;  // kernels/torch/device_kv_cache.h
 }
+
+// An eviction baseline instead of the gates (cache_policy.h): every head attends over what a budgeted policy
+// leaves, with the last `window` keys always kept (0: the model's SP-KV window).
+struct BaselineOptions {
+  PolicySpec policy;
+  CacheBudget budget;
+  int64_t window = 0;
+};
 
 struct EngineOptions {
   int64_t n_seq = 1;       // B: sequences fed in lockstep
@@ -29,6 +38,10 @@ struct EngineOptions {
   // model's LibTorch layers: the same math without operator dispatch or allocation. false: the layers (the
   // baseline that `spkv bench decode` and the tests compare it with). Ignored unless the model is float32.
   bool fused_decode = true;
+  // A budgeted eviction baseline (CPU only). Tokens then go one at a time (chunk 1), so that every query
+  // attends over exactly what the policy holds after its token, and the attention-scored policies see each
+  // query's weights. A model's gates, if any, still run and are reported.
+  std::optional<BaselineOptions> baseline;
 };
 
 // The result of feeding T new tokens to every sequence.
@@ -57,6 +70,7 @@ class Engine : private AttentionBackend {
   int64_t position() const { return pos_; }  // tokens fed to each sequence so far
   bool gated() const { return gated_; }       // decisions evict (SpkvKvCache) rather than being only logged
   const KvCache& cache() const;  // the CPU cache (throws on a CUDA device)
+  BudgetedKvCache* baseline_cache() { return baseline_; }  // the baseline's cache, or null
   int64_t cache_entries() const;   // K/V rows held, summed over every (sequence, layer, KV head)
   int64_t cache_bytes() const;     // K/V bytes allocated (CPU) or handed out (CUDA)
   LlamaForCausalLM& model() { return model_; }
@@ -73,6 +87,9 @@ class Engine : private AttentionBackend {
   // Attends over the cache plus these tokens, then appends them. -> (B, H, T, D)
   torch::Tensor attend_cached(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const torch::Tensor& keep);
+  // The decode kernel over layer il of the CPU cache (p.q, p.y, p.H, p.scale set); a baseline that scores by
+  // attention is handed the weights.
+  void decode_attention(int64_t il, kernels::DecodeParams& p);
 
   LlamaForCausalLM model_;
   EngineOptions opt_;
@@ -80,6 +97,8 @@ class Engine : private AttentionBackend {
   int64_t pos_ = 0;
   torch::Device device_;
   std::unique_ptr<KvCache> cache_;                   // on the CPU
+  BudgetedKvCache* baseline_ = nullptr;              // cache_, when it is a baseline's
+  std::vector<float> weights_;                       // (B, H, stride) the baseline's attention weights
   std::unique_ptr<cuda_ops::DeviceKvCache> dcache_;  // on a CUDA device
   torch::Tensor layout_;  // (L, Hkv) bool, undefined without a layout
   // The chunk being fed: its positions (T), and each layer's gate scores and decisions (B, T, Hkv).
@@ -92,11 +111,14 @@ class Engine : private AttentionBackend {
 
 // Teacher-forced NLL of one document streamed through the engine (cleared first, B = 1): nll (T - 1) in
 // nats, each token predicted from the pruned cache, plus every token's gate scores and decisions.
-// The document must fit the model's context.
+// The document must fit the model's context. Under the oracle baseline the document goes through twice:
+// first under a budget that never binds, recording the attention, then under the budget.
 struct ScoredDocument {
-  std::vector<double> nll;  // (T - 1)
-  torch::Tensor utility;    // (T, L, Hkv) float32, undefined without SP-KV
-  torch::Tensor keep;       // (T, L, Hkv) bool
+  std::vector<double> nll;      // (T - 1)
+  std::vector<int32_t> argmax;  // (T - 1) the most likely next token at each position
+  torch::Tensor utility;        // (T, L, Hkv) float32, undefined without SP-KV
+  torch::Tensor keep;           // (T, L, Hkv) bool
+  int64_t baseline_held = -1;   // a baseline's rows held after each token, summed over tokens and heads
 };
 ScoredDocument score_document(Engine& engine, const std::vector<int32_t>& tokens);
 

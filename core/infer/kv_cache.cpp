@@ -131,7 +131,10 @@ BudgetedKvCache::BudgetedKvCache(const KvCacheShape& s, int64_t window, const Ca
     : KvCache(s, window), budget_(budget), policy_(policy) {
   if (window < 1) throw ConfigError("budgeted cache: window " + std::to_string(window) + " must be at least 1");
   const size_t heads = size_t(s.n_layers * s.n_seq * s.n_kv_heads);
-  row_pos_.resize(heads), row_score_.resize(heads), evicted_.resize(heads);
+  obs_ = policy.kind == PolicyKind::snapkv ? policy.observe : 0;
+  ring_score_.assign(heads * size_t(window), 0.0), ring_hist_.assign(heads * size_t(window * obs_), 0.f);
+  row_pos_.resize(heads), row_score_.resize(heads), row_hist_.resize(heads), evicted_.resize(heads);
+  held_.assign(size_t(s.n_seq), 0);
 }
 
 void BudgetedKvCache::append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t*) {
@@ -140,34 +143,97 @@ void BudgetedKvCache::append(int64_t b, int64_t il, const float* k, const float*
   const int64_t slot = pos % W_;
   for (int64_t hk = 0; hk < Hkv; ++hk) {
     const int64_t row = ((il * B + b) * Hkv + hk) * W_ + slot;
-    if (pos >= W_) {  // the token at pos - W leaves the ring, into the store
+    float* hist = ring_hist_.data() + row * obs_;
+    if (pos >= W_) {  // the token at pos - W leaves the ring, into the store, with the score it has earned
+      const size_t h = head(b, il, hk);
       const float* leaving = &ring_k_[row * D];
       store_row(b, il, hk, leaving, &ring_v_[row * D]);
-      row_pos_[head(b, il, hk)].push_back(pos - W_);
-      row_score_[head(b, il, hk)].push_back(policy_.entry_score(il, hk, pos - W_, leaving, D));
+      row_pos_[h].push_back(pos - W_);
+      row_score_[h].push_back(policy_.attention_scored() ? ring_score_[size_t(row)]
+                                                         : policy_.entry_score(il, hk, pos - W_, leaving, D));
+      row_hist_[h].insert(row_hist_[h].end(), hist, hist + obs_);
     }
     std::copy_n(k + hk * D, D, &ring_k_[row * D]);
     std::copy_n(v + hk * D, D, &ring_v_[row * D]);
     ring_keep_[row] = 1;
+    ring_score_[size_t(row)] = 0, std::fill_n(hist, obs_, 0.f);
   }
   ring_pos_[(il * B + b) * W_ + slot] = pos;
   ring_len_[il * B + b] = int32_t(std::min(pos + 1, W_));
   ++pos;
+  const int64_t t = pos - 1;  // the query that attends next
   for (int64_t hk = 0; hk < Hkv; ++hk) {  // down to the budget, lowest score first
     const size_t h = head(b, il, hk);
     auto& ps = row_pos_[h];
     auto& sc = row_score_[h];
+    auto& hs = row_hist_[h];
     const int64_t limit = budget_.rows(pos, il, hk, W_);
+    if (policy_.kind == PolicyKind::oracle && entries(b, il, hk) > limit) {
+      if (!future_ || b != 0 || t >= future_->T || il >= future_->L || hk >= future_->Hkv)
+        throw Error("budgeted cache: the oracle has no future attention for token " + std::to_string(t) + " of sequence " +
+                    std::to_string(b) + " (set_future, one sequence)");
+      for (size_t i = 0; i < ps.size(); ++i) sc[i] = future_->at(il, hk, ps[i], t);
+    }
     while (entries(b, il, hk) > limit && !ps.empty()) {
       size_t victim = 0;
       for (size_t i = 1; i < ps.size(); ++i)
         if (sc[i] < sc[victim] || (sc[i] == sc[victim] && ps[i] < ps[victim])) victim = i;
-      evicted_[h].push_back({ps[victim], pos - 1});
+      evicted_[h].push_back({ps[victim], t});
       store_remove(b, il, hk, int64_t(victim));
-      ps[victim] = ps.back(), sc[victim] = sc.back();
-      ps.pop_back(), sc.pop_back();
+      const size_t last = ps.size() - 1;
+      ps[victim] = ps[last], sc[victim] = sc[last];
+      std::copy_n(hs.begin() + int64_t(last) * obs_, obs_, hs.begin() + int64_t(victim) * obs_);
+      ps.pop_back(), sc.pop_back(), hs.resize(last * size_t(obs_));
+    }
+    held_[size_t(b)] += entries(b, il, hk);
+  }
+}
+
+void BudgetedKvCache::score(double& s, float* hist, double w, int64_t t) const {
+  switch (policy_.kind) {
+    case PolicyKind::h2o: s += w; break;
+    case PolicyKind::tova: s = w; break;
+    case PolicyKind::snapkv:
+      hist[t % obs_] = float(w), s = 0;
+      for (int64_t i = 0; i < obs_; ++i) s += hist[i];
+      break;
+    default: break;
+  }
+}
+
+void BudgetedKvCache::observe(int64_t il, const float* weights, int64_t stride, int64_t H) {
+  const int64_t B = shape_.n_seq, Hkv = shape_.n_kv_heads, G = H / Hkv;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t t = seen_[il * B + b] - 1, ring = ring_len_[il * B + b];
+    for (int64_t hk = 0; hk < Hkv; ++hk) {
+      const size_t h = head(b, il, hk);
+      auto weight = [&](int64_t e) {  // summed over the query heads of the group
+        double w = 0;
+        for (int64_t g = 0; g < G; ++g) w += weights[(b * H + hk * G + g) * stride + e];
+        return w;
+      };
+      const int64_t store = int64_t(row_pos_[h].size());
+      for (int64_t e = 0; e < ring + store; ++e) {
+        const double w = weight(e);
+        const bool in_ring = e < ring;
+        const int64_t row = ((il * B + b) * Hkv + hk) * W_ + e, j = e - ring;
+        if (in_ring) score(ring_score_[size_t(row)], ring_hist_.data() + row * obs_, w, t);
+        else score(row_score_[h][size_t(j)], row_hist_[h].data() + j * obs_, w, t);
+        if (recording_ && b == 0 && t < recording_->T)
+          recording_->at(il, hk, in_ring ? ring_pos_[(il * B + b) * W_ + e] : row_pos_[h][size_t(j)], t) = float(w);
+      }
     }
   }
+}
+
+void BudgetedKvCache::record_attention(int64_t T) {
+  recording_ = std::make_shared<FutureAttention>(T, shape_.n_layers, shape_.n_kv_heads);
+}
+
+std::shared_ptr<FutureAttention> BudgetedKvCache::recorded() {
+  if (!recording_) throw Error("budgeted cache: recorded() without record_attention()");
+  recording_->accumulate();
+  return std::move(recording_);
 }
 
 std::vector<int64_t> BudgetedKvCache::positions(int64_t b, int64_t il, int64_t hk) const {
@@ -184,8 +250,9 @@ void BudgetedKvCache::clear(int64_t b) {
   for (int64_t il = 0; il < shape_.n_layers; ++il)
     for (int64_t hk = 0; hk < shape_.n_kv_heads; ++hk) {
       const size_t h = head(b, il, hk);
-      row_pos_[h].clear(), row_score_[h].clear(), evicted_[h].clear();
+      row_pos_[h].clear(), row_score_[h].clear(), row_hist_[h].clear(), evicted_[h].clear();
     }
+  held_[size_t(b)] = 0;
 }
 
 DenseKvCache::DenseKvCache(const KvCacheShape& s) : KvCache(s, 0) {}

@@ -76,26 +76,52 @@ class SpkvKvCache : public KvCache {
 
 // Budgeted baselines (cache_policy.h): every token that leaves the window enters the store, and after each
 // append a head over its budget evicts the store row of lowest policy score (ties: the earliest position)
-// until it is not. The window is always kept. Records when each evicted position left.
+// until it is not. The window is always kept. Records when each evicted position left. The attention-scored
+// policies learn their scores from observe(), which the engine calls with each query's attention weights
+// after it attends (one token at a time); the oracle reads a FutureAttention (one sequence).
 class BudgetedKvCache : public KvCache {
  public:
   BudgetedKvCache(const KvCacheShape& s, int64_t window, const CacheBudget& budget, const PolicySpec& policy);
   void append(int64_t b, int64_t il, const float* k, const float* v, const uint8_t* keep) override;  // keep ignored
-  void set_budget(const CacheBudget& budget) { budget_ = budget; }  // e.g. the next document's matched schedule
+  // The attention weights of layer il's newest query of every sequence, over view(il) as it is after the
+  // append: (n_seq, H, stride), ring slots then store rows per head (kernels::DecodeParams::weights).
+  void observe(int64_t il, const float* weights, int64_t stride, int64_t H);
+  bool wants_attention() const { return policy_.attention_scored() || recording_ != nullptr; }
+  const PolicySpec& policy() const { return policy_; }
+  void set_budget(const CacheBudget& budget) { budget_ = budget; }
+  const CacheBudget& budget() const { return budget_; }  // e.g. the next document's matched schedule
+  // The oracle's knowledge of the document now being fed (sequence 0).
+  void set_future(std::shared_ptr<const FutureAttention> f) { future_ = std::move(f); }
+  // Records every observed weight of sequence 0 for the next T tokens into a FutureAttention (the oracle's
+  // first pass, under a budget that never binds); recorded() accumulates it and hands it over.
+  void record_attention(int64_t T);
+  std::shared_ptr<FutureAttention> recorded();
   // The positions head (b, il, hk) holds: the window's, then the store's (in store order).
   std::vector<int64_t> positions(int64_t b, int64_t il, int64_t hk) const;
   struct Eviction {
     int64_t pos, at;  // the position evicted, and the position whose append evicted it
   };
   const std::vector<Eviction>& evictions(int64_t b, int64_t il, int64_t hk) const { return evicted_[head(b, il, hk)]; }
-  void clear(int64_t b) override;  // also the sequence's positions, scores and evictions
+  // The rows held after each append, summed over the appends and heads of sequence b: with the dense
+  // cache's sum, the KV ratio.
+  int64_t held_total(int64_t b) const { return held_[size_t(b)]; }
+  void clear(int64_t b) override;  // also the sequence's positions, scores, evictions and totals
 
  private:
+  void score(double& s, float* hist, double w, int64_t t) const;  // one query's weight w into a row's score
+
   CacheBudget budget_;
   PolicySpec policy_;
+  int64_t obs_ = 0;                              // snapkv: per-row history length; 0 otherwise
+  std::vector<double> ring_score_;               // (L, B, Hkv, W) the score of each ring slot's token
+  std::vector<float> ring_hist_;                 // (L, B, Hkv, W, obs_)
   std::vector<std::vector<int64_t>> row_pos_;   // per head: the position of each store row
   std::vector<std::vector<double>> row_score_;  // per head: its policy score
+  std::vector<std::vector<float>> row_hist_;    // per head: (rows, obs_)
   std::vector<std::vector<Eviction>> evicted_;  // per head
+  std::vector<int64_t> held_;                   // (B)
+  std::shared_ptr<const FutureAttention> future_;
+  std::shared_ptr<FutureAttention> recording_;
 };
 
 class DenseKvCache : public KvCache {

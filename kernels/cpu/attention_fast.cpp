@@ -148,7 +148,7 @@ Status gated_attention(const GatedAttentionParams& p) {
 
 Status decode_attention(const DecodeParams& p) {
   const CacheView& c = p.cache;
-  if (!valid(p)) return Status::invalid_argument;
+  if (!valid(p) || !weights_fit(p)) return Status::invalid_argument;
   const int64_t G = p.H / c.Hkv, D = c.D, n = c.n_seq * c.Hkv;
   int64_t keys = 0;  // summed over the heads: the work is about 4 G D flops a key
   for (int64_t i = 0; i < n; ++i) keys += (c.W > 0 ? c.ring_len[i / c.Hkv] : 0) + c.store_len[i];
@@ -184,6 +184,24 @@ Status decode_attention(const DecodeParams& p) {
       float* y = p.y + i * G * D;
       for (int64_t g = 0; g < G; ++g)
         for (int64_t d = 0; d < D; ++d) y[g * D + d] = l[g] > 0 ? acc[g * D + d] / l[g] : 0.f;
+      if (!p.weights) continue;
+      // The weights: a second pass over the keys with the final max and sum (only when asked for).
+      float* w0 = p.weights + i * G * p.weights_stride;  // (G, stride): rows h = hk * G + g
+      auto weights = [&](const float* K, int64_t rows, int64_t at) {
+        for (int64_t g = 0; g < G; ++g) {
+          float* w = w0 + g * p.weights_stride + at;
+          matvec_rows(K, D, q + g * D, nullptr, 0, rows, D, w);
+          for (int64_t r = 0; r < rows; ++r) w[r] *= p.scale;
+          exp_shifted(w, rows, m[g]);
+          for (int64_t r = 0; r < rows; ++r) w[r] = l[g] > 0 ? w[r] / l[g] : 0.f;
+        }
+      };
+      if (ring > 0) weights(c.ring_k + i * c.W * D, ring, 0);
+      for (int64_t j = 0, done = 0; done < c.store_len[i]; ++j) {
+        const int64_t rows = std::min<int64_t>(c.page_size, c.store_len[i] - done);
+        weights(c.page_k[pages[j]], rows, ring + done);
+        done += rows;
+      }
     }
   }
   return Status::ok;

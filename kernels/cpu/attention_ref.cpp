@@ -141,7 +141,7 @@ Status gated_attention_backward_ref(const GatedAttentionGradParams& g) {
 
 Status decode_attention_ref(const DecodeParams& p) {
   const CacheView& c = p.cache;
-  if (!valid(p)) return Status::invalid_argument;
+  if (!valid(p) || !weights_fit(p)) return Status::invalid_argument;
   const int64_t G = p.H / c.Hkv, D = c.D;
   for (int64_t b = 0; b < c.n_seq; ++b)
     for (int64_t h = 0; h < p.H; ++h) {
@@ -173,6 +173,8 @@ Status decode_attention_ref(const DecodeParams& p) {
       }
       float* y = p.y + (b * p.H + h) * D;
       for (int64_t d = 0; d < D; ++d) y[d] = den > 0 ? float(acc[d] / den) : 0.0f;
+      for (size_t s = 0; p.weights && s < keys.size(); ++s)
+        p.weights[(b * p.H + h) * p.weights_stride + int64_t(s)] = float(std::exp(score[s] - mx) / den);
     }
   return Status::ok;
 }

@@ -185,7 +185,8 @@ Status decode(const DecodeParamsT<Row>& p, int64_t splits, float* workspace, int
   const CacheViewT<Row>& c = p.cache;
   if (!valid(p) || splits < 1 || !workspace || workspace_floats < decode_workspace_floats(c.n_seq, p.H, c.D, splits))
     return Status::invalid_argument;
-  if (p.H / c.Hkv > kDecodeMaxGroup || c.D > kDecodeMaxDim || splits > 65535 || c.n_seq * c.Hkv > 65535)
+  if (p.H / c.Hkv > kDecodeMaxGroup || c.D > kDecodeMaxDim || splits > 65535 || c.n_seq * c.Hkv > 65535 ||
+      p.weights)  // the attention weights are a CPU feature (the budgeted policies' cache is on the CPU)
     return Status::unsupported;
   if (c.n_seq == 0) return Status::ok;
   const int64_t rows = c.n_seq * p.H;

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <numeric>
 #include <set>
 
 #include "core/base/errors.h"
@@ -212,6 +213,73 @@ TEST(Engine, FusedDecodeStepEqualsTheLayersForEveryArchitectureVariant) {
       EXPECT_GT(kept, 0.05) << "variant " << variant << ": the decode steps' gates must decide both ways";
       EXPECT_LT(kept, 0.95) << "variant " << variant;
     }
+  }
+}
+
+// Eviction baselines through the engine (cache_policy.h; their eviction rules are tested against a float64
+// simulation in test_kv_cache.cpp). Two exact equivalences with the masked forward, an independent path:
+// under a budget that never binds every policy (the oracle with its two passes too) is full attention, and
+// StreamingLLM without sinks under N slots is a sliding window of N. Fused and layer-by-layer decode agree.
+// The matched schedule computed from a gated run's decisions is the entries its SP-KV cache held.
+TEST(Engine, BaselinesEqualFullAttentionUnboundedAndASlidingWindowAsStreaming) {
+  const int64_t T = 90;
+  for (bool spkv : {true, false}) {
+    ModelConfig c = tiny_config(7, 0.5);
+    c.spkv.enabled = spkv;
+    auto m = random_model(c, 41);
+    torch::NoGradGuard ng;
+    const auto tokens = random_tokens(T, 53, 8);
+    std::vector<int32_t> ids(tokens.data_ptr<int64_t>(), tokens.data_ptr<int64_t>() + T);
+    auto nll_of = [&](const torch::Tensor& logits) {  // (T, V) -> the mean NLL of tokens 1..T-1
+      auto lp = torch::log_softmax(logits.to(torch::kFloat64), -1);
+      return -lp.narrow(0, 0, T - 1).gather(1, tokens[0].narrow(0, 1, T - 1).unsqueeze(1)).mean().item<double>();
+    };
+    auto mean = [](const std::vector<double>& x) { return std::accumulate(x.begin(), x.end(), 0.0) / double(x.size()); };
+    auto baseline = [&](const std::string& policy, const std::string& budget, bool fused) {
+      EngineOptions o;
+      o.baseline = BaselineOptions{parse_policy(policy), parse_budget(budget), spkv ? 0 : 5};
+      o.fused_decode = fused;
+      Engine e(m, o);
+      return score_document(e, ids);
+    };
+    m->gates.mode = GateMode::dense;
+    const double full = nll_of(m(tokens)[0]);
+    for (const std::string policy : {"streaming:2", "knorm", "random:3", "h2o", "tova", "snapkv:5", "oracle"}) {
+      const auto s = baseline(policy, "slots:" + std::to_string(T), true);
+      EXPECT_NEAR(mean(s.nll), full, 1e-5) << policy << (spkv ? "" : ", no SP-KV");
+      EXPECT_EQ(s.baseline_held, 2 * 2 * T * (T + 1) / 2) << policy;
+    }
+    m->config.sliding_window = 12;  // what StreamingLLM without sinks keeps in 12 slots
+    const double window = nll_of(m(tokens)[0]);
+    m->config.sliding_window = 0;
+    ASSERT_GT(std::abs(window - full), 1e-3) << "the window must matter on this document";
+    for (bool fused : {true, false}) {
+      const auto s = baseline("streaming:0", "slots:12", fused);
+      EXPECT_NEAR(mean(s.nll), window, 1e-5) << (fused ? "fused" : "layers");
+      int64_t held = 0;
+      for (int64_t n = 1; n <= T; ++n) held += 2 * 2 * std::min<int64_t>(n, 12);
+      EXPECT_EQ(s.baseline_held, held);
+    }
+    if (!spkv) {
+      EngineOptions o;
+      o.baseline = BaselineOptions{parse_policy("h2o"), parse_budget("slots:4"), 0};
+      EXPECT_THROW(Engine(m, o), ConfigError);  // no SP-KV window to keep
+      continue;
+    }
+    m->gates.mode = GateMode::hard;
+    Engine gated(m, options(1, 1));
+    std::vector<int32_t> entries;  // (T, L, Hkv) what the SP-KV cache held after each token
+    std::vector<torch::Tensor> keep;
+    for (int64_t t = 0; t < T; ++t) {
+      keep.push_back(gated.forward(tokens.narrow(1, t, 1)).keep[0]);
+      for (int64_t il = 0; il < 2; ++il)
+        for (int64_t hk = 0; hk < 2; ++hk) entries.push_back(int32_t(gated.cache().entries(0, il, hk)));
+    }
+    auto z = torch::cat(keep, 0).to(torch::kUInt8).contiguous();  // (T, L, Hkv)
+    const double open = z.to(torch::kFloat64).mean().item<double>();
+    ASSERT_GT(open, 0.1);
+    ASSERT_LT(open, 0.9);
+    EXPECT_EQ(matched_budget(z.data_ptr<uint8_t>(), T, 2, 2, 7, false).matched, entries);
   }
 }
 

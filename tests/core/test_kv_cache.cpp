@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -209,13 +212,16 @@ TEST(KvCache, BudgetedPoliciesKeepWhatABruteForceSimulationKeeps) {
   std::vector<int32_t> spkv_entries(N * LH);
   {
     SpkvKvCache spkv({1, L, Hkv, D, 3}, W);
+    std::vector<uint8_t> gates(N * LH);  // (T, L, Hkv), as the engine reports them
     for (int64_t t = 0; t < N; ++t)
       for (int64_t il = 0; il < L; ++il) {
-        std::vector<uint8_t> z(Hkv);
-        for (auto& g : z) g = open(rng);
-        spkv.append(0, il, &keys[(t * L + il) * Hkv * D], rows(t, il, Hkv, D, 1.f).data(), z.data());
+        uint8_t* z = &gates[(t * L + il) * Hkv];
+        for (int64_t hk = 0; hk < Hkv; ++hk) z[hk] = open(rng);
+        spkv.append(0, il, &keys[(t * L + il) * Hkv * D], rows(t, il, Hkv, D, 1.f).data(), z);
         for (int64_t hk = 0; hk < Hkv; ++hk) spkv_entries[(t * L + il) * Hkv + hk] = int32_t(spkv.entries(0, il, hk));
       }
+    // The matched schedule computed from the decisions alone is the entries the SP-KV cache held.
+    EXPECT_EQ(matched_budget(gates.data(), N, L, Hkv, W, false).matched, spkv_entries);
   }
   std::vector<std::pair<std::string, CacheBudget>> budgets = {
       {"slots:7", parse_budget("slots:7")}, {"slots:4", parse_budget("slots:4")},
@@ -296,8 +302,170 @@ TEST(KvCache, BudgetedPoliciesKeepWhatABruteForceSimulationKeeps) {
       }
     }
   EXPECT_THROW(parse_policy("h2o:x"), ConfigError);
+  EXPECT_THROW(parse_policy("snapkv:0"), ConfigError);
+  EXPECT_EQ(parse_policy("snapkv:9").name(), "snapkv:9");
   EXPECT_THROW(parse_budget("density:1.5"), ConfigError);
   EXPECT_THROW(parse_budget("slots:-1"), ConfigError);
+}
+
+// One decode step of a budgeted cache as the engine runs it: append token t to layer il, attend with the
+// reference kernel over what is held, hand the weights to the cache. -> y (H, D)
+std::vector<float> step(BudgetedKvCache& cache, int64_t il, const float* q, const float* k, const float* v, int64_t H) {
+  cache.append(0, il, k, v, nullptr);
+  const int64_t D = cache.shape().head_dim;
+  kernels::DecodeParams p;
+  std::vector<float> y(H * D), w(H * 256, -1.f);
+  p.q = q, p.y = y.data(), p.H = H, p.scale = float(1.0 / std::sqrt(double(D)));
+  p.cache = cache.view(il), p.weights = w.data(), p.weights_stride = 256;
+  EXPECT_EQ(kernels::cpu::decode_attention_ref(p), kernels::Status::ok);
+  if (cache.wants_attention()) cache.observe(il, w.data(), 256, H);
+  return y;
+}
+
+// H2O by hand. One head, D = 1, W = 1, two rows (the window's and one more); every query is 1 and key s is
+// ln c_s, so query t's weights are c_s over the c of what it sees. c = 1, 3, 1, 2:
+//   t = 0 sees {0}: 0 earns 1.                      t = 1 sees {1, 0}: 0 earns 1/4 (1.25), 1 earns 3/4.
+//   t = 2: 1 joins the store at 0.75 < 1.25 and is evicted; t = 2 sees {2, 0}: 0 earns 1/2 (1.75), 2 1/2.
+//   t = 3: 2 joins at 0.5 and is evicted. H2O holds on to position 0.
+// TOVA on the same keys scores by the last query alone: at t = 2 it evicts 0 (1/4 against 3/4); query 2
+// gives 1 3/4 and 2 1/4, so at t = 3 it evicts 2.
+TEST(KvCache, H2OAccumulatesTheAttentionWorkedOutByHand) {
+  const std::vector<float> k = {0.f, std::log(3.f), 0.f, std::log(2.f)}, one = {1.f};
+  for (const std::string policy : {"h2o", "tova"}) {
+    BudgetedKvCache cache({1, 1, 1, 1, 2}, 1, parse_budget("slots:2"), parse_policy(policy));
+    std::vector<float> y;
+    for (int64_t t = 0; t < 4; ++t) y = step(cache, 0, one.data(), &k[t], &k[t], 1);
+    std::vector<std::pair<int64_t, int64_t>> ev;
+    for (auto e : cache.evictions(0, 0, 0)) ev.emplace_back(e.pos, e.at);
+    if (policy == "h2o") {
+      EXPECT_EQ(ev, (std::vector<std::pair<int64_t, int64_t>>{{1, 2}, {2, 3}}));
+      EXPECT_EQ(cache.positions(0, 0, 0), (std::vector<int64_t>{3, 0}));
+      // Query 3 sees {3, 0}: weights 2/3 and 1/3 on values ln 2 and 0.
+      EXPECT_NEAR(y[0], 2.0 / 3.0 * std::log(2.0), 1e-6);
+    } else {
+      EXPECT_EQ(ev, (std::vector<std::pair<int64_t, int64_t>>{{0, 2}, {2, 3}}));
+      EXPECT_EQ(cache.positions(0, 0, 0), (std::vector<int64_t>{3, 1}));
+    }
+  }
+}
+
+// The attention-scored policies and the oracle against a float64 simulation of their definitions: random
+// queries and keys (odd sizes, grouped query heads), after every token each head holds exactly the positions
+// the simulation holds and the kernel's output equals the simulation's softmax over them. The oracle runs
+// its two passes through the cache; the simulation computes the future attention itself.
+TEST(KvCache, AttentionScoredPoliciesKeepWhatAFloat64SimulationKeeps) {
+  const int64_t L = 2, Hkv = 3, G = 2, H = Hkv * G, D = 5, W = 3, N = 31, LH = L * Hkv;
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal;
+  std::vector<float> q(N * L * H * D), k(N * L * Hkv * D), v(N * L * Hkv * D);
+  for (auto* x : {&q, &k, &v})
+    for (auto& e : *x) e = 1.5f * normal(rng);
+  auto Q = [&](int64_t t, int64_t il) { return &q[(t * L + il) * H * D]; };
+  auto K = [&](int64_t t, int64_t il) { return &k[(t * L + il) * Hkv * D]; };
+  auto V = [&](int64_t t, int64_t il) { return &v[(t * L + il) * Hkv * D]; };
+  // Query t's weights over positions `held` of head (il, hk), summed over the group, in float64; and y.
+  auto attend = [&](int64_t t, int64_t il, int64_t hk, const std::vector<int64_t>& held, std::vector<double>* y) {
+    std::vector<double> w(held.size(), 0.0);
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qh = Q(t, il) + (hk * G + g) * D;
+      std::vector<double> s(held.size());
+      double mx = -1e300, den = 0;
+      for (size_t i = 0; i < held.size(); ++i) {
+        double dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += double(qh[d]) * K(held[i], il)[hk * D + d];
+        mx = std::max(mx, s[i] = dot / std::sqrt(double(D)));
+      }
+      for (double& x : s) den += (x = std::exp(x - mx));
+      for (size_t i = 0; i < held.size(); ++i) {
+        w[i] += s[i] / den;
+        if (y)
+          for (int64_t d = 0; d < D; ++d) (*y)[(hk * G + g) * D + d] += s[i] / den * V(held[i], il)[hk * D + d];
+      }
+    }
+    return w;
+  };
+  // The oracle's future: a(t', s) under full attention, summed from t on.
+  std::vector<double> future(LH * N * (N + 1), 0.0);
+  auto fut = [&](int64_t il, int64_t hk, int64_t s, int64_t t) -> double& { return future[((il * Hkv + hk) * N + s) * (N + 1) + t]; };
+  for (int64_t il = 0; il < L; ++il)
+    for (int64_t hk = 0; hk < Hkv; ++hk)
+      for (int64_t t = 0; t < N; ++t) {
+        std::vector<int64_t> all(t + 1);
+        std::iota(all.begin(), all.end(), 0);
+        const auto w = attend(t, il, hk, all, nullptr);
+        for (int64_t s = 0; s <= t; ++s) fut(il, hk, s, t) = w[s];
+      }
+  for (int64_t row = 0; row < LH * N; ++row)
+    for (int64_t t = N - 1; t >= 0; --t) future[row * (N + 1) + t] += future[row * (N + 1) + t + 1];
+
+  std::bernoulli_distribution open(0.35);
+  std::vector<uint8_t> gates(N * LH);
+  for (auto& z : gates) z = open(rng);
+  const std::vector<std::pair<std::string, CacheBudget>> budgets = {
+      {"slots:6", parse_budget("slots:6")}, {"density:0.4", parse_budget("density:0.4")},
+      {"matched", matched_budget(gates.data(), N, L, Hkv, W, false)},
+      {"matched uniform", matched_budget(gates.data(), N, L, Hkv, W, true)}};
+  for (const std::string policy : {"h2o", "tova", "snapkv:4", "oracle"})
+    for (const auto& [name, budget] : budgets) {
+      const PolicySpec spec = parse_policy(policy);
+      BudgetedKvCache cache({1, L, Hkv, D, 2}, W, budget, spec);
+      if (spec.kind == PolicyKind::oracle) {  // the first pass, full attention, recorded
+        BudgetedKvCache full({1, L, Hkv, D, 2}, W, parse_budget("slots:1000"), spec);
+        full.record_attention(N);
+        for (int64_t t = 0; t < N; ++t)
+          for (int64_t il = 0; il < L; ++il) step(full, il, Q(t, il), K(t, il), V(t, il), H);
+        auto f = full.recorded();
+        for (int64_t il = 0; il < L; ++il)
+          for (int64_t hk = 0; hk < Hkv; ++hk)
+            for (int64_t s = 0; s < N; ++s)
+              for (int64_t t = 0; t <= N; ++t) ASSERT_NEAR(f->at(il, hk, s, t), fut(il, hk, s, t), 1e-5);
+        cache.set_future(f);
+      }
+      std::vector<std::vector<int64_t>> held(LH);
+      std::vector<std::map<int64_t, std::vector<double>>> seen(LH);  // position -> weight from each query
+      for (int64_t t = 0; t < N; ++t)
+        for (int64_t il = 0; il < L; ++il) {
+          const auto y = step(cache, il, Q(t, il), K(t, il), V(t, il), H);
+          std::vector<double> y_sim(H * D, 0.0);
+          for (int64_t hk = 0; hk < Hkv; ++hk) {
+            const int64_t i = il * Hkv + hk;
+            auto& h = held[i];
+            h.push_back(t);
+            const int64_t lim = budget.rows(t + 1, il, hk, W);
+            while (int64_t(h.size()) > lim) {
+              int64_t victim = -1;
+              double worst = 0;
+              for (int64_t p : h) {
+                if (p > t - W) continue;  // the window stays
+                const auto& ws = seen[i][p];
+                double sc = 0;
+                if (policy == "h2o") for (double x : ws) sc += x;
+                if (policy == "tova") sc = ws.back();
+                if (policy == "snapkv:4") for (size_t j = ws.size() > 4 ? ws.size() - 4 : 0; j < ws.size(); ++j) sc += ws[j];
+                if (policy == "oracle") sc = fut(il, hk, p, t);
+                if (victim < 0 || sc < worst || (sc == worst && p < victim)) victim = p, worst = sc;
+              }
+              ASSERT_GE(victim, 0);
+              h.erase(std::find(h.begin(), h.end(), victim));
+            }
+            auto got = cache.positions(0, il, hk);
+            std::sort(got.begin(), got.end());
+            ASSERT_EQ(got, h) << policy << ", " << name << ", token " << t << ", head (" << il << ", " << hk << ")";
+            const auto w = attend(t, il, hk, h, &y_sim);
+            for (size_t j = 0; j < h.size(); ++j) seen[i][h[j]].push_back(w[j]);
+          }
+          for (int64_t x = 0; x < H * D; ++x) ASSERT_NEAR(y[x], y_sim[x], 1e-5) << policy << ", " << name << ", token " << t;
+        }
+      int64_t held_sum = 0;  // the KV-ratio numerator: rows held after every append
+      for (int64_t n = 1; n <= N; ++n)
+        for (int64_t il = 0; il < L; ++il)
+          for (int64_t hk = 0; hk < Hkv; ++hk) held_sum += std::min(n, budget.rows(n, il, hk, W));
+      EXPECT_EQ(cache.held_total(0), held_sum) << policy << ", " << name;
+    }
+  BudgetedKvCache no_future({1, 1, 1, 1, 2}, 1, parse_budget("slots:1"), parse_policy("oracle"));
+  const float x = 1.f;
+  no_future.append(0, 0, &x, &x, nullptr);
+  EXPECT_THROW(no_future.append(0, 0, &x, &x, nullptr), Error);
 }
 
 }  // namespace

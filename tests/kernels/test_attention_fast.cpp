@@ -157,6 +157,42 @@ TEST(AttentionFast, DecodeOverARaggedPagedCacheMatchesTheReference) {
   expect_close(dense.y_fast, dense.y_ref, 1e-5, "dense cache");
 }
 
+TEST(AttentionFast, DecodeWeightsAreEachEntrysShareAndRebuildTheOutput) {
+  // The weights the budgeted policies read: row (b, h) = ring slots then store rows. Checked two ways that
+  // do not trust the kernels' own loops: they sum to 1, and the values they weight, gathered here in that
+  // order, sum (in float64) to the kernel's output. A wrong order or a missed page fails the second.
+  std::mt19937 rng(17);
+  Ragged r(rng, {5, 1, 3}, {0, 1, 8, 17, 3, 61}, 5);
+  const int64_t stride = 70, G = r.H / r.Hkv;
+  std::vector<float> w_ref(r.n_seq * r.H * stride, kNaN), w_fast = w_ref;
+  r.p.weights = w_ref.data(), r.p.weights_stride = stride, r.p.y = r.y_ref.data();
+  ASSERT_EQ(cpu::decode_attention_ref(r.p), Status::ok);
+  r.p.weights = w_fast.data(), r.p.y = r.y_fast.data();
+  ASSERT_EQ(cpu::decode_attention(r.p), Status::ok);
+  for (int64_t b = 0; b < r.n_seq; ++b)
+    for (int64_t h = 0; h < r.H; ++h) {
+      const int64_t i = b * r.Hkv + h / G, n = r.ring_len[b] + r.store_len[i];
+      std::vector<const float*> values;
+      for (int64_t s = 0; s < r.ring_len[b]; ++s) values.push_back(&r.ring_v[(i * r.W + s) * r.D]);
+      for (int64_t j = 0; j < r.store_len[i]; ++j) values.push_back(r.page_v[r.pages[r.indptr[i] + j / r.P]] + (j % r.P) * r.D);
+      const float* wr = &w_ref[(b * r.H + h) * stride];
+      const float* wf = &w_fast[(b * r.H + h) * stride];
+      double sum = 0;
+      std::vector<double> y(r.D, 0.0);
+      for (int64_t s = 0; s < n; ++s) {
+        sum += wr[s];
+        EXPECT_NEAR(wf[s], wr[s], 1e-6) << "b " << b << " h " << h << " entry " << s;
+        for (int64_t d = 0; d < r.D; ++d) y[d] += double(wr[s]) * values[s][d];
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-5) << "b " << b << " h " << h;
+      for (int64_t d = 0; d < r.D; ++d) EXPECT_NEAR(y[d], r.y_ref[(b * r.H + h) * r.D + d], 1e-5) << "b " << b << " h " << h;
+      EXPECT_TRUE(std::isnan(wr[n]) && std::isnan(wf[n])) << "past the entries nothing is written";
+    }
+  r.p.weights_stride = 63;  // the long head holds 3 + 61 entries
+  EXPECT_EQ(cpu::decode_attention_ref(r.p), Status::invalid_argument);
+  EXPECT_EQ(cpu::decode_attention(r.p), Status::invalid_argument);
+}
+
 TEST(AttentionFast, DecodeReferenceAgreesWithGatedReferenceOnTheGatheredKeys) {
   // The two references are independent loops: gather (b, hk)'s ring and store into contiguous keys and
   // the gated reference with no window must give the decode reference's answer.
