@@ -26,8 +26,12 @@ struct EvalOverrides {
   double tau = 0;      // 0 = the model's
   int64_t window = 0;  // 0 = the model's attention
   std::string layout;  // a layout file (spkv layout derive, docs/layouts.md); "" = none
+  std::string policy, budget = "matched";  // an eviction baseline instead (spkv compare with one policy)
   void add(CLI::App* app);
   void apply(LlamaForCausalLM& model, const std::string& path) const;
+  // With --policy: `spkv compare` of that policy on INPUT (text or a task file); returns false without.
+  bool compare_instead(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs,
+                       const std::string& json, dist::Group* group) const;
 };
 
 // --rank, --world-size, --master and --dist-timeout: a launch by hand (torchrun's and Slurm's environments
@@ -46,6 +50,7 @@ void add_data_commands(CLI::App& app, Commands& out);    // tokenize, train-toke
 void add_train_commands(CLI::App& app, Commands& out);   // train, toy (cmd_train.cpp)
 void add_log_commands(CLI::App& app, Commands& out);     // run, merge, analyze, check (cmd_logs.cpp)
 void add_layout_commands(CLI::App& app, Commands& out);  // layout derive | eval | export (layout.cpp)
+void add_compare_command(CLI::App& app, Commands& out);  // compare (compare.cpp)
 void add_bench_commands(CLI::App& app, Commands& out);   // bench decode | run | kernels | threads (bench*.cpp)
 void add_dist_commands(CLI::App& app, Commands& out);    // dist check (cmd_dist.cpp)
 

@@ -37,6 +37,7 @@ inline constexpr CommandName kCommands[] = {
     {"analyze", "density with spread, compression against length, and a tau sweep from gate logs"},
     {"check", "verify every invariant of gate logs (docs/hdf5-schema.md); exit 1 at the first violation"},
     {"layout", "hybrid local-global layouts: derive from gate logs, evaluate, export"},
+    {"compare", "eviction baselines (H2O, TOVA, SnapKV, StreamingLLM, ...) against SP-KV and full attention at a matched KV budget"},
     {"bench", "benchmarks: SP-KV against dense in the same process"},
     {"dist", "distributed runs over torch.distributed (c10d): launch checks"},
 };

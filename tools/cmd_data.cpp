@@ -151,6 +151,7 @@ void print_task_results(const nlohmann::json& r) {
 
 void cmd_tasks_eval(const ModelArgs& a, const std::string& tasks, int64_t max_docs, const EvalOverrides& ov,
                     const std::string& json_out, dist::Group* group) {
+  if (ov.compare_instead(a, tasks, "", max_docs, json_out, group)) return;
   auto model = load_model(a.model);
   ov.apply(model, a.model);
   auto tok = a.load_tokenizer_for(model->config);

@@ -19,6 +19,7 @@
 #include "core/text/documents.h"
 #include "core/train/trainer.h"
 #include "tools/cli.h"
+#include "tools/compare.h"
 
 namespace spkv::cli {
 namespace {
@@ -77,6 +78,7 @@ void cmd_generate(const ModelArgs& a, const std::string& prompt, int64_t max_new
 // gathers every document's NLL sum and count in document order and reports what one process reports.
 void cmd_eval(const ModelArgs& a, const std::string& input, const std::string& separator, int64_t max_docs,
               const EvalOverrides& ov, const std::string& json_out, dist::Group* group) {
+  if (ov.compare_instead(a, input, separator, max_docs, json_out, group)) return;
   auto model = load_model(a.model);
   ov.apply(model, a.model);
   auto tok = a.load_tokenizer_for(model->config);
@@ -181,8 +183,24 @@ void cmd_convert(const ModelArgs& a, const std::string& out) {
 void EvalOverrides::add(CLI::App* app) {
   app->add_option("--tau", tau, "SP-KV threshold to evaluate at (default: the model's)");
   auto* w = app->add_option("--window", window, "attend only to the last N keys (local-only ablation)")->check(CLI::PositiveNumber);
-  app->add_option("--layout", layout, "impose a hybrid layout (spkv layout derive) instead of the gates: its local heads see only its window")
+  auto* l = app->add_option("--layout", layout, "impose a hybrid layout (spkv layout derive) instead of the gates: its local heads see only its window")
       ->excludes(w);
+  auto* p = app->add_option("--policy", policy, "an eviction baseline instead of the gates, against full attention and "
+                                                "SP-KV: spkv compare with this one policy (h2o, tova, snapkv, ...)")
+                ->excludes(w)->excludes(l);
+  app->add_option("--budget", budget, "the baseline's KV budget: matched (the model's own SP-KV run), matched-uniform, slots:N, density:RHO")
+      ->needs(p);
+}
+
+bool EvalOverrides::compare_instead(const ModelArgs& a, const std::string& input, const std::string& separator,
+                                    int64_t max_docs, const std::string& json, dist::Group* group) const {
+  if (policy.empty()) return false;
+  if (group) throw ConfigError("--policy runs in one process (spkv compare); launch it without --world-size");
+  CompareOptions o;
+  o.model = a.model, o.tokenizer = a.tokenizer, o.tau = tau, o.policies = {policy}, o.budgets = {budget};
+  o.input = input, o.separator = separator, o.max_docs = max_docs, o.json = json;
+  cmd_compare(o);
+  return true;
 }
 
 void EvalOverrides::apply(LlamaForCausalLM& model, const std::string& path) const {

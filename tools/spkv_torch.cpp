@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   add_data_commands(app, commands);
   add_log_commands(app, commands);
   add_layout_commands(app, commands);
+  add_compare_command(app, commands);
   add_bench_commands(app, commands);
   add_dist_commands(app, commands);
 
