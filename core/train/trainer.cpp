@@ -195,9 +195,19 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     read(o, "predictor_weight_decay", r.predictor_weight_decay, w);
     read(o, "grad_clip", r.grad_clip, w), read(o, "grad_accum", r.grad_accum, w);
     if (o.contains("density_lambda") && !o["density_lambda"].is_null()) {
-      const json& v = o["density_lambda"];
-      r.density_lambda = v.is_array() ? json_field<std::vector<double>>(v, "density_lambda", w)
-                                      : std::vector<double>{json_field<double>(v, "density_lambda", w)};
+      const json& v = o["density_lambda"];  // a number, one per layer, or one list per layer of one per KV head
+      if (v.is_array() && !v.empty() && v[0].is_array()) {
+        r.density_lambda.clear();
+        for (const auto& layer : json_field<std::vector<std::vector<double>>>(v, "density_lambda", w)) {
+          if (layer.size() != size_t(r.model.n_kv_heads))
+            throw ConfigError(w + ": density_lambda: each layer's list needs one number per KV head (" +
+                              std::to_string(r.model.n_kv_heads) + "), got " + std::to_string(layer.size()));
+          r.density_lambda.insert(r.density_lambda.end(), layer.begin(), layer.end());
+        }
+      } else {
+        r.density_lambda = v.is_array() ? json_field<std::vector<double>>(v, "density_lambda", w)
+                                        : std::vector<double>{json_field<double>(v, "density_lambda", w)};
+      }
     }
   }
   if (j.contains("schedule")) {
@@ -227,9 +237,10 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   need(r.min_lr_ratio >= 0 && r.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]");
   need(r.predictor_lr_mult >= 0, "optim.predictor_lr_mult must be >= 0");
   need(r.grad_accum >= 1, "optim.grad_accum must be >= 1");
-  need(r.density_lambda.size() == 1 || r.density_lambda.size() == size_t(r.model.n_layers),
-       "optim.density_lambda must be a number or one number per layer (" + std::to_string(r.model.n_layers) +
-           "), got " + std::to_string(r.density_lambda.size()));
+  need(r.density_lambda.size() == 1 || r.density_lambda.size() == size_t(r.model.n_layers) ||
+           r.density_lambda.size() == size_t(r.model.n_layers * r.model.n_kv_heads),
+       "optim.density_lambda must be a number, one number per layer (" + std::to_string(r.model.n_layers) +
+           ") or one list of " + std::to_string(r.model.n_kv_heads) + " per layer, got " + std::to_string(r.density_lambda.size()));
   for (double l : r.density_lambda) need(std::isfinite(l), "optim.density_lambda must be finite");
   need(r.steps >= 1, "schedule.steps must be >= 1");
   need(r.warmup >= 0 && r.warmup < r.steps, "schedule.warmup must be in [0, steps)");
@@ -345,22 +356,24 @@ BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& d
 // from the last forward call (with the autograd graph), in two parts: per layer the sum of u over those keys
 // and their number. A data-parallel step adds up the numbers of every rank before it divides (density_term).
 struct DensityParts {
-  torch::Tensor sums;    // (L,) with the graph
-  torch::Tensor counts;  // (L,)
+  torch::Tensor sums;    // (L, Hkv) with the graph
+  torch::Tensor counts;  // (L, Hkv)
 };
 DensityParts density_parts(LlamaForCausalLM& m) {
   std::vector<torch::Tensor> u;
   for (auto& layer : *m->model->layers) u.push_back(layer->as<DecoderLayer>()->self_attn->last_utility);  // (B, T, Hkv)
   const auto all = torch::stack(u);                                                                   // (L, B, T, Hkv)
   const auto ev = m->last_evictable.unsqueeze(-1).expand_as(all).to(all.scalar_type());               // (L, B, T, Hkv)
-  return {(all * ev).sum({1, 2, 3}), ev.sum({1, 2, 3})};
+  return {(all * ev).sum({1, 2}), ev.sum({1, 2})};
 }
-// counts: the keys of the whole batch, every rank's (L,). One lambda for every layer gives -lambda * mean(u),
-// each layer having as many out-of-window keys.
+// counts: the keys of the whole batch, every rank's (L, Hkv). -mean over heads of lambda * mean(u): one lambda
+// for every head gives -lambda * mean(u), every head having as many out-of-window keys; one per layer
+// applies to each head of the layer.
 torch::Tensor density_term(const DensityParts& d, const torch::Tensor& counts, const std::vector<double>& lambda) {
-  const auto per_layer = d.sums / counts.clamp_min(1);                            // (L,)
-  const auto lam = torch::tensor(lambda, per_layer.options()).expand_as(per_layer);  // (L,)
-  return -(lam * per_layer).mean();
+  const auto per_head = d.sums / counts.clamp_min(1);  // (L, Hkv)
+  auto lam = torch::tensor(lambda, per_head.options());
+  if (lam.numel() == per_head.size(0)) lam = lam.view({-1, 1});  // one per layer
+  return -(lam.view({lam.numel() == 1 ? 1 : per_head.size(0), -1}).expand_as(per_head) * per_head).mean();
 }
 
 // Rows [begin, begin + n) of a batch: a rank's slice of the global batch.
@@ -583,10 +596,10 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       if (N > 1) {
         std::vector<double> v{l.count.item<double>()};
         if (with_knob)
-          for (int64_t i = 0; i < d.counts.numel(); ++i) v.push_back(d.counts[i].item<double>());
+          for (int64_t i = 0; i < d.counts.numel(); ++i) v.push_back(d.counts.flatten()[i].item<double>());
         o.group->allreduce_sum(v);
         count = torch::tensor(int64_t(v[0]), l.count.options());
-        if (with_knob) keys = torch::tensor(std::vector<double>(v.begin() + 1, v.end())).to(d.counts.dtype());
+        if (with_knob) keys = torch::tensor(std::vector<double>(v.begin() + 1, v.end())).to(d.counts.dtype()).view_as(d.counts);
       }
       auto loss = l.nll_sum / count.clamp_min(1);
       auto objective = with_knob ? loss + density_term(d, keys, r.density_lambda) : loss;  // summed over the ranks: the whole batch's

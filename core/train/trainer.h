@@ -70,8 +70,9 @@ struct Recipe {
   double lr = 1e-3, min_lr_ratio = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   double predictor_lr_mult = 5.0, predictor_weight_decay = 0.1, grad_clip = 1.0;
   // The method's density knob: loss += -density_lambda * mean(u over out-of-window keys) while the predictor
-  // trains. 0 (the method's default) adds nothing; > 0 keeps more keys, < 0 fewer. One value for every layer,
-  // or one per layer (loss += -mean over layers l of lambda_l * mean(u of layer l)).
+  // trains. 0 (the method's default) adds nothing; > 0 keeps more keys, < 0 fewer. One value for every head,
+  // one per layer, or one per (layer, KV head), row-major (loss += -mean over heads of lambda * mean(u of the
+  // head)).
   std::vector<double> density_lambda{0.0};
   int64_t grad_accum = 1;
   // schedule: warmup, cosine decay; with gating soft_then_hard the predictor is frozen and the gates annealed

@@ -378,7 +378,8 @@ TEST(Trainer, DensityKnobMovesTheGatesAndLeavesTheLoggedNll) {
   // One lambda per layer: pressure on the last layer alone closes its gates and not the first's (which may
   // open further, taking over what the closed layer read); the scalar form equals one value per layer.
   std::map<std::string, json> arrays;
-  for (const json& lambda : {json::array({0.0, -3.0}), json::array({-3.0, -3.0})}) {
+  const json per_head = json::parse("[[-3.0, -3.0], [-3.0, -3.0]]");  // the tiny model has 2 KV heads
+  for (const json& lambda : {json::array({0.0, -3.0}), json::array({-3.0, -3.0}), per_head}) {
     json j = tiny_recipe(dir.path.string());
     j["optim"]["density_lambda"] = lambda;
     j["optim"]["predictor_lr_mult"] = 30.0;
@@ -394,13 +395,21 @@ TEST(Trainer, DensityKnobMovesTheGatesAndLeavesTheLoggedNll) {
   EXPECT_LT(pressed[1].get<double>(), plain_layers[1].get<double>() - 0.2) << pressed << " vs " << plain_layers;
   EXPECT_GT(pressed[0].get<double>(), pressed[1].get<double>() + 0.2) << pressed;  // the unpressed one stays open
   EXPECT_EQ(arrays["[-3.0,-3.0]"], last[-3.0]["density_per_layer"]);
+  EXPECT_EQ(arrays[per_head.dump()], last[-3.0]["density_per_layer"]);  // one value per (layer, KV head)
   json bad = tiny_recipe(dir.path.string());
   bad["optim"]["density_lambda"] = {-0.1, -0.1, -0.1};  // 3 values for 2 layers
   try {
     parse_recipe(bad, "r.json");
     ADD_FAILURE() << "3 density_lambda values for 2 layers were accepted";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("one number per layer (2), got 3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("one number per layer (2) or one list of 2 per layer, got 3"), std::string::npos) << e.what();
+  }
+  bad["optim"]["density_lambda"] = json::parse("[[-0.1, -0.1], [-0.1]]");
+  try {
+    parse_recipe(bad, "r.json");
+    ADD_FAILURE() << "a layer with 1 of 2 KV heads' values was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("one number per KV head (2), got 1"), std::string::npos) << e.what();
   }
   bad["optim"]["density_lambda"] = "strong";
   try {
