@@ -47,11 +47,14 @@ CheckReport check_gate_log(const std::string& path) {
   rep.documents = info.n_documents, rep.tokens = info.n_tokens, rep.complete = info.complete;
   const int64_t D = info.n_documents, N = info.n_tokens, L = info.n_layers, H = info.n_kv_heads, LH = L * H;
   const int64_t W = info.window, first = info.keep_first;
-  const bool gated = info.gating_mode == "hard";
+  const bool gated = info.gating_mode == "hard", policy = info.gating_mode == "policy";
 
   // Attributes.
-  if (!gated && info.gating_mode != "dense")
-    fail("root attribute 'gating_mode' is '" + info.gating_mode + "', expected 'hard' or 'dense'");
+  if (!gated && !policy && info.gating_mode != "dense")
+    fail("root attribute 'gating_mode' is '" + info.gating_mode + "', expected 'hard', 'dense' or 'policy'");
+  if (policy && (!info.evictions || info.policy.empty()))
+    fail("a policy log (gating_mode 'policy') needs the root attribute 'policy' and gates/evicted_at");
+  if (!policy && info.evictions) fail("gates/evicted_at is present, but gating_mode is '" + info.gating_mode + "', not 'policy'");
   // The single value of a scalar dataset or attribute.
   auto one = [&](const auto& v, const std::string& name) {
     if (v.size() != 1) fail(name + " must hold one value, holds " + std::to_string(v.size()));
@@ -112,6 +115,16 @@ CheckReport check_gate_log(const std::string& path) {
     const auto u = r.u(b, e);
     const auto z = r.z(b, e);
     const auto entries = r.cache_entries(b, e);
+    const auto evicted = policy ? r.evicted_at(b, e) : std::vector<int32_t>();
+    std::vector<int64_t> evictions_at(size_t(T), 0);  // policy logs: keys evicted by each token's append
+    for (size_t i = 0; i < evicted.size(); ++i) {
+      const int64_t s = int64_t(i) / LH, at = evicted[i];
+      if (at != -1 && !(at >= s + W && at < T))
+        fail(fmt::format("gates/evicted_at[{}, layer {}, kv head {}] is {}, expected -1 or a position in [s + W = {}, T = {}) of {}",
+                         b + s, int64_t(i) % LH / H, int64_t(i) % H, at, s + W, T, doc));
+      if (at != -1) ++evictions_at[size_t(at)];
+    }
+    int64_t evicted_so_far = 0;
     std::string concat;
     int64_t closed_far = 0;  // z = 1 summed over (layer, head) and positions s <= t - W
     for (int64_t t = 0; t < T; ++t) {
@@ -130,6 +143,12 @@ CheckReport check_gate_log(const std::string& path) {
         auto cell = [&] { return fmt::format("[{}, layer {}, kv head {}] ({})", b + t, k / H, k % H, at()); };
         if (!(uv >= 0 && uv <= 1)) fail(fmt::format("gates/u{} is {}, outside [0, 1]", cell(), uv));
         if (z[i] > 1) fail(fmt::format("gates/z{} is {}, expected 0 or 1", cell(), int(z[i])));
+        if (policy) {  // z: held to the end of the document; u = z
+          if (bool(z[i]) != (evicted[i] == -1) || uv != float(z[i]))
+            fail(fmt::format("gates/z{} is {} and u {}, but evicted_at is {} (a policy log: z = u = 1 iff never evicted)",
+                             cell(), int(z[i]), uv, evicted[i]));
+          continue;
+        }
         const bool want = t < first || uv >= info.tau;
         if (bool(z[i]) != want && !(t >= first && std::abs(double(uv) - info.tau) <= band))
           fail(fmt::format("gates/z{} is {} but u = {} and tau = {}{}", cell(), int(z[i]), uv, info.tau,
@@ -137,10 +156,15 @@ CheckReport check_gate_log(const std::string& path) {
       }
       if (gated && t - W >= first)
         for (int64_t k = 0; k < LH; ++k) closed_far += z[size_t((t - W) * LH + k)];
-      const int64_t want_entries = gated ? spkv_cache_entries(t + 1, W, first, LH, closed_far) : (t + 1) * LH;
+      if (policy) evicted_so_far += evictions_at[size_t(t)];
+      const int64_t want_entries = gated    ? spkv_cache_entries(t + 1, W, first, LH, closed_far)
+                                   : policy ? (t + 1) * LH - evicted_so_far
+                                            : (t + 1) * LH;
       if (entries[size_t(t)] != want_entries)
         fail(fmt::format("tokens/cache_entries[{}] is {}, expected {} ({} run, {})", b + t, entries[size_t(t)], want_entries,
-                         gated ? "gated: L*Hkv*min(t+1, W) + the kept tokens at positions <= t - W" : "dense: L*Hkv*(t+1)", at()));
+                         gated    ? "gated: L*Hkv*min(t+1, W) + the kept tokens at positions <= t - W"
+                         : policy ? "policy: L*Hkv*(t+1) - the keys evicted by tokens up to t"
+                                  : "dense: L*Hkv*(t+1)", at()));
     }
     if (!valid_utf8(concat)) fail("the token texts of " + doc + " do not concatenate to valid UTF-8");
     // Eligible: positions keep_first <= s < T - W; kept: those with z = 1.
@@ -181,9 +205,11 @@ CheckReport check_gate_log(const std::string& path) {
     }
   }
   rep.checked.push_back("per token: position, ids in the vocabulary, NLL (NaN at BOS), text (BOS empty, UTF-8 per document)");
-  rep.checked.push_back("per token: z = u >= tau or position < keep_first (u in [0, 1]; float16 rounding at tau allowed)");
-  rep.checked.push_back(gated ? "per token: cache_entries = L*Hkv*min(t+1, W) + kept tokens at positions <= t - W"
-                              : "per token: cache_entries = L*Hkv*(t+1) (dense run)");
+  rep.checked.push_back(policy ? "per token: z = u = 1 iff never evicted; evicted_at -1 or in [s + W, T)"
+                               : "per token: z = u >= tau or position < keep_first (u in [0, 1]; float16 rounding at tau allowed)");
+  rep.checked.push_back(gated    ? "per token: cache_entries = L*Hkv*min(t+1, W) + kept tokens at positions <= t - W"
+                        : policy ? "per token: cache_entries = L*Hkv*(t+1) - keys evicted by tokens up to t (policy run)"
+                                 : "per token: cache_entries = L*Hkv*(t+1) (dense run)");
   rep.checked.push_back("per document: eligible = positions keep_first <= s < T - W, kept = their z = 1");
   if (attention) rep.checked.push_back("per document: attention received sums to the query counts; last, far <= received");
 

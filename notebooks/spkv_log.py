@@ -29,8 +29,8 @@ class GateLog:
         a = self.f.attrs
         if "schema_version" not in a:
             raise ValueError(f"{path}: not a gate log (no schema_version attribute)")
-        if int(a["schema_version"]) > 1:
-            raise ValueError(f"{path}: schema version {int(a['schema_version'])} is newer than this reader (1)")
+        if int(a["schema_version"]) > 2:
+            raise ValueError(f"{path}: schema version {int(a['schema_version'])} is newer than this reader (2)")
         self.attrs = {k: (_text(v) if isinstance(v, (bytes, str)) else v.item() if hasattr(v, "item") else v)
                       for k, v in a.items()}
         self.n_layers, self.n_kv_heads = int(a["n_layers"]), int(a["n_kv_heads"])
@@ -62,6 +62,10 @@ class GateLog:
 
     def z(self, d):
         return self._rows("gates/z", d)                                     # (T, L, Hkv)
+
+    def evicted_at(self, d):
+        """A policy log (schema 2): the position whose append evicted each key, -1 if never."""
+        return self._rows("gates/evicted_at", d)                            # (T, L, Hkv)
 
     def token_text(self, d):
         """The UTF-8 text each token of document d contributes (BOS: ''), as a list of str."""

@@ -25,6 +25,10 @@ void add_log_commands(CLI::App& app, Commands& out) {
   run->add_option("--separator", ro->separator, "document separator inside .txt files (default: one document per file)");
   run->add_option("--tau", ro->tau, "gate threshold (default: the model's)");
   run->add_option("--window", ro->window, "local window W (default: the model's)")->check(CLI::PositiveNumber);
+  auto* pol = run->add_option("--policy", ro->policy, "log an eviction baseline instead of the gates: streaming[:SINKS], knorm, "
+                                                      "random[:SEED], h2o, tova, snapkv[:OBSERVE], oracle (a schema-2 policy log)");
+  run->add_option("--budget", ro->budget, "the baseline's KV budget: matched (the model's own SP-KV run), matched-uniform, "
+                                          "slots:N, density:RHO")->needs(pol);
   run->add_option("--chunk", ro->chunk, "prefill chunk length")->check(CLI::PositiveNumber);
   run->add_option("--device", ro->device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
   run->add_option("--max-docs", ro->max_docs, "at most this many input documents (0 = all)");

@@ -63,8 +63,9 @@ void print_density(const std::vector<int64_t>& kept, const std::vector<int64_t>&
 }  // namespace
 
 LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
-                      bool gated) {
-  const int64_t T = int64_t(p.tokens.size()), L = c.n_layers, Hkv = c.n_kv_heads, W = c.spkv.window;
+                          bool gated, const BudgetedKvCache* baseline, int64_t W) {
+  const int64_t T = int64_t(p.tokens.size()), L = c.n_layers, Hkv = c.n_kv_heads, LH = L * Hkv;
+  if (!baseline) W = c.spkv.window;
   LoggedDocument d;
   d.id = p.id, d.tokens = p.tokens;
   for (size_t t = 0; t < p.tokens.size(); ++t) {
@@ -73,6 +74,22 @@ LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const To
   }
   d.nll.push_back(std::nanf(""));
   for (double x : s.nll) d.nll.push_back(float(x));
+  if (baseline) {  // a policy log: when each key left, z = u = 1 for those that never did
+    d.evicted_at.assign(size_t(T * LH), -1);
+    std::vector<int64_t> evicted_by(size_t(T), 0);
+    for (int64_t il = 0; il < L; ++il)
+      for (int64_t hk = 0; hk < Hkv; ++hk)
+        for (const auto& e : baseline->evictions(0, il, hk))
+          d.evicted_at[size_t(e.pos * LH + il * Hkv + hk)] = int32_t(e.at), ++evicted_by[size_t(e.at)];
+    for (int32_t e : d.evicted_at) d.z.push_back(e == -1), d.u.push_back(e == -1 ? 0x3C00 : 0);  // float16 1.0 and 0
+    const EligibleKeys elig = eligible_keys(T, W, 0);
+    d.kept.assign(size_t(LH), 0), d.eligible.assign(size_t(LH), elig.count());
+    for (int64_t t = elig.begin; t < elig.end; ++t)
+      for (int64_t i = 0; i < LH; ++i) d.kept[size_t(i)] += d.z[size_t(t * LH + i)];
+    int64_t gone = 0;
+    for (int64_t t = 0; t < T; ++t) d.cache_entries.push_back(int32_t((t + 1) * LH - (gone += evicted_by[size_t(t)])));
+    return d;
+  }
   auto u = s.utility.to(torch::kHalf).contiguous();  // (T, L, Hkv)
   const auto* ub = reinterpret_cast<const uint16_t*>(u.data_ptr<at::Half>());
   d.u.assign(ub, ub + T * L * Hkv);
@@ -139,8 +156,13 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   LlamaForCausalLM model(ck.config);
   model->load(ck);
   ModelConfig& c = model->config;
-  if (!c.spkv.enabled)
-    throw ConfigError(o.model + ": the model has no spkv block, so there are no gates to log (adapt it with `spkv train`)");
+  const bool policy = !o.policy.empty();
+  if (!c.spkv.enabled && !policy)
+    throw ConfigError(o.model + ": the model has no spkv block, so there are no gates to log (adapt it with `spkv train`, "
+                                "or log an eviction baseline with --policy)");
+  if (policy && (o.dense || o.attention_stats)) throw ConfigError("--policy excludes --dense and --attention-stats");
+  if (policy && !c.spkv.enabled && o.window <= 0)
+    throw ConfigError("--policy on " + o.model + ", a model without SP-KV, needs --window (the recent keys the policy keeps)");
   if (o.tau > 0) {
     if (o.tau >= 1) throw ConfigError("--tau must be in (0, 1), got " + std::to_string(o.tau));
     model->gates.tau = o.tau;
@@ -172,9 +194,18 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   h.checkpoint_sha256 = sha256_files({files.begin(), files.end()});
   EngineOptions eo;
   eo.chunk = o.chunk, eo.dense = o.dense;
+  const bool matched = o.budget == "matched" || o.budget == "matched-uniform";
+  std::unique_ptr<Engine> spkv_pass;  // a matched budget: the model's own SP-KV run of each piece
+  if (policy) {
+    if (matched && !c.spkv.enabled) throw ConfigError("--budget " + o.budget + " needs a model with SP-KV gates");
+    if (matched) spkv_pass = std::make_unique<Engine>(model, EngineOptions{});
+    eo.baseline = BaselineOptions{parse_policy(o.policy), parse_budget(matched ? "slots:0" : o.budget), o.window};
+  }
   Engine engine(model, eo);
-  h.gating_mode = engine.gated() ? "hard" : "dense", h.tap = c.spkv.tap, h.tau = model->gates.tau;
-  h.window = c.spkv.window, h.keep_first = c.spkv.keep_first, h.context = c.max_seq_len, h.chunk = o.chunk;
+  const int64_t W = policy ? (o.window > 0 ? o.window : c.spkv.window) : c.spkv.window;
+  h.gating_mode = policy ? "policy" : engine.gated() ? "hard" : "dense", h.tap = c.spkv.tap, h.tau = model->gates.tau;
+  if (policy) h.policy = eo.baseline->policy.name(), h.budget = o.budget;
+  h.window = W, h.keep_first = policy ? 0 : c.spkv.keep_first, h.context = c.max_seq_len, h.chunk = policy ? 1 : o.chunk;
   h.n_layers = c.n_layers, h.n_kv_heads = c.n_kv_heads;
   // File names need not be UTF-8: bytes that are not become U+FFFD in this JSON (the ids keep the bytes).
   h.inputs_json = json_text(o.inputs, -1);
@@ -229,8 +260,13 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
     for (; i < end && !stop; ++i) {
       const TokenPiece& p = pieces[i];
       threads::rebalance();
+      if (spkv_pass) {
+        auto z = score_document(*spkv_pass, p.tokens).keep.to(torch::kUInt8).contiguous();  // (T, L, Hkv)
+        engine.baseline_cache()->set_budget(matched_budget(z.data_ptr<uint8_t>(), int64_t(p.tokens.size()), c.n_layers,
+                                                           c.n_kv_heads, c.spkv.window, o.budget == "matched-uniform"));
+      }
       ScoredDocument s = score_document(engine, p.tokens);
-      LoggedDocument d = log_record(p, s, *tok, c, engine.gated());
+      LoggedDocument d = log_record(p, s, *tok, c, engine.gated(), engine.baseline_cache(), W);
       if (o.attention_stats) {  // the masked forward under full attention, which measures what the cache cannot
         auto st = attention_stats(model, p.tokens, o.last_queries, c.spkv.window);  // 3 x (T, L, Hkv)
         auto put = [](const torch::Tensor& t, std::vector<float>& out) { out.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel()); };

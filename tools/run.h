@@ -8,6 +8,7 @@
 #include "core/dist/process_group.h"
 #include "core/gatelog/writer.h"
 #include "core/infer/engine.h"
+#include "core/infer/kv_cache.h"
 #include "core/text/documents.h"
 #include "core/text/tokenizer.h"
 
@@ -22,6 +23,10 @@ struct RunOptions {
   int64_t chunk = 128;    // prefill chunk
   int64_t max_docs = 0;   // 0: all
   bool dense = false;     // full attention; the gates' decisions are only logged
+  // An eviction baseline's cache instead of the gates (core/infer/cache_policy.h): a policy log (schema 2)
+  // with the position at which each key left. budget: slots:N, density:RHO, matched or matched-uniform
+  // (the model's own SP-KV run of each document, token by token).
+  std::string policy, budget = "matched";
   bool attention_stats = false;  // with dense: log the attention mass each key received (/attention)
   int64_t last_queries = 32;     // ... in total and from this many final queries (SnapKV's window)
   bool resume = false;
@@ -38,9 +43,11 @@ struct RunOptions {
 };
 
 // The log record of one scored piece. Eligible keys and cache entries follow from the decisions by the rule of
-// core/gatelog/rule.h; a dense cache holds t + 1 entries per head after token t.
+// core/gatelog/rule.h; a dense cache holds t + 1 entries per head after token t. With `baseline` (the cache a
+// policy run scored the piece through): its evictions, z = u = 1 for the keys it never evicted, and
+// entries from the evictions; W is then the baseline's window.
 LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const Tokenizer& tok, const ModelConfig& c,
-                          bool gated);
+                          bool gated, const BudgetedKvCache* baseline = nullptr, int64_t W = 0);
 
 // The current UTC time, ISO 8601 (the log's `created`, a layout's provenance).
 std::string now_iso8601();

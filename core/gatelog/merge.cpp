@@ -23,7 +23,7 @@ GateLogHeader header_of(const LogInfo& i) {
   h.tokenizer_path = i.tokenizer, h.gating_mode = i.gating_mode, h.tap = i.tap, h.tau = i.tau;
   h.window = i.window, h.keep_first = i.keep_first, h.context = i.context, h.chunk = i.chunk;
   h.n_layers = i.n_layers, h.n_kv_heads = i.n_kv_heads, h.last_queries = i.attention_last_queries;
-  h.inputs_json = i.inputs, h.split_policy = i.split_policy;
+  h.inputs_json = i.inputs, h.split_policy = i.split_policy, h.policy = i.policy, h.budget = i.budget;
   return h;
 }
 
@@ -37,6 +37,8 @@ std::string differing_field(const LogInfo& a, const LogInfo& b) {
       {"split_policy", a.split_policy == b.split_policy},
       {"git_commit", a.git_commit == b.git_commit},
       {"gating_mode", a.gating_mode == b.gating_mode},
+      {"policy", a.policy == b.policy},
+      {"budget", a.budget == b.budget},
       {"tap", a.tap == b.tap},
       {"tau", a.tau == b.tau},
       {"window", a.window == b.window},
@@ -116,6 +118,7 @@ MergeSummary merge_gate_logs(const std::vector<std::string>& shards, const std::
       const auto u = r.u_bits(b0, e1);
       const auto z = r.z(b0, e1);
       const auto entries = r.cache_entries(b0, e1);
+      const auto evicted = first.evictions ? r.evicted_at(b0, e1) : std::vector<int32_t>();
       std::vector<float> received, received_last, received_far;
       if (first.attention_last_queries > 0) {
         received = r.received(b0, e1), received_last = r.received_last(b0, e1);
@@ -128,6 +131,7 @@ MergeSummary merge_gate_logs(const std::vector<std::string>& shards, const std::
         doc.id = r.document_ids()[size_t(d)];
         doc.tokens = rows(ids, 1), doc.text = rows(text, 1), doc.nll = rows(nll, 1);
         doc.u = rows(u, lh), doc.z = rows(z, lh), doc.cache_entries = rows(entries, 1);
+        if (!evicted.empty()) doc.evicted_at = rows(evicted, lh);
         doc.kept.assign(r.kept().begin() + d * LH, r.kept().begin() + (d + 1) * LH);
         doc.eligible.assign(r.eligible().begin() + d * LH, r.eligible().begin() + (d + 1) * LH);
         if (!received.empty()) doc.received = rows(received, lh), doc.received_last = rows(received_last, lh);

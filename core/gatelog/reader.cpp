@@ -10,7 +10,7 @@
 
 namespace spkv {
 namespace {
-constexpr int kSchemaVersion = 1;  // the newest schema this build reads
+constexpr int kSchemaVersion = 2;  // the newest schema this build reads (1 and 2)
 constexpr hid_t kFileType = -2;    // rows(): read the elements in the dataset's own type
 }
 
@@ -160,6 +160,8 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   if (m.has_attr("attention_last_queries"))
     i.attention_last_queries = m.num<int64_t>("attention_last_queries", H5T_NATIVE_INT64);
   i.attention_far = exists(schema::kReceivedFar);
+  i.evictions = exists(schema::kEvictedAt);
+  i.policy = m.str_or_empty("policy"), i.budget = m.str_or_empty("budget");
   i.tool_version = m.str_or_empty("tool_version"), i.tap = m.str_or_empty("tap");
   if (m.has_attr("context")) i.context = m.num<int64_t>("context", H5T_NATIVE_INT64);
   if (m.has_attr("chunk")) i.chunk = m.num<int64_t>("chunk", H5T_NATIVE_INT64);
@@ -193,7 +195,7 @@ GateLogReader::GateLogReader(const std::string& path) : impl_(new Impl) {
   m.expect_shape(schema::kU, {N, L, H}, per_token), m.expect_shape(schema::kZ, {N, L, H}, per_token);
   for (const char* name : {schema::kNll, schema::kCacheEntries}) m.expect_shape(name, {N}, "(one per token)");
   m.expect_shape(schema::kTextOffsets, {N + 1}, "(tokens + 1)");
-  for (const char* name : {schema::kReceived, schema::kReceivedLast, schema::kReceivedFar})
+  for (const char* name : {schema::kReceived, schema::kReceivedLast, schema::kReceivedFar, schema::kEvictedAt})
     if (exists(name)) m.expect_shape(name, {N, L, H}, per_token);
   const char* per_doc = "(documents x n_layers x n_kv_heads)";
   m.expect_shape(schema::kDocKept, {D, L, H}, per_doc), m.expect_shape(schema::kDocEligible, {D, L, H}, per_doc);
@@ -223,6 +225,10 @@ std::vector<uint16_t> GateLogReader::u_bits(int64_t begin, int64_t end) const {
 }
 std::vector<uint8_t> GateLogReader::z(int64_t begin, int64_t end) const {
   return impl_->rows<uint8_t>(schema::kZ, H5T_NATIVE_UINT8, begin, end, info_.n_layers * info_.n_kv_heads);
+}
+std::vector<int32_t> GateLogReader::evicted_at(int64_t begin, int64_t end) const {
+  if (!info_.evictions) throw FileError(info_.path, "no gates/evicted_at: not a policy log (spkv run --policy)");
+  return impl_->rows<int32_t>(schema::kEvictedAt, H5T_NATIVE_INT32, begin, end, info_.n_layers * info_.n_kv_heads);
 }
 std::vector<float> GateLogReader::received(int64_t begin, int64_t end) const {
   return impl_->rows<float>(schema::kReceived, H5T_NATIVE_FLOAT, begin, end, info_.n_layers * info_.n_kv_heads);

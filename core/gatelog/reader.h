@@ -18,6 +18,8 @@ struct LogInfo {
   int64_t window = 0, keep_first = 0, n_layers = 0, n_kv_heads = 0, attention_last_queries = 0;
   int64_t n_documents = 0, n_tokens = 0;
   bool attention_far = false;  // /attention/received_far is present (a dense run with --attention-stats)
+  std::string policy, budget;  // a policy log (gating_mode "policy", schema 2): the baseline and its budget
+  bool evictions = false;      // /gates/evicted_at is present (a policy log)
   std::string tool_version, tap;
   int64_t context = 0, chunk = 0;
   // A shard of a sharded run (GateLogHeader): shard_count 0 when the log is not one.
@@ -43,6 +45,7 @@ class GateLogReader {
   std::vector<float> u(int64_t begin, int64_t end) const;                // (n, L, Hkv), float16 widened
   std::vector<uint16_t> u_bits(int64_t begin, int64_t end) const;        // (n, L, Hkv) the float16 bit patterns as stored
   std::vector<uint8_t> z(int64_t begin, int64_t end) const;              // (n, L, Hkv)
+  std::vector<int32_t> evicted_at(int64_t begin, int64_t end) const;     // (n, L, Hkv) policy logs
   std::vector<int32_t> token_ids(int64_t begin, int64_t end) const;      // (n)
   std::vector<float> nll(int64_t begin, int64_t end) const;              // (n)
   std::vector<int32_t> cache_entries(int64_t begin, int64_t end) const;  // (n)

@@ -5,7 +5,7 @@
 
 namespace spkv::schema {
 
-inline constexpr int kVersion = 1;
+inline constexpr int kVersion = 2;  // 2: policy logs (gating_mode "policy", gates/evicted_at); readers take 1 and 2
 
 // Groups.
 inline constexpr const char* kTokens = "tokens";        // per token: (N, ...)
@@ -22,6 +22,7 @@ inline constexpr const char* kTextOffsets = "tokens/text_offsets";
 inline constexpr const char* kTextBytes = "tokens/text_bytes";
 inline constexpr const char* kU = "gates/u";
 inline constexpr const char* kZ = "gates/z";
+inline constexpr const char* kEvictedAt = "gates/evicted_at";  // policy logs only
 inline constexpr const char* kReceived = "attention/received";
 inline constexpr const char* kReceivedLast = "attention/received_last";
 inline constexpr const char* kReceivedFar = "attention/received_far";

@@ -84,7 +84,7 @@ struct GateLogWriter::Impl {
   std::string path;
   GateLogHeader h;
   hid_t file = -1, f16 = -1;
-  Extendible ids, nll, position, cache_entries, text_offsets, text_bytes, u, z, received, received_last, received_far;
+  Extendible ids, nll, position, cache_entries, text_offsets, text_bytes, u, z, evicted_at, received, received_last, received_far;
   Extendible doc_tokens, doc_id_offsets, doc_id_bytes, doc_kept, doc_eligible;
   std::vector<int64_t> kept_total, eligible_total;  // (L, Hkv)
   int64_t n_docs = 0;
@@ -255,6 +255,7 @@ struct GateLogWriter::Impl {
     text_bytes = make(schema::kTextBytes, H5T_NATIVE_UINT8, {});
     u = make(schema::kU, f16, {L, Hkv});
     z = make(schema::kZ, H5T_NATIVE_UINT8, {L, Hkv});
+    if (h.gating_mode == "policy") evicted_at = make(schema::kEvictedAt, H5T_NATIVE_INT32, {L, Hkv});
     if (h.last_queries > 0) {
       received = make(schema::kReceived, H5T_NATIVE_FLOAT, {L, Hkv});
       received_last = make(schema::kReceivedLast, H5T_NATIVE_FLOAT, {L, Hkv});
@@ -283,6 +284,7 @@ struct GateLogWriter::Impl {
     attr_str(file, "checkpoint_sha256", h.checkpoint_sha256);
     attr_str(file, "tokenizer", h.tokenizer_path);
     attr_str(file, "gating_mode", h.gating_mode);
+    if (h.gating_mode == "policy") attr_str(file, "policy", h.policy), attr_str(file, "budget", h.budget);
     attr_str(file, "tap", h.tap);
     attr_num(file, "tau", H5T_NATIVE_DOUBLE, h.tau);
     attr_num(file, "window", H5T_NATIVE_INT64, h.window);
@@ -319,6 +321,7 @@ struct GateLogWriter::Impl {
     };
     same_str("checkpoint_sha256", h.checkpoint_sha256);
     same_str("gating_mode", h.gating_mode);
+    if (h.gating_mode == "policy") same_str("policy", h.policy), same_str("budget", h.budget);
     same_num("tau", h.tau), same_num("window", double(h.window)), same_num("keep_first", double(h.keep_first));
     same_num("n_layers", double(h.n_layers)), same_num("n_kv_heads", double(h.n_kv_heads));
     same_num("attention_last_queries", double(h.last_queries));
@@ -334,8 +337,8 @@ struct GateLogWriter::Impl {
   // Reopens a checked partial log for writing: rows past the last complete document go.
   std::vector<Extendible*> token_datasets() {  // (N, ...) rows, one per token
     std::vector<Extendible*> out;
-    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z, &received, &received_last, &received_far})
-      if (e->id >= 0) out.push_back(e);  // the attention statistics may be absent
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &u, &z, &evicted_at, &received, &received_last, &received_far})
+      if (e->id >= 0) out.push_back(e);  // the evictions and the attention statistics may be absent
     return out;
   }
   // Cuts every dataset to the longest prefix of documents that is whole: index entries that start at 0
@@ -343,7 +346,7 @@ struct GateLogWriter::Impl {
   // dataset extended but its write failed, leaving fill values) goes; the documents before it stay. The
   // rows are re-read from the file, since a failed append may have extended a dataset without counting it.
   void cut_to_whole_documents() {
-    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &received,
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &evicted_at, &received,
                           &received_last, &received_far, &doc_tokens, &doc_id_offsets, &doc_id_bytes, &doc_kept, &doc_eligible}) {
       if (e->id < 0) continue;
       hid_t sp = H5Dget_space(e->id);
@@ -396,7 +399,8 @@ struct GateLogWriter::Impl {
     if (d.text.size() != T || d.nll.size() != T || d.u.size() != T * LH || d.z.size() != T * LH ||
         d.cache_entries.size() != T || d.kept.size() != LH || d.eligible.size() != LH ||
         (received.id >= 0 && (d.received.size() != T * LH || d.received_last.size() != T * LH ||
-                               d.received_far.size() != T * LH)))
+                               d.received_far.size() != T * LH)) ||
+        (evicted_at.id >= 0) != (d.evicted_at.size() == T * LH))
       throw Error("gate log: document '" + d.id + "' has arrays of inconsistent lengths");
     std::vector<int32_t> pos(T);
     std::vector<int64_t> offs(T);
@@ -407,6 +411,7 @@ struct GateLogWriter::Impl {
     append(cache_entries, d.cache_entries.data(), T);
     append(text_bytes, bytes.data(), bytes.size()), append(text_offsets, offs.data(), T);
     append(u, d.u.data(), T), append(z, d.z.data(), T);
+    if (evicted_at.id >= 0) append(evicted_at, d.evicted_at.data(), T);
     if (received.id >= 0)
       append(received, d.received.data(), T), append(received_last, d.received_last.data(), T),
           append(received_far, d.received_far.data(), T);
@@ -461,7 +466,7 @@ struct GateLogWriter::Impl {
   void close_file(bool complete) {
     if (file < 0) return;
     if (complete) attr_num(file, "complete", H5T_NATIVE_INT, 1);
-    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &received,
+    for (Extendible* e : {&ids, &nll, &position, &cache_entries, &text_offsets, &text_bytes, &u, &z, &evicted_at, &received,
                           &received_last, &received_far, &doc_tokens, &doc_id_offsets, &doc_id_bytes, &doc_kept, &doc_eligible})
       if (e->id >= 0) H5Dclose(e->id), e->id = -1;
     if (f16 >= 0) H5Tclose(f16), f16 = -1;

@@ -1,4 +1,4 @@
-// The HDF5 gate log, schema v1 (docs/hdf5-schema.md): every token's id, text, NLL, and for every layer and
+// The HDF5 gate log, schema v2 (docs/hdf5-schema.md): every token's id, text, NLL, and for every layer and
 // KV head its gate score u (float16) and decision z, with per-document and corpus summaries and an NXdata
 // heatmap. GateLogWriter appends documents to LOG.h5.partial from a writer thread, in blocks, flushing at
 // most every flush_seconds, so a killed run leaves a readable partial log of every document flushed, which
@@ -23,7 +23,11 @@ namespace spkv {
 struct GateLogHeader {
   std::string tool_version, git_commit, created;  // created: ISO 8601 UTC
   std::string model_path, model_config_json, checkpoint_sha256, tokenizer_path;
-  std::string gating_mode;  // "hard" (the cache evicts) or "dense" (full attention, decisions only logged)
+  // "hard" (the gates' decisions evict), "dense" (full attention, decisions only logged) or "policy" (an
+  // eviction baseline's cache, core/infer/cache_policy.h: `policy` under `budget`)
+  std::string gating_mode;
+  std::string policy, budget;  // only with gating_mode "policy"
+
   std::string tap = "attn_norm";  // predictor input: attn_norm or residual
   double tau = 0.5;
   int64_t window = 0, keep_first = 0, context = 0, chunk = 0;
@@ -50,6 +54,8 @@ struct LoggedDocument {
   // averaged over the query heads of its KV head, from every query and from the last queries.
   std::vector<float> received, received_last;
   std::vector<float> received_far;  // ... and from the queries that see the key from outside the window
+  // A policy log: (T, L, Hkv) the position whose append evicted each key, -1 if it was held to the end.
+  std::vector<int32_t> evicted_at;
 };
 
 class GateLogWriter {

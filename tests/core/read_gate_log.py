@@ -22,6 +22,7 @@ def main(path):
     a = f.attrs
     L, H, W, first = int(a["n_layers"]), int(a["n_kv_heads"]), int(a["window"]), int(a["keep_first"])
     gated = text(a["gating_mode"]) == "hard"
+    evicted = f["gates/evicted_at"][:] if "gates/evicted_at" in f else None  # a policy log (schema 2)
     tok_off = f["documents/token_offsets"][:]
     id_off, id_bytes = f["documents/id_offsets"][:], f["documents/id_bytes"][:]
     txt_off, txt_bytes = f["tokens/text_offsets"][:], f["tokens/text_bytes"][:]
@@ -38,7 +39,10 @@ def main(path):
         exp_elig[d] = max(0, hi - lo)
         exp_kept[d] = z[b + lo:b + hi].sum(axis=0) if hi > lo else 0
         for t in range(T):
-            if gated:
+            if evicted is not None:  # held after token t: keys s <= t not evicted by a token up to t
+                ev = evicted[b:b + t + 1]
+                exp_entries[b + t] = int(((ev == -1) | (ev > t)).sum())
+            elif gated:
                 exp_entries[b + t] = min(t + 1, W) * L * H + (z[b:b + max(0, t - W + 1)].sum() if t >= W else 0)
             else:
                 exp_entries[b + t] = (t + 1) * L * H
@@ -51,6 +55,8 @@ def main(path):
             "z": z[b:e].reshape(T, -1).tolist(),
             "position": f["tokens/position"][b:e].tolist(),
         })
+        if evicted is not None:
+            docs[-1]["evicted_at"] = evicted[b:e].reshape(T, -1).tolist()
     checks["eligible"] = bool((exp_elig == elig).all())
     checks["kept"] = bool((exp_kept == kept).all())
     checks["cache_entries"] = bool((exp_entries == entries).all())

@@ -73,7 +73,7 @@ TEST(GateLog, RunLogReadsBackWithH5pyAndMatchesTheEngine) {
   const json log = read_log(tmp / "log.h5");
   expect_checks(log);
   const json& a = log["attrs"];
-  EXPECT_EQ(a["schema_version"], 1);
+  EXPECT_EQ(a["schema_version"], 2);
   EXPECT_EQ(a["complete"], 1);
   EXPECT_EQ(a["gating_mode"], "hard");
   EXPECT_DOUBLE_EQ(a["tau"].get<double>(), 0.4);
@@ -299,6 +299,74 @@ TEST(GateLog, DenseRunLogsAttentionStatisticsEqualToAFloat64Reference) {
   }
   auto gated = test::run_spkv("run -m " + test::quote(kModel) + " --out " + (tmp / "x.h5") + " " + (tmp / "docs.jsonl") + " --attention-stats");
   EXPECT_NE(gated.err.find("--attention-stats needs --dense"), std::string::npos) << gated.err;
+}
+
+// `spkv run --policy` (schema 2): a baseline's log records when each key left its head's cache, read back
+// with h5py, whose script recounts the cache entries from evicted_at alone. StreamingLLM without sinks in
+// 20 slots evicts key s exactly when token s + 20 comes (worked out, not simulated); a matched budget holds
+// after every token exactly the entries the SP-KV run's log reports; a log of schema 1 still opens.
+TEST(GateLog, PolicyRunLogsWhenEachKeyLeftTheCache) {
+  SPKV_REQUIRE_MODEL_AND_H5PY();
+  test::TempDir tmp;
+  std::string corpus;
+  auto docs = read_documents(kHeldout + "/jargon.txt", "<|endoftext|>");
+  for (size_t d = 0; d < 3; ++d) corpus += docs[d].text.substr(0, 900) + "\n<|endoftext|>\n";
+  test::write_file(tmp / "c.txt", corpus);
+  const std::string in = tmp / "c.txt --separator '<|endoftext|>' ";
+  auto r = test::run_spkv("run -m " + kModel + " --policy streaming:0 --budget slots:20 --window 8 " + in + "--out " + tmp / "s.h5");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json s = read_log(tmp / "s.h5");
+  expect_checks(s);
+  EXPECT_EQ(s["attrs"]["schema_version"], 2);
+  EXPECT_EQ(s["attrs"]["gating_mode"], "policy");
+  EXPECT_EQ(s["attrs"]["policy"], "streaming:0");
+  EXPECT_EQ(s["attrs"]["budget"], "slots:20");
+  EXPECT_EQ(s["attrs"]["window"], 8);
+  ASSERT_EQ(s["documents"].size(), 3u);
+  for (const auto& doc : s["documents"]) {
+    const int64_t T = int64_t(doc["tokens"].size());
+    ASSERT_GT(T, 60);
+    for (int64_t p = 0; p < T; ++p)
+      for (const auto& e : doc["evicted_at"][size_t(p)]) {
+        EXPECT_EQ(e.get<int64_t>(), p + 20 < T ? p + 20 : -1) << "key " << p << " of " << T;
+        EXPECT_EQ(doc["z"][size_t(p)][0].get<int>(), p + 20 < T ? 0 : 1);
+      }
+  }
+  r = test::run_spkv("run -m " + kModel + " --policy h2o " + in + "--out " + tmp / "h.h5");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_spkv("run -m " + kModel + " " + in + "--out " + tmp / "g.h5");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json h = read_log(tmp / "h.h5"), g = read_log(tmp / "g.h5");
+  expect_checks(h);
+  EXPECT_EQ(h["attrs"]["budget"], "matched");
+  int64_t evicted = 0;
+  for (size_t d = 0; d < 3; ++d) {
+    EXPECT_EQ(h["documents"][d]["tokens"], g["documents"][d]["tokens"]);
+    for (const auto& row : h["documents"][d]["evicted_at"])
+      for (const auto& e : row) evicted += e.get<int64_t>() >= 0;
+  }
+  EXPECT_GT(evicted, 100) << "H2O under the SP-KV budget must evict";
+  // The entries per token: the h5py script recounted them from evicted_at; they equal the SP-KV run's.
+  EXPECT_EQ(test::run_spkv("check " + tmp / "h.h5").exit_code, 0);
+  const std::string entries = "import h5py,sys; print(list(h5py.File(sys.argv[1])['tokens/cache_entries'][:]))";
+  auto py = [&](const std::string& f) {
+    const std::string cmd = "/usr/bin/python3 -c \"" + entries + "\" " + f + " > " + f + ".txt";
+    EXPECT_EQ(std::system(cmd.c_str()), 0);
+    return test::read_file(f + ".txt");
+  };
+  EXPECT_EQ(py(tmp / "h.h5"), py(tmp / "g.h5"));
+  // A log of schema 1 (before policy logs) opens and checks.
+  std::filesystem::copy_file(tmp / "g.h5", tmp / "v1.h5");
+  const std::string v1 = "import h5py,sys,numpy; f = h5py.File(sys.argv[1], 'r+'); f.attrs.modify('schema_version', numpy.int32(1))";
+  ASSERT_EQ(std::system(("/usr/bin/python3 -c \"" + v1 + "\" " + tmp / "v1.h5").c_str()), 0);
+  r = test::run_spkv("check " + tmp / "v1.h5");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // A model without SP-KV needs the policy's window.
+  r = test::run_spkv("run -m " + kModel + "/stages/dense-control -t " + kModel + "/tokenizer.model --policy h2o --budget slots:30 " +
+                     in + "--out " + tmp / "x.h5");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("needs --window"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "x.h5"));
 }
 
 TEST(GateLog, BadInputsGetClearMessagesAndNoFile) {
