@@ -307,7 +307,7 @@ void MainWindow::onCorpus(std::shared_ptr<Corpus> c, std::shared_ptr<const Corpu
   m_provenance->setText(
       "<table cellspacing=4>" + row("file", str(in.path)) + row("schema", QString::number(in.schema_version) + (in.complete ? "" : " (incomplete run)")) +
       row("created", str(in.created)) + row("model", str(in.model_path)) + row("checkpoint", str(in.checkpoint_sha256.substr(0, 16)) + "…") +
-      row("spkv commit", str(in.git_commit)) + row("tokenizer", str(in.tokenizer)) + row("gating", str(in.gating_mode)) +
+      row("spkv commit", str(in.git_commit)) + row("tokenizer", str(in.tokenizer)) + row("gating", str(in.gating_mode) + (in.policy.empty() ? QString() : " (" + str(in.policy) + ", budget " + str(in.budget) + ")")) +
       row("tau", QString::number(in.tau)) + row("window W", QString::number(in.window)) + row("keep_first", QString::number(in.keep_first)) +
       row("shape", QStringLiteral("%1 layers × %2 KV heads, head dim %3").arg(in.n_layers).arg(in.n_kv_heads).arg(c->head_dim)) +
       row("documents", QString::number(in.n_documents)) + row("tokens", QString::number(in.n_tokens)) +

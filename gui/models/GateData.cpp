@@ -172,7 +172,7 @@ std::vector<double> Document::entriesByPosition(const KeptRule& r) const {
 Document loadDocument(const Corpus& c, int64_t d, Cancel& cancel, const Progress& progress) {
   Document doc;
   doc.index = d, doc.begin = c.offsets[d], doc.T = c.tokens(d), doc.LH = c.LH(), doc.id = c.ids[d];
-  doc.window = c.info.window, doc.keep_first = c.info.keep_first;
+  doc.window = c.info.window, doc.keep_first = c.info.keep_first, doc.full_attention = c.info.gating_mode == "dense";
   LockedReader reader(c.info.path);
   doc.u.reserve(size_t(doc.T * doc.LH)), doc.z.reserve(size_t(doc.T * doc.LH)), doc.text.reserve(size_t(doc.T));
   for (int64_t s = 0; s < doc.T; s += kChunkTokens) {
@@ -182,8 +182,13 @@ Document loadDocument(const Corpus& c, int64_t d, Cancel& cancel, const Progress
     std::vector<uint8_t> z;
     std::vector<std::string> text;
     std::vector<int32_t> ce;
-    reader([&](auto& r) { u = r.u_bits(b, e), z = r.z(b, e), text = r.token_text(b, e), ce = r.cache_entries(b, e); });
+    std::vector<int32_t> ev;
+    reader([&](auto& r) {
+      u = r.u_bits(b, e), z = r.z(b, e), text = r.token_text(b, e), ce = r.cache_entries(b, e);
+      if (c.info.evictions) ev = r.evicted_at(b, e);
+    });
     doc.u.insert(doc.u.end(), u.begin(), u.end()), doc.z.insert(doc.z.end(), z.begin(), z.end());
+    doc.evicted_at.insert(doc.evicted_at.end(), ev.begin(), ev.end());
     for (auto& t : text) doc.text.push_back(std::move(t));
     doc.cache_entries.insert(doc.cache_entries.end(), ce.begin(), ce.end());
     progress(double(e - doc.begin) / double(std::max<int64_t>(1, doc.T)));

@@ -78,9 +78,21 @@ struct Document {
   std::vector<uint8_t> z;               // (T, LH) logged decisions
   std::vector<std::string> text;        // (T)
   std::vector<int32_t> cache_entries;   // (T) as logged
+  std::vector<int32_t> evicted_at;      // (T, LH) a policy log's evictions (docs/hdf5-schema.md); else empty
+  bool full_attention = false;          // a dense log: every earlier key was in the cache
   bool kept(int64_t t, int64_t i, const KeptRule& r) const {
     const size_t k = size_t(t * LH + i);
     return r.logged ? z[k] != 0 : (t < keep_first || u[k] >= r.code);
+  }
+  // Whether head i's cache held key s when query t attended: a policy log's evictions; else the window, or
+  // the key's decision under the rule; every earlier key under full attention.
+  bool present(int64_t t, int64_t s, int64_t i, const KeptRule& r) const {
+    if (s > t) return false;
+    if (!evicted_at.empty()) {
+      const int32_t e = evicted_at[size_t(s * LH + i)];
+      return e == -1 || e > t;
+    }
+    return full_attention || t - s < window || kept(s, i, r);
   }
   bool eligible(int64_t t) const { return t >= keep_first && t < T - window; }
   std::vector<int64_t> keptEligible(const KeptRule& r) const;  // (LH)

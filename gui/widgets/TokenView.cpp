@@ -105,8 +105,29 @@ void TokenView::paintEvent(QPaintEvent*) {
     p.drawText(x + 2, kRuler - 5, QString::number(qlonglong(t)));
   }
   p.restore();
-  // The local window of the cursor token: keys it sees whatever their gates say.
+  // The keys the cursor's query saw: everything else is dimmed, by the share of the column's keys (over the
+  // row's heads) that its cache did not hold (later tokens, evicted or gated-out keys).
   const double px_per_token = 1.0 / m_axis.tokensPerPixel();
+  if (m_cursor >= 0) {
+    int64_t held = 0;
+    for (int64_t i = 0; i < m_doc->LH; ++i)
+      for (int64_t s = 0; s <= m_cursor; ++s) held += m_doc->present(m_cursor, s, i, m_lod->rule);
+    for (size_t r = 0; r < m_rows.heads.size(); ++r)
+      for (int x = 0; x < W; ++x) {  // pixel x covers tokens [tokenAt(x), tokenAt(x + 1)), as in renderStrips
+        const int64_t t0 = std::max<int64_t>(0, int64_t(std::floor(m_axis.tokenAt(x))));
+        const int64_t t1 = std::min<int64_t>(m_doc->T, std::max<int64_t>(t0 + 1, int64_t(std::ceil(m_axis.tokenAt(x + 1)))));
+        int64_t in = 0, all = 0;
+        for (int64_t t = t0; t < t1; ++t)
+          for (int64_t i : m_rows.heads[r]) in += m_doc->present(m_cursor, t, i, m_lod->rule), ++all;
+        if (all > in) p.fillRect(QRect(kLabels + x, top + int(r) * rh, 1, rh), QColor(0, 0, 0, int(180 * (all - in) / all)));
+      }
+    const QString saw = QString("query %1 saw %2 of %3 keys").arg(m_cursor).arg(held).arg((m_cursor + 1) * m_doc->LH);
+    const QRect box(kLabels + W - QFontMetrics(font()).horizontalAdvance(saw) - 8, 0, QFontMetrics(font()).horizontalAdvance(saw) + 8, kRuler);
+    p.fillRect(box, QColor(30, 30, 30));  // over the ruler's numbers
+    p.setPen(QColor(255, 230, 0));
+    p.drawText(box, Qt::AlignCenter, saw);
+  }
+  // The local window of the cursor token: keys it sees whatever their gates say.
   if (m_cursor >= 0) {
     const double x0 = m_axis.xOf(double(std::max<int64_t>(0, m_cursor - m_doc->window + 1))), x1 = m_axis.xOf(double(m_cursor + 1));
     const QRectF band(kLabels + std::max(0.0, x0), kRuler, std::min(double(W), x1) - std::max(0.0, x0), height() - kRuler);

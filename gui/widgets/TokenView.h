@@ -1,7 +1,8 @@
 // The token view: for one document, a strip per (layer, head) or per layer, kept vs dropped with u as
 // intensity, drawn for the visible range only from the level-of-detail pyramid. Wheel or +/- zooms about the
-// mouse, dragging or arrow keys pan; the local window of the cursor token is shaded; token text appears once
-// zoomed in. Clicking a token makes it the cursor.
+// mouse, dragging or arrow keys pan; the local window of the cursor token is shaded and the keys its query did
+// not see (later, evicted by a policy, or gated out) are dimmed; token text appears once zoomed in. Clicking a
+// token makes it the cursor.
 #pragma once
 #include <QWidget>
 #include <memory>

@@ -47,13 +47,19 @@ inline float from_half(uint16_t h) {  // positive normal values only
   return f;
 }
 
-inline std::string write_known_log(const std::string& path) {
+inline GateLogHeader known_header() {
   using K = KnownLog;
   GateLogHeader h;
   h.n_layers = K::L, h.n_kv_heads = K::H, h.window = K::W, h.keep_first = K::keep_first, h.tau = 0.5;
   h.gating_mode = "hard", h.checkpoint_sha256 = "0123456789abcdef0123", h.model_path = "models/known";
   h.model_config_json = R"({"model_type": "llama", "dim": 64, "n_heads": 4, "n_layers": 3})";
   h.inputs_json = R"(["corpus/known.txt"])", h.tokenizer_path = "models/known/tokenizer.model";
+  return h;
+}
+
+inline std::string write_known_log(const std::string& path) {
+  using K = KnownLog;
+  const GateLogHeader h = known_header();
   {
     GateLogWriter w(path, h, false, 0);
     for (size_t d = 0; d < K::lengths.size(); ++d) {
@@ -72,6 +78,45 @@ inline std::string write_known_log(const std::string& path) {
           for (int64_t i = 0; i < K::LH; ++i) stored += K::kept_logged(t - K::W, i);
         doc.cache_entries.push_back(int32_t(std::min(t + 1, K::W) * K::LH + stored));
       }
+      w.add(std::move(doc));
+    }
+    w.close();
+  }
+#ifdef SPKV_BIN
+  expect_valid_log(path);
+#endif
+  return path;
+}
+
+// A policy log (schema 2) over KnownLog's documents and shape: head i evicts key s when token s + W + 3i
+// comes (if the document is that long), so query t saw key s of head i iff s <= t < s + W + 3i.
+inline int64_t known_eviction(int64_t s, int64_t i, int64_t T) {
+  const int64_t at = s + KnownLog::W + 3 * i;
+  return at < T ? at : -1;
+}
+inline std::string write_policy_log(const std::string& path) {
+  using K = KnownLog;
+  GateLogHeader h = known_header();
+  h.keep_first = 0, h.chunk = 1, h.gating_mode = "policy", h.policy = "h2o", h.budget = "slots:20";
+  {
+    GateLogWriter w(path, h, false, 0);
+    for (size_t d = 0; d < K::lengths.size(); ++d) {
+      const int64_t T = K::lengths[d];
+      LoggedDocument doc;
+      doc.id = "known#" + std::to_string(d);
+      doc.kept.assign(K::LH, 0), doc.eligible.assign(K::LH, 0);
+      std::vector<int64_t> gone(size_t(T), 0);
+      for (int64_t t = 0; t < T; ++t) {
+        doc.tokens.push_back(int32_t(1 + t % 4)), doc.text.push_back(K::text(t)), doc.nll.push_back(t ? 1.0f : std::nanf(""));
+        for (int64_t i = 0; i < K::LH; ++i) {
+          const int64_t e = known_eviction(t, i, T);
+          doc.evicted_at.push_back(int32_t(e)), doc.z.push_back(e == -1), doc.u.push_back(e == -1 ? 0x3C00 : 0);
+          if (e >= 0) ++gone[size_t(e)];
+          if (t < T - K::W) doc.eligible[i] += 1, doc.kept[i] += e == -1;
+        }
+      }
+      int64_t evicted = 0;
+      for (int64_t t = 0; t < T; ++t) doc.cache_entries.push_back(int32_t((t + 1) * K::LH - (evicted += gone[size_t(t)])));
       w.add(std::move(doc));
     }
     w.close();

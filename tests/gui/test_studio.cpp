@@ -118,6 +118,55 @@ TEST_F(Studio, SelectAHeadZoomTheTokensAndSeeKeptAndDroppedApart) {
     for (int h = 0; h < 4; ++h) EXPECT_EQ(win.tokenDetail()->index(l, h).data(KeptRole).toBool(), KnownLog::kept_logged(19, l * 4 + h));
 }
 
+// A policy log: with the cursor on token 60 of document 2, a key the policy had evicted by then is dimmed and
+// a key still held is drawn as it is; the ruler says how many keys the query saw (counted from the fixture's
+// eviction rule, not from the view).
+TEST(StudioPolicyLog, TheCursorsQuerySeesWhatThePolicyHeld) {
+  test::TempDir tmp;
+  const std::string path = test::write_policy_log(tmp / "policy.h5");
+  MainWindow win;
+  win.resize(1400, 900);
+  win.show();
+  win.openLog(QString::fromStdString(path));
+  ASSERT_TRUE(win.jobs().waitIdle(60000));
+  ASSERT_TRUE(win.corpus()) << win.lastError().toStdString();
+  EXPECT_EQ(win.corpus()->info.policy, "h2o");
+  win.selectDocument(2);
+  ASSERT_TRUE(win.jobs().waitIdle(60000));
+  TokenView* tv = win.tokenView();
+  tv->axis().zoom(tv->axis().tokensPerPixel() * 12, 0);  // 12 px per token: tokens 0.. visible
+  const int64_t q = 60, T = 200;
+  tv->setCursor(q);
+  tv->axis().centerOn(40);
+  tv->repaint();
+  const QImage img = tv->grab().toImage();
+  save_screenshot(&win, "policy_tokens.png");
+  int held = 0, evicted = 0;
+  const Document& doc = *win.document();
+  for (int64_t s = 20; s < 52; ++s) {  // outside the query's window, so only the policy decides
+    const int x = 56 + int(tv->axis().xOf(double(s) + 0.5));
+    for (int64_t i : {0, 11}) {
+      const int64_t e = test::known_eviction(s, i, T);
+      const bool present = e == -1 || e > q;
+      EXPECT_EQ(doc.present(q, s, i, KeptRule{}), present) << "key " << s << " head " << i;
+      const int y = tv->rowsTop() + tv->rowOf(int(i / 4), int(i % 4)) * tv->rowHeight() + tv->rowHeight() / 2;
+      const QRgb plain = stripColor(e == -1 ? 1.0 : 0.0, e == -1);
+      if (present) EXPECT_EQ(img.pixel(x, y), plain) << "key " << s << " head " << i;
+      else EXPECT_LT(qGray(img.pixel(x, y)), qGray(plain)) << "key " << s << " head " << i << ": evicted, dimmed";
+      (present ? held : evicted) += 1;
+    }
+  }
+  EXPECT_GT(held, 0);
+  EXPECT_GT(evicted, 0);
+  int64_t saw = 0;
+  for (int64_t i = 0; i < KnownLog::LH; ++i)
+    for (int64_t s = 0; s <= q; ++s) saw += test::known_eviction(s, i, T) == -1 || test::known_eviction(s, i, T) > q;
+  EXPECT_EQ(saw, 12 * KnownLog::W + 3 * (0 + 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10 + 11));  // head i: s in (q - W - 3i, q]
+  for (int64_t i = 0; i < KnownLog::LH; ++i)
+    for (int64_t s = 0; s <= q; ++s) saw -= doc.present(q, s, i, KeptRule{});
+  EXPECT_EQ(saw, 0);
+}
+
 TEST_F(Studio, CounterfactualTauUpdatesTheHeatmapReadoutsAndDocuments) {
   const QString before = win.densityReadout();
   // KV entries at the ends of the documents: each head's window and keep_first token, plus its kept keys.
