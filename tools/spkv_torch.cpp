@@ -10,6 +10,8 @@
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include "core/base/threads.h"
@@ -42,6 +44,16 @@ namespace {
 void set_blas_threads(int n) {
   using Fn = void (*)(int);
   if (auto f = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(n);
+}
+
+// Keep freed tensor memory in the heap instead of handing it back to the kernel after every step. glibc
+// serves blocks above 32 MiB with mmap and trims the heap's free top above 128 KiB, so each training step's
+// large tensors ((B, H, T, T) attention: 128 MiB at batch 16, T 512) came back as fresh pages, zeroed on
+// first touch: page faults took a third of the time and batch 16 trained 5x slower per token than batch 4
+// (docs/results.md, "Training throughput"). glibc's own environment variables still win.
+void keep_freed_memory() {
+  if (!std::getenv("MALLOC_MMAP_MAX_")) mallopt(M_MMAP_MAX, 0);
+  if (!std::getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 }
 
 std::string one_line(std::string s) {
@@ -77,9 +89,7 @@ int main(int argc, char** argv) {
   try {
     spkv::threads::configure(global.threads, [](int n) { at::set_num_threads(n); });
     set_blas_threads(global.blas_threads);
-    // Keep freed tensor memory in the heap instead of returning it to the kernel on every step.
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    keep_freed_memory();
     for (const Command& c : commands)
       if (*c.app) complete = c.run() && complete;
   } catch (const std::exception& e) {

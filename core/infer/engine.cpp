@@ -365,18 +365,18 @@ void Engine::decode_attention(int64_t il, kernels::DecodeParams& p) {
 
 ScoredDocument score_document(Engine& engine, const std::vector<int32_t>& tokens) {
   if (tokens.size() < 2) throw InputError("score: a document needs at least 2 tokens, got " + std::to_string(tokens.size()));
+  auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0);  // (1, T)
   BudgetedKvCache* bc = engine.baseline_cache();
   if (bc && bc->policy().kind == PolicyKind::oracle) {  // the first pass: full attention, recorded
     const CacheBudget budget = bc->budget();
     bc->set_budget(parse_budget("slots:" + std::to_string(tokens.size())));
     bc->record_attention(int64_t(tokens.size()));
     engine.clear();
-    engine.forward(torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0));
+    engine.forward(ids);
     bc->set_future(bc->recorded());
     bc->set_budget(budget);
   }
   engine.clear();
-  auto ids = torch::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).unsqueeze(0);  // (1, T)
   EngineStep step = engine.forward(ids);
   const int64_t T = ids.size(1);
   auto logp = torch::log_softmax(step.logits[0].to(torch::kFloat64), -1);                                  // (T, V)
