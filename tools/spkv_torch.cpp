@@ -47,10 +47,10 @@ void set_blas_threads(int n) {
 }
 
 // Keep freed tensor memory in the heap instead of handing it back to the kernel after every step. glibc
-// serves blocks above 32 MiB with mmap and trims the heap's free top above 128 KiB, so each training step's
-// large tensors ((B, H, T, T) attention: 128 MiB at batch 16, T 512) came back as fresh pages, zeroed on
-// first touch: page faults took a third of the time and batch 16 trained 5x slower per token than batch 4
-// (docs/results.md, "Training throughput"). glibc's own environment variables still win.
+// serves blocks above 32 MiB (the most M_MMAP_THRESHOLD accepts) with mmap and unmaps them on free, so each
+// training step's largest tensors ((B, H, T, T) attention: 128 MiB at batch 16, T 512) came back as fresh
+// pages, zeroed on first touch: page faults took a third of the time and batch 16 trained 5x slower per
+// token than batch 4 (docs/results.md, "CPU performance", item 8). glibc's own environment variables win.
 void keep_freed_memory() {
   if (!std::getenv("MALLOC_MMAP_MAX_")) mallopt(M_MMAP_MAX, 0);
   if (!std::getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
