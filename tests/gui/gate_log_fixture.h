@@ -57,9 +57,11 @@ inline GateLogHeader known_header() {
   return h;
 }
 
-inline std::string write_known_log(const std::string& path) {
+// Writes KnownLog's documents (ids, tokens, text, nll) under header h; heads(doc, T) fills each token's
+// per-head fields, the kept/eligible counts and the cache sizes. Checked by `spkv check` where it is built.
+template <class Heads>
+std::string write_known_documents(const std::string& path, const GateLogHeader& h, Heads heads) {
   using K = KnownLog;
-  const GateLogHeader h = known_header();
   {
     GateLogWriter w(path, h, false, 0);
     for (size_t d = 0; d < K::lengths.size(); ++d) {
@@ -67,17 +69,9 @@ inline std::string write_known_log(const std::string& path) {
       LoggedDocument doc;
       doc.id = "known#" + std::to_string(d);
       doc.kept.assign(K::LH, 0), doc.eligible.assign(K::LH, 0);
-      int64_t stored = 0;
-      for (int64_t t = 0; t < T; ++t) {
+      for (int64_t t = 0; t < T; ++t)
         doc.tokens.push_back(int32_t(1 + t % 4)), doc.text.push_back(K::text(t)), doc.nll.push_back(t ? 1.0f : std::nanf(""));
-        for (int64_t i = 0; i < K::LH; ++i) {
-          doc.u.push_back(to_half(K::u(t, i))), doc.z.push_back(K::kept_logged(t, i));
-          if (K::eligible(t, T)) doc.eligible[i] += 1, doc.kept[i] += K::kept_logged(t, i);
-        }
-        if (t >= K::W)
-          for (int64_t i = 0; i < K::LH; ++i) stored += K::kept_logged(t - K::W, i);
-        doc.cache_entries.push_back(int32_t(std::min(t + 1, K::W) * K::LH + stored));
-      }
+      heads(doc, T);
       w.add(std::move(doc));
     }
     w.close();
@@ -86,6 +80,22 @@ inline std::string write_known_log(const std::string& path) {
   expect_valid_log(path);
 #endif
   return path;
+}
+
+inline std::string write_known_log(const std::string& path) {
+  using K = KnownLog;
+  return write_known_documents(path, known_header(), [](LoggedDocument& doc, int64_t T) {
+    int64_t stored = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < K::LH; ++i) {
+        doc.u.push_back(to_half(K::u(t, i))), doc.z.push_back(K::kept_logged(t, i));
+        if (K::eligible(t, T)) doc.eligible[i] += 1, doc.kept[i] += K::kept_logged(t, i);
+      }
+      if (t >= K::W)
+        for (int64_t i = 0; i < K::LH; ++i) stored += K::kept_logged(t - K::W, i);
+      doc.cache_entries.push_back(int32_t(std::min(t + 1, K::W) * K::LH + stored));
+    }
+  });
 }
 
 // A policy log (schema 2) over KnownLog's documents and shape: head i evicts key s when token s + W + 3i
@@ -98,33 +108,18 @@ inline std::string write_policy_log(const std::string& path) {
   using K = KnownLog;
   GateLogHeader h = known_header();
   h.keep_first = 0, h.chunk = 1, h.gating_mode = "policy", h.policy = "h2o", h.budget = "slots:20";
-  {
-    GateLogWriter w(path, h, false, 0);
-    for (size_t d = 0; d < K::lengths.size(); ++d) {
-      const int64_t T = K::lengths[d];
-      LoggedDocument doc;
-      doc.id = "known#" + std::to_string(d);
-      doc.kept.assign(K::LH, 0), doc.eligible.assign(K::LH, 0);
-      std::vector<int64_t> gone(size_t(T), 0);
-      for (int64_t t = 0; t < T; ++t) {
-        doc.tokens.push_back(int32_t(1 + t % 4)), doc.text.push_back(K::text(t)), doc.nll.push_back(t ? 1.0f : std::nanf(""));
-        for (int64_t i = 0; i < K::LH; ++i) {
-          const int64_t e = known_eviction(t, i, T);
-          doc.evicted_at.push_back(int32_t(e)), doc.z.push_back(e == -1), doc.u.push_back(e == -1 ? 0x3C00 : 0);
-          if (e >= 0) ++gone[size_t(e)];
-          if (t < T - K::W) doc.eligible[i] += 1, doc.kept[i] += e == -1;
-        }
+  return write_known_documents(path, h, [](LoggedDocument& doc, int64_t T) {
+    std::vector<int64_t> gone(size_t(T), 0);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < K::LH; ++i) {
+        const int64_t e = known_eviction(t, i, T);
+        doc.evicted_at.push_back(int32_t(e)), doc.z.push_back(e == -1), doc.u.push_back(e == -1 ? 0x3C00 : 0);
+        if (e >= 0) ++gone[size_t(e)];
+        if (t < T - K::W) doc.eligible[i] += 1, doc.kept[i] += e == -1;
       }
-      int64_t evicted = 0;
-      for (int64_t t = 0; t < T; ++t) doc.cache_entries.push_back(int32_t((t + 1) * K::LH - (evicted += gone[size_t(t)])));
-      w.add(std::move(doc));
-    }
-    w.close();
-  }
-#ifdef SPKV_BIN
-  expect_valid_log(path);
-#endif
-  return path;
+    int64_t evicted = 0;
+    for (int64_t t = 0; t < T; ++t) doc.cache_entries.push_back(int32_t((t + 1) * K::LH - (evicted += gone[size_t(t)])));
+  });
 }
 
 }  // namespace spkv::test
