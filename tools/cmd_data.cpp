@@ -18,20 +18,40 @@ namespace spkv::cli {
 namespace {
 namespace fs = std::filesystem;
 
+// Documents of `inputs`, with the answer spans of the task JSONL files among them when `with_answers`
+// (a .jsonl input is read as tasks; other inputs, and task lines without answers, have none).
+std::vector<TaskDoc> read_inputs(const std::vector<std::string>& inputs, const std::string& separator, bool with_answers) {
+  std::vector<TaskDoc> docs;
+  for (const auto& in : inputs) {
+    if (with_answers && fs::path(in).extension() == ".jsonl" && !fs::is_directory(in)) {
+      auto t = read_tasks_jsonl(in);
+      docs.insert(docs.end(), std::make_move_iterator(t.begin()), std::make_move_iterator(t.end()));
+      continue;
+    }
+    for (auto& d : read_documents(in, separator)) docs.push_back({"", std::move(d.text), {}, {}});
+  }
+  return docs;
+}
+
 // Tokenizes documents into out_dir/train.tok and out_dir/val.tok: the documents of val_inputs are the
-// validation split, or, when there are none, every val_every-th document is held out.
+// validation split, or, when there are none, every val_every-th document is held out. loss "answers": in a
+// document with answer spans only the answer tokens count as training targets (token file version 2).
 void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& inputs,
                   const std::vector<std::string>& val_inputs, const std::string& separator, const std::string& out_dir,
-                  int64_t val_every) {
-  auto docs = read_all_documents(inputs, separator);
+                  int64_t val_every, const std::string& loss) {
+  const bool answers = loss == "answers";
+  auto docs = read_inputs(inputs, separator, answers);
   const size_t n_train_docs = docs.size();
   if (!val_inputs.empty()) {
-    auto v = read_all_documents(val_inputs, separator);
-    docs.insert(docs.end(), v.begin(), v.end());
+    auto v = read_inputs(val_inputs, separator, answers);
+    docs.insert(docs.end(), std::make_move_iterator(v.begin()), std::make_move_iterator(v.end()));
   }
   auto tok = load_tokenizer(tokenizer);
-  std::vector<std::vector<int32_t>> train, val;
-  int64_t n_train = 0, n_val = 0;
+  struct Split {
+    std::vector<std::vector<int32_t>> docs;
+    std::vector<std::vector<uint8_t>> counts;
+    int64_t tokens = 0, targets = 0;
+  } train, val;
   int64_t bytes = 0;
   for (auto& d : docs) bytes += int64_t(d.text.size());
   Progress bar("tokenize", bytes, "B");  // bytes, so that one very large document shows progress too
@@ -41,17 +61,26 @@ void cmd_tokenize(const std::string& tokenizer, const std::vector<std::string>& 
     auto ids = tok->encode(docs[i].text, /*bos=*/true, /*eos=*/false,
                            [&](size_t done) { bar.add(int64_t(done - shown), doc), shown = done; });
     const bool held_out = val_inputs.empty() ? i % size_t(val_every) == size_t(val_every) - 1 : i >= n_train_docs;
-    (held_out ? n_val : n_train) += int64_t(ids.size());
-    (held_out ? val : train).push_back(std::move(ids));
+    Split& s = held_out ? val : train;
+    std::vector<uint8_t> counts(ids.size(), docs[i].answers.empty() ? 1 : 0);
+    if (!docs[i].answers.empty())
+      for (const auto& span : span_tokens(*tok, ids, docs[i].text, docs[i].answers))
+        for (int64_t j : span) counts[size_t(j)] = 1;
+    s.tokens += int64_t(ids.size());
+    for (uint8_t c : counts) s.targets += c;
+    s.docs.push_back(std::move(ids)), s.counts.push_back(std::move(counts));
   }
   bar.finish();
-  if (val.empty()) throw InputError("tokenize: no document was held out for validation (" + std::to_string(docs.size()) +
-                                    " documents, --val-every " + std::to_string(val_every) + ")");
+  if (val.docs.empty()) throw InputError("tokenize: no document was held out for validation (" + std::to_string(docs.size()) +
+                                         " documents, --val-every " + std::to_string(val_every) + ")");
   fs::create_directories(out_dir);
-  write_token_file((fs::path(out_dir) / "train.tok").string(), train, tok->vocab_size());
-  write_token_file((fs::path(out_dir) / "val.tok").string(), val, tok->vocab_size());
+  for (auto [s, name] : {std::pair{&train, "train.tok"}, {&val, "val.tok"}})
+    write_token_file((fs::path(out_dir) / name).string(), s->docs, tok->vocab_size(), answers ? &s->counts : nullptr);
   fmt::print("train.tok  {} documents, {} tokens\nval.tok    {} documents, {} tokens\nvocab      {} ({})\n",
-             train.size(), n_train, val.size(), n_val, tok->vocab_size(), tokenizer);
+             train.docs.size(), train.tokens, val.docs.size(), val.tokens, tok->vocab_size(), tokenizer);
+  if (answers)
+    fmt::print("targets    {} of the training tokens count ({:.3f}), {} of the validation tokens ({:.3f})\n", train.targets,
+               double(train.targets) / double(train.tokens), val.targets, double(val.targets) / double(val.tokens));
 }
 
 // SentencePiece BPE/unigram on the documents of `inputs`, one line per input line.
@@ -174,6 +203,7 @@ void add_data_commands(CLI::App& app, Commands& out) {
     std::string tok, out, separator = "<|endoftext|>";
     std::vector<std::string> inputs, val;
     int64_t val_every = 20;
+    std::string loss = "all";
   };
   auto k = options<Tokenize>();
   auto* tk = add_command(app, "tokenize");
@@ -183,7 +213,11 @@ void add_data_commands(CLI::App& app, Commands& out) {
   tk->add_option("--out,-o", k->out, "output folder")->required();
   tk->add_option("--val-every", k->val_every, "hold out every N-th document for validation")->check(CLI::PositiveNumber);
   tk->add_option("--val", k->val, "validation inputs (then every input document goes to train.tok)");
-  out.push_back({tk, [k] { return cmd_tokenize(k->tok, k->inputs, k->val, k->separator, k->out, k->val_every), true; }});
+  tk->add_option("--loss", k->loss,
+                 "which tokens are training targets: all, or answers (in task JSONL documents with answer spans, only "
+                 "the answer tokens; every token of other documents)")
+      ->check(CLI::IsMember({"all", "answers"}));
+  out.push_back({tk, [k] { return cmd_tokenize(k->tok, k->inputs, k->val, k->separator, k->out, k->val_every, k->loss), true; }});
 
   struct TrainTokenizer {
     SentencePieceTrainOptions sp;

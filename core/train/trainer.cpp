@@ -111,7 +111,12 @@ Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<int64_
       sa[b][t] = seg;
     }
   }
-  return {tokens, segments, {}};
+  if (!f.has_loss_mask()) return {tokens, segments, {}};
+  auto mask = torch::empty({B, T1 - 1}, torch::kBool);  // (B, T) whether target t (token t + 1) counts
+  auto ma = mask.accessor<bool, 2>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < T1; ++t) ma[b][t] = f.counts(starts[b] + t + 1);
+  return {tokens, segments, mask};
 }
 
 Batch TokenFileSource::train_batch(int64_t step, int64_t micro) {

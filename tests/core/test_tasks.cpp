@@ -7,6 +7,7 @@
 
 #include "core/base/errors.h"
 #include "core/text/tasks.h"
+#include "core/train/token_file.h"
 #include "tests/test_util.h"
 
 namespace spkv {
@@ -212,6 +213,47 @@ TEST(Tasks, SpansMapToTheTokensThatSpellThem) {
       EXPECT_LT(prefix_len(idx.back()), d.answers[k].end);
     }
   }
+}
+
+// `spkv tokenize --loss answers`: in task documents only the answer tokens are targets (the tokens
+// span_tokens maps the answers to, tested above), every token of a plain document is, and the held-out
+// split carries its mask too; without --loss the file stays version 1.
+TEST(Tasks, TokenizeWithAnswerLossCountsOnlyTheAnswerTokens) {
+  TempDir tmp;
+  auto tok = filler_tokenizer(tmp);
+  TaskGenOptions o;
+  o.n = 8, o.min_chars = 900, o.max_chars = 1600, o.min_gap_chars = 400, o.kinds = {"kv", "needle"};
+  const auto tasks = generate_tasks(make_filler(), o);
+  write_tasks_jsonl(tmp / "t.jsonl", std::vector<TaskDoc>(tasks.begin(), tasks.begin() + 6));
+  write_tasks_jsonl(tmp / "v.jsonl", std::vector<TaskDoc>(tasks.begin() + 6, tasks.end()));
+  test::write_file(tmp / "plain.txt", make_filler()[4]);
+  auto r = test::run_spkv("tokenize -t " + test::quote(tmp / "f.model") + " --loss answers --out " + test::quote(tmp / "tok") + " " +
+                          test::quote(tmp / "t.jsonl") + " " + test::quote(tmp / "plain.txt") + " --val " + test::quote(tmp / "v.jsonl"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  int64_t answer_tokens = 0;
+  for (const char* split : {"train", "val"}) {
+    TokenFile f(tmp / ("tok/" + std::string(split) + ".tok"));
+    ASSERT_TRUE(f.has_loss_mask());
+    const size_t first = split == std::string("train") ? 0 : 6;
+    for (int64_t d = 0; d < f.n_docs(); ++d) {
+      const bool plain = first == 0 && d == 6;
+      const TaskDoc& t = tasks[first + size_t(plain ? 0 : d)];
+      std::set<int64_t> want;
+      if (!plain) {
+        const auto ids = tok->encode(t.text, true, false);
+        ASSERT_EQ(int64_t(ids.size()), f.doc_begin(d + 1) - f.doc_begin(d));
+        for (const auto& span : span_tokens(*tok, ids, t.text, t.answers)) want.insert(span.begin(), span.end());
+        answer_tokens += int64_t(want.size());
+      }
+      for (int64_t i = f.doc_begin(d); i < f.doc_begin(d + 1); ++i)
+        ASSERT_EQ(f.counts(i), plain || want.count(i - f.doc_begin(d))) << split << " document " << d << " token " << i;
+    }
+  }
+  EXPECT_GT(answer_tokens, 30);
+  r = test::run_spkv("tokenize -t " + test::quote(tmp / "f.model") + " --out " + test::quote(tmp / "tok1") + " " +
+                     test::quote(tmp / "t.jsonl") + " --val " + test::quote(tmp / "v.jsonl"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(TokenFile(tmp / "tok1/train.tok").has_loss_mask());
 }
 
 // The composition recounted by decoding prefixes: an answer's first token is the first whose prefix

@@ -166,6 +166,77 @@ json tiny_recipe(const std::string& dir) {
           {"eval", {{"every", 4}, {"batches", 2}}}};
 }
 
+// Version 2's loss mask: read back per token, carried into every window's loss_mask (train and
+// validation), and the loss counts only those targets: evaluate() against a float64 recomputation from the
+// logits, which with every target counted gives a different number.
+TEST(TokenFile, LossMaskReachesEveryWindowAndOnlyItsTargetsCount) {
+  test::TempDir dir;
+  std::vector<std::vector<int32_t>> docs;
+  std::vector<std::vector<uint8_t>> counts;
+  int32_t next = 0;
+  for (int d = 0; d < 30; ++d) {  // every token is its own flat index (mod 64); index i counts iff i % 3 == 1
+    docs.emplace_back(), counts.emplace_back();
+    for (int j = 0; j < 25 + 7 * (d % 5); ++j, ++next) docs.back().push_back(next % 64), counts.back().push_back(next % 3 == 1);
+  }
+  write_token_file(dir / "m.tok", docs, 64, &counts);
+  write_token_file(dir / "plain.tok", docs, 64);
+  TokenFile f(dir / "m.tok"), plain(dir / "plain.tok");
+  ASSERT_TRUE(f.has_loss_mask());
+  EXPECT_FALSE(plain.has_loss_mask());
+  for (int64_t i = 0; i < f.n_tokens(); ++i) {
+    ASSERT_EQ(f.counts(i), i % 3 == 1) << "token " << i;
+    ASSERT_TRUE(plain.counts(i));
+  }
+  const std::string bytes = test::read_file(dir / "m.tok");
+  test::write_file(dir / "cut.tok", bytes.substr(0, bytes.size() - size_t(f.n_tokens())));  // version 2 without its mask
+  try {
+    TokenFile bad(dir / "cut.tok");
+    FAIL() << "a version 2 file without its mask was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("cut.tok: not a valid spkv token file: size"), std::string::npos) << e.what();
+  }
+  counts[3].pop_back();
+  EXPECT_THROW(write_token_file(dir / "x.tok", docs, 64, &counts), ConfigError);
+
+  // Windows: the flat index of target t is its window start + t + 1; starts are found through the segments.
+  TokenFileSource src(dir / "m.tok", dir / "m.tok", 48, 4, 3, 5);
+  std::vector<Batch> batches = src.val_batches();
+  batches.push_back(src.train_batch(2, 0));
+  for (const Batch& b : batches) {
+    ASSERT_TRUE(b.loss_mask.defined());
+    ASSERT_EQ(b.loss_mask.sizes(), (std::vector<int64_t>{b.tokens.size(0), 48}));
+    for (int64_t r = 0; r < b.tokens.size(0); ++r) {
+      int64_t start = -1;  // the flat index whose token and document layout match the window
+      for (int64_t s = 0; s + 49 <= f.n_tokens() && start < 0; ++s) {
+        bool ok = true;
+        for (int64_t t = 0; t < 49 && ok; ++t)
+          ok = f.token(s + t) == b.tokens[r][t].item<int64_t>() && f.doc_of(s + t) - f.doc_of(s) == b.segments[r][t].item<int64_t>();
+        if (ok) start = s;
+      }
+      ASSERT_GE(start, 0);
+      for (int64_t t = 0; t < 48; ++t) ASSERT_EQ(b.loss_mask[r][t].item<bool>(), (start + t + 1) % 3 == 1) << r << " " << t;
+    }
+  }
+
+  json j = tiny_recipe(dir.path.string());
+  j.erase("spkv");
+  const Recipe recipe = parse_recipe(j, dir / "r.json");
+  LlamaForCausalLM m = build_model(recipe);
+  m->eval();
+  torch::NoGradGuard ng;
+  const auto& b = batches.front();
+  const auto logits = m(b.tokens.narrow(1, 0, 48), b.segments.narrow(1, 0, 48)).to(torch::kDouble);  // (B, T, V)
+  const auto nll = -torch::log_softmax(logits, -1).gather(-1, b.tokens.narrow(1, 1, 48).unsqueeze(-1)).squeeze(-1);  // (B, T)
+  const auto same_doc = b.segments.narrow(1, 1, 48) == b.segments.narrow(1, 0, 48);  // (B, T)
+  const auto counted = same_doc & b.loss_mask;
+  const double want = (nll * counted).sum().item<double>() / counted.sum().item<double>();
+  const double every = (nll * same_doc).sum().item<double>() / same_doc.sum().item<double>();
+  const EvalResult got = evaluate(m, {b}, torch::kCPU);
+  EXPECT_EQ(got.tokens, counted.sum().item<int64_t>());
+  EXPECT_NEAR(got.nll, want, 1e-5);
+  EXPECT_GT(std::abs(every - want), 1e-3) << "the mask must change the loss, or the test cannot fail";
+}
+
 TEST(Trainer, ScheduleFollowsWarmupCosineAndTheHardSwitch) {
   json j = tiny_recipe("/nowhere");
   j["schedule"] = {{"steps", 1000}, {"warmup", 100}, {"hard_at", 0.75}, {"anneal_steps", 500}};
