@@ -13,7 +13,9 @@ neither). Only eligible keys count (positions keep_first <= s < T - W, the keys 
 Per head: far mass per fact key / per filler key (the retrieval score: > 1 means the head's far attention
 goes to facts), and the gates' keep rate of fact and filler keys. The retrieving heads are those with a
 score of at least --min-score; the pooled fact/filler keep ratio over them is the number to report.
-Usage: retrieval_heads.py TASKS.jsonl DENSE.h5 GATES.h5 [--min-score 3] [--json OUT.json]
+--head L,H adds that head's filler keep rate by where the filler lies (before the document's first fact, between
+facts, after its last fact) and kind: a gate that uses the document's context keeps less filler once facts came.
+Usage: retrieval_heads.py TASKS.jsonl DENSE.h5 GATES.h5 [--min-score 3] [--head L,H] [--json OUT.json]
 """
 import argparse
 import json
@@ -60,6 +62,7 @@ def main():
     ap.add_argument("dense")
     ap.add_argument("gates")
     ap.add_argument("--min-score", type=float, default=3.0)
+    ap.add_argument("--head")
     ap.add_argument("--json")
     a = ap.parse_args()
     docs = [json.loads(line) for line in open(a.tasks)]
@@ -84,6 +87,8 @@ def main():
     kept = np.zeros((2, L, H))     # of them, z = 1
     txt_off = fg["tokens/text_offsets"]
     used = 0
+    focus = tuple(int(v) for v in a.head.split(",")) if a.head else None
+    by_place = {}  # (kind, place) -> [keys, kept] of the --head head
     for d in range(D):
         if line_of[d] < 0:
             continue
@@ -104,6 +109,14 @@ def main():
             keys[c - 1] += sel.sum()
             mass[c - 1] += far[sel].sum(axis=0)
             kept[c - 1] += z[sel].sum(axis=0)
+        if focus and (cls == 1).any():
+            fact_at = np.flatnonzero(cls == 1)
+            place = np.where(np.arange(T) < fact_at[0], 0, np.where(np.arange(T) < fact_at[-1], 1, 2))
+            for p, name in enumerate(("before the first fact", "between facts", "after the last fact")):
+                sel = elig & (cls == 2) & (place == p)
+                n_k = by_place.setdefault((doc.get("kind", "?"), name), [0, 0])
+                n_k[0] += int(sel.sum())
+                n_k[1] += int(z[sel][:, focus[0], focus[1]].sum())
     per_key = mass / np.maximum(keys, 1)[:, None, None]
     score = per_key[0] / np.maximum(per_key[1], 1e-12)
     keep = kept / np.maximum(keys, 1)[:, None, None]
@@ -122,6 +135,9 @@ def main():
     lines += ["", f"Retrieving heads (score >= {a.min_score:g}): {int(retr.sum())}; over them the gates keep "
               f"{pooled_fact:.3f} of fact keys and {pooled_filler:.3f} of filler keys "
               f"({pooled_fact / pooled_filler if pooled_filler > 0 else float('inf'):.1f}x)."]
+    if focus:
+        lines += ["", f"Head {focus}: filler keys kept by where they lie.", "", "| kind | filler | keys | kept |", "|---|---|---|---|"]
+        lines += [f"| {k} | {p} | {n} | {kk / n:.3f} |" for (k, p), (n, kk) in sorted(by_place.items()) if n]
     print("\n".join(lines))
     if a.json:
         out = {"documents": used, "fact_keys": int(keys[0]), "filler_keys": int(keys[1]), "min_score": a.min_score,
