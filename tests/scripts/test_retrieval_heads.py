@@ -65,9 +65,9 @@ class RetrievalHeads(unittest.TestCase):
                 f.write(json.dumps({"text": TEXT, "facts": [[FACT, FACT + 5]], "answers": [[ANSWER, ANSWER + 5]],
                                     "kind": "kv"}) + "\n")
             out = os.path.join(d, "r.json")
-            subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "retrieval_heads.py"), tasks,
-                            os.path.join(d, "dense.h5"), os.path.join(d, "gated.h5"), "--json", out],
-                           check=True, capture_output=True)
+            run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "retrieval_heads.py"), tasks,
+                                  os.path.join(d, "dense.h5"), os.path.join(d, "gated.h5"), "--json", out, "--head", "0,0"],
+                                 check=True, capture_output=True, text=True)
             r = json.load(open(out))
         # Eligible: positions 1 .. T - W - 1 = 24: both facts, all 8 filler tokens.
         self.assertEqual((r["fact_keys"], r["filler_keys"]), (2, 8))
@@ -78,6 +78,10 @@ class RetrievalHeads(unittest.TestCase):
         self.assertEqual(r["keep_filler"], [[0.125, 1.0]])
         self.assertAlmostEqual(r["pooled_keep_facts"], 1.0)
         self.assertAlmostEqual(r["pooled_keep_filler"], 0.125)
+        # --head 0,0: its one kept filler key is among the four before the fact; none of the four after it.
+        self.assertIn("| kv | before the first fact | 4 | 0.250 |", run.stdout)
+        self.assertIn("| kv | after the last fact | 4 | 0.000 |", run.stdout)
+        self.assertNotIn("between facts", run.stdout)
 
 
 if __name__ == "__main__":
