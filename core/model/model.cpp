@@ -112,10 +112,11 @@ void check_layout(const ModelConfig& c, const HeadLayout& l, const std::string& 
 }
 
 MaskedAttention::MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates,
-                                 bool training, const HeadLayout& layout)
+                                 bool training, const HeadLayout& layout, const ShutGates& shut)
     : mask_(mask),
       gates_(gates),
       training_(training),
+      shut_(shut),
       spkv_window_(c.spkv.enabled ? c.spkv.window : 0),
       sliding_window_(c.sliding_window) {
   if (layout.empty()) return;
@@ -133,8 +134,11 @@ torch::Tensor MaskedAttention::bias(int64_t il, const torch::Tensor& u, c10::Sca
     const int64_t Hkv = layout_.size(1);
     return bias + torch::where(layout_[il].view({1, Hkv, 1, 1, 1}), torch::zeros_like(beyond_), beyond_).to(dtype);
   }
-  if (u.defined() && gates_.mode != GateMode::dense)
-    bias = torch::where(mask_.far, gate_bias(u, gates_, training_), bias);  // (B, Hkv, 1, T, S)
+  if (u.defined() && gates_.mode != GateMode::dense) {
+    auto us = u;  // (B, S, Hkv)
+    if (shut_.defined()) us = u.masked_fill(shut_.keys.unsqueeze(2) & shut_.heads[il].view({1, 1, -1}), 0.0);
+    bias = torch::where(mask_.far, gate_bias(us, gates_, training_), bias);  // (B, Hkv, 1, T, S)
+  }
   return bias;
 }
 
@@ -144,7 +148,7 @@ torch::Tensor MaskedAttention::attend(int64_t il, const torch::Tensor& q, const 
   // The CUDA kernels take the window and the far keys' bias instead of a (T, S) mask: every case but an SP-KV
   // model that also has a sliding window.
   const bool gated = u.defined() && gates_.mode != GateMode::dense;
-  if (q.is_cuda() && !layout_.defined() && !(gated && sliding_window_ > 0)) {
+  if (q.is_cuda() && !layout_.defined() && !shut_.defined() && !(gated && sliding_window_ > 0)) {
     const int64_t B = q.size(0), T = q.size(2), Hkv = k.size(1);
     cuda_ops::Gates g;
     g.q_pos = g.k_pos = mask_.index, g.k_begin = mask_.k_begin, g.window = sliding_window_;
@@ -229,14 +233,19 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(const ModelConfig& c) : config(c), ro
     lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.dim, c.vocab_size).bias(false)));
 }
 
-torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& segments) {
+torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& segments,
+                                            const ShutGates& shut) {
   if (tokens.dim() != 2) throw InputError("tokens must be (B, T), got " + shape_str(tokens.sizes()));
   if (segments.defined() && segments.sizes() != tokens.sizes())
     throw InputError("segments must have the shape of tokens " + shape_str(tokens.sizes()) + ", got " +
                      shape_str(segments.sizes()));
   auto mask = make_attention_mask(config, tokens.size(1), segments, tokens.device());
   last_evictable = mask.evictable;
-  MaskedAttention backend(config, mask, gates, is_training(), layout);
+  if (shut.defined() && (shut.keys.sizes() != tokens.sizes() || shut.heads.dim() != 2 ||
+                         shut.heads.size(0) != config.n_layers || shut.heads.size(1) != config.n_kv_heads))
+    throw InputError("shut gates: keys must be (B, T) " + shape_str(tokens.sizes()) + " and heads (L, Hkv), got " +
+                     shape_str(shut.keys.sizes()) + " and " + shape_str(shut.heads.sizes()));
+  MaskedAttention backend(config, mask, gates, is_training(), layout, shut);
   return forward_with(tokens, mask.positions, backend);
 }
 

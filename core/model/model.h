@@ -64,13 +64,22 @@ struct HeadLayout {
 // sliding window of the model's own.
 void check_layout(const ModelConfig& c, const HeadLayout& l, const std::string& where);
 
+// Gates shut on some keys of some heads (training's `local_on_text`, docs/training.md): the flagged heads
+// score the flagged keys u = 0, so those keys are dropped once they leave the window and pass no gradient to
+// the predictor; every other (head, key) keeps its gate. Undefined tensors = none.
+struct ShutGates {
+  torch::Tensor heads;  // (L, Hkv) bool
+  torch::Tensor keys;   // (B, T) bool
+  bool defined() const { return heads.defined() && keys.defined(); }
+};
+
 // The mask of one full-sequence call (built once, shared by every layer) with the gates' bias on far keys,
 // or a layout's fixed decisions instead.
 class MaskedAttention : public AttentionBackend {
  public:
-  // training: Bernoulli sampling in ste mode.
+  // training: Bernoulli sampling in ste mode. `shut` applies while the gates do (not under a layout).
   MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates, bool training,
-                  const HeadLayout& layout = {});
+                  const HeadLayout& layout = {}, const ShutGates& shut = {});
   torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& u) override;
 
@@ -81,6 +90,7 @@ class MaskedAttention : public AttentionBackend {
   const AttentionMask& mask_;
   GateSettings gates_;
   bool training_;
+  ShutGates shut_;
   torch::Tensor layout_, beyond_;  // (L, Hkv) bool global flags; (T, S) -inf where t - s >= the layout's window
   int64_t spkv_window_, sliding_window_;  // W of the gates (0 without SP-KV); the model's sliding window (0: none)
 };
@@ -133,9 +143,10 @@ TORCH_MODULE(LlamaModel);
 struct LlamaForCausalLMImpl : torch::nn::Module {
   explicit LlamaForCausalLMImpl(const ModelConfig& c);
   // tokens: (B, T) int64; segments: (B, T) int64 document index per token (packed rows; positions restart
-  // and attention stops at each document start), or undefined for one document per row -> logits (B, T, V).
-  // The attention mask is built here once per call and shared by every layer.
-  torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& segments = {});
+  // and attention stops at each document start), or undefined for one document per row; shut: gates shut on
+  // some keys (its keys (B, T)) -> logits (B, T, V). The attention mask is built here once per call and
+  // shared by every layer.
+  torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& segments = {}, const ShutGates& shut = {});
   // The same layers with any attention backend (the engine's cache, attention statistics): tokens (B, T) at
   // positions (T) or (B|1, T) -> logits (B, T, V). Does not set last_evictable.
   torch::Tensor forward_with(const torch::Tensor& tokens, const torch::Tensor& positions, AttentionBackend& backend);

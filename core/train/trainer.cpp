@@ -96,12 +96,22 @@ TokenFileSource::TokenFileSource(const std::string& train, const std::string& va
     if (f->n_tokens() < seq_len + 1)
       throw InputError(f->path() + ": " + std::to_string(f->n_tokens()) + " tokens, fewer than one window of seq_len + 1 = " +
                        std::to_string(seq_len + 1));
+  for (auto [f, plain] : {std::pair{&train_, &train_plain_}, std::pair{&val_, &val_plain_}}) {
+    if (!f->has_loss_mask()) continue;
+    plain->assign(size_t(f->n_docs()), 1);
+    for (int64_t d = 0; d < f->n_docs(); ++d)  // a document's first token is no target
+      for (int64_t i = f->doc_begin(d) + 1; i < f->doc_begin(d + 1) && (*plain)[size_t(d)]; ++i)
+        (*plain)[size_t(d)] = f->counts(i);
+  }
 }
 
-Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<int64_t>& starts) const {
+Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<uint8_t>& plain,
+                                    const std::vector<int64_t>& starts) const {
   const int64_t B = int64_t(starts.size()), T1 = seq_len_ + 1;
   auto tokens = torch::empty({B, T1}, torch::kInt64), segments = torch::empty({B, T1}, torch::kInt64);
+  auto text = torch::zeros({B, T1}, torch::kBool);
   auto ta = tokens.accessor<int64_t, 2>(), sa = segments.accessor<int64_t, 2>();
+  auto xa = text.accessor<bool, 2>();
   for (int64_t b = 0; b < B; ++b) {
     int64_t d = f.doc_of(starts[b]), seg = 0;
     for (int64_t t = 0; t < T1; ++t) {
@@ -109,14 +119,15 @@ Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<int64_
       if (t > 0 && d + 1 < f.n_docs() && i >= f.doc_begin(d + 1)) ++d, ++seg;
       ta[b][t] = f.token(i);
       sa[b][t] = seg;
+      if (!plain.empty()) xa[b][t] = plain[size_t(d)] != 0;
     }
   }
-  if (!f.has_loss_mask()) return {tokens, segments, {}};
+  if (!f.has_loss_mask()) return {tokens, segments, {}, {}};
   auto mask = torch::empty({B, T1 - 1}, torch::kBool);  // (B, T) whether target t (token t + 1) counts
   auto ma = mask.accessor<bool, 2>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t + 1 < T1; ++t) ma[b][t] = f.counts(starts[b] + t + 1);
-  return {tokens, segments, mask};
+  return {tokens, segments, mask, text};
 }
 
 Batch TokenFileSource::train_batch(int64_t step, int64_t micro) {
@@ -129,7 +140,7 @@ Batch TokenFileSource::train_batch(int64_t step, int64_t micro) {
     const int64_t d = train_.doc_of(s);
     if (train_.doc_begin(d + 1) - train_.doc_begin(d) <= seq_len_ + 1) s = train_.doc_begin(d);
   }
-  return window_batch(train_, starts);
+  return window_batch(train_, train_plain_, starts);
 }
 
 std::vector<Batch> TokenFileSource::val_batches() {
@@ -144,7 +155,7 @@ std::vector<Batch> TokenFileSource::val_batches() {
   }
   std::vector<Batch> out;
   for (size_t w = 0; w < starts.size(); w += size_t(batch_size_))
-    out.push_back(window_batch(val_, {starts.begin() + w, starts.begin() + std::min(starts.size(), w + size_t(batch_size_))}));
+    out.push_back(window_batch(val_, val_plain_, {starts.begin() + w, starts.begin() + std::min(starts.size(), w + size_t(batch_size_))}));
   return out;
 }
 
@@ -179,7 +190,7 @@ Recipe parse_recipe(const json& j, const std::string& path) {
 
   if (!j.contains("data")) throw ConfigError(path + ": missing field 'data'");
   const json& d = j["data"];
-  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows"}, path + ": data");
+  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows", "local_on_text"}, path + ": data");
   read(d, "train", r.train_data, path + ": data");
   read(d, "val", r.val_data, path + ": data");
   read(d, "seq_len", r.seq_len, path + ": data");
@@ -187,6 +198,17 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   read(d, "windows", r.windows, path + ": data");
   if (r.windows != "random" && r.windows != "documents")
     throw ConfigError(path + ": data.windows must be \"random\" or \"documents\", got \"" + r.windows + "\"");
+  if (d.contains("local_on_text") && !d["local_on_text"].is_null()) {
+    const std::string w = path + ": data.local_on_text";
+    if (!r.model.spkv.enabled) throw ConfigError(w + ": shuts SP-KV gates, but the model has no SP-KV block");
+    r.local_on_text.assign(size_t(r.model.n_layers * r.model.n_kv_heads), 0);
+    for (const auto& lh : json_field<std::vector<std::vector<int64_t>>>(d["local_on_text"], "local_on_text", path + ": data")) {
+      if (lh.size() != 2 || lh[0] < 0 || lh[0] >= r.model.n_layers || lh[1] < 0 || lh[1] >= r.model.n_kv_heads)
+        throw ConfigError(w + ": expected [layer, kv_head] pairs with layer in [0, " + std::to_string(r.model.n_layers) +
+                          ") and kv_head in [0, " + std::to_string(r.model.n_kv_heads) + ")");
+      r.local_on_text[size_t(lh[0] * r.model.n_kv_heads + lh[1])] = 1;
+    }
+  }
   r.train_data = resolve(base, r.train_data);
   r.val_data = resolve(base, r.val_data);
   if (j.contains("optim")) {
@@ -344,10 +366,15 @@ struct BatchLoss {
 };
 
 // The next-token loss of one batch; the forward pass's gate counts are added to `counts`.
-BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts) {
+// shut_heads: (L, Hkv) bool, the heads whose gates are shut on the batch's plain-text keys (Recipe::local_on_text),
+// or undefined.
+BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts,
+                     const torch::Tensor& shut_heads = {}) {
   const int64_t T = b.tokens.size(1) - 1;
+  ShutGates shut;
+  if (shut_heads.defined()) shut = {shut_heads, b.text.narrow(1, 0, T).to(device)};
   auto logits = m(b.tokens.narrow(1, 0, T).to(device),
-                  b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor());  // (B, T, V)
+                  b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor(), shut);  // (B, T, V)
   auto nll = torch::nn::functional::cross_entropy(
       logits.reshape({-1, logits.size(-1)}), b.tokens.narrow(1, 1, T).reshape(-1).to(device),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));  // (B*T)
@@ -387,6 +414,7 @@ Batch rows_of(const Batch& b, int64_t begin, int64_t n) {
   out.tokens = b.tokens.narrow(0, begin, n);
   if (b.segments.defined()) out.segments = b.segments.narrow(0, begin, n);
   if (b.loss_mask.defined()) out.loss_mask = b.loss_mask.narrow(0, begin, n);
+  if (b.text.defined()) out.text = b.text.narrow(0, begin, n);
   return out;
 }
 
@@ -574,6 +602,10 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   TrainResult res;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_at_start = tokens_seen;
+  torch::Tensor shut_heads;  // (L, Hkv) bool, from local_on_text
+  if (!r.local_on_text.empty())
+    shut_heads = torch::tensor(std::vector<int64_t>(r.local_on_text.begin(), r.local_on_text.end()))
+                     .view({r.model.n_layers, r.model.n_kv_heads}).to(device) != 0;
   const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
   for (int64_t step = start; step < r.steps; ++step) {
     threads::rebalance();
@@ -592,7 +624,10 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     for (int64_t micro = 0; micro < r.grad_accum; ++micro) {
       const Batch full = data.train_batch(step, micro);
       const Batch b = N > 1 ? rows_of(full, rank * (r.batch_size / N), r.batch_size / N) : full;
-      BatchLoss l = batch_loss(m, b, device, counts);
+      if (shut_heads.defined() && !b.text.defined())
+        throw ConfigError(r.path + ": data.local_on_text needs a training file with a loss mask, to tell plain-text "
+                          "documents from task documents (spkv tokenize --loss answers): " + r.train_data + " has none");
+      BatchLoss l = batch_loss(m, b, device, counts, shut_heads);
       const bool with_knob = knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense;
       DensityParts d;
       if (with_knob) d = density_parts(m);

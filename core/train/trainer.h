@@ -22,6 +22,8 @@ struct Batch {
   torch::Tensor tokens;     // (B, T + 1) int64
   torch::Tensor segments;   // (B, T + 1) int64 document index, non-decreasing; undefined = one document
   torch::Tensor loss_mask;  // (B, T) bool, which targets count; undefined = every target within a document
+  torch::Tensor text;       // (B, T + 1) bool, tokens of plain-text documents (those in which every target
+                            // counts); undefined when the file has no loss mask to tell them from task documents
 };
 
 // Where batches come from. Batches are pure functions of (step, micro), so a resumed run sees the data an
@@ -48,8 +50,9 @@ class TokenFileSource : public BatchSource {
   int64_t vocab_size() const override { return std::max(train_.vocab_size(), val_.vocab_size()); }
 
  private:
-  Batch window_batch(const TokenFile& f, const std::vector<int64_t>& starts) const;
+  Batch window_batch(const TokenFile& f, const std::vector<uint8_t>& plain, const std::vector<int64_t>& starts) const;
   TokenFile train_, val_;
+  std::vector<uint8_t> train_plain_, val_plain_;  // per document: every target counts (files with a loss mask)
   int64_t seq_len_, batch_size_, n_val_;
   uint64_t seed_;
   bool align_;
@@ -74,6 +77,11 @@ struct Recipe {
   // one per layer, or one per (layer, KV head), row-major (loss += -mean over heads of lambda * mean(u of the
   // head)).
   std::vector<double> density_lambda{0.0};
+  // data.local_on_text: [[layer, kv_head], ...], heads whose gates are shut (u = 0, ShutGates) on the keys of
+  // plain-text documents in training batches, so plain text learns to do without their far keys while task
+  // documents train their gates. Needs SP-KV and a training file with a loss mask (`spkv tokenize --loss
+  // answers`). Validation and inference keep every gate. (L * Hkv) flags, 1 = shut; empty = none.
+  std::vector<uint8_t> local_on_text;
   int64_t grad_accum = 1;
   // schedule: warmup, cosine decay; with gating soft_then_hard the predictor is frozen and the gates annealed
   // to hard from hard_at of the decay on, over anneal_steps

@@ -166,6 +166,16 @@ json tiny_recipe(const std::string& dir) {
           {"eval", {{"every", 4}, {"batches", 2}}}};
 }
 
+// The ConfigError parse_recipe throws for a recipe (as file "r.json"), or "no error".
+std::string recipe_error(const json& j) {
+  try {
+    parse_recipe(j, "r.json");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 // Version 2's loss mask: read back per token, carried into every window's loss_mask (train and
 // validation), and the loss counts only those targets: evaluate() against a float64 recomputation from the
 // logits, which with every target counted gives a different number.
@@ -237,6 +247,130 @@ TEST(TokenFile, LossMaskReachesEveryWindowAndOnlyItsTargetsCount) {
   EXPECT_GT(std::abs(every - want), 1e-3) << "the mask must change the loss, or the test cannot fail";
 }
 
+// data.local_on_text: windows mark the tokens of plain-text documents (every target counted) and no other;
+// a packed forward with those heads' gates shut on those keys equals, per document, the plain document run
+// alone through a model whose shut head scores u = 0 (its output bias at -1e4) and the task document run
+// alone through the unchanged model; the shut keys pass no gradient to the predictors.
+TEST(Trainer, LocalOnTextShutsTheHeadsOnPlainTextDocumentsOnly) {
+  test::TempDir dir;
+  std::vector<std::vector<int32_t>> docs;
+  std::vector<std::vector<uint8_t>> counts;
+  for (int d = 0; d < 24; ++d) {  // plain documents use tokens 2..31, task documents 32..63 (answers: every 5th)
+    const bool plain = d % 3 != 1;
+    docs.emplace_back(), counts.emplace_back();
+    for (int j = 0; j < 20 + 5 * (d % 4); ++j) {
+      docs.back().push_back((plain ? 2 : 32) + (d * 7 + j * 5) % 30);
+      counts.back().push_back(plain || j % 5 == 4);
+    }
+  }
+  write_token_file(dir / "m.tok", docs, 64, &counts);
+  write_token_file(dir / "v1.tok", docs, 64);
+  TokenFileSource src(dir / "m.tok", dir / "m.tok", 48, 4, 2, 5), v1(dir / "v1.tok", dir / "v1.tok", 48, 4, 2, 5);
+  std::vector<Batch> batches = src.val_batches();
+  for (int step = 0; step < 3; ++step) batches.push_back(src.train_batch(step, 0));
+  for (const Batch& b : batches) {
+    ASSERT_TRUE(b.text.defined());
+    EXPECT_TRUE(torch::equal(b.text, b.tokens < 32)) << b.tokens;
+  }
+  EXPECT_FALSE(v1.train_batch(0, 0).text.defined()) << "a file without a loss mask cannot tell the documents apart";
+
+  // One row: plain document 3 (28 of its 35 tokens), then task document 1 (20 of 25); window 8: both have far keys.
+  json j = tiny_recipe(dir.path.string());
+  j["spkv"]["init_bias"] = 0.0;  // gates near tau: u = 0 on a head changes what it keeps
+  const Recipe recipe = parse_recipe(j, dir / "r.json");
+  LlamaForCausalLM m = build_model(recipe);
+  const auto plain_doc = torch::tensor(std::vector<int64_t>(docs[3].begin(), docs[3].begin() + 28)).unsqueeze(0);
+  const auto task_doc = torch::tensor(std::vector<int64_t>(docs[1].begin(), docs[1].begin() + 20)).unsqueeze(0);
+  const auto tokens = torch::cat({plain_doc, task_doc}, 1);                                           // (1, 48)
+  const auto segments = torch::cat({torch::zeros({1, 28}, torch::kInt64), torch::ones({1, 20}, torch::kInt64)}, 1);
+  const ShutGates shut{torch::tensor({0, 0, 1, 0}).view({2, 2}) != 0, tokens < 32};  // head (1, 0), plain keys
+  m->eval();
+  auto shut_copy = build_model(recipe);
+  shut_copy->eval();
+  {
+    torch::NoGradGuard ng;
+    shut_copy->model->layers[1]->as<DecoderLayer>()->self_attn->utility->fc2->bias[0].fill_(-1e4);
+  }
+  for (GateMode mode : {GateMode::soft, GateMode::hard}) {
+    torch::NoGradGuard ng;
+    m->gates.mode = shut_copy->gates.mode = mode;
+    const auto packed = m(tokens, segments, shut);  // (1, 48, V)
+    const auto want_plain = shut_copy(plain_doc), want_task = m(task_doc);
+    EXPECT_LT((packed.narrow(1, 0, 28) - want_plain).abs().max().item<double>(), 1e-4) << "mode " << int(mode);
+    EXPECT_LT((packed.narrow(1, 28, 20) - want_task).abs().max().item<double>(), 1e-4) << "mode " << int(mode);
+    EXPECT_GT((m(plain_doc) - want_plain).abs().max().item<double>(), 1e-3) << "shutting the head must matter";
+  }
+  // Every head shut on every key: the loss reaches no predictor parameter; unshut, it does.
+  m->train();
+  m->gates.mode = GateMode::soft;
+  for (bool all_shut : {true, false}) {
+    for (auto& p : m->parameters()) p.mutable_grad() = torch::Tensor();
+    const ShutGates every{torch::ones({2, 2}, torch::kBool), torch::ones({1, 28}, torch::kBool)};
+    m(plain_doc, torch::Tensor(), all_shut ? every : ShutGates{}).pow(2).mean().backward();
+    double g = 0;
+    for (auto& p : m->predictor_parameters()) g += p.grad().defined() ? p.grad().abs().sum().item<double>() : 0.0;
+    if (all_shut) EXPECT_EQ(g, 0.0);
+    else EXPECT_GT(g, 0.0);
+  }
+  try {
+    m(tokens, segments, ShutGates{torch::ones({2, 2}, torch::kBool), torch::ones({1, 20}, torch::kBool)});
+    ADD_FAILURE() << "shut keys of the wrong shape were accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("shut gates: keys must be (B, T) [1, 48]"), std::string::npos) << e.what();
+  }
+}
+
+// Through `spkv train`: on a file of plain documents only, with every head shut there, no weight decay on the
+// predictors and no density knob, the predictors end exactly where they started (the control run without
+// local_on_text moves them); a file without a loss mask, a head outside the model and a dense model are
+// errors naming the recipe and the field.
+TEST(Trainer, LocalOnTextTrainsNoGateOnPlainTextThroughTheCommandLine) {
+  test::TempDir dir;
+  auto docs = markov_docs(200, 64, 4);
+  std::vector<std::vector<uint8_t>> every;
+  for (auto& d : docs) every.emplace_back(d.size(), 1);
+  write_token_file(dir / "train.tok", docs, 64, &every);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  write_token_file(dir / "train1.tok", docs, 64);
+  std::map<bool, Checkpoint> out;
+  for (bool shut : {true, false}) {
+    json j = tiny_recipe(dir.path.string());
+    j["schedule"]["gating"] = "soft";
+    j["optim"]["predictor_weight_decay"] = 0.0;
+    if (shut) j["data"]["local_on_text"] = json::parse("[[0, 0], [0, 1], [1, 0], [1, 1]]");
+    const std::string o = dir / (shut ? "shut" : "open");
+    test::write_file(o + ".json", j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(o + ".json") + " --out " + test::quote(o));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    out.emplace(shut, load_checkpoint(o + "/model"));
+  }
+  json j = tiny_recipe(dir.path.string());
+  const auto init = build_model(parse_recipe(j, dir / "r.json"))->named_tensors();
+  int n = 0;
+  for (const auto& [name, t] : init) {
+    if (name.find(".utility.") == std::string::npos) continue;
+    ++n;
+    EXPECT_TRUE(torch::equal(out.at(true).tensors.at(name), t)) << name << " moved with every gate shut";
+    EXPECT_FALSE(torch::equal(out.at(false).tensors.at(name), t)) << name << " did not move in the control";
+  }
+  EXPECT_EQ(n, 8);
+
+  j["data"]["train"] = dir / "train1.tok";
+  j["data"]["local_on_text"] = json::parse("[[1, 1]]");
+  test::write_file(dir / "v1.json", j.dump());
+  auto r = test::run_spkv("train --recipe " + test::quote(dir / "v1.json") + " --out " + test::quote(dir / "v1"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("v1.json: data.local_on_text needs a training file with a loss mask"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("train1.tok has none"), std::string::npos) << r.err;
+  j["data"]["local_on_text"] = json::parse("[[2, 0]]");
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_on_text: expected [layer, kv_head] pairs with layer in [0, 2)"), std::string::npos) << recipe_error(j);
+  j["data"]["local_on_text"] = json::parse("[[1]]");
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_on_text: expected [layer, kv_head] pairs"), std::string::npos) << recipe_error(j);
+  j["data"]["local_on_text"] = json::parse("[[1, 1]]");
+  j.erase("spkv");
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_on_text: shuts SP-KV gates, but the model has no SP-KV block"), std::string::npos) << recipe_error(j);
+}
+
 TEST(Trainer, ScheduleFollowsWarmupCosineAndTheHardSwitch) {
   json j = tiny_recipe("/nowhere");
   j["schedule"] = {{"steps", 1000}, {"warmup", 100}, {"hard_at", 0.75}, {"anneal_steps", 500}};
@@ -259,32 +393,24 @@ TEST(Trainer, ScheduleFollowsWarmupCosineAndTheHardSwitch) {
 }
 
 TEST(Trainer, BadRecipesNameTheField) {
-  auto err = [](json j) {
-    try {
-      parse_recipe(j, "r.json");
-    } catch (const ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   json j = tiny_recipe("/d");
   j["optim"]["lr_mult"] = 2;
-  EXPECT_NE(err(j).find("r.json: optim: unknown field 'lr_mult'"), std::string::npos);
+  EXPECT_NE(recipe_error(j).find("r.json: optim: unknown field 'lr_mult'"), std::string::npos);
   j = tiny_recipe("/d");
   j["schedule"]["gating"] = "sometimes";
-  EXPECT_NE(err(j).find("schedule.gating 'sometimes'"), std::string::npos);
+  EXPECT_NE(recipe_error(j).find("schedule.gating 'sometimes'"), std::string::npos);
   j = tiny_recipe("/d");
   j["data"]["windows"] = "aligned";
-  EXPECT_NE(err(j).find("r.json: data.windows must be \"random\" or \"documents\", got \"aligned\""), std::string::npos);
+  EXPECT_NE(recipe_error(j).find("r.json: data.windows must be \"random\" or \"documents\", got \"aligned\""), std::string::npos);
   j = tiny_recipe("/d");
   j["data"]["seq_len"] = 65;
-  EXPECT_NE(err(j).find("data.seq_len must be in [2, max_position_embeddings = 64]"), std::string::npos);
+  EXPECT_NE(recipe_error(j).find("data.seq_len must be in [2, max_position_embeddings = 64]"), std::string::npos);
   j = tiny_recipe("/d");
   j["spkv"]["tau"] = 1.5;
-  EXPECT_NE(err(j).find("r.json: spkv.tau must be in (0, 1)"), std::string::npos);
+  EXPECT_NE(recipe_error(j).find("r.json: spkv.tau must be in (0, 1)"), std::string::npos);
   j = tiny_recipe("/d");
   j["init"] = "x.bin";
-  EXPECT_NE(err(j).find("either 'init'"), std::string::npos);
+  EXPECT_NE(recipe_error(j).find("either 'init'"), std::string::npos);
 }
 
 std::vector<json> read_log(const std::string& path, const std::string& type) {
