@@ -1,6 +1,7 @@
 // The trainer: token files, packed windows, the LR and gate schedule against closed forms, recipe
 // validation, exact resume through the real `spkv train` binary, the frozen predictor of the hard phase,
-// and adaptation of stories260K starting at the dense model's logits with predictors drawn from the seed.
+// heads made local on plain-text documents (data.local_on_text), and adaptation of stories260K starting at
+// the dense model's logits with predictors drawn from the seed.
 #include <gtest/gtest.h>
 
 #include <signal.h>
