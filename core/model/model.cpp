@@ -136,7 +136,13 @@ torch::Tensor MaskedAttention::bias(int64_t il, const torch::Tensor& u, c10::Sca
   }
   if (u.defined() && gates_.mode != GateMode::dense) {
     auto us = u;  // (B, S, Hkv)
-    if (shut_.defined()) us = u.masked_fill(shut_.keys.unsqueeze(2) & shut_.heads[il].view({1, 1, -1}), 0.0);
+    if (shut_.defined()) {
+      const auto keys = shut_.keys.unsqueeze(2);  // (B, S, 1)
+      auto off = torch::zeros_like(u, torch::kBool);  // (B, S, Hkv)
+      if (shut_.heads.defined()) off = off | (keys & shut_.heads[il].view({1, 1, -1}));
+      if (shut_.other_heads.defined()) off = off | (~keys & shut_.other_heads[il].view({1, 1, -1}));
+      us = u.masked_fill(off, 0.0);
+    }
     bias = torch::where(mask_.far, gate_bias(us, gates_, training_), bias);  // (B, Hkv, 1, T, S)
   }
   return bias;
@@ -241,10 +247,15 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const t
                      shape_str(segments.sizes()));
   auto mask = make_attention_mask(config, tokens.size(1), segments, tokens.device());
   last_evictable = mask.evictable;
-  if (shut.defined() && (shut.keys.sizes() != tokens.sizes() || shut.heads.dim() != 2 ||
-                         shut.heads.size(0) != config.n_layers || shut.heads.size(1) != config.n_kv_heads))
-    throw InputError("shut gates: keys must be (B, T) " + shape_str(tokens.sizes()) + " and heads (L, Hkv), got " +
-                     shape_str(shut.keys.sizes()) + " and " + shape_str(shut.heads.sizes()));
+  if (shut.defined()) {
+    if (shut.keys.sizes() != tokens.sizes())
+      throw InputError("shut gates: keys must be (B, T) " + shape_str(tokens.sizes()) + ", got " +
+                       shape_str(shut.keys.sizes()));
+    for (const auto& h : {shut.heads, shut.other_heads})
+      if (h.defined() && (h.dim() != 2 || h.size(0) != config.n_layers || h.size(1) != config.n_kv_heads))
+        throw InputError("shut gates: heads must be (L, Hkv) [" + std::to_string(config.n_layers) + ", " +
+                         std::to_string(config.n_kv_heads) + "], got " + shape_str(h.sizes()));
+  }
   MaskedAttention backend(config, mask, gates, is_training(), layout, shut);
   return forward_with(tokens, mask.positions, backend);
 }

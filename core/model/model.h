@@ -64,13 +64,15 @@ struct HeadLayout {
 // sliding window of the model's own.
 void check_layout(const ModelConfig& c, const HeadLayout& l, const std::string& where);
 
-// Gates shut on some keys of some heads (training's `local_on_text`, docs/training.md): the flagged heads
-// score the flagged keys u = 0, so those keys are dropped once they leave the window and pass no gradient to
-// the predictor; every other (head, key) keeps its gate. Undefined tensors = none.
+// Gates shut on some keys of some heads (training's `local_on_text` and `local_on_tasks`, docs/training.md):
+// `heads` score the flagged keys u = 0 and `other_heads` the keys not flagged, so those keys are dropped once
+// they leave the window and pass no gradient to the predictor; every other (head, key) keeps its gate.
+// Undefined heads or keys = none.
 struct ShutGates {
-  torch::Tensor heads;  // (L, Hkv) bool
-  torch::Tensor keys;   // (B, T) bool
-  bool defined() const { return heads.defined() && keys.defined(); }
+  torch::Tensor heads;        // (L, Hkv) bool: shut on the flagged keys
+  torch::Tensor keys;         // (B, T) bool
+  torch::Tensor other_heads;  // (L, Hkv) bool: shut on the keys not flagged, or undefined
+  bool defined() const { return keys.defined() && (heads.defined() || other_heads.defined()); }
 };
 
 // The mask of one full-sequence call (built once, shared by every layer) with the gates' bias on far keys,

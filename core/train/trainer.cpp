@@ -109,7 +109,7 @@ Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<uint8_
                                     const std::vector<int64_t>& starts) const {
   const int64_t B = int64_t(starts.size()), T1 = seq_len_ + 1;
   auto tokens = torch::empty({B, T1}, torch::kInt64), segments = torch::empty({B, T1}, torch::kInt64);
-  auto text = torch::zeros({B, T1}, torch::kBool);
+  auto text = torch::zeros({plain.empty() ? 0 : B, T1}, torch::kBool);
   auto ta = tokens.accessor<int64_t, 2>(), sa = segments.accessor<int64_t, 2>();
   auto xa = text.accessor<bool, 2>();
   for (int64_t b = 0; b < B; ++b) {
@@ -190,7 +190,7 @@ Recipe parse_recipe(const json& j, const std::string& path) {
 
   if (!j.contains("data")) throw ConfigError(path + ": missing field 'data'");
   const json& d = j["data"];
-  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows", "local_on_text"}, path + ": data");
+  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows", "local_on_text", "local_on_tasks"}, path + ": data");
   read(d, "train", r.train_data, path + ": data");
   read(d, "val", r.val_data, path + ": data");
   read(d, "seq_len", r.seq_len, path + ": data");
@@ -198,15 +198,16 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   read(d, "windows", r.windows, path + ": data");
   if (r.windows != "random" && r.windows != "documents")
     throw ConfigError(path + ": data.windows must be \"random\" or \"documents\", got \"" + r.windows + "\"");
-  if (d.contains("local_on_text") && !d["local_on_text"].is_null()) {
-    const std::string w = path + ": data.local_on_text";
+  for (auto [field, flags] : {std::pair{"local_on_text", &r.local_on_text}, std::pair{"local_on_tasks", &r.local_on_tasks}}) {
+    if (!d.contains(field) || d[field].is_null()) continue;
+    const std::string w = path + ": data." + field;
     if (!r.model.spkv.enabled) throw ConfigError(w + ": shuts SP-KV gates, but the model has no SP-KV block");
-    r.local_on_text.assign(size_t(r.model.n_layers * r.model.n_kv_heads), 0);
-    for (const auto& lh : json_field<std::vector<std::vector<int64_t>>>(d["local_on_text"], "local_on_text", path + ": data")) {
+    flags->assign(size_t(r.model.n_layers * r.model.n_kv_heads), 0);
+    for (const auto& lh : json_field<std::vector<std::vector<int64_t>>>(d[field], field, path + ": data")) {
       if (lh.size() != 2 || lh[0] < 0 || lh[0] >= r.model.n_layers || lh[1] < 0 || lh[1] >= r.model.n_kv_heads)
         throw ConfigError(w + ": expected [layer, kv_head] pairs with layer in [0, " + std::to_string(r.model.n_layers) +
                           ") and kv_head in [0, " + std::to_string(r.model.n_kv_heads) + ")");
-      r.local_on_text[size_t(lh[0] * r.model.n_kv_heads + lh[1])] = 1;
+      (*flags)[size_t(lh[0] * r.model.n_kv_heads + lh[1])] = 1;
     }
   }
   r.train_data = resolve(base, r.train_data);
@@ -366,13 +367,12 @@ struct BatchLoss {
 };
 
 // The next-token loss of one batch; the forward pass's gate counts are added to `counts`.
-// shut_heads: (L, Hkv) bool, the heads whose gates are shut on the batch's plain-text keys (Recipe::local_on_text),
-// or undefined.
+// shut: the heads whose gates are shut on the batch's plain-text keys (Recipe::local_on_text) and on its other
+// keys (local_on_tasks), each (L, Hkv) bool or undefined; its keys are taken from the batch.
 BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts,
-                     const torch::Tensor& shut_heads = {}) {
+                     ShutGates shut = {}) {
   const int64_t T = b.tokens.size(1) - 1;
-  ShutGates shut;
-  if (shut_heads.defined()) shut = {shut_heads, b.text.narrow(1, 0, T).to(device)};
+  if (shut.heads.defined() || shut.other_heads.defined()) shut.keys = b.text.narrow(1, 0, T).to(device);
   auto logits = m(b.tokens.narrow(1, 0, T).to(device),
                   b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor(), shut);  // (B, T, V)
   auto nll = torch::nn::functional::cross_entropy(
@@ -602,10 +602,15 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   TrainResult res;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_at_start = tokens_seen;
-  torch::Tensor shut_heads;  // (L, Hkv) bool, from local_on_text
-  if (!r.local_on_text.empty())
-    shut_heads = torch::tensor(std::vector<int64_t>(r.local_on_text.begin(), r.local_on_text.end()))
-                     .view({r.model.n_layers, r.model.n_kv_heads}).to(device) != 0;
+  ShutGates shut;  // heads from local_on_text and local_on_tasks; keys from each batch
+  for (auto [flags, heads] : {std::pair{&r.local_on_text, &shut.heads}, std::pair{&r.local_on_tasks, &shut.other_heads}})
+    if (!flags->empty())
+      *heads = torch::tensor(std::vector<int64_t>(flags->begin(), flags->end()))
+                   .view({r.model.n_layers, r.model.n_kv_heads}).to(device) != 0;
+  if ((shut.heads.defined() || shut.other_heads.defined()) && !data.has_document_kinds())
+    throw ConfigError(r.path + ": data." + (shut.heads.defined() ? "local_on_text" : "local_on_tasks") +
+                      " needs a training file with a loss mask, to tell plain-text documents from task documents "
+                      "(spkv tokenize --loss answers): " + r.train_data + " has none");
   const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
   for (int64_t step = start; step < r.steps; ++step) {
     threads::rebalance();
@@ -624,10 +629,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     for (int64_t micro = 0; micro < r.grad_accum; ++micro) {
       const Batch full = data.train_batch(step, micro);
       const Batch b = N > 1 ? rows_of(full, rank * (r.batch_size / N), r.batch_size / N) : full;
-      if (shut_heads.defined() && !b.text.defined())
-        throw ConfigError(r.path + ": data.local_on_text needs a training file with a loss mask, to tell plain-text "
-                          "documents from task documents (spkv tokenize --loss answers): " + r.train_data + " has none");
-      BatchLoss l = batch_loss(m, b, device, counts, shut_heads);
+      BatchLoss l = batch_loss(m, b, device, counts, shut);
       const bool with_knob = knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense;
       DensityParts d;
       if (with_knob) d = density_parts(m);

@@ -33,6 +33,8 @@ struct BatchSource {
   virtual Batch train_batch(int64_t step, int64_t micro) = 0;
   virtual std::vector<Batch> val_batches() = 0;
   virtual int64_t vocab_size() const = 0;  // the largest token id + 1 the data may hold
+  // whether training batches carry `text`, telling plain-text documents from task documents
+  virtual bool has_document_kinds() const { return false; }
 };
 
 // Random windows of seq_len + 1 tokens from a token file; documents are packed and never see each other.
@@ -48,6 +50,7 @@ class TokenFileSource : public BatchSource {
   Batch train_batch(int64_t step, int64_t micro) override;
   std::vector<Batch> val_batches() override;
   int64_t vocab_size() const override { return std::max(train_.vocab_size(), val_.vocab_size()); }
+  bool has_document_kinds() const override { return !train_plain_.empty(); }
 
  private:
   Batch window_batch(const TokenFile& f, const std::vector<uint8_t>& plain, const std::vector<int64_t>& starts) const;
@@ -79,9 +82,11 @@ struct Recipe {
   std::vector<double> density_lambda{0.0};
   // data.local_on_text: [[layer, kv_head], ...], heads whose gates are shut (u = 0, ShutGates) on the keys of
   // plain-text documents in training batches, so plain text learns to do without their far keys while task
-  // documents train their gates. Needs SP-KV and a training file with a loss mask (`spkv tokenize --loss
-  // answers`). Validation and inference keep every gate. (L * Hkv) flags, 1 = shut; empty = none.
-  std::vector<uint8_t> local_on_text;
+  // documents train their gates; data.local_on_tasks: the converse, heads shut on the keys of task documents
+  // (every document that is not plain text), so retrieval cannot spread to them. Both need SP-KV and a
+  // training file with a loss mask (`spkv tokenize --loss answers`). Validation and inference keep every gate.
+  // (L * Hkv) flags, 1 = shut; empty = none.
+  std::vector<uint8_t> local_on_text, local_on_tasks;
   int64_t grad_accum = 1;
   // schedule: warmup, cosine decay; with gating soft_then_hard the predictor is frozen and the gates annealed
   // to hard from hard_at of the decay on, over anneal_steps

@@ -1,7 +1,7 @@
 // The trainer: token files, packed windows, the LR and gate schedule against closed forms, recipe
 // validation, exact resume through the real `spkv train` binary, the frozen predictor of the hard phase,
-// heads made local on plain-text documents (data.local_on_text), and adaptation of stories260K starting at
-// the dense model's logits with predictors drawn from the seed.
+// heads made local on plain-text or on task documents (data.local_on_text, local_on_tasks), and adaptation
+// of stories260K starting at the dense model's logits with predictors drawn from the seed.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -251,7 +251,8 @@ TEST(TokenFile, LossMaskReachesEveryWindowAndOnlyItsTargetsCount) {
 // data.local_on_text: windows mark the tokens of plain-text documents (every target counted) and no other;
 // a packed forward with those heads' gates shut on those keys equals, per document, the plain document run
 // alone through a model whose shut head scores u = 0 (its output bias at -1e4) and the task document run
-// alone through the unchanged model; the shut keys pass no gradient to the predictors.
+// alone through the unchanged model (or, with a head local on tasks too, through a model whose that head
+// scores u = 0); the shut keys pass no gradient to the predictors.
 TEST(Trainer, LocalOnTextShutsTheHeadsOnPlainTextDocumentsOnly) {
   test::TempDir dir;
   std::vector<std::vector<int32_t>> docs;
@@ -286,20 +287,26 @@ TEST(Trainer, LocalOnTextShutsTheHeadsOnPlainTextDocumentsOnly) {
   const auto segments = torch::cat({torch::zeros({1, 28}, torch::kInt64), torch::ones({1, 20}, torch::kInt64)}, 1);
   const ShutGates shut{torch::tensor({0, 0, 1, 0}).view({2, 2}) != 0, tokens < 32};  // head (1, 0), plain keys
   m->eval();
-  auto shut_copy = build_model(recipe);
-  shut_copy->eval();
+  // with local_on_tasks too: head (0, 1) shut on the task document's keys
+  const ShutGates both{shut.heads, shut.keys, torch::tensor({0, 1, 0, 0}).view({2, 2}) != 0};
+  auto shut_copy = build_model(recipe), task_copy = build_model(recipe);
+  shut_copy->eval(), task_copy->eval();
   {
     torch::NoGradGuard ng;
     shut_copy->model->layers[1]->as<DecoderLayer>()->self_attn->utility->fc2->bias[0].fill_(-1e4);
+    task_copy->model->layers[0]->as<DecoderLayer>()->self_attn->utility->fc2->bias[1].fill_(-1e4);
   }
   for (GateMode mode : {GateMode::soft, GateMode::hard}) {
     torch::NoGradGuard ng;
-    m->gates.mode = shut_copy->gates.mode = mode;
-    const auto packed = m(tokens, segments, shut);  // (1, 48, V)
-    const auto want_plain = shut_copy(plain_doc), want_task = m(task_doc);
+    m->gates.mode = shut_copy->gates.mode = task_copy->gates.mode = mode;
+    const auto packed = m(tokens, segments, shut), packed_both = m(tokens, segments, both);  // (1, 48, V)
+    const auto want_plain = shut_copy(plain_doc), want_task = m(task_doc), want_task_shut = task_copy(task_doc);
     EXPECT_LT((packed.narrow(1, 0, 28) - want_plain).abs().max().item<double>(), 1e-4) << "mode " << int(mode);
     EXPECT_LT((packed.narrow(1, 28, 20) - want_task).abs().max().item<double>(), 1e-4) << "mode " << int(mode);
+    EXPECT_LT((packed_both.narrow(1, 0, 28) - want_plain).abs().max().item<double>(), 1e-4) << "mode " << int(mode);
+    EXPECT_LT((packed_both.narrow(1, 28, 20) - want_task_shut).abs().max().item<double>(), 1e-4) << "mode " << int(mode);
     EXPECT_GT((m(plain_doc) - want_plain).abs().max().item<double>(), 1e-3) << "shutting the head must matter";
+    EXPECT_GT((want_task - want_task_shut).abs().max().item<double>(), 1e-3) << "shutting the head must matter";
   }
   // Every head shut on every key: the loss reaches no predictor parameter; unshut, it does.
   m->train();
@@ -319,40 +326,58 @@ TEST(Trainer, LocalOnTextShutsTheHeadsOnPlainTextDocumentsOnly) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("shut gates: keys must be (B, T) [1, 48]"), std::string::npos) << e.what();
   }
+  try {
+    m(tokens, segments, ShutGates{{}, tokens < 32, torch::ones({2, 3}, torch::kBool)});
+    ADD_FAILURE() << "shut heads of the wrong shape were accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("shut gates: heads must be (L, Hkv) [2, 2], got [2, 3]"), std::string::npos) << e.what();
+  }
 }
 
-// Through `spkv train`: on a file of plain documents only, with every head shut there, no weight decay on the
-// predictors and no density knob, the predictors end exactly where they started (the control run without
-// local_on_text moves them); a file without a loss mask, a head outside the model and a dense model are
-// errors naming the recipe and the field.
-TEST(Trainer, LocalOnTextTrainsNoGateOnPlainTextThroughTheCommandLine) {
+// Through `spkv train`, no weight decay on the predictors and no density knob: on a file of plain documents
+// only, every head local on text leaves the predictors exactly where they started, while every head local on
+// tasks changes nothing (bit-identical to the open control, which moves them); on a file of task documents
+// only, every head local on tasks leaves them where they started. A file without a loss mask, a head outside
+// the model and a dense model are errors naming the recipe and the field.
+TEST(Trainer, LocalHeadsTrainNoGateOnTheirDocumentsThroughTheCommandLine) {
   test::TempDir dir;
   auto docs = markov_docs(200, 64, 4);
-  std::vector<std::vector<uint8_t>> every;
-  for (auto& d : docs) every.emplace_back(d.size(), 1);
+  std::vector<std::vector<uint8_t>> every, answers;
+  for (auto& d : docs) {
+    every.emplace_back(d.size(), 1);
+    answers.emplace_back(d.size(), 0);
+    for (size_t i = 1; i < d.size(); i += 2) answers.back()[i] = 1;
+  }
   write_token_file(dir / "train.tok", docs, 64, &every);
+  write_token_file(dir / "tasks.tok", docs, 64, &answers);
   write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
   write_token_file(dir / "train1.tok", docs, 64);
-  std::map<bool, Checkpoint> out;
-  for (bool shut : {true, false}) {
+  const json all_heads = json::parse("[[0, 0], [0, 1], [1, 0], [1, 1]]");
+  std::map<std::string, Checkpoint> out;
+  for (const std::string arm : {"open", "text-shut", "tasks-shut", "tasks-only"}) {
     json j = tiny_recipe(dir.path.string());
     j["schedule"]["gating"] = "soft";
     j["optim"]["predictor_weight_decay"] = 0.0;
-    if (shut) j["data"]["local_on_text"] = json::parse("[[0, 0], [0, 1], [1, 0], [1, 1]]");
-    const std::string o = dir / (shut ? "shut" : "open");
+    if (arm == "text-shut") j["data"]["local_on_text"] = all_heads;
+    if (arm == "tasks-shut" || arm == "tasks-only") j["data"]["local_on_tasks"] = all_heads;
+    if (arm == "tasks-only") j["data"]["train"] = dir / "tasks.tok";
+    const std::string o = dir / arm;
     test::write_file(o + ".json", j.dump());
     auto r = test::run_spkv("train --recipe " + test::quote(o + ".json") + " --out " + test::quote(o));
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    out.emplace(shut, load_checkpoint(o + "/model"));
+    out.emplace(arm, load_checkpoint(o + "/model"));
   }
   json j = tiny_recipe(dir.path.string());
   const auto init = build_model(parse_recipe(j, dir / "r.json"))->named_tensors();
   int n = 0;
   for (const auto& [name, t] : init) {
+    EXPECT_TRUE(torch::equal(out.at("tasks-shut").tensors.at(name), out.at("open").tensors.at(name)))
+        << name << ": local_on_tasks changed training on plain text";
     if (name.find(".utility.") == std::string::npos) continue;
     ++n;
-    EXPECT_TRUE(torch::equal(out.at(true).tensors.at(name), t)) << name << " moved with every gate shut";
-    EXPECT_FALSE(torch::equal(out.at(false).tensors.at(name), t)) << name << " did not move in the control";
+    EXPECT_TRUE(torch::equal(out.at("text-shut").tensors.at(name), t)) << name << " moved with every gate shut on text";
+    EXPECT_TRUE(torch::equal(out.at("tasks-only").tensors.at(name), t)) << name << " moved with every gate shut on tasks";
+    EXPECT_FALSE(torch::equal(out.at("open").tensors.at(name), t)) << name << " did not move in the control";
   }
   EXPECT_EQ(n, 8);
 
@@ -368,8 +393,12 @@ TEST(Trainer, LocalOnTextTrainsNoGateOnPlainTextThroughTheCommandLine) {
   j["data"]["local_on_text"] = json::parse("[[1]]");
   EXPECT_NE(recipe_error(j).find("r.json: data.local_on_text: expected [layer, kv_head] pairs"), std::string::npos) << recipe_error(j);
   j["data"]["local_on_text"] = json::parse("[[1, 1]]");
+  j["data"].erase("local_on_text");
+  j["data"]["local_on_tasks"] = json::parse("[[0, 2]]");
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_on_tasks: expected [layer, kv_head] pairs with layer in [0, 2) and kv_head in [0, 2)"), std::string::npos) << recipe_error(j);
+  j["data"]["local_on_tasks"] = json::parse("[[1, 1]]");
   j.erase("spkv");
-  EXPECT_NE(recipe_error(j).find("r.json: data.local_on_text: shuts SP-KV gates, but the model has no SP-KV block"), std::string::npos) << recipe_error(j);
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_on_tasks: shuts SP-KV gates, but the model has no SP-KV block"), std::string::npos) << recipe_error(j);
 }
 
 TEST(Trainer, ScheduleFollowsWarmupCosineAndTheHardSwitch) {
