@@ -138,9 +138,12 @@ torch::Tensor MaskedAttention::bias(int64_t il, const torch::Tensor& u, c10::Sca
     auto us = u;  // (B, S, Hkv)
     if (shut_.defined()) {
       const auto keys = shut_.keys.unsqueeze(2);  // (B, S, 1)
-      auto off = torch::zeros_like(u, torch::kBool);  // (B, S, Hkv)
-      if (shut_.heads.defined()) off = off | (keys & shut_.heads[il].view({1, 1, -1}));
-      if (shut_.other_heads.defined()) off = off | (~keys & shut_.other_heads[il].view({1, 1, -1}));
+      torch::Tensor off;                          // (B, S, Hkv)
+      if (shut_.heads.defined()) off = keys & shut_.heads[il].view({1, 1, -1});
+      if (shut_.other_heads.defined()) {
+        const auto other = ~keys & shut_.other_heads[il].view({1, 1, -1});
+        off = off.defined() ? off | other : other;
+      }
       us = u.masked_fill(off, 0.0);
     }
     bias = torch::where(mask_.far, gate_bias(us, gates_, training_), bias);  // (B, Hkv, 1, T, S)

@@ -72,7 +72,8 @@ struct ShutGates {
   torch::Tensor heads;        // (L, Hkv) bool: shut on the flagged keys
   torch::Tensor keys;         // (B, T) bool
   torch::Tensor other_heads;  // (L, Hkv) bool: shut on the keys not flagged, or undefined
-  bool defined() const { return keys.defined() && (heads.defined() || other_heads.defined()); }
+  bool has_heads() const { return heads.defined() || other_heads.defined(); }
+  bool defined() const { return keys.defined() && has_heads(); }
 };
 
 // The mask of one full-sequence call (built once, shared by every layer) with the gates' bias on far keys,

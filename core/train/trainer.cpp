@@ -372,7 +372,7 @@ struct BatchLoss {
 BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts,
                      ShutGates shut = {}) {
   const int64_t T = b.tokens.size(1) - 1;
-  if (shut.heads.defined() || shut.other_heads.defined()) shut.keys = b.text.narrow(1, 0, T).to(device);
+  if (shut.has_heads()) shut.keys = b.text.narrow(1, 0, T).to(device);
   auto logits = m(b.tokens.narrow(1, 0, T).to(device),
                   b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor(), shut);  // (B, T, V)
   auto nll = torch::nn::functional::cross_entropy(
@@ -607,7 +607,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     if (!flags->empty())
       *heads = torch::tensor(std::vector<int64_t>(flags->begin(), flags->end()))
                    .view({r.model.n_layers, r.model.n_kv_heads}).to(device) != 0;
-  if ((shut.heads.defined() || shut.other_heads.defined()) && !data.has_document_kinds())
+  if (shut.has_heads() && !data.has_document_kinds())
     throw ConfigError(r.path + ": data." + (shut.heads.defined() ? "local_on_text" : "local_on_tasks") +
                       " needs a training file with a loss mask, to tell plain-text documents from task documents "
                       "(spkv tokenize --loss answers): " + r.train_data + " has none");
