@@ -119,13 +119,30 @@ MaskedAttention::MaskedAttention(const ModelConfig& c, const AttentionMask& mask
       shut_(shut),
       spkv_window_(c.spkv.enabled ? c.spkv.window : 0),
       sliding_window_(c.sliding_window) {
-  if (layout.empty()) return;
-  check_layout(c, layout, "masked attention");
   const auto& idx = mask.index;  // (T)
-  layout_ = torch::tensor(std::vector<int64_t>(layout.global.begin(), layout.global.end()), idx.options())
-                .view({c.n_layers, c.n_kv_heads}) != 0;
-  beyond_ = torch::zeros({idx.size(0), idx.size(0)}, idx.options().dtype(torch::kFloat32))
-                .masked_fill((idx.unsqueeze(1) - idx.unsqueeze(0)) >= layout.window, -std::numeric_limits<float>::infinity());
+  auto beyond = [&](int64_t window) {
+    return torch::zeros({idx.size(0), idx.size(0)}, idx.options().dtype(torch::kFloat32))
+        .masked_fill((idx.unsqueeze(1) - idx.unsqueeze(0)) >= window, -std::numeric_limits<float>::infinity());
+  };
+  if (!layout.empty()) {
+    check_layout(c, layout, "masked attention");
+    layout_ = torch::tensor(std::vector<int64_t>(layout.global.begin(), layout.global.end()), idx.options())
+                  .view({c.n_layers, c.n_kv_heads}) != 0;
+    beyond_ = beyond(layout.window);
+  } else if (shut_.defined() && !c.spkv.enabled) {
+    beyond_ = beyond(shut_.window);
+  }
+}
+
+torch::Tensor MaskedAttention::shut_off(int64_t il) const {
+  const auto keys = shut_.keys.unsqueeze(2);  // (B, S, 1)
+  torch::Tensor off;                          // (B, S, Hkv)
+  if (shut_.heads.defined()) off = keys & shut_.heads[il].view({1, 1, -1});
+  if (shut_.other_heads.defined()) {
+    const auto other = ~keys & shut_.other_heads[il].view({1, 1, -1});
+    off = off.defined() ? off | other : other;
+  }
+  return off;
 }
 
 torch::Tensor MaskedAttention::bias(int64_t il, const torch::Tensor& u, c10::ScalarType dtype) const {
@@ -134,18 +151,12 @@ torch::Tensor MaskedAttention::bias(int64_t il, const torch::Tensor& u, c10::Sca
     const int64_t Hkv = layout_.size(1);
     return bias + torch::where(layout_[il].view({1, Hkv, 1, 1, 1}), torch::zeros_like(beyond_), beyond_).to(dtype);
   }
+  if (beyond_.defined()) {  // no SP-KV: the shut keys are masked beyond the window
+    const auto off = shut_off(il).transpose(1, 2).unsqueeze(2).unsqueeze(2);  // (B, Hkv, 1, 1, S)
+    return bias + torch::where(off, beyond_, torch::zeros_like(beyond_)).to(dtype);
+  }
   if (u.defined() && gates_.mode != GateMode::dense) {
-    auto us = u;  // (B, S, Hkv)
-    if (shut_.defined()) {
-      const auto keys = shut_.keys.unsqueeze(2);  // (B, S, 1)
-      torch::Tensor off;                          // (B, S, Hkv)
-      if (shut_.heads.defined()) off = keys & shut_.heads[il].view({1, 1, -1});
-      if (shut_.other_heads.defined()) {
-        const auto other = ~keys & shut_.other_heads[il].view({1, 1, -1});
-        off = off.defined() ? off | other : other;
-      }
-      us = u.masked_fill(off, 0.0);
-    }
+    const auto us = shut_.defined() ? u.masked_fill(shut_off(il), 0.0) : u;  // (B, S, Hkv)
     bias = torch::where(mask_.far, gate_bias(us, gates_, training_), bias);  // (B, Hkv, 1, T, S)
   }
   return bias;
@@ -258,6 +269,9 @@ torch::Tensor LlamaForCausalLMImpl::forward(const torch::Tensor& tokens, const t
       if (h.defined() && (h.dim() != 2 || h.size(0) != config.n_layers || h.size(1) != config.n_kv_heads))
         throw InputError("shut gates: heads must be (L, Hkv) [" + std::to_string(config.n_layers) + ", " +
                          std::to_string(config.n_kv_heads) + "], got " + shape_str(h.sizes()));
+    if (!config.spkv.enabled && shut.window < 1)
+      throw InputError("shut gates: a model without SP-KV needs a window of at least 1, got " +
+                       std::to_string(shut.window));
   }
   MaskedAttention backend(config, mask, gates, is_training(), layout, shut);
   return forward_with(tokens, mask.positions, backend);

@@ -67,11 +67,13 @@ void check_layout(const ModelConfig& c, const HeadLayout& l, const std::string& 
 // Gates shut on some keys of some heads (training's `local_on_text` and `local_on_tasks`, docs/training.md):
 // `heads` score the flagged keys u = 0 and `other_heads` the keys not flagged, so those keys are dropped once
 // they leave the window and pass no gradient to the predictor; every other (head, key) keeps its gate.
+// A model without SP-KV has no gates: there the shut keys are masked beyond `window` (t - s >= window).
 // Undefined heads or keys = none.
 struct ShutGates {
   torch::Tensor heads;        // (L, Hkv) bool: shut on the flagged keys
   torch::Tensor keys;         // (B, T) bool
   torch::Tensor other_heads;  // (L, Hkv) bool: shut on the keys not flagged, or undefined
+  int64_t window = 0;         // a model without SP-KV only: the shut keys' window, >= 1
   bool has_heads() const { return heads.defined() || other_heads.defined(); }
   bool defined() const { return keys.defined() && has_heads(); }
 };
@@ -80,7 +82,8 @@ struct ShutGates {
 // or a layout's fixed decisions instead.
 class MaskedAttention : public AttentionBackend {
  public:
-  // training: Bernoulli sampling in ste mode. `shut` applies while the gates do (not under a layout).
+  // training: Bernoulli sampling in ste mode. `shut` applies while the gates do, or in a model without SP-KV
+  // beyond shut.window; not under a layout.
   MaskedAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates, bool training,
                   const HeadLayout& layout = {}, const ShutGates& shut = {});
   torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -94,7 +97,10 @@ class MaskedAttention : public AttentionBackend {
   GateSettings gates_;
   bool training_;
   ShutGates shut_;
-  torch::Tensor layout_, beyond_;  // (L, Hkv) bool global flags; (T, S) -inf where t - s >= the layout's window
+  // The layout's (L, Hkv) bool global flags; (T, S) -inf where t - s >= the layout's window or, in a model
+  // without SP-KV, the shut keys' window.
+  torch::Tensor layout_, beyond_;
+  torch::Tensor shut_off(int64_t il) const;  // (B, S, Hkv) bool: the (key, head) pairs shut in layer il
   int64_t spkv_window_, sliding_window_;  // W of the gates (0 without SP-KV); the model's sliding window (0: none)
 };
 

@@ -190,7 +190,8 @@ Recipe parse_recipe(const json& j, const std::string& path) {
 
   if (!j.contains("data")) throw ConfigError(path + ": missing field 'data'");
   const json& d = j["data"];
-  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows", "local_on_text", "local_on_tasks"}, path + ": data");
+  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows", "local_on_text", "local_on_tasks", "local_window"},
+             path + ": data");
   read(d, "train", r.train_data, path + ": data");
   read(d, "val", r.val_data, path + ": data");
   read(d, "seq_len", r.seq_len, path + ": data");
@@ -201,7 +202,6 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   for (auto [field, flags] : {std::pair{"local_on_text", &r.local_on_text}, std::pair{"local_on_tasks", &r.local_on_tasks}}) {
     if (!d.contains(field) || d[field].is_null()) continue;
     const std::string w = path + ": data." + field;
-    if (!r.model.spkv.enabled) throw ConfigError(w + ": shuts SP-KV gates, but the model has no SP-KV block");
     flags->assign(size_t(r.model.n_layers * r.model.n_kv_heads), 0);
     for (const auto& lh : json_field<std::vector<std::vector<int64_t>>>(d[field], field, path + ": data")) {
       if (lh.size() != 2 || lh[0] < 0 || lh[0] >= r.model.n_layers || lh[1] < 0 || lh[1] >= r.model.n_kv_heads)
@@ -209,6 +209,16 @@ Recipe parse_recipe(const json& j, const std::string& path) {
                           ") and kv_head in [0, " + std::to_string(r.model.n_kv_heads) + ")");
       (*flags)[size_t(lh[0] * r.model.n_kv_heads + lh[1])] = 1;
     }
+  }
+  const bool local = !r.local_on_text.empty() || !r.local_on_tasks.empty();
+  if (d.contains("local_window") && !d["local_window"].is_null()) {
+    read(d, "local_window", r.local_window, path + ": data");
+    if (r.model.spkv.enabled || !local || r.local_window < 1)
+      throw ConfigError(path + ": data.local_window: expected a window >= 1, for a model without SP-KV whose heads "
+                        "are made local by data.local_on_text or data.local_on_tasks (SP-KV uses spkv.window)");
+  } else if (local && !r.model.spkv.enabled) {
+    throw ConfigError(path + ": data.local_window: a model without SP-KV needs the window of the heads that "
+                      "data.local_on_text or data.local_on_tasks makes local");
   }
   r.train_data = resolve(base, r.train_data);
   r.val_data = resolve(base, r.val_data);
@@ -603,6 +613,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_at_start = tokens_seen;
   ShutGates shut;  // heads from local_on_text and local_on_tasks; keys from each batch
+  shut.window = r.local_window;
   for (auto [flags, heads] : {std::pair{&r.local_on_text, &shut.heads}, std::pair{&r.local_on_tasks, &shut.other_heads}})
     if (!flags->empty())
       *heads = torch::tensor(std::vector<int64_t>(flags->begin(), flags->end()))

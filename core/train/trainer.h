@@ -83,10 +83,12 @@ struct Recipe {
   // data.local_on_text: [[layer, kv_head], ...], heads whose gates are shut (u = 0, ShutGates) on the keys of
   // plain-text documents in training batches, so plain text learns to do without their far keys while task
   // documents train their gates; data.local_on_tasks: the converse, heads shut on the keys of task documents
-  // (every document that is not plain text), so retrieval cannot spread to them. Both need SP-KV and a
-  // training file with a loss mask (`spkv tokenize --loss answers`). Validation and inference keep every gate.
-  // (L * Hkv) flags, 1 = shut; empty = none.
+  // (every document that is not plain text), so retrieval cannot spread to them. Both need a training file
+  // with a loss mask (`spkv tokenize --loss answers`). Validation and inference keep every gate. In a model
+  // without SP-KV (dense pretraining with the same split) those heads see only the keys within
+  // data.local_window of the query on those documents. (L * Hkv) flags, 1 = shut; empty = none.
   std::vector<uint8_t> local_on_text, local_on_tasks;
+  int64_t local_window = 0;  // data.local_window: a model without SP-KV only
   int64_t grad_accum = 1;
   // schedule: warmup, cosine decay; with gating soft_then_hard the predictor is frozen and the gates annealed
   // to hard from hard_at of the decay on, over anneal_steps

@@ -332,13 +332,42 @@ TEST(Trainer, LocalOnTextShutsTheHeadsOnPlainTextDocumentsOnly) {
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("shut gates: heads must be (L, Hkv) [2, 2], got [2, 3]"), std::string::npos) << e.what();
   }
+
+  // A dense model has no gates: its shut heads see only the keys within the window (8) on those documents,
+  // which a layout with those heads local gives each document run alone.
+  json jd = tiny_recipe(dir.path.string());
+  jd.erase("spkv");
+  LlamaForCausalLM d = build_model(parse_recipe(jd, dir / "r.json"));
+  d->eval();
+  torch::NoGradGuard ng;
+  ShutGates dense_both = both;
+  dense_both.window = 8;
+  const auto packed = d(tokens, segments, dense_both);                                     // (1, 48, V)
+  const auto open_plain = d(plain_doc), open_task = d(task_doc);
+  d->layout = {{1, 1, 0, 1}, 8};  // head (1, 0) local: the plain document
+  const auto want_plain = d(plain_doc);
+  d->layout = {{1, 0, 1, 1}, 8};  // head (0, 1) local: the task document
+  const auto want_task = d(task_doc);
+  d->layout = {};
+  EXPECT_LT((packed.narrow(1, 0, 28) - want_plain).abs().max().item<double>(), 1e-4);
+  EXPECT_LT((packed.narrow(1, 28, 20) - want_task).abs().max().item<double>(), 1e-4);
+  EXPECT_GT((open_plain - want_plain).abs().max().item<double>(), 1e-3) << "making the head local must matter";
+  EXPECT_GT((open_task - want_task).abs().max().item<double>(), 1e-3) << "making the head local must matter";
+  try {
+    d(tokens, segments, both);
+    ADD_FAILURE() << "a dense model's shut heads without a window were accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("shut gates: a model without SP-KV needs a window of at least 1, got 0"),
+              std::string::npos) << e.what();
+  }
 }
 
 // Through `spkv train`, no weight decay on the predictors and no density knob: on a file of plain documents
 // only, every head local on text leaves the predictors exactly where they started, while every head local on
 // tasks changes nothing (bit-identical to the open control, which moves them); on a file of task documents
-// only, every head local on tasks leaves them where they started. A file without a loss mask, a head outside
-// the model and a dense model are errors naming the recipe and the field.
+// only, every head local on tasks leaves them where they started. A dense model does the same with a window
+// (data.local_window). A file without a loss mask, a head outside the model and a missing or misplaced window
+// are errors naming the recipe and the field.
 TEST(Trainer, LocalHeadsTrainNoGateOnTheirDocumentsThroughTheCommandLine) {
   test::TempDir dir;
   auto docs = markov_docs(200, 64, 4);
@@ -354,13 +383,15 @@ TEST(Trainer, LocalHeadsTrainNoGateOnTheirDocumentsThroughTheCommandLine) {
   write_token_file(dir / "train1.tok", docs, 64);
   const json all_heads = json::parse("[[0, 0], [0, 1], [1, 0], [1, 1]]");
   std::map<std::string, Checkpoint> out;
-  for (const std::string arm : {"open", "text-shut", "tasks-shut", "tasks-only"}) {
+  for (const std::string arm : {"open", "text-shut", "tasks-shut", "tasks-only", "dense", "dense-text", "dense-tasks"}) {
     json j = tiny_recipe(dir.path.string());
     j["schedule"]["gating"] = "soft";
     j["optim"]["predictor_weight_decay"] = 0.0;
-    if (arm == "text-shut") j["data"]["local_on_text"] = all_heads;
-    if (arm == "tasks-shut" || arm == "tasks-only") j["data"]["local_on_tasks"] = all_heads;
+    if (arm == "text-shut" || arm == "dense-text") j["data"]["local_on_text"] = all_heads;
+    if (arm == "tasks-shut" || arm == "tasks-only" || arm == "dense-tasks") j["data"]["local_on_tasks"] = all_heads;
     if (arm == "tasks-only") j["data"]["train"] = dir / "tasks.tok";
+    if (arm.rfind("dense", 0) == 0) j.erase("spkv");
+    if (arm == "dense-text" || arm == "dense-tasks") j["data"]["local_window"] = 8;
     const std::string o = dir / arm;
     test::write_file(o + ".json", j.dump());
     auto r = test::run_spkv("train --recipe " + test::quote(o + ".json") + " --out " + test::quote(o));
@@ -380,6 +411,11 @@ TEST(Trainer, LocalHeadsTrainNoGateOnTheirDocumentsThroughTheCommandLine) {
     EXPECT_FALSE(torch::equal(out.at("open").tensors.at(name), t)) << name << " did not move in the control";
   }
   EXPECT_EQ(n, 8);
+  // Dense: heads local on tasks change nothing on plain documents; local on text, every weight moves otherwise.
+  for (const auto& [name, t] : out.at("dense").tensors) {
+    EXPECT_TRUE(torch::equal(out.at("dense-tasks").tensors.at(name), t)) << name << ": local_on_tasks changed dense training";
+    EXPECT_FALSE(torch::equal(out.at("dense-text").tensors.at(name), t)) << name << ": local_on_text changed nothing";
+  }
 
   j["data"]["train"] = dir / "train1.tok";
   j["data"]["local_on_text"] = json::parse("[[1, 1]]");
@@ -397,8 +433,13 @@ TEST(Trainer, LocalHeadsTrainNoGateOnTheirDocumentsThroughTheCommandLine) {
   j["data"]["local_on_tasks"] = json::parse("[[0, 2]]");
   EXPECT_NE(recipe_error(j).find("r.json: data.local_on_tasks: expected [layer, kv_head] pairs with layer in [0, 2) and kv_head in [0, 2)"), std::string::npos) << recipe_error(j);
   j["data"]["local_on_tasks"] = json::parse("[[1, 1]]");
+  j["data"]["local_window"] = 8;
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_window: expected a window >= 1, for a model without SP-KV"), std::string::npos) << recipe_error(j);
   j.erase("spkv");
-  EXPECT_NE(recipe_error(j).find("r.json: data.local_on_tasks: shuts SP-KV gates, but the model has no SP-KV block"), std::string::npos) << recipe_error(j);
+  j["data"]["local_window"] = 0;
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_window: expected a window >= 1"), std::string::npos) << recipe_error(j);
+  j["data"].erase("local_window");
+  EXPECT_NE(recipe_error(j).find("r.json: data.local_window: a model without SP-KV needs the window"), std::string::npos) << recipe_error(j);
 }
 
 TEST(Trainer, ScheduleFollowsWarmupCosineAndTheHardSwitch) {
