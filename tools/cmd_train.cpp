@@ -23,7 +23,8 @@ bool cmd_train(const std::string& recipe_path, TrainOptions o, const dist::Launc
   Recipe r = load_recipe(recipe_path);
   if (r.train_data.empty() || r.val_data.empty())
     throw ConfigError(recipe_path + ": data.train and data.val must name token files (from `spkv tokenize`)");
-  TokenFileSource data(r.train_data, r.val_data, r.seq_len, r.batch_size, r.eval_batches, r.seed, r.windows == "documents");
+  TokenFileSource data(r.train_data, r.val_data, r.seq_len, r.batch_size, r.eval_batches, r.seed, r.windows == "documents",
+                       r.loss == "all");
   o.stop = &g_stop;
   catch_stop_signals();
   std::vector<TaskDoc> tasks;

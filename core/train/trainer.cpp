@@ -89,9 +89,10 @@ void write_model_dir(const fs::path& dir, LlamaForCausalLM& m, const Recipe& r,
 // --- data ----------------------------------------------------------------------------------------------
 
 TokenFileSource::TokenFileSource(const std::string& train, const std::string& val, int64_t seq_len,
-                                 int64_t batch_size, int64_t n_val_batches, uint64_t seed, bool align_short_documents)
+                                 int64_t batch_size, int64_t n_val_batches, uint64_t seed, bool align_short_documents,
+                                 bool count_all_targets)
     : train_(train), val_(val), seq_len_(seq_len), batch_size_(batch_size), n_val_(n_val_batches), seed_(seed),
-      align_(align_short_documents) {
+      align_(align_short_documents), count_all_(count_all_targets) {
   for (const TokenFile* f : {&train_, &val_})
     if (f->n_tokens() < seq_len + 1)
       throw InputError(f->path() + ": " + std::to_string(f->n_tokens()) + " tokens, fewer than one window of seq_len + 1 = " +
@@ -123,6 +124,7 @@ Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<uint8_
     }
   }
   if (!f.has_loss_mask()) return {tokens, segments, {}, {}};
+  if (count_all_) return {tokens, segments, {}, text};
   auto mask = torch::empty({B, T1 - 1}, torch::kBool);  // (B, T) whether target t (token t + 1) counts
   auto ma = mask.accessor<bool, 2>();
   for (int64_t b = 0; b < B; ++b)
@@ -190,8 +192,8 @@ Recipe parse_recipe(const json& j, const std::string& path) {
 
   if (!j.contains("data")) throw ConfigError(path + ": missing field 'data'");
   const json& d = j["data"];
-  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows", "local_on_text", "local_on_tasks", "local_window"},
-             path + ": data");
+  check_keys(d, {"train", "val", "seq_len", "batch_size", "windows", "loss", "local_on_text", "local_on_tasks",
+                 "local_window"}, path + ": data");
   read(d, "train", r.train_data, path + ": data");
   read(d, "val", r.val_data, path + ": data");
   read(d, "seq_len", r.seq_len, path + ": data");
@@ -199,6 +201,9 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   read(d, "windows", r.windows, path + ": data");
   if (r.windows != "random" && r.windows != "documents")
     throw ConfigError(path + ": data.windows must be \"random\" or \"documents\", got \"" + r.windows + "\"");
+  read(d, "loss", r.loss, path + ": data");
+  if (r.loss != "mask" && r.loss != "all")
+    throw ConfigError(path + ": data.loss must be \"mask\" or \"all\", got \"" + r.loss + "\"");
   for (auto [field, flags] : {std::pair{"local_on_text", &r.local_on_text}, std::pair{"local_on_tasks", &r.local_on_tasks}}) {
     if (!d.contains(field) || d[field].is_null()) continue;
     const std::string w = path + ": data." + field;

@@ -43,10 +43,13 @@ struct BatchSource {
 // documents whose answers need facts from their beginning) are always trained whole, while long ones are
 // still cut anywhere. Validation: the first n_val non-overlapping windows of the validation file, aligned
 // the same way (a window that would start inside a short document starts at the next document instead).
+// With `count_all_targets`, every target counts even when the files have a loss mask; the mask then only tells
+// plain-text documents from task documents (`text`).
 class TokenFileSource : public BatchSource {
  public:
   TokenFileSource(const std::string& train, const std::string& val, int64_t seq_len, int64_t batch_size,
-                  int64_t n_val_batches, uint64_t seed, bool align_short_documents = false);
+                  int64_t n_val_batches, uint64_t seed, bool align_short_documents = false,
+                  bool count_all_targets = false);
   Batch train_batch(int64_t step, int64_t micro) override;
   std::vector<Batch> val_batches() override;
   int64_t vocab_size() const override { return std::max(train_.vocab_size(), val_.vocab_size()); }
@@ -58,7 +61,7 @@ class TokenFileSource : public BatchSource {
   std::vector<uint8_t> train_plain_, val_plain_;  // per document: every target counts (files with a loss mask)
   int64_t seq_len_, batch_size_, n_val_;
   uint64_t seed_;
-  bool align_;
+  bool align_, count_all_;
 };
 
 struct Recipe {
@@ -72,6 +75,8 @@ struct Recipe {
   std::string train_data, val_data;
   int64_t seq_len = 256, batch_size = 16;
   std::string windows = "random";  // "random" | "documents": see TokenFileSource's align_short_documents
+  std::string loss = "mask";  // "mask": the targets the files' loss mask counts | "all": every target (the mask
+                              // then only tells document kinds, for local_on_text / local_on_tasks)
   // optimizer (AdamW); the predictor is its own parameter group
   double lr = 1e-3, min_lr_ratio = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   double predictor_lr_mult = 5.0, predictor_weight_decay = 0.1, grad_clip = 1.0;

@@ -275,6 +275,15 @@ TEST(Trainer, LocalOnTextShutsTheHeadsOnPlainTextDocumentsOnly) {
     EXPECT_TRUE(torch::equal(b.text, b.tokens < 32)) << b.tokens;
   }
   EXPECT_FALSE(v1.train_batch(0, 0).text.defined()) << "a file without a loss mask cannot tell the documents apart";
+  // data.loss "all": the same windows and document kinds, every target counted
+  TokenFileSource all(dir / "m.tok", dir / "m.tok", 48, 4, 2, 5, false, true);
+  for (int step = 0; step < 3; ++step) {
+    const Batch a = all.train_batch(step, 0), b = batches[batches.size() - 3 + size_t(step)];
+    EXPECT_FALSE(a.loss_mask.defined());
+    ASSERT_TRUE(b.loss_mask.defined() && a.text.defined());
+    EXPECT_TRUE(torch::equal(a.tokens, b.tokens) && torch::equal(a.text, b.text));
+    EXPECT_FALSE(b.loss_mask.all().item<bool>()) << "the mask must leave targets out, or the test cannot fail";
+  }
 
   // One row: plain document 3 (28 of its 35 tokens), then task document 1 (20 of 25); window 8: both have far keys.
   json j = tiny_recipe(dir.path.string());
@@ -473,6 +482,9 @@ TEST(Trainer, BadRecipesNameTheField) {
   j = tiny_recipe("/d");
   j["data"]["windows"] = "aligned";
   EXPECT_NE(recipe_error(j).find("r.json: data.windows must be \"random\" or \"documents\", got \"aligned\""), std::string::npos);
+  j = tiny_recipe("/d");
+  j["data"]["loss"] = "answers";
+  EXPECT_NE(recipe_error(j).find("r.json: data.loss must be \"mask\" or \"all\", got \"answers\""), std::string::npos);
   j = tiny_recipe("/d");
   j["data"]["seq_len"] = 65;
   EXPECT_NE(recipe_error(j).find("data.seq_len must be in [2, max_position_embeddings = 64]"), std::string::npos);
