@@ -120,10 +120,7 @@ MaskedAttention::MaskedAttention(const ModelConfig& c, const AttentionMask& mask
       spkv_window_(c.spkv.enabled ? c.spkv.window : 0),
       sliding_window_(c.sliding_window) {
   const auto& idx = mask.index;  // (T)
-  auto beyond = [&](int64_t window) {
-    return torch::zeros({idx.size(0), idx.size(0)}, idx.options().dtype(torch::kFloat32))
-        .masked_fill((idx.unsqueeze(1) - idx.unsqueeze(0)) >= window, -std::numeric_limits<float>::infinity());
-  };
+  auto beyond = [&](int64_t window) { return (idx.unsqueeze(1) - idx.unsqueeze(0)) >= window; };  // (T, S)
   if (!layout.empty()) {
     check_layout(c, layout, "masked attention");
     layout_ = torch::tensor(std::vector<int64_t>(layout.global.begin(), layout.global.end()), idx.options())
@@ -147,13 +144,12 @@ torch::Tensor MaskedAttention::shut_off(int64_t il) const {
 
 torch::Tensor MaskedAttention::bias(int64_t il, const torch::Tensor& u, c10::ScalarType dtype) const {
   auto bias = mask_.bias.to(dtype);  // (B|1, 1, 1, T, S)
-  if (layout_.defined()) {           // fixed decisions: a local head sees only its window
-    const int64_t Hkv = layout_.size(1);
-    return bias + torch::where(layout_[il].view({1, Hkv, 1, 1, 1}), torch::zeros_like(beyond_), beyond_).to(dtype);
-  }
+  const float inf = std::numeric_limits<float>::infinity();
+  if (layout_.defined())  // fixed decisions: a local head sees only its window
+    return bias.masked_fill(~layout_[il].view({1, -1, 1, 1, 1}) & beyond_, -inf);  // (B|1, Hkv, 1, T, S)
   if (beyond_.defined()) {  // no SP-KV: the shut keys are masked beyond the window
     const auto off = shut_off(il).transpose(1, 2).unsqueeze(2).unsqueeze(2);  // (B, Hkv, 1, 1, S)
-    return bias + torch::where(off, beyond_, torch::zeros_like(beyond_)).to(dtype);
+    return bias.masked_fill(off & beyond_, -inf);                           // (B, Hkv, 1, T, S)
   }
   if (u.defined() && gates_.mode != GateMode::dense) {
     const auto us = shut_.defined() ? u.masked_fill(shut_off(il), 0.0) : u;  // (B, S, Hkv)

@@ -97,8 +97,8 @@ class MaskedAttention : public AttentionBackend {
   GateSettings gates_;
   bool training_;
   ShutGates shut_;
-  // The layout's (L, Hkv) bool global flags; (T, S) -inf where t - s >= the layout's window or, in a model
-  // without SP-KV, the shut keys' window.
+  // The layout's (L, Hkv) bool global flags; (T, S) bool, true where t - s >= the layout's window or, in a
+  // model without SP-KV, the shut keys' window.
   torch::Tensor layout_, beyond_;
   torch::Tensor shut_off(int64_t il) const;  // (B, S, Hkv) bool: the (key, head) pairs shut in layer il
   int64_t spkv_window_, sliding_window_;  // W of the gates (0 without SP-KV); the model's sliding window (0: none)
