@@ -29,7 +29,11 @@ void cmd_dist_check(const DistCheck& o) {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
   const auto pids = g.all_gather(int64_t(getpid()));
-  if (o.hold_s > 0) std::this_thread::sleep_for(std::chrono::milliseconds(int64_t(o.hold_s * 1000)));
+  if (o.hold_s > 0) {  // a launch's fault tests kill a rank once it says it is in the group
+    fmt::print("rank {} of {}: in the group, holding {} s\n", l.rank, n, o.hold_s);
+    std::fflush(stdout);
+    std::this_thread::sleep_for(std::chrono::milliseconds(int64_t(o.hold_s * 1000)));
+  }
   g.barrier();
   fmt::print("rank {} of {} (local rank {}, {}, host {}, pid {}): group formed in {:.2f} s at {}:{}; allreduce and "
              "all_gather agree across {} ranks\n",

@@ -30,9 +30,11 @@ struct RankResult {
 };
 
 // Starts one process `spkv --threads 1 ARGS[r]` per rank r with torchrun's variables, all at once;
-// `kill_rank` >= 0 is killed (SIGKILL) `kill_after` seconds after the start. Every process runs under
-// `timeout 120`.
-inline std::vector<RankResult> launch(const std::vector<std::string>& args, int kill_rank = -1, int kill_after = 0) {
+// `kill_rank` >= 0 is killed (SIGKILL) once its stdout holds `kill_when` (or 60 s after the start): a rank is
+// killed at a known point of its run however long a loaded machine takes to start it.
+// Every process runs under `timeout 120`.
+inline std::vector<RankResult> launch(const std::vector<std::string>& args, int kill_rank = -1,
+                                      const std::string& kill_when = "") {
   const int n = int(args.size());
   test::TempDir tmp;
   const int port = free_port();
@@ -43,7 +45,8 @@ inline std::vector<RankResult> launch(const std::vector<std::string>& args, int 
               " --threads 1 " + args[size_t(r)] + " >" + (tmp / ("o" + std::to_string(r))) + " 2>" +
               (tmp / ("e" + std::to_string(r))) + ") & p" + std::to_string(r) + "=$!\n";
   if (kill_rank >= 0)  // the spkv process itself, timeout's child
-    script += "sleep " + std::to_string(kill_after) + "; kill -9 $(pgrep -P $p" + std::to_string(kill_rank) + ")\n";
+    script += "for i in $(seq 600); do grep -qF '" + kill_when + "' " + (tmp / ("o" + std::to_string(kill_rank))) +
+              " && break; sleep 0.1; done; kill -9 $(pgrep -P $p" + std::to_string(kill_rank) + ")\n";
   for (int r = 0; r < n; ++r)
     script += "wait $p" + std::to_string(r) + "; echo $? >" + (tmp / ("c" + std::to_string(r))) + "\n";
   test::write_file(tmp / "launch.sh", script);
@@ -58,8 +61,9 @@ inline std::vector<RankResult> launch(const std::vector<std::string>& args, int 
 }
 
 // `n` ranks of the same command.
-inline std::vector<RankResult> launch(int n, const std::string& args, int kill_rank = -1, int kill_after = 0) {
-  return launch(std::vector<std::string>(size_t(n), args), kill_rank, kill_after);
+inline std::vector<RankResult> launch(int n, const std::string& args, int kill_rank = -1,
+                                      const std::string& kill_when = "") {
+  return launch(std::vector<std::string>(size_t(n), args), kill_rank, kill_when);
 }
 
 }  // namespace spkv::test
