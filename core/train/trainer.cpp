@@ -84,6 +84,19 @@ void write_model_dir(const fs::path& dir, LlamaForCausalLM& m, const Recipe& r,
   fs::rename(tmp, dir);
 }
 
+// The fields (dotted paths) where two recipes differ: values compared as JSON, objects field by field.
+void changed_fields(const json& a, const json& b, const std::string& at, std::vector<std::string>& out) {
+  if (a.is_object() && b.is_object()) {
+    std::set<std::string> keys;
+    for (auto& [k, v] : a.items()) keys.insert(k);
+    for (auto& [k, v] : b.items()) keys.insert(k);
+    for (auto& k : keys)
+      changed_fields(a.contains(k) ? a[k] : json(), b.contains(k) ? b[k] : json(), at.empty() ? k : at + "." + k, out);
+  } else if (a != b) {
+    out.push_back(at);
+  }
+}
+
 }  // namespace
 
 // --- data ----------------------------------------------------------------------------------------------
@@ -524,6 +537,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   int64_t start = 0, tokens_seen = 0;
   std::vector<std::string> kept_log;
   fs::path resume_from;
+  std::vector<std::string> recipe_changes;  // fields of recipe.json that a resume changed
   // A folder whose first checkpoint was never completed (a failed write, a kill while writing) cannot be
   // continued; it starts over, with or without --resume. Half-written checkpoint folders go.
   const auto cks = checkpoints_in(ckdir);
@@ -555,6 +569,19 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       } catch (const json::exception&) {  // a line torn by a kill: dropped, the run repeats its steps
         std::fprintf(stderr, "%s: line %lld is not JSON; dropped\n", log_path.string().c_str(), (long long)line_no);
       }
+    }
+    // A run continued under another recipe (by design, e.g. a split from step N on) says so, and its log keeps
+    // the recipe it ran under until then: recipe.json holds only the latest.
+    std::ifstream rf(out / "recipe.json");
+    const json before = json::parse(rf, nullptr, /*allow_exceptions=*/false);
+    if (!before.is_discarded()) changed_fields(before, r.source, "", recipe_changes);
+    if (!recipe_changes.empty()) {
+      std::string fields;
+      for (auto& f : recipe_changes) fields += (fields.empty() ? "" : ", ") + f;
+      if (lead)
+        std::fprintf(stderr, "%s: resumed at step %lld under a recipe that differs from the run's in %s; the log records it\n",
+                     out.string().c_str(), (long long)start, fields.c_str());
+      kept_log.push_back(json({{"type", "recipe_change"}, {"step", start}, {"fields", recipe_changes}, {"before", before}}).dump());
     }
   } else if (!cks.empty()) {
     throw InputError(out.string() + ": already holds a training run (train_log.jsonl and checkpoints); pass --resume "

@@ -522,6 +522,7 @@ TEST(Trainer, ResumeReproducesTheUninterruptedRunExactly) {
   EXPECT_NE(again.err.find("pass --resume"), std::string::npos) << again.err;
   auto b2 = test::run_spkv(recipe + " --out " + test::quote(dir / "b") + " --resume");
   ASSERT_EQ(b2.exit_code, 0) << b2.err;
+  EXPECT_TRUE(read_log(dir / "b/train_log.jsonl", "recipe_change").empty());  // the same recipe: nothing to say
 
   auto la = read_log(dir / "a/train_log.jsonl", "step"), lb = read_log(dir / "b/train_log.jsonl", "step");
   ASSERT_EQ(la.size(), 12u);
@@ -557,6 +558,30 @@ TEST(Trainer, ResumeReproducesTheUninterruptedRunExactly) {
   }
   EXPECT_FALSE(std::filesystem::exists(dir / "a/checkpoints/step-0000004"));  // only the last two are kept
   EXPECT_EQ(load_hf_config(dir / "a/model/config.json").spkv.mode, GateMode::hard);
+
+  // Resumed under another recipe: allowed (a change from step N on is an experiment), said on stderr, and
+  // the log records the step, the fields and the recipe the run had until then.
+  json changed = tiny_recipe(dir.path.string());
+  changed["optim"]["lr"] = changed["optim"]["lr"].get<double>() / 2;
+  changed["eval"]["every"] = 3;
+  test::write_file(dir / "changed.json", changed.dump());
+  auto c1 = test::run_spkv(recipe + " --out " + test::quote(dir / "c") + " --stop-after 4");
+  ASSERT_EQ(c1.exit_code, 0) << c1.err;
+  auto c2 = test::run_spkv("--threads 2 train --recipe " + test::quote(dir / "changed.json") + " --out " +
+                           test::quote(dir / "c") + " --resume");
+  ASSERT_EQ(c2.exit_code, 0) << c2.err;
+  EXPECT_NE(c2.err.find("resumed at step 4 under a recipe that differs from the run's in eval.every, optim.lr"),
+            std::string::npos) << c2.err;
+  auto rc = read_log(dir / "c/train_log.jsonl", "recipe_change");
+  ASSERT_EQ(rc.size(), 1u);
+  EXPECT_EQ(rc[0]["step"], 4);
+  EXPECT_EQ(rc[0]["fields"], json({"eval.every", "optim.lr"}));
+  EXPECT_EQ(rc[0]["before"], tiny_recipe(dir.path.string()));
+  EXPECT_EQ(json::parse(test::read_file(dir / "c/recipe.json")), changed);
+  auto lc = read_log(dir / "c/train_log.jsonl", "step");
+  ASSERT_EQ(lc.size(), 12u);
+  EXPECT_EQ(lc[3]["loss"].get<double>(), la[3]["loss"].get<double>());  // the same run to step 4
+  EXPECT_DOUBLE_EQ(lc[4]["lr"].get<double>(), la[4]["lr"].get<double>() / 2);  // the new recipe from step 5
 }
 
 // Data-parallel training (docs/distributed.md): two processes, each taking half of every micro-batch, train
