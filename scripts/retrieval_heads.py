@@ -11,7 +11,9 @@ on a line holding no fact and no answer byte (so the key names of a kv line and 
 neither). Only eligible keys count (positions keep_first <= s < T - W, the keys a gate decides about).
 
 Per head: far mass per fact key / per filler key (the retrieval score: > 1 means the head's far attention
-goes to facts), and the gates' keep rate of fact and filler keys. The retrieving heads are those with a
+goes to facts), the gates' keep rate of fact and filler keys, and, from the gate scores u, the gate's ROC
+AUC: the chance that a random fact key scores above a random filler key (0.5: the gate cannot tell them
+apart, so no threshold makes it select). The retrieving heads are those with a
 score of at least --min-score; the pooled fact/filler keep ratio over them is the number to report.
 --head L,H adds that head's filler keep rate by where the filler lies (before the document's first fact, between
 facts, after its last fact) and kind: a gate that uses the document's context keeps less filler once facts came.
@@ -56,6 +58,17 @@ def token_classes(text, facts, answers, text_offsets):
     return out
 
 
+def auc(pos, neg):
+    """P(a random pos value > a random neg value), ties counting half (Mann-Whitney U / (n_pos n_neg)); None
+    when either is empty."""
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    _, inv, counts = np.unique(np.concatenate([pos, neg]).astype(np.float64), return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based rank of each distinct value, ties averaged
+    r = mean_rank[inv][:len(pos)].sum()
+    return float((r - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("tasks")
@@ -85,6 +98,8 @@ def main():
     mass = np.zeros((2, L, H))     # far mass summed over fact / filler keys
     keys = np.zeros(2)             # eligible fact / filler keys
     kept = np.zeros((2, L, H))     # of them, z = 1
+    scores = ([], [])              # their gate scores u, (n, L, H) per document, when the log has them
+    has_u = "gates/u" in fg
     txt_off = fg["tokens/text_offsets"]
     used = 0
     focus = tuple(int(v) for v in a.head.split(",")) if a.head else None
@@ -109,6 +124,8 @@ def main():
             keys[c - 1] += sel.sum()
             mass[c - 1] += far[sel].sum(axis=0)
             kept[c - 1] += z[sel].sum(axis=0)
+            if has_u:
+                scores[c - 1].append(fg["gates/u"][bg:eg][sel])
         if focus and (cls == 1).any():
             fact_at = np.flatnonzero(cls == 1)
             place = np.where(np.arange(T) < fact_at[0], 0, np.where(np.arange(T) < fact_at[-1], 1, 2))
@@ -121,17 +138,20 @@ def main():
     score = per_key[0] / np.maximum(per_key[1], 1e-12)
     keep = kept / np.maximum(keys, 1)[:, None, None]
     retr = score >= a.min_score
+    u = [np.concatenate(v) if v else np.zeros((0, L, H)) for v in scores]
+    gate_auc = [[auc(u[0][:, l, h], u[1][:, l, h]) if has_u else None for h in range(H)] for l in range(L)]
     pooled_fact = kept[0][retr].sum() / max(keys[0] * retr.sum(), 1)
     pooled_filler = kept[1][retr].sum() / max(keys[1] * retr.sum(), 1)
     lines = [f"{used} documents, {int(keys[0])} eligible fact keys, {int(keys[1])} eligible filler keys (W = {W}).", "",
-             "| layer | kv head | far mass per fact key | per filler key | retrieval score | keep facts | keep filler | facts / filler |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| layer | kv head | far mass per fact key | per filler key | retrieval score | keep facts | keep filler | facts / filler | gate AUC |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for l in range(L):
         for h in range(H):
             ratio = keep[0, l, h] / keep[1, l, h] if keep[1, l, h] > 0 else float("inf")
             mark = " **retrieving**" if retr[l, h] else ""
             lines.append(f"| {l} | {h}{mark} | {per_key[0, l, h]:.4f} | {per_key[1, l, h]:.4f} | {score[l, h]:.1f} | "
-                         f"{keep[0, l, h]:.3f} | {keep[1, l, h]:.3f} | {ratio:.1f} |")
+                         f"{keep[0, l, h]:.3f} | {keep[1, l, h]:.3f} | {ratio:.1f} | "
+                         + ("–" if gate_auc[l][h] is None else f"{gate_auc[l][h]:.2f}") + " |")
     lines += ["", f"Retrieving heads (score >= {a.min_score:g}): {int(retr.sum())}; over them the gates keep "
               f"{pooled_fact:.3f} of fact keys and {pooled_filler:.3f} of filler keys "
               f"({pooled_fact / pooled_filler if pooled_filler > 0 else float('inf'):.1f}x)."]
@@ -143,7 +163,7 @@ def main():
         out = {"documents": used, "fact_keys": int(keys[0]), "filler_keys": int(keys[1]), "min_score": a.min_score,
                "far_mass_per_fact_key": per_key[0].tolist(), "far_mass_per_filler_key": per_key[1].tolist(),
                "retrieval_score": score.tolist(), "keep_facts": keep[0].tolist(), "keep_filler": keep[1].tolist(),
-               "retrieving": retr.tolist(), "pooled_keep_facts": pooled_fact, "pooled_keep_filler": pooled_filler}
+               "retrieving": retr.tolist(), "gate_auc": gate_auc, "pooled_keep_facts": pooled_fact, "pooled_keep_filler": pooled_filler}
         with open(a.json + ".tmp", "w") as f:
             json.dump(out, f, indent=1)
 

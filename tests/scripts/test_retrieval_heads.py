@@ -49,6 +49,10 @@ class RetrievalHeads(unittest.TestCase):
         z[cls == 1, 0, 0] = 1       # head 0 keeps both facts and one filler key (of 8 eligible)
         z[1, 0, 0] = 1
         z[:, 0, 1] = 1              # head 1 keeps everything
+        u = np.full((T, L, H), 0.5, np.float16)  # head 1 scores every key alike: AUC 0.5
+        u[cls == 2, 0, 0] = 0.1     # head 0 ranks one filler key (0.85) between its two facts (0.9, 0.8):
+        u[cls == 1, 0, 0] = [0.9, 0.8]  # fact pairs won 8 + 7 of 16, AUC 15 / 16
+        u[1, 0, 0] = 0.85
         with tempfile.TemporaryDirectory() as d:
             for name, data in (("dense.h5", far), ("gated.h5", z)):
                 with h5py.File(os.path.join(d, name), "w") as f:
@@ -60,6 +64,8 @@ class RetrievalHeads(unittest.TestCase):
                     f["tokens/text_offsets"] = offsets()
                     f["attention/received_far"] = far
                     f["gates/z"] = z
+                    if name == "gated.h5":
+                        f["gates/u"] = u
             tasks = os.path.join(d, "tasks.jsonl")
             with open(tasks, "w") as f:
                 f.write(json.dumps({"text": TEXT, "facts": [[FACT, FACT + 5]], "answers": [[ANSWER, ANSWER + 5]],
@@ -76,6 +82,8 @@ class RetrievalHeads(unittest.TestCase):
         self.assertEqual(r["retrieving"], [[True, False]])
         self.assertEqual(r["keep_facts"], [[1.0, 1.0]])
         self.assertEqual(r["keep_filler"], [[0.125, 1.0]])
+        self.assertAlmostEqual(r["gate_auc"][0][0], 15 / 16)
+        self.assertAlmostEqual(r["gate_auc"][0][1], 0.5)
         self.assertAlmostEqual(r["pooled_keep_facts"], 1.0)
         self.assertAlmostEqual(r["pooled_keep_filler"], 0.125)
         # --head 0,0: its one kept filler key is among the four before the fact; none of the four after it.
