@@ -119,13 +119,14 @@ def main():
         elig[min(T, first):max(0, T - W)] = True
         far = fd["attention/received_far"][bd:ed]  # (T, L, H)
         z = fg["gates/z"][bg:eg]                   # (T, L, H)
+        u = fg["gates/u"][bg:eg] if has_u else None  # (T, L, H)
         for c in (1, 2):
             sel = elig & (cls == c)
             keys[c - 1] += sel.sum()
             mass[c - 1] += far[sel].sum(axis=0)
             kept[c - 1] += z[sel].sum(axis=0)
             if has_u:
-                scores[c - 1].append(fg["gates/u"][bg:eg][sel])
+                scores[c - 1].append(u[sel])
         if focus and (cls == 1).any():
             fact_at = np.flatnonzero(cls == 1)
             place = np.where(np.arange(T) < fact_at[0], 0, np.where(np.arange(T) < fact_at[-1], 1, 2))
@@ -138,8 +139,8 @@ def main():
     score = per_key[0] / np.maximum(per_key[1], 1e-12)
     keep = kept / np.maximum(keys, 1)[:, None, None]
     retr = score >= a.min_score
-    u = [np.concatenate(v) if v else np.zeros((0, L, H)) for v in scores]
-    gate_auc = [[auc(u[0][:, l, h], u[1][:, l, h]) if has_u else None for h in range(H)] for l in range(L)]
+    su = [np.concatenate(v) if v else np.zeros((0, L, H)) for v in scores]
+    gate_auc = [[auc(su[0][:, l, h], su[1][:, l, h]) if has_u else None for h in range(H)] for l in range(L)]
     pooled_fact = kept[0][retr].sum() / max(keys[0] * retr.sum(), 1)
     pooled_filler = kept[1][retr].sum() / max(keys[1] * retr.sum(), 1)
     lines = [f"{used} documents, {int(keys[0])} eligible fact keys, {int(keys[1])} eligible filler keys (W = {W}).", "",
