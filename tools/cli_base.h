@@ -14,6 +14,7 @@
 #include "core/base/errors.h"
 #include "core/model/config.h"
 #include "core/text/tokenizer.h"
+#include "tools/build_info.h"
 
 namespace spkv::cli {
 
@@ -58,7 +59,7 @@ struct GlobalOptions {
 // The top level of either binary: title, --version, the global flags; its commands are added after.
 inline void setup_top_level(CLI::App& app, GlobalOptions& g) {
   app.description("spkv: Self-Pruned KV attention toolkit");
-  app.set_version_flag("--version", std::string(SPKV_VERSION) + " (" + SPKV_GIT_COMMIT + ")");
+  app.set_version_flag("--version", std::string(spkv_version()) + " (" + spkv_git_commit() + ")");
   app.require_subcommand(1);
   app.add_option("--threads", g.threads,
                  "CPU threads (default: automatic, the cores that other processes leave free, re-chosen as that changes)")

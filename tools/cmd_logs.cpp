@@ -9,6 +9,7 @@
 #include "core/base/json_text.h"
 #include "core/gatelog/merge.h"
 #include "core/model/safetensors.h"
+#include "tools/build_info.h"
 #include "tools/cli.h"
 #include "tools/run.h"
 
@@ -17,7 +18,7 @@ namespace spkv::cli {
 void add_log_commands(CLI::App& app, Commands& out) {
   auto ro = options<RunOptions>();
   auto* run = add_command(app, "run");
-    ro->tool_version = SPKV_VERSION, ro->git_commit = SPKV_GIT_COMMIT;
+    ro->tool_version = spkv_version(), ro->git_commit = spkv_git_commit();
   run->add_option("--model,-m", ro->model, "SP-KV model (Hugging Face-style directory)");
   run->add_option("--tokenizer,-t", ro->tokenizer, "tokenizer file (default: found beside the model)");
   run->add_option("--out,-o", ro->out, "the gate log to write (.h5)")->required();

@@ -24,6 +24,7 @@
 #include "core/model/safetensors.h"
 #include "core/text/documents.h"
 #include "core/text/tokenizer.h"
+#include "tools/build_info.h"
 #include "tools/cli.h"
 #include "tools/run.h"
 
@@ -198,7 +199,7 @@ void cli::add_layout_commands(CLI::App& app, cli::Commands& out) {
   auto* lay = add_command(app, "layout");
   lay->require_subcommand(1);
   auto* lder = lay->add_subcommand("derive", "rank heads by SP-KV density; the guided layout and reference layouts at a budget");
-  ldo->tool = std::string("spkv ") + SPKV_VERSION + " (" + SPKV_GIT_COMMIT + ")";
+  ldo->tool = std::string("spkv ") + cli::spkv_version() + " (" + cli::spkv_git_commit() + ")";
   lder->add_option("logs", ldo->logs, "gate logs (.h5) of one model and settings; several are merged")->required();
   lder->add_option("--budget,-b", ldo->budget, "global heads: N heads, a fraction 0.F or F%, kv:R (KV-byte ratio), or density");
   lder->add_option("--out,-o", ldo->out_dir, "folder for the layouts (one NAME.json each)")->required();
