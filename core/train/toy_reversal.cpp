@@ -35,7 +35,7 @@ Batch ReversalTask::make_batch(int64_t B, uint64_t seed) const {
     for (int64_t i = n_numbers - 1; i >= 0; --i) ta[b][t++] = values[i];
     for (int64_t j = ans; j < ans + n_numbers; ++j) ma[b][j] = true;  // input j predicts token j + 1
   }
-  return {tokens, {}, mask};
+  return {tokens, {}, mask, {}};
 }
 
 Batch ReversalSource::train_batch(int64_t step, int64_t micro) {
