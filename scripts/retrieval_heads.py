@@ -15,9 +15,13 @@ goes to facts), the gates' keep rate of fact and filler keys, and, from the gate
 AUC: the chance that a random fact key scores above a random filler key (0.5: the gate cannot tell them
 apart, so no threshold makes it select). The retrieving heads are those with a
 score of at least --min-score; the pooled fact/filler keep ratio over them is the number to report.
+--text TEXT.h5 (`spkv run --dense --attention-stats` of the same model on natural text) adds each head's far
+share on that text: the attention mass its queries put on keys beyond the window, per query that has such
+keys. A head that retrieves on the tasks and also reads far on natural text is asked by the method's own
+signal to keep a task's natural filler.
 --head L,H adds that head's filler keep rate by where the filler lies (before the document's first fact, between
 facts, after its last fact) and kind: a gate that uses the document's context keeps less filler once facts came.
-Usage: retrieval_heads.py TASKS.jsonl DENSE.h5 GATES.h5 [--min-score 3] [--head L,H] [--json OUT.json]
+Usage: retrieval_heads.py TASKS.jsonl DENSE.h5 GATES.h5 [--min-score 3] [--text TEXT.h5] [--head L,H] [--json OUT.json]
 """
 import argparse
 import json
@@ -69,12 +73,25 @@ def auc(pos, neg):
     return float((r - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def far_share(path, L, H):
+    """(L, H): far attention mass per query that sees keys beyond the window, over a dense log's documents."""
+    f = h5py.File(path, "r")
+    if "attention/received_far" not in f:
+        sys.exit(f"{path}: no attention/received_far (run spkv run --dense --attention-stats)")
+    if (int(f.attrs["n_layers"]), int(f.attrs["n_kv_heads"])) != (L, H):
+        sys.exit(f"{path}: {f.attrs['n_layers']} layers x {f.attrs['n_kv_heads']} KV heads, expected {L} x {H}")
+    W = int(f.attrs["window"])
+    T = np.diff(f["documents/token_offsets"][:])
+    return f["attention/received_far"][:].sum(axis=0, dtype=np.float64) / max(np.maximum(T - W, 0).sum(), 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("tasks")
     ap.add_argument("dense")
     ap.add_argument("gates")
     ap.add_argument("--min-score", type=float, default=3.0)
+    ap.add_argument("--text")
     ap.add_argument("--head")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -143,16 +160,19 @@ def main():
     gate_auc = [[auc(su[0][:, l, h], su[1][:, l, h]) if has_u else None for h in range(H)] for l in range(L)]
     pooled_fact = kept[0][retr].sum() / max(keys[0] * retr.sum(), 1)
     pooled_filler = kept[1][retr].sum() / max(keys[1] * retr.sum(), 1)
+    text = far_share(a.text, L, H) if a.text else None
+    text_col = (" text far share |", "---|") if a.text else ("", "")
     lines = [f"{used} documents, {int(keys[0])} eligible fact keys, {int(keys[1])} eligible filler keys (W = {W}).", "",
-             "| layer | kv head | far mass per fact key | per filler key | retrieval score | keep facts | keep filler | facts / filler | gate AUC |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| layer | kv head | far mass per fact key | per filler key | retrieval score | keep facts | keep filler | facts / filler | gate AUC |" + text_col[0],
+             "|---|---|---|---|---|---|---|---|---|" + text_col[1]]
     for l in range(L):
         for h in range(H):
             ratio = keep[0, l, h] / keep[1, l, h] if keep[1, l, h] > 0 else float("inf")
             mark = " **retrieving**" if retr[l, h] else ""
             lines.append(f"| {l} | {h}{mark} | {per_key[0, l, h]:.4f} | {per_key[1, l, h]:.4f} | {score[l, h]:.1f} | "
                          f"{keep[0, l, h]:.3f} | {keep[1, l, h]:.3f} | {ratio:.1f} | "
-                         + ("–" if gate_auc[l][h] is None else f"{gate_auc[l][h]:.2f}") + " |")
+                         + ("–" if gate_auc[l][h] is None else f"{gate_auc[l][h]:.2f}") + " |"
+                         + (f" {text[l, h]:.3f} |" if a.text else ""))
     lines += ["", f"Retrieving heads (score >= {a.min_score:g}): {int(retr.sum())}; over them the gates keep "
               f"{pooled_fact:.3f} of fact keys and {pooled_filler:.3f} of filler keys "
               f"({pooled_fact / pooled_filler if pooled_filler > 0 else float('inf'):.1f}x)."]
@@ -164,7 +184,7 @@ def main():
         out = {"documents": used, "fact_keys": int(keys[0]), "filler_keys": int(keys[1]), "min_score": a.min_score,
                "far_mass_per_fact_key": per_key[0].tolist(), "far_mass_per_filler_key": per_key[1].tolist(),
                "retrieval_score": score.tolist(), "keep_facts": keep[0].tolist(), "keep_filler": keep[1].tolist(),
-               "retrieving": retr.tolist(), "gate_auc": gate_auc, "pooled_keep_facts": pooled_fact, "pooled_keep_filler": pooled_filler}
+               "retrieving": retr.tolist(), "text_far_share": None if text is None else text.tolist(), "gate_auc": gate_auc, "pooled_keep_facts": pooled_fact, "pooled_keep_filler": pooled_filler}
         with open(a.json + ".tmp", "w") as f:
             json.dump(out, f, indent=1)
 

@@ -91,6 +91,24 @@ class RetrievalHeads(unittest.TestCase):
         self.assertIn("| kv | after the last fact | 4 | 0.000 |", run.stdout)
         self.assertNotIn("between facts", run.stdout)
 
+    def test_text_far_share(self):
+        # Two documents of 7 and 3 tokens at W = 4: 3 + 0 queries see keys beyond the window; head 0 puts
+        # 0.2 + 0.3 + 0.4 of its attention there, head 1 0.6 each, so their shares are 0.3 and 0.6.
+        far = np.zeros((10, 1, 2), np.float32)
+        far[0, 0, 0], far[1, 0, 0], far[2, 0, 0] = 0.5, 0.3, 0.1
+        far[0:3, 0, 1] = 0.6
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "text.h5")
+            with h5py.File(path, "w") as f:
+                for k, v in (("n_layers", 1), ("n_kv_heads", 2), ("window", 4)):
+                    f.attrs[k] = v
+                f["documents/token_offsets"] = np.array([0, 7, 10], np.int64)
+                f["attention/received_far"] = far
+            np.testing.assert_allclose(retrieval_heads.far_share(path, 1, 2), [[0.3, 0.6]], rtol=1e-6)
+            with self.assertRaises(SystemExit) as e:
+                retrieval_heads.far_share(path, 2, 2)
+            self.assertIn("1 layers x 2 KV heads, expected 2 x 2", str(e.exception))
+
 
 if __name__ == "__main__":
     unittest.main()
