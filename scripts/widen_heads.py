@@ -8,7 +8,7 @@ head's. head_dim, the MLPs and the embeddings are unchanged.
 What it is for (issue 16, "the gates select"): an SP-KV adaptation from the widened model starts with
 retrieval intact and two copies of every head, each with its own gate (the fresh predictor's random output
 weights tell them apart), so one copy can keep a task's facts while the other keeps natural text's far keys.
---noise S adds Gaussian noise of S times each copied projection row's RMS to the Q, K and V rows of every copy
+--noise S adds Gaussian noise of S times the head's RMS (over its block of rows) to the Q, K and V rows of every copy
 but the first (the model then no longer computes exactly the same function).
 
 It is not a general model surgery tool: models with an `spkv` block (a trained predictor) or attention biases
