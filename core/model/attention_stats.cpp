@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "core/base/errors.h"
+
 namespace spkv {
 
 RecordingAttention::RecordingAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates,
@@ -19,6 +21,25 @@ torch::Tensor RecordingAttention::attend(int64_t il, const torch::Tensor& q, con
   auto far = (ts - torch::arange(S, ts.options()).unsqueeze(0)) >= window_;                       // (T, S)
   received_far.push_back((p * far).sum(3).mean(2).transpose(1, 2).detach());                     // (B, S, Hkv)
   return apply_probs(p, v);
+}
+
+GateTargetAttention::GateTargetAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates,
+                                         const ShutGates& shut, const torch::Tensor& counted)
+    : MaskedAttention(c, mask, gates, /*training=*/true, {}, shut) {
+  if (!mask.far.defined()) throw ConfigError("gate target: the model has no SP-KV window");
+  counted_far_ = mask.far & counted.view({counted.size(0), 1, 1, counted.size(1), 1});  // (B, 1, 1, T, S)
+  read_by = counted_far_.any(3).view({counted.size(0), -1});                             // (B, S)
+}
+
+torch::Tensor GateTargetAttention::attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                          const torch::Tensor& u) {
+  {
+    torch::NoGradGuard ng;
+    auto p0 = attention_probs(q, k, mask_.bias.to(q.scalar_type()));                   // (B, Hkv, G, T, S) no gates
+    auto best = (p0 * counted_far_).amax(at::IntArrayRef{2, 3});                       // (B, Hkv, S)
+    read_far.push_back(best.transpose(1, 2).to(torch::kFloat32).contiguous());        // (B, S, Hkv)
+  }
+  return MaskedAttention::attend(il, q, k, v, u);
 }
 
 std::vector<torch::Tensor> attention_stats(LlamaForCausalLM& model, const std::vector<int32_t>& tokens, int64_t tail,

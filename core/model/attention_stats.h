@@ -1,6 +1,7 @@
 // Attention statistics (`spkv run --dense --attention-stats`): the attention mass each key received under
-// full attention, from a masked-attention backend that keeps the probabilities it computes. Not the
-// analysis of these statistics (analysis/offline_baselines.h), nor a CUDA path (the kernels return no probabilities).
+// full attention, from a masked-attention backend that keeps the probabilities it computes; and the same for
+// training's gate target (optim.gate_target, docs/training.md). Not the analysis of these statistics
+// (analysis/offline_baselines.h), nor a CUDA path (the kernels return no probabilities).
 #pragma once
 #include <vector>
 
@@ -21,6 +22,24 @@ class RecordingAttention : public MaskedAttention {
 
  private:
   int64_t tail_, window_;
+};
+
+// The training backend (the masked one, gates and shut heads included) that also keeps, per layer, the
+// largest attention probability each key receives, without the gates' bias, from a counted query that
+// sees it from outside the SP-KV window (t - s >= W, not kept by keep_first), over the G query heads of its
+// KV head: the keys a later answer reads. counted: (B, T) bool, the queries whose next token is a counted
+// target (the batch's loss mask). Gradients flow as in MaskedAttention; the statistics are detached.
+class GateTargetAttention : public MaskedAttention {
+ public:
+  GateTargetAttention(const ModelConfig& c, const AttentionMask& mask, const GateSettings& gates, const ShutGates& shut,
+                      const torch::Tensor& counted);
+  torch::Tensor attend(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& u) override;
+  std::vector<torch::Tensor> read_far;  // per layer (B, S, Hkv) float32 in [0, 1]
+  torch::Tensor read_by;                // (B, S) bool: keys that some counted query sees from outside the window
+
+ private:
+  torch::Tensor counted_far_;  // (B, 1, 1, T, S) bool
 };
 
 // One document under full attention (the model's gates set to dense): the three statistics above as

@@ -16,6 +16,7 @@
 #include "core/base/progress.h"
 #include "core/base/threads.h"
 #include "core/dist/process_group.h"
+#include "core/model/attention_stats.h"
 #include "core/model/checkpoint.h"
 #include "core/model/safetensors.h"
 #include "core/text/tokenizer.h"
@@ -37,6 +38,18 @@ void check_keys(const json& j, const std::set<std::string>& known, const std::st
   if (!j.is_object()) throw ConfigError(where + " must be a JSON object");
   for (auto& [k, v] : j.items())
     if (!known.count(k)) throw ConfigError(where + ": unknown field '" + k + "'");
+}
+
+// [[layer, kv_head], ...] -> (L * Hkv) flags, 1 = listed. Throws ConfigError naming `where`.`field`.
+std::vector<uint8_t> head_flags(const json& v, const char* field, const ModelConfig& c, const std::string& where) {
+  std::vector<uint8_t> flags(size_t(c.n_layers * c.n_kv_heads), 0);
+  for (const auto& lh : json_field<std::vector<std::vector<int64_t>>>(v, field, where)) {
+    if (lh.size() != 2 || lh[0] < 0 || lh[0] >= c.n_layers || lh[1] < 0 || lh[1] >= c.n_kv_heads)
+      throw ConfigError(where + "." + field + ": expected [layer, kv_head] pairs with layer in [0, " +
+                        std::to_string(c.n_layers) + ") and kv_head in [0, " + std::to_string(c.n_kv_heads) + ")");
+    flags[size_t(lh[0] * c.n_kv_heads + lh[1])] = 1;
+  }
+  return flags;
 }
 
 template <class T>
@@ -217,17 +230,8 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   read(d, "loss", r.loss, path + ": data");
   if (r.loss != "mask" && r.loss != "all")
     throw ConfigError(path + ": data.loss must be \"mask\" or \"all\", got \"" + r.loss + "\"");
-  for (auto [field, flags] : {std::pair{"local_on_text", &r.local_on_text}, std::pair{"local_on_tasks", &r.local_on_tasks}}) {
-    if (!d.contains(field) || d[field].is_null()) continue;
-    const std::string w = path + ": data." + field;
-    flags->assign(size_t(r.model.n_layers * r.model.n_kv_heads), 0);
-    for (const auto& lh : json_field<std::vector<std::vector<int64_t>>>(d[field], field, path + ": data")) {
-      if (lh.size() != 2 || lh[0] < 0 || lh[0] >= r.model.n_layers || lh[1] < 0 || lh[1] >= r.model.n_kv_heads)
-        throw ConfigError(w + ": expected [layer, kv_head] pairs with layer in [0, " + std::to_string(r.model.n_layers) +
-                          ") and kv_head in [0, " + std::to_string(r.model.n_kv_heads) + ")");
-      (*flags)[size_t(lh[0] * r.model.n_kv_heads + lh[1])] = 1;
-    }
-  }
+  for (auto [field, flags] : {std::pair{"local_on_text", &r.local_on_text}, std::pair{"local_on_tasks", &r.local_on_tasks}})
+    if (d.contains(field) && !d[field].is_null()) *flags = head_flags(d[field], field, r.model, path + ": data");
   const bool local = !r.local_on_text.empty() || !r.local_on_tasks.empty();
   if (d.contains("local_window") && !d["local_window"].is_null()) {
     read(d, "local_window", r.local_window, path + ": data");
@@ -244,7 +248,7 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     const json& o = j["optim"];
     const std::string w = path + ": optim";
     check_keys(o, {"lr", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay", "predictor_lr_mult",
-                   "predictor_weight_decay", "grad_clip", "grad_accum", "density_lambda"}, w);
+                   "predictor_weight_decay", "grad_clip", "grad_accum", "density_lambda", "gate_target"}, w);
     read(o, "lr", r.lr, w), read(o, "min_lr_ratio", r.min_lr_ratio, w), read(o, "beta1", r.beta1, w);
     read(o, "beta2", r.beta2, w), read(o, "eps", r.eps, w), read(o, "weight_decay", r.weight_decay, w);
     read(o, "predictor_lr_mult", r.predictor_lr_mult, w);
@@ -264,6 +268,19 @@ Recipe parse_recipe(const json& j, const std::string& path) {
         r.density_lambda = v.is_array() ? json_field<std::vector<double>>(v, "density_lambda", w)
                                         : std::vector<double>{json_field<double>(v, "density_lambda", w)};
       }
+    }
+    if (o.contains("gate_target") && !o["gate_target"].is_null()) {
+      const json& g = o["gate_target"];
+      check_keys(g, {"weight", "threshold", "keys", "heads"}, w + ".gate_target");
+      read(g, "weight", r.gate_target_weight, w + ".gate_target");
+      read(g, "threshold", r.gate_target_threshold, w + ".gate_target");
+      std::string keys = "tasks";
+      read(g, "keys", keys, w + ".gate_target");
+      if (keys != "tasks" && keys != "all")
+        throw ConfigError(w + ".gate_target.keys must be \"tasks\" or \"all\", got \"" + keys + "\"");
+      r.gate_target_text = keys == "all";
+      if (g.contains("heads") && !g["heads"].is_null())
+        r.gate_target_heads = head_flags(g["heads"], "heads", r.model, w + ".gate_target");
     }
   }
   if (j.contains("schedule")) {
@@ -298,6 +315,13 @@ Recipe parse_recipe(const json& j, const std::string& path) {
        "optim.density_lambda must be a number, one number per layer (" + std::to_string(r.model.n_layers) +
            ") or one list of " + std::to_string(r.model.n_kv_heads) + " per layer, got " + std::to_string(r.density_lambda.size()));
   for (double l : r.density_lambda) need(std::isfinite(l), "optim.density_lambda must be finite");
+  need(std::isfinite(r.gate_target_weight) && r.gate_target_weight >= 0, "optim.gate_target.weight must be >= 0");
+  need(r.gate_target_threshold > 0 && r.gate_target_threshold <= 1, "optim.gate_target.threshold must be in (0, 1]");
+  need(r.gate_target_weight == 0 || r.model.spkv.enabled, "optim.gate_target needs an SP-KV model (a 'spkv' block)");
+  need(r.gate_target_weight == 0 || (r.local_on_text.empty() && r.local_on_tasks.empty()),
+       "optim.gate_target cannot be combined with data.local_on_text or data.local_on_tasks");
+  need(r.gate_target_weight == 0 || r.loss == "mask",
+       "optim.gate_target needs data.loss \"mask\": a task document's counted queries are its answers");
   need(r.steps >= 1, "schedule.steps must be >= 1");
   need(r.warmup >= 0 && r.warmup < r.steps, "schedule.warmup must be in [0, steps)");
   need(r.gating == "soft_then_hard" || r.gating == "soft" || r.gating == "ste",
@@ -390,26 +414,61 @@ torch::Tensor target_mask(const Batch& b, int64_t T) {
 }
 
 struct BatchLoss {
-  torch::Tensor nll_sum;  // () summed NLL of the counted targets, with autograd
-  torch::Tensor count;    // () number of counted targets
+  torch::Tensor nll_sum;      // () summed NLL of the counted targets, with autograd
+  torch::Tensor count;        // () number of counted targets
+  torch::Tensor gate_target;  // () the gate target's cross-entropy (Recipe::gate_target_weight), or undefined
 };
+
+// The gate target's term of one forward call through `g`: per head, the mean binary cross-entropy between u
+// and 1[read_far >= threshold] over the keys that a counted far query sees, of task documents only (not
+// `text`) unless with_text; then the mean over the heads flagged in `heads` ((L, Hkv) bool; undefined = all).
+// text: (B, T) bool.
+torch::Tensor gate_target_term(LlamaForCausalLM& m, const GateTargetAttention& g, const torch::Tensor& text,
+                               double threshold, bool with_text, const torch::Tensor& heads) {
+  const auto keys = (with_text ? g.read_by : g.read_by & ~text).unsqueeze(-1);  // (B, S, 1)
+  std::vector<torch::Tensor> per_layer;
+  for (size_t il = 0; il < m->model->layers->size(); ++il) {
+    const auto& u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility;  // (B, S, Hkv)
+    const auto y = (g.read_far[il] >= threshold).to(u.scalar_type());                      // (B, S, Hkv)
+    const auto bce = torch::nn::functional::binary_cross_entropy(
+        u, y, torch::nn::functional::BinaryCrossEntropyFuncOptions().reduction(torch::kNone));  // (B, S, Hkv)
+    const auto w = keys.expand_as(bce).to(u.scalar_type());
+    per_layer.push_back((bce * w).sum(at::IntArrayRef{0, 1}) / w.sum(at::IntArrayRef{0, 1}).clamp_min(1));  // (Hkv)
+  }
+  const auto per_head = torch::stack(per_layer);  // (L, Hkv)
+  return heads.defined() ? per_head.masked_select(heads.to(per_head.device())).mean() : per_head.mean();
+}
 
 // The next-token loss of one batch; the forward pass's gate counts are added to `counts`.
 // shut: the heads whose gates are shut on the batch's plain-text keys (Recipe::local_on_text) and on its other
 // keys (local_on_tasks), each (L, Hkv) bool or undefined; its keys are taken from the batch.
+// target_threshold > 0: also the gate target's term, through GateTargetAttention (the batch has `text`), on
+// plain-text keys too with target_text.
 BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts,
-                     ShutGates shut = {}) {
+                     ShutGates shut = {}, double target_threshold = 0, bool target_text = false,
+                     const torch::Tensor& target_heads = {}) {
   const int64_t T = b.tokens.size(1) - 1;
   if (shut.has_heads()) shut.keys = b.text.narrow(1, 0, T).to(device);
-  auto logits = m(b.tokens.narrow(1, 0, T).to(device),
-                  b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor(), shut);  // (B, T, V)
+  const auto tokens = b.tokens.narrow(1, 0, T).to(device);
+  const auto segments = b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor();
+  auto mask = target_mask(b, T).to(device);  // (B, T)
+  torch::Tensor logits, target;              // (B, T, V)
+  if (target_threshold > 0) {
+    const auto am = make_attention_mask(m->config, T, segments, device);
+    m->last_evictable = am.evictable;
+    GateTargetAttention g(m->config, am, m->gates, shut, mask);
+    logits = m->forward_with(tokens, am.positions, g);
+    target = gate_target_term(m, g, b.text.narrow(1, 0, T).to(device), target_threshold, target_text, target_heads);
+  } else {
+    logits = m(tokens, segments, shut);
+  }
   auto nll = torch::nn::functional::cross_entropy(
       logits.reshape({-1, logits.size(-1)}), b.tokens.narrow(1, 1, T).reshape(-1).to(device),
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));  // (B*T)
-  auto mask = target_mask(b, T).reshape(-1).to(device);
+  mask = mask.reshape(-1);
   auto c = m->gate_counts();
   if (c.defined()) counts = counts.defined() ? counts + c : c;
-  return {(nll * mask).sum(), mask.sum()};
+  return {(nll * mask).sum(), mask.sum(), target};
 }
 
 // The density knob's term, -mean over layers l of (lambda_l * mean u over layer l's out-of-window keys),
@@ -654,6 +713,14 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     throw ConfigError(r.path + ": data." + (shut.heads.defined() ? "local_on_text" : "local_on_tasks") +
                       " needs a training file with a loss mask, to tell plain-text documents from task documents "
                       "(spkv tokenize --loss answers): " + r.train_data + " has none");
+  if (r.gate_target_weight > 0 && !data.has_document_kinds())
+    throw ConfigError(r.path + ": optim.gate_target needs a training file with a loss mask, so that a task "
+                      "document's counted queries are its answers (spkv tokenize --loss answers): " + r.train_data +
+                      " has none");
+  torch::Tensor target_heads;  // (L, Hkv) bool: optim.gate_target.heads, or undefined = every head
+  if (!r.gate_target_heads.empty())
+    target_heads = torch::tensor(std::vector<int64_t>(r.gate_target_heads.begin(), r.gate_target_heads.end()))
+                       .view({r.model.n_layers, r.model.n_kv_heads}) != 0;
   const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
   for (int64_t step = start; step < r.steps; ++step) {
     threads::rebalance();
@@ -667,13 +734,17 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     m->train();
     for (auto& p : m->parameters()) p.mutable_grad() = torch::Tensor();
 
-    double loss_sum = 0;
+    double loss_sum = 0, target_sum = 0;  // target_sum: the gate target's term (this rank's), while it is on
+    bool targeted = false;
     torch::Tensor counts;
     for (int64_t micro = 0; micro < r.grad_accum; ++micro) {
       const Batch full = data.train_batch(step, micro);
       const Batch b = N > 1 ? rows_of(full, rank * (r.batch_size / N), r.batch_size / N) : full;
-      BatchLoss l = batch_loss(m, b, device, counts, shut);
-      const bool with_knob = knob && !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense;
+      const bool gates_train = !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense;
+      const bool with_target = r.gate_target_weight > 0 && gates_train;
+      BatchLoss l = batch_loss(m, b, device, counts, shut, with_target ? r.gate_target_threshold : 0.0, r.gate_target_text,
+                               target_heads);
+      const bool with_knob = knob && gates_train;
       DensityParts d;
       if (with_knob) d = density_parts(m);
       // The divisors are the whole micro-batch's: this rank's targets and keys, plus every other rank's.
@@ -688,6 +759,10 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       }
       auto loss = l.nll_sum / count.clamp_min(1);
       auto objective = with_knob ? loss + density_term(d, keys, r.density_lambda) : loss;  // summed over the ranks: the whole batch's
+      if (with_target) {  // each rank's mean over its keys; the ranks' mean once the gradients are summed
+        objective = objective + r.gate_target_weight / double(N) * l.gate_target;
+        target_sum += l.gate_target.item<double>() / double(r.grad_accum), targeted = true;
+      }
       (objective / double(r.grad_accum)).backward();
       loss_sum += loss.item<double>() / double(r.grad_accum);
       tokens_seen += full.tokens.numel() - full.tokens.size(0);
@@ -717,6 +792,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
                 {"grad_norm", grad_norm}, {"mode", to_string(m->gates.mode)}, {"anneal", m->gates.anneal},
                 {"tokens", tokens_seen}, {"tok_per_s", el > 0 ? double(tokens_seen - tokens_at_start) / el : 0.0}};
     if (counts.defined()) rec["density"] = density_json(counts)["density"];
+    if (targeted) rec["gate_target"] = target_sum;
     emit(rec);
     if (bar) {
       char extra[160];

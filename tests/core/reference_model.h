@@ -46,11 +46,14 @@ inline void ref_rope(double* v, int64_t D, int64_t p, const std::vector<double>&
 // the predictor weights, and its values are appended to `utility` (L x T x Hkv, layer-major) when given.
 // `received` (when given) gets, per layer, key and KV head (L x T x Hkv), the attention mass the key
 // received, averaged over the KV head's query heads: from every query, and in `received_tail` from the
-// last `tail` queries, and in `received_far` from the queries t >= s + far_window.
+// last `tail` queries, and in `received_far` from the queries t >= s + far_window. `read_far` (when given)
+// gets, per layer, key and KV head, the largest probability any of the KV head's query heads gives the key
+// from a query t with counted[t] that sees it from outside the SP-KV window (t - s >= W, s >= keep_first).
 inline torch::Tensor ref_forward(LlamaForCausalLM& m, const std::vector<int64_t>& toks,
                                  std::vector<double>* utility = nullptr, std::vector<double>* received = nullptr,
                                  int64_t tail = 0, std::vector<double>* received_tail = nullptr,
-                                 int64_t far_window = 0, std::vector<double>* received_far = nullptr) {
+                                 int64_t far_window = 0, std::vector<double>* received_far = nullptr,
+                                 const std::vector<uint8_t>* counted = nullptr, std::vector<double>* read_far = nullptr) {
   const ModelConfig& c = m->config;
   auto W = [&](const std::string& n) { return m->named_tensors().at(n).to(torch::kFloat64); };
   auto lin = [&](const torch::Tensor& x, const std::string& n, bool bias) {
@@ -92,6 +95,7 @@ inline torch::Tensor ref_forward(LlamaForCausalLM& m, const std::vector<int64_t>
     auto y = torch::zeros({T, H * D}, torch::kFloat64);
     double* yd = y.data_ptr<double>();
     std::vector<double> recv(T * Hkv, 0.0), recv_tail(T * Hkv, 0.0), recv_far(T * Hkv, 0.0);  // (T, Hkv) for this layer
+    std::vector<double> read(T * Hkv, 0.0);
     for (int64_t hh = 0; hh < H; ++hh) {
       const int64_t kh = hh / (H / Hkv);
       for (int64_t t = 0; t < T; ++t) {
@@ -114,12 +118,15 @@ inline torch::Tensor ref_forward(LlamaForCausalLM& m, const std::vector<int64_t>
           recv[s * Hkv + kh] += w[s] / den / double(H / Hkv);
           if (t >= T - tail) recv_tail[s * Hkv + kh] += w[s] / den / double(H / Hkv);
           if (t - s >= far_window) recv_far[s * Hkv + kh] += w[s] / den / double(H / Hkv);
+          if (counted && (*counted)[t] && t - s >= sp.window && s >= sp.keep_first)
+            read[s * Hkv + kh] = std::max(read[s * Hkv + kh], w[s] / den);
         }
       }
     }
     if (received) received->insert(received->end(), recv.begin(), recv.end());
     if (received_tail) received_tail->insert(received_tail->end(), recv_tail.begin(), recv_tail.end());
     if (received_far) received_far->insert(received_far->end(), recv_far.begin(), recv_far.end());
+    if (read_far) read_far->insert(read_far->end(), read.begin(), read.end());
     x = x + lin(y, p + "self_attn.o_proj", false);
     auto g = rms(x, p + "post_attention_layernorm");
     auto gate = lin(g, p + "mlp.gate_proj", false);

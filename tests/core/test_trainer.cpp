@@ -1,6 +1,7 @@
 // The trainer: token files, packed windows, the LR and gate schedule against closed forms, recipe
 // validation, exact resume through the real `spkv train` binary, the frozen predictor of the hard phase,
-// heads made local on plain-text or on task documents (data.local_on_text, local_on_tasks), and adaptation
+// heads made local on plain-text or on task documents (data.local_on_text, local_on_tasks), the gate target
+// (optim.gate_target) against a float64 recomputation and through `spkv train`, and adaptation
 // of stories260K starting at the dense model's logits with predictors drawn from the seed.
 #include <gtest/gtest.h>
 
@@ -17,10 +18,12 @@
 #include <nlohmann/json.hpp>
 
 #include "core/base/errors.h"
+#include "core/model/attention_stats.h"
 #include "core/model/checkpoint.h"
 #include "core/model/safetensors.h"
 #include "core/train/trainer.h"
 #include "tests/core/launch.h"
+#include "tests/core/reference_model.h"
 #include "tests/test_util.h"
 
 namespace spkv {
@@ -723,6 +726,130 @@ TEST(Trainer, DensityKnobMovesTheGatesAndLeavesTheLoggedNll) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("density_lambda"), std::string::npos) << e.what();
   }
+}
+
+// The gate target's statistic (GateTargetAttention) against the float64 reference forward: per layer, key
+// and KV head, the largest probability a query head of the KV head gives the key from a counted query that
+// sees it from outside the window W = 8. Two packed documents (no key is read across their boundary), the
+// gates open (dense mode; the reference with tau 0 keeps every key). Counting every query instead must give
+// a different statistic, or the test could not tell the loss mask is used.
+TEST(Trainer, GateTargetReadsTheLargestFarProbabilityOfACountedQuery) {
+  test::TempDir dir;
+  LlamaForCausalLM m = build_model(parse_recipe(tiny_recipe(dir.path.string()), dir / "r.json"));
+  m->eval();
+  m->gates.mode = GateMode::dense;
+  std::mt19937_64 rng(7);
+  const std::vector<int64_t> lengths{30, 26};
+  std::vector<std::vector<int64_t>> docs(2);
+  std::vector<std::vector<uint8_t>> counted(2);
+  std::vector<int64_t> all_tokens, all_segments;
+  std::vector<uint8_t> all_counted;
+  for (size_t d = 0; d < 2; ++d)
+    for (int64_t t = 0; t < lengths[d]; ++t) {
+      docs[d].push_back(2 + int64_t(rng() % 62)), counted[d].push_back(rng() % 3 == 0);
+      all_tokens.push_back(docs[d].back()), all_segments.push_back(int64_t(d)), all_counted.push_back(counted[d].back());
+    }
+  const int64_t T = int64_t(all_tokens.size());
+  const auto tokens = torch::tensor(all_tokens).view({1, T}), segments = torch::tensor(all_segments).view({1, T});
+  const auto mask = make_attention_mask(m->config, T, segments, torch::kCPU);
+  GateTargetAttention g(m->config, mask, m->gates, {},
+                        torch::tensor(std::vector<int64_t>(all_counted.begin(), all_counted.end())).view({1, T}) != 0);
+  {
+    torch::NoGradGuard ng;
+    m->forward_with(tokens, mask.positions, g);
+  }
+  ASSERT_EQ(g.read_far.size(), 2u);
+  const int64_t L = 2, Hkv = 2;
+  m->config.spkv.tau = 0;  // the reference keeps a key when u >= tau: every key
+  double largest = 0, moved = 0;
+  for (size_t d = 0, at = 0; d < 2; at += size_t(lengths[d]), ++d) {
+    std::vector<double> want, want_all;
+    std::vector<uint8_t> every(size_t(lengths[d]), 1);
+    test::ref_forward(m, docs[d], nullptr, nullptr, 0, nullptr, 0, nullptr, &counted[d], &want);
+    test::ref_forward(m, docs[d], nullptr, nullptr, 0, nullptr, 0, nullptr, &every, &want_all);
+    for (int64_t il = 0; il < L; ++il)
+      for (int64_t s = 0; s < lengths[d]; ++s) {
+        bool read = false;  // some counted query at t - s >= 8 in this document
+        for (int64_t t = s + 8; t < lengths[d]; ++t) read = read || counted[d][size_t(t)];
+        EXPECT_EQ(g.read_by[0][int64_t(at) + s].item<bool>(), read) << "doc " << d << " key " << s;
+        for (int64_t h = 0; h < Hkv; ++h) {
+          const size_t i = size_t((il * lengths[d] + s) * Hkv + h);
+          const double got = g.read_far[size_t(il)][0][int64_t(at) + s][h].item<double>();
+          EXPECT_NEAR(got, want[i], 1e-5) << "doc " << d << " layer " << il << " key " << s << " head " << h;
+          largest = std::max(largest, want[i]);
+          moved = std::max(moved, std::abs(want_all[i] - want[i]));
+        }
+      }
+  }
+  EXPECT_GT(largest, 0.1) << "the statistic must not be all zeros";
+  EXPECT_GT(moved, 0.01) << "counting every query must change it";
+}
+
+// Through `spkv train` on a file whose task documents count only their answers: the gate target leaves the
+// first step's logged NLL as it is (the same forward pass), and its logged term falls as the predictor
+// learns it; without it the log has no such term; with "keys": "all" the term covers plain-text keys too,
+// with "heads" only the listed heads.
+// A file without a loss mask and the bad fields are errors.
+TEST(Trainer, GateTargetTrainsThePredictorThroughTheCommandLine) {
+  test::TempDir dir;
+  std::vector<std::vector<int32_t>> docs = markov_docs(200, 64, 4);
+  std::vector<std::vector<uint8_t>> counts;
+  for (size_t d = 0; d < docs.size(); ++d) {  // every third document a task whose last third is its answers
+    counts.emplace_back();
+    for (size_t t = 0; t < docs[d].size(); ++t) counts.back().push_back(d % 3 != 1 || 3 * t >= 2 * docs[d].size());
+  }
+  write_token_file(dir / "train.tok", docs, 64, &counts);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  std::map<double, std::vector<json>> steps;  // weight 2: weight 1 with "keys": "all"; 3: with one head
+  for (double weight : {0.0, 1.0, 2.0, 3.0}) {
+    json j = tiny_recipe(dir.path.string());
+    j["optim"]["gate_target"] = {{"weight", std::min(weight, 1.0)}, {"threshold", 0.1}};
+    if (weight == 2.0) j["optim"]["gate_target"]["keys"] = "all";
+    if (weight == 3.0) j["optim"]["gate_target"]["heads"] = json::parse("[[1, 0]]");
+    j["optim"]["predictor_lr_mult"] = 30.0;
+    j["schedule"]["gating"] = "soft";
+    j["schedule"]["steps"] = 20;
+    const std::string out = dir / ("w" + std::to_string(int(weight)));
+    test::write_file(out + ".json", j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(out + ".json") + " --out " + test::quote(out));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    steps[weight] = read_log(out + "/train_log.jsonl", "step");
+  }
+  EXPECT_EQ(steps[1.0].front()["loss"], steps[0.0].front()["loss"]);
+  EXPECT_FALSE(steps[0.0].front().contains("gate_target"));
+  ASSERT_TRUE(steps[1.0].front().contains("gate_target"));
+  double first = 0, last = 0;
+  for (size_t i = 0; i < 4; ++i)
+    first += steps[1.0][i]["gate_target"].get<double>(), last += steps[1.0][steps[1.0].size() - 1 - i]["gate_target"].get<double>();
+  EXPECT_LT(last, 0.7 * first) << "the term must fall as the predictor learns it: " << first / 4 << " -> " << last / 4;
+  // plain-text keys too: the same first forward pass, a term over more keys
+  EXPECT_EQ(steps[2.0].front()["loss"], steps[0.0].front()["loss"]);
+  EXPECT_NE(steps[2.0].front()["gate_target"], steps[1.0].front()["gate_target"]);
+  // one head of four: the same forward pass, the term of that head alone
+  EXPECT_EQ(steps[3.0].front()["loss"], steps[0.0].front()["loss"]);
+  EXPECT_NE(steps[3.0].front()["gate_target"], steps[1.0].front()["gate_target"]);
+
+  json j = tiny_recipe(dir.path.string());
+  j["optim"]["gate_target"] = {{"weight", 1.0}};
+  j["data"]["train"] = dir / "val.tok";  // no loss mask
+  test::write_file(dir / "nomask.json", j.dump());
+  auto r = test::run_spkv("train --recipe " + test::quote(dir / "nomask.json") + " --out " + test::quote(dir / "nomask"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("nomask.json: optim.gate_target needs a training file with a loss mask"), std::string::npos) << r.err;
+  j = tiny_recipe("/d");
+  j["optim"]["gate_target"] = {{"weight", 1.0}, {"threshold", 0.0}};
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target.threshold must be in (0, 1]"), std::string::npos);
+  j["optim"]["gate_target"] = {{"weight", 1.0}, {"keys", "text"}};
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target.keys must be \"tasks\" or \"all\", got \"text\""),
+            std::string::npos) << recipe_error(j);
+  j["optim"]["gate_target"] = {{"weight", 1.0}, {"heads", json::parse("[[2, 0]]")}};
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target.heads: expected [layer, kv_head] pairs with layer in [0, 2)"),
+            std::string::npos) << recipe_error(j);
+  j["optim"]["gate_target"] = {{"weight", 1.0}, {"level", 0.1}};
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target: unknown field 'level'"), std::string::npos) << recipe_error(j);
+  j["optim"]["gate_target"] = {{"weight", 1.0}};
+  j.erase("spkv");
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target needs an SP-KV model"), std::string::npos);
 }
 
 TEST(Trainer, AdaptationStartsAtTheDenseModel) {
