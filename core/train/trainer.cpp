@@ -419,46 +419,50 @@ struct BatchLoss {
   torch::Tensor gate_target;  // () the gate target's cross-entropy (Recipe::gate_target_weight), or undefined
 };
 
+// The gate target of a step (Recipe::gate_target_*): off while threshold is 0.
+struct GateTarget {
+  double threshold = 0;
+  bool text = false;    // plain-text keys too
+  torch::Tensor heads;  // (L, Hkv) bool: the heads it trains; undefined = every head
+};
+
 // The gate target's term of one forward call through `g`: per head, the mean binary cross-entropy between u
 // and 1[read_far >= threshold] over the keys that a counted far query sees, of task documents only (not
-// `text`) unless with_text; then the mean over the heads flagged in `heads` ((L, Hkv) bool; undefined = all).
-// text: (B, T) bool.
+// `text`) unless t.text; then the mean over t.heads. text: (B, T) bool.
 torch::Tensor gate_target_term(LlamaForCausalLM& m, const GateTargetAttention& g, const torch::Tensor& text,
-                               double threshold, bool with_text, const torch::Tensor& heads) {
-  const auto keys = (with_text ? g.read_by : g.read_by & ~text).unsqueeze(-1);  // (B, S, 1)
+                               const GateTarget& t) {
+  const auto keys = (t.text ? g.read_by : g.read_by & ~text).unsqueeze(-1);  // (B, S, 1)
   std::vector<torch::Tensor> per_layer;
   for (size_t il = 0; il < m->model->layers->size(); ++il) {
     const auto& u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility;  // (B, S, Hkv)
-    const auto y = (g.read_far[il] >= threshold).to(u.scalar_type());                      // (B, S, Hkv)
+    const auto y = (g.read_far[il] >= t.threshold).to(u.scalar_type());                    // (B, S, Hkv)
     const auto bce = torch::nn::functional::binary_cross_entropy(
         u, y, torch::nn::functional::BinaryCrossEntropyFuncOptions().reduction(torch::kNone));  // (B, S, Hkv)
     const auto w = keys.expand_as(bce).to(u.scalar_type());
     per_layer.push_back((bce * w).sum(at::IntArrayRef{0, 1}) / w.sum(at::IntArrayRef{0, 1}).clamp_min(1));  // (Hkv)
   }
   const auto per_head = torch::stack(per_layer);  // (L, Hkv)
-  return heads.defined() ? per_head.masked_select(heads.to(per_head.device())).mean() : per_head.mean();
+  return t.heads.defined() ? per_head.masked_select(t.heads.to(per_head.device())).mean() : per_head.mean();
 }
 
 // The next-token loss of one batch; the forward pass's gate counts are added to `counts`.
 // shut: the heads whose gates are shut on the batch's plain-text keys (Recipe::local_on_text) and on its other
 // keys (local_on_tasks), each (L, Hkv) bool or undefined; its keys are taken from the batch.
-// target_threshold > 0: also the gate target's term, through GateTargetAttention (the batch has `text`), on
-// plain-text keys too with target_text.
+// target.threshold > 0: also the gate target's term, through GateTargetAttention (the batch has `text`).
 BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& device, torch::Tensor& counts,
-                     ShutGates shut = {}, double target_threshold = 0, bool target_text = false,
-                     const torch::Tensor& target_heads = {}) {
+                     ShutGates shut = {}, const GateTarget& target = {}) {
   const int64_t T = b.tokens.size(1) - 1;
   if (shut.has_heads()) shut.keys = b.text.narrow(1, 0, T).to(device);
   const auto tokens = b.tokens.narrow(1, 0, T).to(device);
   const auto segments = b.segments.defined() ? b.segments.narrow(1, 0, T).to(device) : torch::Tensor();
   auto mask = target_mask(b, T).to(device);  // (B, T)
-  torch::Tensor logits, target;              // (B, T, V)
-  if (target_threshold > 0) {
+  torch::Tensor logits, term;                // (B, T, V); the gate target's term
+  if (target.threshold > 0) {
     const auto am = make_attention_mask(m->config, T, segments, device);
     m->last_evictable = am.evictable;
     GateTargetAttention g(m->config, am, m->gates, shut, mask);
     logits = m->forward_with(tokens, am.positions, g);
-    target = gate_target_term(m, g, b.text.narrow(1, 0, T).to(device), target_threshold, target_text, target_heads);
+    term = gate_target_term(m, g, b.text.narrow(1, 0, T).to(device), target);
   } else {
     logits = m(tokens, segments, shut);
   }
@@ -468,7 +472,7 @@ BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& d
   mask = mask.reshape(-1);
   auto c = m->gate_counts();
   if (c.defined()) counts = counts.defined() ? counts + c : c;
-  return {(nll * mask).sum(), mask.sum(), target};
+  return {(nll * mask).sum(), mask.sum(), term};
 }
 
 // The density knob's term, -mean over layers l of (lambda_l * mean u over layer l's out-of-window keys),
@@ -717,9 +721,9 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     throw ConfigError(r.path + ": optim.gate_target needs a training file with a loss mask, so that a task "
                       "document's counted queries are its answers (spkv tokenize --loss answers): " + r.train_data +
                       " has none");
-  torch::Tensor target_heads;  // (L, Hkv) bool: optim.gate_target.heads, or undefined = every head
+  GateTarget target{r.gate_target_threshold, r.gate_target_text};
   if (!r.gate_target_heads.empty())
-    target_heads = torch::tensor(std::vector<int64_t>(r.gate_target_heads.begin(), r.gate_target_heads.end()))
+    target.heads = torch::tensor(std::vector<int64_t>(r.gate_target_heads.begin(), r.gate_target_heads.end()))
                        .view({r.model.n_layers, r.model.n_kv_heads}) != 0;
   const bool knob = std::any_of(r.density_lambda.begin(), r.density_lambda.end(), [](double l) { return l != 0; });
   for (int64_t step = start; step < r.steps; ++step) {
@@ -742,8 +746,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
       const Batch b = N > 1 ? rows_of(full, rank * (r.batch_size / N), r.batch_size / N) : full;
       const bool gates_train = !frozen && m->config.spkv.enabled && m->gates.mode != GateMode::dense;
       const bool with_target = r.gate_target_weight > 0 && gates_train;
-      BatchLoss l = batch_loss(m, b, device, counts, shut, with_target ? r.gate_target_threshold : 0.0, r.gate_target_text,
-                               target_heads);
+      BatchLoss l = batch_loss(m, b, device, counts, shut, with_target ? target : GateTarget{});
       const bool with_knob = knob && gates_train;
       DensityParts d;
       if (with_knob) d = density_parts(m);
