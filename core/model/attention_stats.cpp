@@ -36,7 +36,7 @@ torch::Tensor GateTargetAttention::attend(int64_t il, const torch::Tensor& q, co
   {
     torch::NoGradGuard ng;
     auto p0 = attention_probs(q, k, mask_.bias.to(q.scalar_type()));                   // (B, Hkv, G, T, S) no gates
-    auto best = (p0 * counted_far_).amax(at::IntArrayRef{2, 3});                       // (B, Hkv, S)
+    auto best = p0.masked_fill_(~counted_far_, 0.0).amax(at::IntArrayRef{2, 3});       // (B, Hkv, S), in place
     read_far.push_back(best.transpose(1, 2).to(torch::kFloat32).contiguous());        // (B, S, Hkv)
   }
   return MaskedAttention::attend(il, q, k, v, u);
