@@ -233,9 +233,13 @@ struct GateLogWriter::Impl {
     if (H5Lexists(loc, name, H5P_DEFAULT) > 0) {
       d = H5Dopen2(loc, name, H5P_DEFAULT);
     } else {
+      // Compact: the values live in the dataset's object header, metadata that the cache holds until the
+      // next flush, so a rewrite reaches the file in the same flush as the documents it sums.
       hid_t s = dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(int(dims.size()), dims.data(), nullptr);
-      d = H5Dcreate2(loc, name, type, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-      H5Sclose(s);
+      hid_t p = H5Pcreate(H5P_DATASET_CREATE);
+      H5Pset_layout(p, H5D_COMPACT);
+      d = H5Dcreate2(loc, name, type, s, H5P_DEFAULT, p, H5P_DEFAULT);
+      H5Pclose(p), H5Sclose(s);
     }
     check(d, std::string("dataset ") + name);
     check(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), name);
@@ -424,8 +428,8 @@ struct GateLogWriter::Impl {
     ++n_docs;
   }
 
-  // Corpus totals and the NXdata heatmap: contiguous data rewritten in place after the documents they sum
-  // are flushed, so that a killed run's summary matches its documents.
+  // Corpus totals and the NXdata heatmap: compact datasets (put) rewritten before each flush, which
+  // commits them together with the documents they sum, so a killed run's summary matches its documents.
   void summary() {
     const hsize_t L = hsize_t(h.n_layers), Hkv = hsize_t(h.n_kv_heads);
     hid_t g = group(schema::kSummary, "NXentry");
@@ -554,9 +558,8 @@ void GateLogWriter::run() {
       for (auto& d : block) impl_->write(d);
       dirty = dirty || !block.empty();
       if (dirty && (closing || clock::now() >= due)) {
-        impl_->flush();  // commits the documents
         impl_->summary();
-        impl_->flush();
+        impl_->flush();  // commits the documents and their summary
         last_flush = clock::now(), dirty = false;
       }
     } catch (...) {

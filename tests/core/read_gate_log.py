@@ -66,6 +66,11 @@ def main(path):
     checks["nxdata_density"] = bool(np.allclose(f["summary/density/density"][:], density))
     checks["summary_counts"] = (int(f["summary/n_documents"][()]) == len(tok_off) - 1
                                 and int(f["summary/n_tokens"][()]) == int(tok_off[-1]))
+    # The summary lives in object headers (compact layout): metadata that reaches the file in the same flush
+    # as the documents it sums, so a run killed between flushes cannot leave it out of step with them.
+    summary_sets = ["kept", "eligible", "n_documents", "n_tokens", "overall_density", "density/density"]
+    checks["summary_compact"] = all(f["summary/" + n].id.get_create_plist().get_layout() == h5py.h5d.COMPACT
+                                    for n in summary_sets)
     nx = f[text(f.attrs["default"])]
     nxd = nx[text(nx.attrs["default"])]
     checks["nxdata_default_chain"] = text(nxd.attrs["NX_class"]) == "NXdata" and text(nxd.attrs["signal"]) == "density"
