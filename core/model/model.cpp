@@ -198,7 +198,10 @@ torch::Tensor AttentionImpl::forward(int64_t il, const torch::Tensor& x, const t
   auto q = rope.apply(q_proj(x).view({B, T, n_heads, head_dim}).transpose(1, 2), positions);     // (B, H, T, D)
   auto k = rope.apply(k_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2), positions);  // (B, Hkv, T, D)
   auto v = v_proj(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);                         // (B, Hkv, T, D)
-  last_utility = utility ? utility(tap_residual ? residual : x) : torch::Tensor();               // (B, T, Hkv)
+  const auto& tap = tap_residual ? residual : x;                                                 // (B, T, C)
+  last_utility = utility ? utility(tap) : torch::Tensor();                                       // (B, T, Hkv)
+  // Kept while gradients are on (autograd holds it then anyway), not while scoring.
+  last_tap = utility && torch::GradMode::is_enabled() ? tap : torch::Tensor();
   auto y = backend.attend(il, q, k, v, last_utility);                                            // (B, H, T, D)
   return o_proj(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
 }

@@ -117,6 +117,7 @@ struct AttentionImpl : torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   UtilityPredictor utility{nullptr};  // null without SP-KV
   torch::Tensor last_utility;         // (B, T, Hkv) scores of the last forward call (with autograd graph)
+  torch::Tensor last_tap;             // (B, T, C) the predictor's input of the last forward call, while training
 };
 TORCH_MODULE(Attention);
 

@@ -271,7 +271,7 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     }
     if (o.contains("gate_target") && !o["gate_target"].is_null()) {
       const json& g = o["gate_target"];
-      check_keys(g, {"weight", "threshold", "keys", "heads"}, w + ".gate_target");
+      check_keys(g, {"weight", "threshold", "keys", "heads", "into"}, w + ".gate_target");
       read(g, "weight", r.gate_target_weight, w + ".gate_target");
       read(g, "threshold", r.gate_target_threshold, w + ".gate_target");
       std::string keys = "tasks";
@@ -279,6 +279,11 @@ Recipe parse_recipe(const json& j, const std::string& path) {
       if (keys != "tasks" && keys != "all")
         throw ConfigError(w + ".gate_target.keys must be \"tasks\" or \"all\", got \"" + keys + "\"");
       r.gate_target_text = keys == "all";
+      std::string into = "model";
+      read(g, "into", into, w + ".gate_target");
+      if (into != "model" && into != "predictor")
+        throw ConfigError(w + ".gate_target.into must be \"model\" or \"predictor\", got \"" + into + "\"");
+      r.gate_target_predictor_only = into == "predictor";
       if (g.contains("heads") && !g["heads"].is_null())
         r.gate_target_heads = head_flags(g["heads"], "heads", r.model, w + ".gate_target");
     }
@@ -423,19 +428,23 @@ struct BatchLoss {
 struct GateTarget {
   double threshold = 0;
   bool text = false;    // plain-text keys too
+  bool predictor_only = false;  // the term's gradient reaches only the predictors
   torch::Tensor heads;  // (L, Hkv) bool: the heads it trains; undefined = every head
 };
 
 // The gate target's term of one forward call through `g`: per head, the mean binary cross-entropy between u
 // and 1[read_far >= threshold] over the keys that a counted far query sees, of task documents only (not
-// `text`) unless t.text; then the mean over t.heads. text: (B, T) bool.
+// `text`) unless t.text; then the mean over t.heads. text: (B, T) bool. t.predictor_only: u is recomputed
+// from the predictor's detached input, so the term trains the predictors and leaves the rest of the model
+// to the next-token loss.
 torch::Tensor gate_target_term(LlamaForCausalLM& m, const GateTargetAttention& g, const torch::Tensor& text,
                                const GateTarget& t) {
   const auto keys = (t.text ? g.read_by : g.read_by & ~text).unsqueeze(-1);  // (B, S, 1)
   std::vector<torch::Tensor> per_layer;
   for (size_t il = 0; il < m->model->layers->size(); ++il) {
-    const auto& u = m->model->layers[il]->as<DecoderLayer>()->self_attn->last_utility;  // (B, S, Hkv)
-    const auto y = (g.read_far[il] >= t.threshold).to(u.scalar_type());                    // (B, S, Hkv)
+    auto& attn = m->model->layers[il]->as<DecoderLayer>()->self_attn;
+    const auto u = t.predictor_only ? attn->utility(attn->last_tap.detach()) : attn->last_utility;  // (B, S, Hkv)
+    const auto y = (g.read_far[il] >= t.threshold).to(u.scalar_type());                           // (B, S, Hkv)
     const auto bce = torch::nn::functional::binary_cross_entropy(
         u, y, torch::nn::functional::BinaryCrossEntropyFuncOptions().reduction(torch::kNone));  // (B, S, Hkv)
     const auto w = keys.expand_as(bce).to(u.scalar_type());
@@ -721,7 +730,7 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     throw ConfigError(r.path + ": optim.gate_target needs a training file with a loss mask, so that a task "
                       "document's counted queries are its answers (spkv tokenize --loss answers): " + r.train_data +
                       " has none");
-  GateTarget target{r.gate_target_threshold, r.gate_target_text};
+  GateTarget target{r.gate_target_threshold, r.gate_target_text, r.gate_target_predictor_only};
   if (!r.gate_target_heads.empty())
     target.heads = torch::tensor(std::vector<int64_t>(r.gate_target_heads.begin(), r.gate_target_heads.end()))
                        .view({r.model.n_layers, r.model.n_kv_heads}) != 0;

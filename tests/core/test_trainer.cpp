@@ -852,6 +852,52 @@ TEST(Trainer, GateTargetTrainsThePredictorThroughTheCommandLine) {
   EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target needs an SP-KV model"), std::string::npos);
 }
 
+// "into": "predictor": after one step the model outside the predictors is bit for bit the model trained
+// without the term (the term reached only the predictors), while "into": "model" changes it; both change
+// the predictors. (No gradient clipping, whose global norm would couple the two.)
+TEST(Trainer, GateTargetIntoThePredictorLeavesTheRestOfTheModelToTheNextTokenLoss) {
+  test::TempDir dir;
+  std::vector<std::vector<int32_t>> docs = markov_docs(60, 64, 4);
+  std::vector<std::vector<uint8_t>> counts;
+  for (size_t d = 0; d < docs.size(); ++d) {  // every document a task whose last third is its answers
+    counts.emplace_back();
+    for (size_t t = 0; t < docs[d].size(); ++t) counts.back().push_back(3 * t >= 2 * docs[d].size());
+  }
+  write_token_file(dir / "train.tok", docs, 64, &counts);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  std::map<std::string, Checkpoint> out;
+  for (std::string arm : {"off", "model", "predictor"}) {
+    json j = tiny_recipe(dir.path.string());
+    j["optim"]["grad_clip"] = 0.0;
+    if (arm != "off") j["optim"]["gate_target"] = {{"weight", 1.0}, {"threshold", 0.1}, {"into", arm}};
+    j["schedule"]["gating"] = "soft";
+    j["schedule"]["steps"] = 1, j["schedule"]["warmup"] = 0;
+    const std::string o = dir / arm;
+    test::write_file(o + ".json", j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(o + ".json") + " --out " + test::quote(o));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    out.emplace(arm, load_checkpoint(o + "/model"));
+  }
+  int backbone = 0, model_moved = 0;
+  for (const auto& [name, t] : out.at("off").tensors) {
+    const bool predictor = name.find(".utility.") != std::string::npos;
+    const bool same_p = torch::equal(out.at("predictor").tensors.at(name), t), same_m = torch::equal(out.at("model").tensors.at(name), t);
+    if (predictor) {
+      if (name.find("weight") != std::string::npos) EXPECT_FALSE(same_p || same_m) << name << ": the term must train the predictor";
+      continue;
+    }
+    ++backbone;
+    EXPECT_TRUE(same_p) << name << ": \"into\": \"predictor\" changed the model outside the predictors";
+    model_moved += !same_m;
+  }
+  EXPECT_GT(backbone, 10);
+  EXPECT_GT(model_moved, 5) << "\"into\": \"model\" must reach the layers below the predictors";
+  json j = tiny_recipe("/d");
+  j["optim"]["gate_target"] = {{"weight", 1.0}, {"into", "backbone"}};
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target.into must be \"model\" or \"predictor\", got \"backbone\""),
+            std::string::npos) << recipe_error(j);
+}
+
 TEST(Trainer, AdaptationStartsAtTheDenseModel) {
   SPKV_REQUIRE_SHARED();
   const std::string bin = test::shared_dir() + "/models/stories260K/stories260K.bin";
