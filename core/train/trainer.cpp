@@ -427,9 +427,9 @@ struct BatchLoss {
 // The gate target of a step (Recipe::gate_target_*): off while threshold is 0.
 struct GateTarget {
   double threshold = 0;
-  bool text = false;    // plain-text keys too
+  bool text = false;            // plain-text keys too
   bool predictor_only = false;  // the term's gradient reaches only the predictors
-  torch::Tensor heads;  // (L, Hkv) bool: the heads it trains; undefined = every head
+  torch::Tensor heads;          // (L, Hkv) bool: the heads it trains; undefined = every head
 };
 
 // The gate target's term of one forward call through `g`: per head, the mean binary cross-entropy between u

@@ -95,9 +95,9 @@ struct Recipe {
   // input). Needs a training file with a loss mask, so that the counted queries of a task document are its
   // answers. weight 0 = off.
   double gate_target_weight = 0.0, gate_target_threshold = 0.1;
-  bool gate_target_text = false;         // "keys": "all"
+  bool gate_target_text = false;            // "keys": "all"
   bool gate_target_predictor_only = false;  // "into": "predictor"
-  std::vector<uint8_t> gate_target_heads;  // "heads": [[layer, kv_head], ...], the only heads it trains; empty = all
+  std::vector<uint8_t> gate_target_heads;   // "heads": [[layer, kv_head], ...], the only heads it trains; empty = all
   // data.local_on_text: [[layer, kv_head], ...], heads whose gates are shut (u = 0, ShutGates) on the keys of
   // plain-text documents in training batches, so plain text learns to do without their far keys while task
   // documents train their gates; data.local_on_tasks: the converse, heads shut on the keys of task documents
