@@ -204,7 +204,12 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     throw ConfigError(path + ": give either 'init' (adapt a checkpoint) or 'model' (train from scratch), not both");
   if (!r.init.empty()) {
     r.model = load_checkpoint(r.init).config;
-    if (r.tokenizer.empty()) r.tokenizer = default_tokenizer_path(r.init);
+    if (r.tokenizer.empty()) {  // the one beside the checkpoint, if it has one: only eval.tasks needs it
+      try {
+        r.tokenizer = default_tokenizer_path(r.init);
+      } catch (const TokenizerError&) {
+      }
+    }
   } else if (j.contains("model")) {
     r.model = parse_hf_config(j["model"].dump(), path + ": model");
   } else {
@@ -248,12 +253,17 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     const json& o = j["optim"];
     const std::string w = path + ": optim";
     check_keys(o, {"lr", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay", "predictor_lr_mult",
-                   "predictor_weight_decay", "grad_clip", "grad_accum", "density_lambda", "gate_target"}, w);
+                   "predictor_weight_decay", "grad_clip", "grad_accum", "density_lambda", "gate_target", "train"}, w);
     read(o, "lr", r.lr, w), read(o, "min_lr_ratio", r.min_lr_ratio, w), read(o, "beta1", r.beta1, w);
     read(o, "beta2", r.beta2, w), read(o, "eps", r.eps, w), read(o, "weight_decay", r.weight_decay, w);
     read(o, "predictor_lr_mult", r.predictor_lr_mult, w);
     read(o, "predictor_weight_decay", r.predictor_weight_decay, w);
     read(o, "grad_clip", r.grad_clip, w), read(o, "grad_accum", r.grad_accum, w);
+    std::string train = "all";
+    read(o, "train", train, w);
+    if (train != "all" && train != "predictors")
+      throw ConfigError(w + ".train must be \"all\" or \"predictors\", got \"" + train + "\"");
+    r.train_predictors_only = train == "predictors";
     if (o.contains("density_lambda") && !o["density_lambda"].is_null()) {
       const json& v = o["density_lambda"];  // a number, one per layer, or one list per layer of one per KV head
       if (v.is_array() && !v.empty() && v[0].is_array()) {
@@ -327,6 +337,10 @@ Recipe parse_recipe(const json& j, const std::string& path) {
        "optim.gate_target cannot be combined with data.local_on_text or data.local_on_tasks");
   need(r.gate_target_weight == 0 || r.loss == "mask",
        "optim.gate_target needs data.loss \"mask\": a task document's counted queries are its answers");
+  need(!r.train_predictors_only || r.model.spkv.enabled, "optim.train \"predictors\" needs an SP-KV model (a 'spkv' block)");
+  need(!r.train_predictors_only || r.gating != "soft_then_hard",
+       "optim.train \"predictors\" needs schedule.gating \"soft\" or \"ste\" (in soft_then_hard's hard phase the "
+       "predictors are frozen too, and nothing would train)");
   need(r.steps >= 1, "schedule.steps must be >= 1");
   need(r.warmup >= 0 && r.warmup < r.steps, "schedule.warmup must be in [0, steps)");
   need(r.gating == "soft_then_hard" || r.gating == "soft" || r.gating == "ste",
@@ -670,10 +684,14 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
   }
   if (lead) write_file_atomic((out / "recipe.json").string(), r.source.dump(2) + "\n");
 
-  // Parameter groups: matrices (decayed), vectors (norm weights, biases: not decayed), predictor.
+  // Parameter groups: matrices (decayed), vectors (norm weights, biases: not decayed), predictor. With
+  // optim.train "predictors" the first two are frozen: no gradient, so AdamW neither moves nor decays them.
   std::vector<torch::Tensor> decay, no_decay, predictor = m->predictor_parameters();
   for (auto& item : m->named_parameters())
-    if (item.key().find(".utility.") == std::string::npos) (item.value().dim() >= 2 ? decay : no_decay).push_back(item.value());
+    if (item.key().find(".utility.") == std::string::npos) {
+      if (r.train_predictors_only) item.value().requires_grad_(false);
+      (item.value().dim() >= 2 ? decay : no_decay).push_back(item.value());
+    }
   auto group = [&](std::vector<torch::Tensor> ps, double wd) {
     return torch::optim::OptimizerParamGroup(
         ps, std::make_unique<torch::optim::AdamWOptions>(

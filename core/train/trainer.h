@@ -80,6 +80,10 @@ struct Recipe {
   // optimizer (AdamW); the predictor is its own parameter group
   double lr = 1e-3, min_lr_ratio = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   double predictor_lr_mult = 5.0, predictor_weight_decay = 0.1, grad_clip = 1.0;
+  // optim.train: "all" (every parameter) or "predictors" (the utility predictors alone, the model frozen: the
+  // gates calibrated on a trained model, whose matched control is then the model's own; needs schedule.gating
+  // "soft" or "ste", since nothing would train in soft_then_hard's hard phase).
+  bool train_predictors_only = false;
   // The method's density knob: loss += -density_lambda * mean(u over out-of-window keys) while the predictor
   // trains. 0 (the method's default) adds nothing; > 0 keeps more keys, < 0 fewer. One value for every head,
   // one per layer, or one per (layer, KV head), row-major (loss += -mean over heads of lambda * mean(u of the

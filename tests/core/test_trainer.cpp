@@ -898,6 +898,54 @@ TEST(Trainer, GateTargetIntoThePredictorLeavesTheRestOfTheModelToTheNextTokenLos
             std::string::npos) << recipe_error(j);
 }
 
+// optim.train "predictors": from a trained SP-KV model, steps that move its predictors and leave every other
+// tensor bit for bit as it was (the gates recalibrated on a frozen model); "all" moves both. The
+// soft_then_hard schedule, whose hard phase freezes the predictors too, is refused.
+TEST(Trainer, TrainingThePredictorsAloneLeavesTheModelAsItWas) {
+  test::TempDir dir;
+  write_token_file(dir / "train.tok", markov_docs(60, 64, 4), 64);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  auto train = [&](const std::string& name, const json& j) {
+    test::write_file(dir / (name + ".json"), j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(dir / (name + ".json")) + " --out " + test::quote(dir / name));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return load_checkpoint(dir / (name + "/model"));
+  };
+  json base = tiny_recipe(dir.path.string());
+  base["schedule"] = {{"steps", 3}, {"warmup", 0}, {"gating", "soft"}};
+  const auto start = train("start", base);
+  std::map<std::string, Checkpoint> out;
+  for (std::string arm : {"predictors", "all"}) {
+    json j = base;
+    j.erase("model");
+    j["init"] = dir / "start/model";
+    j["optim"]["train"] = arm;
+    out.emplace(arm, train(arm, j));
+  }
+  int backbone = 0, all_moved = 0, predictors = 0;
+  for (const auto& [name, t] : start.tensors) {
+    const bool same = torch::equal(out.at("predictors").tensors.at(name), t);
+    if (name.find(".utility.") != std::string::npos) {
+      predictors += name.find("weight") != std::string::npos;
+      if (name.find("weight") != std::string::npos) EXPECT_FALSE(same) << name << ": the predictors must train";
+      continue;
+    }
+    ++backbone;
+    EXPECT_TRUE(same) << name << ": optim.train \"predictors\" changed the model outside the predictors";
+    all_moved += !torch::equal(out.at("all").tensors.at(name), t);
+  }
+  EXPECT_GT(predictors, 0);
+  EXPECT_GT(backbone, 10);
+  EXPECT_GT(all_moved, 10) << "optim.train \"all\" must move the model";
+  json j = tiny_recipe("/d");
+  j["optim"]["train"] = "predictors";
+  EXPECT_NE(recipe_error(j).find("r.json: optim.train \"predictors\" needs schedule.gating \"soft\" or \"ste\""),
+            std::string::npos) << recipe_error(j);
+  j["optim"]["train"] = "gates";
+  EXPECT_NE(recipe_error(j).find("r.json: optim.train must be \"all\" or \"predictors\", got \"gates\""),
+            std::string::npos) << recipe_error(j);
+}
+
 TEST(Trainer, AdaptationStartsAtTheDenseModel) {
   SPKV_REQUIRE_SHARED();
   const std::string bin = test::shared_dir() + "/models/stories260K/stories260K.bin";
