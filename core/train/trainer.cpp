@@ -281,9 +281,13 @@ Recipe parse_recipe(const json& j, const std::string& path) {
     }
     if (o.contains("gate_target") && !o["gate_target"].is_null()) {
       const json& g = o["gate_target"];
-      check_keys(g, {"weight", "threshold", "keys", "heads", "into"}, w + ".gate_target");
+      check_keys(g, {"weight", "threshold", "text_threshold", "keys", "heads", "into"}, w + ".gate_target");
       read(g, "weight", r.gate_target_weight, w + ".gate_target");
       read(g, "threshold", r.gate_target_threshold, w + ".gate_target");
+      read(g, "text_threshold", r.gate_target_text_threshold, w + ".gate_target");
+      if (g.contains("text_threshold") && !g["text_threshold"].is_null() &&
+          !(r.gate_target_text_threshold > 0 && r.gate_target_text_threshold <= 1))
+        throw ConfigError(w + ".gate_target.text_threshold must be in (0, 1]");
       std::string keys = "tasks";
       read(g, "keys", keys, w + ".gate_target");
       if (keys != "tasks" && keys != "all")
@@ -332,6 +336,8 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   for (double l : r.density_lambda) need(std::isfinite(l), "optim.density_lambda must be finite");
   need(std::isfinite(r.gate_target_weight) && r.gate_target_weight >= 0, "optim.gate_target.weight must be >= 0");
   need(r.gate_target_threshold > 0 && r.gate_target_threshold <= 1, "optim.gate_target.threshold must be in (0, 1]");
+  need(r.gate_target_text_threshold == 0 || r.gate_target_text,
+       "optim.gate_target.text_threshold needs \"keys\": \"all\" (plain-text keys are not targeted otherwise)");
   need(r.gate_target_weight == 0 || r.model.spkv.enabled, "optim.gate_target needs an SP-KV model (a 'spkv' block)");
   need(r.gate_target_weight == 0 || (r.local_on_text.empty() && r.local_on_tasks.empty()),
        "optim.gate_target cannot be combined with data.local_on_text or data.local_on_tasks");
@@ -441,24 +447,27 @@ struct BatchLoss {
 // The gate target of a step (Recipe::gate_target_*): off while threshold is 0.
 struct GateTarget {
   double threshold = 0;
+  double text_threshold = 0;    // of plain-text keys; 0: threshold
   bool text = false;            // plain-text keys too
   bool predictor_only = false;  // the term's gradient reaches only the predictors
   torch::Tensor heads;          // (L, Hkv) bool: the heads it trains; undefined = every head
 };
 
 // The gate target's term of one forward call through `g`: per head, the mean binary cross-entropy between u
-// and 1[read_far >= threshold] over the keys that a counted far query sees, of task documents only (not
-// `text`) unless t.text; then the mean over t.heads. text: (B, T) bool. t.predictor_only: u is recomputed
+// and 1[read_far >= threshold (t.text_threshold on plain-text keys, if set)] over the keys that a counted far
+// query sees, of task documents only (not `text`) unless t.text; then the mean over t.heads. text: (B, T) bool. t.predictor_only: u is recomputed
 // from the predictor's detached input, so the term trains the predictors and leaves the rest of the model
 // to the next-token loss.
 torch::Tensor gate_target_term(LlamaForCausalLM& m, const GateTargetAttention& g, const torch::Tensor& text,
                                const GateTarget& t) {
   const auto keys = (t.text ? g.read_by : g.read_by & ~text).unsqueeze(-1);  // (B, S, 1)
+  const auto threshold = torch::where(text, t.text_threshold > 0 ? t.text_threshold : t.threshold, t.threshold)
+                             .unsqueeze(-1);  // (B, S, 1)
   std::vector<torch::Tensor> per_layer;
   for (size_t il = 0; il < m->model->layers->size(); ++il) {
     auto& attn = m->model->layers[il]->as<DecoderLayer>()->self_attn;
     const auto u = t.predictor_only ? attn->utility(attn->last_tap.detach()) : attn->last_utility;  // (B, S, Hkv)
-    const auto y = (g.read_far[il] >= t.threshold).to(u.scalar_type());                           // (B, S, Hkv)
+    const auto y = (g.read_far[il] >= threshold).to(u.scalar_type());                           // (B, S, Hkv)
     const auto bce = torch::nn::functional::binary_cross_entropy(
         u, y, torch::nn::functional::BinaryCrossEntropyFuncOptions().reduction(torch::kNone));  // (B, S, Hkv)
     const auto w = keys.expand_as(bce).to(u.scalar_type());
@@ -748,7 +757,8 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     throw ConfigError(r.path + ": optim.gate_target needs a training file with a loss mask, so that a task "
                       "document's counted queries are its answers (spkv tokenize --loss answers): " + r.train_data +
                       " has none");
-  GateTarget target{r.gate_target_threshold, r.gate_target_text, r.gate_target_predictor_only};
+  GateTarget target{r.gate_target_threshold, r.gate_target_text_threshold, r.gate_target_text,
+                    r.gate_target_predictor_only};
   if (!r.gate_target_heads.empty())
     target.heads = torch::tensor(std::vector<int64_t>(r.gate_target_heads.begin(), r.gate_target_heads.end()))
                        .view({r.model.n_layers, r.model.n_kv_heads}) != 0;

@@ -852,6 +852,50 @@ TEST(Trainer, GateTargetTrainsThePredictorThroughTheCommandLine) {
   EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target needs an SP-KV model"), std::string::npos);
 }
 
+// "text_threshold" labels plain-text keys alone: on a file of plain-text documents the first step's term with
+// threshold 0.3 and text_threshold 0.1 is the term with threshold 0.1 (and not the one with 0.3); on a file
+// of task documents it is the term with threshold 0.3 (and not the one with 0.1). Without "keys": "all" it is
+// an error.
+TEST(Trainer, GateTargetTextThresholdLabelsPlainTextKeysAlone) {
+  test::TempDir dir;
+  std::vector<std::vector<int32_t>> docs = markov_docs(60, 64, 4);
+  std::vector<std::vector<uint8_t>> plain, task;
+  for (const auto& d : docs) {  // the same tokens as plain text (every target counted) and as tasks
+    plain.emplace_back(d.size(), 1), task.emplace_back();
+    for (size_t t = 0; t < d.size(); ++t) task.back().push_back(3 * t >= 2 * d.size());
+  }
+  write_token_file(dir / "plain.tok", docs, 64, &plain);
+  write_token_file(dir / "task.tok", docs, 64, &task);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  const auto first_term = [&](const std::string& file, double threshold, double text_threshold) {
+    json j = tiny_recipe(dir.path.string());
+    j["data"]["train"] = dir / (file + ".tok");
+    j["optim"]["gate_target"] = {{"weight", 1.0}, {"threshold", threshold}, {"keys", "all"}};
+    if (text_threshold > 0) j["optim"]["gate_target"]["text_threshold"] = text_threshold;
+    j["schedule"]["gating"] = "soft";
+    j["schedule"]["steps"] = 1, j["schedule"]["warmup"] = 0;
+    const std::string out = dir / (file + std::to_string(threshold) + "-" + std::to_string(text_threshold));
+    test::write_file(out + ".json", j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(out + ".json") + " --out " + test::quote(out));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code ? std::nan("") : read_log(out + "/train_log.jsonl", "step").at(0).at("gate_target").get<double>();
+  };
+  const double plain_both = first_term("plain", 0.3, 0.1);
+  EXPECT_EQ(plain_both, first_term("plain", 0.1, 0));
+  EXPECT_NE(plain_both, first_term("plain", 0.3, 0));
+  const double task_both = first_term("task", 0.3, 0.1);
+  EXPECT_EQ(task_both, first_term("task", 0.3, 0));
+  EXPECT_NE(task_both, first_term("task", 0.1, 0));
+
+  json j = tiny_recipe("/d");
+  j["optim"]["gate_target"] = {{"weight", 1.0}, {"text_threshold", 0.1}};
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target.text_threshold needs \"keys\": \"all\""),
+            std::string::npos) << recipe_error(j);
+  j["optim"]["gate_target"] = {{"weight", 1.0}, {"keys", "all"}, {"text_threshold", 0.0}};
+  EXPECT_NE(recipe_error(j).find("r.json: optim.gate_target.text_threshold must be in (0, 1]"), std::string::npos)
+      << recipe_error(j);
+}
+
 // "into": "predictor": after one step the model outside the predictors is bit for bit the model trained
 // without the term (the term reached only the predictors), while "into": "model" changes it; both change
 // the predictors. (No gradient clipping, whose global norm would couple the two.)
