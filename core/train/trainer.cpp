@@ -455,9 +455,9 @@ struct GateTarget {
 
 // The gate target's term of one forward call through `g`: per head, the mean binary cross-entropy between u
 // and 1[read_far >= threshold (t.text_threshold on plain-text keys, if set)] over the keys that a counted far
-// query sees, of task documents only (not `text`) unless t.text; then the mean over t.heads. text: (B, T) bool. t.predictor_only: u is recomputed
-// from the predictor's detached input, so the term trains the predictors and leaves the rest of the model
-// to the next-token loss.
+// query sees, of task documents only (not `text`) unless t.text; then the mean over t.heads. text: (B, T)
+// bool. t.predictor_only: u is recomputed from the predictor's detached input, so the term trains the
+// predictors and leaves the rest of the model to the next-token loss.
 torch::Tensor gate_target_term(LlamaForCausalLM& m, const GateTargetAttention& g, const torch::Tensor& text,
                                const GateTarget& t) {
   const auto keys = (t.text ? g.read_by : g.read_by & ~text).unsqueeze(-1);  // (B, S, 1)

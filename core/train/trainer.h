@@ -89,15 +89,15 @@ struct Recipe {
   // one per layer, or one per (layer, KV head), row-major (loss += -mean over heads of lambda * mean(u of the
   // head)).
   std::vector<double> density_lambda{0.0};
-  // optim.gate_target {"weight", "threshold", "text_threshold", "keys", "heads", "into"}: not the method, an objective that sees
-  // which keys a retrieval reads. While the predictor trains, loss += weight * the mean over heads of the
-  // binary cross-entropy between each head's gate score u and 1[a counted query, seeing the key from outside
-  // the window, gives it an attention probability >= threshold without the gates], over the keys that a
-  // counted query sees from outside the window (GateTargetAttention): those of task documents ("keys":
-  // "tasks") or of every document ("all"); in every head or only the listed "heads"; its gradient reaches the
-  // whole model ("into": "model") or only the predictors ("predictor": u recomputed from their detached
-  // input). Needs a training file with a loss mask, so that the counted queries of a task document are its
-  // answers. "text_threshold" (with "keys": "all"; default: "threshold") is the threshold of plain-text keys.
+  // optim.gate_target {"weight", "threshold", "text_threshold", "keys", "heads", "into"}: not the method, an
+  // objective that sees which keys a retrieval reads. While the predictor trains, loss += weight * the mean
+  // over heads of the binary cross-entropy between each head's gate score u and 1[a counted query, seeing the
+  // key from outside the window, gives it an attention probability >= threshold without the gates], over the
+  // keys that a counted query sees from outside the window (GateTargetAttention): those of task documents
+  // ("keys": "tasks") or of every document ("all"; "text_threshold", default "threshold", is then the
+  // threshold of plain-text keys); in every head or only the listed "heads"; its gradient reaches the whole
+  // model ("into": "model") or only the predictors ("predictor": u recomputed from their detached input).
+  // Needs a training file with a loss mask, so that the counted queries of a task document are its answers.
   // weight 0 = off.
   double gate_target_weight = 0.0, gate_target_threshold = 0.1, gate_target_text_threshold = 0.0;  // 0: threshold
   bool gate_target_text = false;            // "keys": "all"
