@@ -447,22 +447,21 @@ struct BatchLoss {
 // The gate target of a step (Recipe::gate_target_*): off while threshold is 0.
 struct GateTarget {
   double threshold = 0;
-  double text_threshold = 0;    // of plain-text keys; 0: threshold
+  double text_threshold = 0;    // of plain-text keys (Recipe's 0 resolved to threshold)
   bool text = false;            // plain-text keys too
   bool predictor_only = false;  // the term's gradient reaches only the predictors
   torch::Tensor heads;          // (L, Hkv) bool: the heads it trains; undefined = every head
 };
 
 // The gate target's term of one forward call through `g`: per head, the mean binary cross-entropy between u
-// and 1[read_far >= threshold (t.text_threshold on plain-text keys, if set)] over the keys that a counted far
+// and 1[read_far >= threshold (t.text_threshold on plain-text keys)] over the keys that a counted far
 // query sees, of task documents only (not `text`) unless t.text; then the mean over t.heads. text: (B, T)
 // bool. t.predictor_only: u is recomputed from the predictor's detached input, so the term trains the
 // predictors and leaves the rest of the model to the next-token loss.
 torch::Tensor gate_target_term(LlamaForCausalLM& m, const GateTargetAttention& g, const torch::Tensor& text,
                                const GateTarget& t) {
   const auto keys = (t.text ? g.read_by : g.read_by & ~text).unsqueeze(-1);  // (B, S, 1)
-  const auto threshold = torch::where(text, t.text_threshold > 0 ? t.text_threshold : t.threshold, t.threshold)
-                             .unsqueeze(-1);  // (B, S, 1)
+  const auto threshold = torch::where(text, t.text_threshold, t.threshold).unsqueeze(-1);  // (B, S, 1)
   std::vector<torch::Tensor> per_layer;
   for (size_t il = 0; il < m->model->layers->size(); ++il) {
     auto& attn = m->model->layers[il]->as<DecoderLayer>()->self_attn;
@@ -757,8 +756,9 @@ TrainResult train(const Recipe& r, BatchSource& data, const TrainOptions& o) {
     throw ConfigError(r.path + ": optim.gate_target needs a training file with a loss mask, so that a task "
                       "document's counted queries are its answers (spkv tokenize --loss answers): " + r.train_data +
                       " has none");
-  GateTarget target{r.gate_target_threshold, r.gate_target_text_threshold, r.gate_target_text,
-                    r.gate_target_predictor_only};
+  GateTarget target{r.gate_target_threshold,
+                    r.gate_target_text_threshold > 0 ? r.gate_target_text_threshold : r.gate_target_threshold,
+                    r.gate_target_text, r.gate_target_predictor_only};
   if (!r.gate_target_heads.empty())
     target.heads = torch::tensor(std::vector<int64_t>(r.gate_target_heads.begin(), r.gate_target_heads.end()))
                        .view({r.model.n_layers, r.model.n_kv_heads}) != 0;
