@@ -1,7 +1,8 @@
-// The bundled default model (data/models/spkv-default): `spkv eval` and `spkv tasks eval` on its held-out
-// split reproduce the numbers its results.json reports (those in docs/results.md): the NLL and density of
-// SP-KV and of the matched dense control shipped beside it (stages/dense-control), and the long-range task
-// accuracy of SP-KV with full and window-only attention.
+// The bundled default model (data/models/spkv-default): `spkv eval`, `spkv tasks eval` and `spkv run` on its
+// held-out split reproduce the numbers its results.json and study/ report (those in docs/results.md): the NLL
+// and density of SP-KV and of the matched dense control shipped beside it (stages/dense-control), a point of
+// the tau curve, the long-range task accuracy of SP-KV with full and window-only attention with the gates' keep
+// rates per head, and the retrieving heads' fact and filler keep rates (scripts/retrieval_heads.py).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -26,6 +27,9 @@ TEST(DefaultModel, HeldOutEvalReproducesTheReportedNumbers) {
 }
 
 const std::string kDir = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-default";
+// A keep rate is a count over ~10k fact or ~37k filler keys: at another thread count a gate score on the
+// threshold may round to the other side, one or two decisions.
+constexpr double kKeepRateTol = 3e-4;
 
 nlohmann::json run_json(const std::string& args) {
   test::TempDir tmp;
@@ -56,7 +60,61 @@ TEST(DefaultModel, TaskAccuracyReproducesTheReportedNumbers) {
       EXPECT_EQ(got["kinds"][kind]["answers"], want[kind]["answers"]) << variant << " " << kind;
       EXPECT_NEAR(got["kinds"][kind]["exact"].get<double>(), want[kind]["exact"].get<double>(), 1e-9) << variant << " " << kind;
     }
+    if (std::string(variant) == "window") continue;
+    const auto& gates = res["spkv/full"]["tasks"]["gates"];
+    for (const char* rate : {"keep_facts_per_head", "keep_other_per_head"}) {
+      ASSERT_EQ(got["gates"][rate].size(), gates[rate].size()) << rate;
+      for (size_t l = 0; l < gates[rate].size(); ++l)
+        for (size_t h = 0; h < gates[rate][l].size(); ++h)
+          EXPECT_NEAR(got["gates"][rate][l][h].get<double>(), gates[rate][l][h].get<double>(), kKeepRateTol) << rate << " " << l << "," << h;
+    }
   }
+}
+
+TEST(DefaultModel, TauCurvePointReproducesTheReportedOne) {
+  if (!std::filesystem::exists(kDir + "/study/tau.json")) GTEST_SKIP() << kDir << "/study/tau.json is absent";
+  const auto curve = nlohmann::json::parse(test::read_file(kDir + "/study/tau.json"));
+  for (const auto& point : curve["curve"]) {
+    if (point["tau"].get<double>() != 0.7) continue;
+    const auto got = run_json("eval -m " + test::quote(kDir) + " " + test::quote(kDir + "/heldout/text") + " --tau 0.7");
+    EXPECT_NEAR(got["nll"].get<double>(), point["nll"].get<double>(), 1e-5 * point["nll"].get<double>());
+    EXPECT_NEAR(got["gates"]["density"].get<double>(), point["density"].get<double>(), 1e-4);
+    EXPECT_NEAR(curve["dense_control_nll"].get<double>(),
+                nlohmann::json::parse(test::read_file(kDir + "/results.json"))["dense-control/full"]["text"]["nll"].get<double>(), 1e-12);
+    return;
+  }
+  FAIL() << "study/tau.json has no tau 0.7";
+}
+
+// The "gates select" numbers: over the first 200 held-out task documents, which heads retrieve (far attention
+// per fact key over per filler key, from a dense run with attention statistics) and how often each head's gate
+// keeps fact and filler keys (from a gated run), recomputed by scripts/retrieval_heads.py from fresh logs.
+TEST(DefaultModel, RetrievingHeadsKeepFactsOverFillerAsReported) {
+  if (!std::filesystem::exists(kDir + "/study/retrieval.json")) GTEST_SKIP() << kDir << "/study/retrieval.json is absent";
+  if (std::system("/usr/bin/python3 -c 'import h5py' 2>/dev/null") != 0) GTEST_SKIP() << "/usr/bin/python3 has no h5py";
+  const auto want = nlohmann::json::parse(test::read_file(kDir + "/study/retrieval.json"));
+  test::TempDir tmp;
+  const std::string tasks = test::quote(kDir + "/heldout/tasks.jsonl");
+  for (const char* run : {"--dense --attention-stats --out " , "--out "}) {
+    const std::string out = tmp / (std::string(run).find("dense") != std::string::npos ? "dense.h5" : "gated.h5");
+    auto r = test::run_spkv("run -m " + test::quote(kDir) + " --max-docs 200 " + run + test::quote(out) + " " + tasks);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  const std::string cmd = "/usr/bin/python3 " + test::quote(std::string(SPKV_SOURCE_DIR) + "/scripts/retrieval_heads.py") +
+                          " " + tasks + " " + test::quote(tmp / "dense.h5") + " " + test::quote(tmp / "gated.h5") +
+                          " --json " + test::quote(tmp / "r.json") + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const auto got = nlohmann::json::parse(test::read_file(tmp / "r.json"));
+  for (const char* pooled : {"pooled_keep_facts", "pooled_keep_filler"})
+    EXPECT_NEAR(got[pooled].get<double>(), want[pooled].get<double>(), kKeepRateTol) << pooled;
+  EXPECT_EQ(got["retrieving"], want["retrieving"]);
+  for (const char* rate : {"keep_facts", "keep_filler", "retrieval_score"})
+    for (size_t l = 0; l < want[rate].size(); ++l)
+      for (size_t h = 0; h < want[rate][l].size(); ++h) {
+        const double w = want[rate][l][h].get<double>();
+        EXPECT_NEAR(got[rate][l][h].get<double>(), w, std::string(rate) == "retrieval_score" ? 1e-4 * w : kKeepRateTol)
+            << rate << " " << l << "," << h;
+      }
 }
 
 }  // namespace
