@@ -95,11 +95,13 @@ TEST(DefaultModel, RetrievingHeadsKeepFactsOverFillerAsReported) {
   const auto want = nlohmann::json::parse(test::read_file(kDir + "/study/retrieval.json"));
   test::TempDir tmp;
   const std::string tasks = test::quote(kDir + "/heldout/tasks.jsonl");
-  for (const char* run : {"--dense --attention-stats --out " , "--out "}) {
-    const std::string out = tmp / (std::string(run).find("dense") != std::string::npos ? "dense.h5" : "gated.h5");
-    auto r = test::run_spkv("run -m " + test::quote(kDir) + " --max-docs 200 " + run + test::quote(out) + " " + tasks);
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-  }
+  const auto run = [&](const std::string& flags, const std::string& out) {
+    const auto r = test::run_spkv("run -m " + test::quote(kDir) + " --max-docs 200 " + flags + " --out " +
+                                  test::quote(tmp / out) + " " + tasks);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  };
+  run("--dense --attention-stats", "dense.h5");
+  run("", "gated.h5");
   const std::string cmd = "/usr/bin/python3 " + test::quote(std::string(SPKV_SOURCE_DIR) + "/scripts/retrieval_heads.py") +
                           " " + tasks + " " + test::quote(tmp / "dense.h5") + " " + test::quote(tmp / "gated.h5") +
                           " --json " + test::quote(tmp / "r.json") + " > /dev/null";
