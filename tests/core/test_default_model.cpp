@@ -3,6 +3,8 @@
 // and density of SP-KV and of the matched dense control shipped beside it (stages/dense-control), a point of
 // the tau curve, the long-range task accuracy of SP-KV with full and window-only attention with the gates' keep
 // rates per head, and the retrieving heads' fact and filler keep rates (scripts/retrieval_heads.py).
+#include <cmath>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -30,6 +32,17 @@ const std::string kDir = std::string(SPKV_SOURCE_DIR) + "/data/models/spkv-defau
 // A keep rate is a count over ~10k fact or ~37k filler keys: at another thread count a gate score on the
 // threshold may round to the other side, one or two decisions.
 constexpr double kKeepRateTol = 3e-4;
+
+// Every entry of two (layers, KV heads) grids of numbers agrees within abs_tol + rel_tol * |want|.
+void expect_grid_near(const nlohmann::json& got, const nlohmann::json& want, double abs_tol, double rel_tol,
+                      const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t l = 0; l < want.size(); ++l)
+    for (size_t h = 0; h < want[l].size(); ++h) {
+      const double w = want[l][h].get<double>();
+      EXPECT_NEAR(got[l][h].get<double>(), w, abs_tol + rel_tol * std::abs(w)) << what << " " << l << "," << h;
+    }
+}
 
 nlohmann::json run_json(const std::string& args) {
   test::TempDir tmp;
@@ -62,12 +75,8 @@ TEST(DefaultModel, TaskAccuracyReproducesTheReportedNumbers) {
     }
     if (std::string(variant) == "window") continue;
     const auto& gates = res["spkv/full"]["tasks"]["gates"];
-    for (const char* rate : {"keep_facts_per_head", "keep_other_per_head"}) {
-      ASSERT_EQ(got["gates"][rate].size(), gates[rate].size()) << rate;
-      for (size_t l = 0; l < gates[rate].size(); ++l)
-        for (size_t h = 0; h < gates[rate][l].size(); ++h)
-          EXPECT_NEAR(got["gates"][rate][l][h].get<double>(), gates[rate][l][h].get<double>(), kKeepRateTol) << rate << " " << l << "," << h;
-    }
+    for (const char* rate : {"keep_facts_per_head", "keep_other_per_head"})
+      expect_grid_near(got["gates"][rate], gates[rate], kKeepRateTol, 0, rate);
   }
 }
 
@@ -110,13 +119,8 @@ TEST(DefaultModel, RetrievingHeadsKeepFactsOverFillerAsReported) {
   for (const char* pooled : {"pooled_keep_facts", "pooled_keep_filler"})
     EXPECT_NEAR(got[pooled].get<double>(), want[pooled].get<double>(), kKeepRateTol) << pooled;
   EXPECT_EQ(got["retrieving"], want["retrieving"]);
-  for (const char* rate : {"keep_facts", "keep_filler", "retrieval_score"})
-    for (size_t l = 0; l < want[rate].size(); ++l)
-      for (size_t h = 0; h < want[rate][l].size(); ++h) {
-        const double w = want[rate][l][h].get<double>();
-        EXPECT_NEAR(got[rate][l][h].get<double>(), w, std::string(rate) == "retrieval_score" ? 1e-4 * w : kKeepRateTol)
-            << rate << " " << l << "," << h;
-      }
+  for (const char* rate : {"keep_facts", "keep_filler"}) expect_grid_near(got[rate], want[rate], kKeepRateTol, 0, rate);
+  expect_grid_near(got["retrieval_score"], want["retrieval_score"], 0, 1e-4, "retrieval_score");
 }
 
 }  // namespace
