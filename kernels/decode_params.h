@@ -25,6 +25,8 @@ struct CacheViewT {
   const uint8_t* ring_keep = nullptr;// (n_seq, Hkv, W) gate decision of the token in each slot
   const int32_t* ring_len = nullptr; // (n_seq)
   int64_t page_size = 0;
+  // The CUDA decode reads 4 elements at once when D is a multiple of 4: then every page's rows must be
+  // aligned to 4 elements (as pages cut from one allocation are).
   const Row* const* page_k = nullptr;    // page id -> K rows (page_size, D)
   const Row* const* page_v = nullptr;    // page id -> V rows (page_size, D)
   const int32_t* store_indptr = nullptr; // (n_seq * Hkv + 1)

@@ -11,7 +11,7 @@
 
 namespace spkv::kernels::cuda {
 
-constexpr int64_t kDecodeChunk = 256;  // tokens per split block and pass
+constexpr int64_t kDecodeChunk = 128;  // tokens per split block and pass
 constexpr int64_t kDecodeMaxGroup = 8;   // query heads per KV head (H / Hkv)
 constexpr int64_t kDecodeMaxDim = 256;   // head dim D
 

@@ -2,6 +2,7 @@
 // a gather of each head's cache ahead of the chunk.
 #include "kernels/torch/device_kv_cache.h"
 
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
@@ -17,7 +18,8 @@ using torch::Tensor;
 
 DeviceKvCache::DeviceKvCache(int64_t n_seq, int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t window,
                              int64_t page_size, int64_t max_len, bool keep_all, torch::Device device)
-    : B_(n_seq), L_(n_layers), Hkv_(n_kv_heads), D_(head_dim), W_(window), P_(page_size), keep_all_(keep_all), dev_(device) {
+    : B_(n_seq), L_(n_layers), Hkv_(n_kv_heads), D_(head_dim), W_(window), P_(page_size), keep_all_(keep_all),
+      dev_(device.is_cuda() && !device.has_index() ? torch::Device(torch::kCUDA, c10::cuda::current_device()) : device) {
   if (!device.is_cuda()) throw std::invalid_argument("DeviceKvCache: device " + device.str() + " is not a CUDA device");
   if (B_ < 1 || L_ < 1 || Hkv_ < 1 || D_ < 1 || W_ < 1 || P_ < 1 || max_len < 1)
     throw std::invalid_argument("DeviceKvCache: sequences, layers, KV heads, head dim, window, page size and max length must be >= 1");

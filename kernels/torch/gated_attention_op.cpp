@@ -39,8 +39,11 @@ torch::autograd::tensor_list backward_rows(const torch::autograd::variable_list&
 }
 
 struct GatedAttentionFunction : torch::autograd::Function<GatedAttentionFunction> {
-  static Tensor forward(torch::autograd::AutogradContext* ctx, Tensor q, Tensor k, Tensor v, Tensor far_bias, Tensor q_pos,
-                        Tensor k_pos, Tensor keep, Tensor k_begin, int64_t window) {
+  // The gates that may be absent are optionals: autograd records no input for an absent one (LibTorch 2 rejects
+  // an undefined Tensor argument).
+  static Tensor forward(torch::autograd::AutogradContext* ctx, Tensor q, Tensor k, Tensor v, c10::optional<Tensor> far_bias_in,
+                        Tensor q_pos, Tensor k_pos, c10::optional<Tensor> keep_in, c10::optional<Tensor> k_begin_in, int64_t window) {
+    const Tensor far_bias = far_bias_in.value_or(Tensor()), keep = keep_in.value_or(Tensor()), k_begin = k_begin_in.value_or(Tensor());
     auto [y, lse] = launch_forward(q, k, v, q_pos, k_pos, window, keep, far_bias, k_begin);
     ctx->save_for_backward({q, k, v, far_bias, q_pos, k_pos, keep, k_begin, y, lse});
     ctx->saved_data["window"] = window;
@@ -79,9 +82,10 @@ Tensor gated_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_i
   if (g.far_bias.defined()) expect(where, "far_bias", g.far_bias, {B, Hkv, S}, torch::kFloat32, dev);
   if (g.k_begin.defined()) expect(where, "k_begin", g.k_begin, {B, T}, torch::kInt64, dev);
   c10::cuda::CUDAGuard guard(dev);
-  return GatedAttentionFunction::apply(prepared(q_in), prepared(k_in), prepared(v_in), prepared(g.far_bias),
-                                       g.q_pos.contiguous(), g.k_pos.contiguous(), prepared(g.keep),
-                                       g.k_begin.defined() ? g.k_begin.contiguous() : Tensor(), g.window);
+  auto optional = [](const Tensor& t) { return t.defined() ? c10::optional<Tensor>(t) : c10::nullopt; };
+  return GatedAttentionFunction::apply(prepared(q_in), prepared(k_in), prepared(v_in), optional(prepared(g.far_bias)),
+                                       g.q_pos.contiguous(), g.k_pos.contiguous(), optional(prepared(g.keep)),
+                                       optional(g.k_begin.defined() ? g.k_begin.contiguous() : Tensor()), g.window);
 }
 
 }  // namespace spkv::cuda_ops
