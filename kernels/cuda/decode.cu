@@ -21,6 +21,9 @@ namespace spkv::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
+// Measured on an H200 (docs/gpu.md): 4 blocks per SM (at most 128 registers) and tiles of 8 tokens read 93% of
+// the copy bandwidth at 32k; 1 to 3 blocks, 5 or 6, tiles of 4, or loading one tile ahead all read less.
+constexpr int kMinBlocks = 4;
 static_assert(kWarpMaxG == kDecodeMaxGroup && 32 * kWarpMaxDL == kDecodeMaxDim, "decode.h limits follow warp_softmax.cuh");
 
 // VEC elements of a row as float32: one 16-byte (float32) or 8-byte (bf16) load when VEC = 4.
@@ -67,7 +70,7 @@ __device__ __forceinline__ void reduce_scatter(float* v, int lane) {
 __host__ __device__ constexpr int ilog2(int x) { return x <= 1 ? 0 : 1 + ilog2(x / 2); }
 
 template <class Row, int VEC, int E, int G>
-__global__ void __launch_bounds__(kWarps * 32) decode_split_kernel(DecodeParamsT<Row> p, float* part_m, float* part_l,
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks) decode_split_kernel(DecodeParamsT<Row> p, float* part_m, float* part_l,
                                                                    float* part_acc) {
   // A tile of KT tokens gives N = KT * G scores (token t, head g at index t * G + g). After the reduction lane
   // l owns score index l >> SH: its head is (l >> SH) % G and its token (l >> SH) / G, so lanes that differ
