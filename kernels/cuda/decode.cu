@@ -6,10 +6,13 @@
 // before it uses any, so that enough bytes are in flight to keep the memory busy (decode is bound by reading
 // the cache). Lane l holds, for e < E, the VEC elements VEC * (l + 32 e) + x of a row: VEC = 4 reads 16 bytes
 // (float32) or 8 (bf16) at once when D is a multiple of 4; VEC = 1 is the general case. The G query heads of
-// the KV head share each key and value read. Each warp keeps an online softmax (max, sum, accumulator) per
-// query head, updated once per tile; the warps merge through shared memory and the block writes one partial per
-// query head. decode_combine_kernel merges the splits. Only what the cache holds is read. The kernel is
-// compiled for VEC, E and G (rounded up to 1, 2, 4 or 8; the heads past H / Hkv are computed and dropped).
+// the KV head share each key and value read. The tile's KT * G partial dot products are summed over the warp
+// by one reduce-scatter, after which each lane owns one score: one exponential per lane, and the weights
+// reach every lane by broadcast for the value sum. Each warp keeps an online softmax (max, sum,
+// accumulator) per query head, updated once per tile; the warps merge through shared memory and the block
+// writes one partial per query head. decode_combine_kernel merges the splits. Only what the cache holds is
+// read. The kernel is compiled for VEC, E and G (G rounded up to 1, 2, 4 or 8; the heads past H / Hkv are
+// computed and dropped).
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
