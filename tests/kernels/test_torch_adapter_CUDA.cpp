@@ -84,13 +84,16 @@ TEST(TorchAdapter_CUDA, BadInputsNameTheTensor) {
 }
 
 // Streams random q, k, v and gate decisions through the cache (prefill chunks, then decode steps) and
-// compares every output with the CPU reference over all the keys so far.
-void stream_matches_reference(bool keep_all) {
+// compares every output with the CPU reference over all the keys so far. bf16 rows: q, k and v are bf16
+// values, so only the rounding of the output is left (tolerance 1e-2 of the largest element).
+void stream_matches_reference(bool keep_all, torch::ScalarType rows, double tol) {
   torch::manual_seed(keep_all ? 8 : 7);
   const int64_t B = 2, L = 2, H = 6, Hkv = 2, D = 40, W = 8, P = 5, N = 70;
   auto cuda = torch::TensorOptions().device(torch::kCUDA);
-  cuda_ops::DeviceKvCache cache(B, L, Hkv, D, W, P, N, keep_all, torch::Device(torch::kCUDA));
-  auto q = torch::randn({L, B, H, N, D}), k = torch::randn({L, B, Hkv, N, D}), v = torch::randn({L, B, Hkv, N, D});
+  cuda_ops::DeviceKvCache cache(B, L, Hkv, D, W, P, N, keep_all, torch::Device(torch::kCUDA), rows);
+  auto rounded = [&](const torch::Tensor& x) { return x.to(rows).to(torch::kFloat32); };
+  auto q = rounded(torch::randn({L, B, H, N, D})), k = rounded(torch::randn({L, B, Hkv, N, D}));
+  auto v = rounded(torch::randn({L, B, Hkv, N, D}));
   auto keep = torch::rand({L, B, N, Hkv}) < 0.3;  // (L, B, N, Hkv)
   keep.select(3, 1).select(1, 0).fill_(false);     // a head that keeps nothing
   auto pos = torch::arange(N, torch::kInt64);
@@ -113,7 +116,8 @@ void stream_matches_reference(bool keep_all) {
       p.keep = kept.data_ptr<uint8_t>(), p.q_pos = qp.data_ptr<int64_t>(), p.k_pos = pos.data_ptr<int64_t>();
       kernels::set_contiguous_strides(p);
       ASSERT_EQ(kernels::cpu::gated_attention_ref(p), kernels::Status::ok);
-      EXPECT_LT(max_rel(y, want.to(torch::kFloat64)), 2e-5) << "layer " << il << " tokens " << t0 << " + " << T;
+      EXPECT_EQ(y.scalar_type(), torch::kFloat32);
+      EXPECT_LT(max_rel(y, want.to(torch::kFloat64)), tol) << "layer " << il << " tokens " << t0 << " + " << T;
       t0 += T;
     }
     EXPECT_EQ(cache.length(il), t0);
@@ -127,14 +131,24 @@ void stream_matches_reference(bool keep_all) {
         const int64_t kept = keep_all ? left : keep[il][b].narrow(0, 0, left).select(1, hk).sum().item<int64_t>();
         EXPECT_EQ(entries[(il * B + b) * Hkv + hk], W + kept) << il << " " << b << " " << hk;
       }
-  EXPECT_GT(cache.bytes_used(), 0);
+  // Bytes: K and V of the rings and of the pages handed out (one per P stored tokens of a head), in the rows' dtype.
+  int64_t pages = 0;
+  for (int64_t e : entries) pages += (e - W + P - 1) / P;
+  const int64_t row_bytes = rows == torch::kFloat32 ? 4 : 2;
+  EXPECT_EQ(cache.bytes_used(), 2 * (L * B * Hkv * W + pages * P) * D * row_bytes);
   EXPECT_GE(cache.bytes_reserved(), cache.bytes_used());
 }
 
 TEST(TorchAdapter_CUDA, DeviceCacheStreamMatchesTheFullSequenceReference) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  stream_matches_reference(false);
-  stream_matches_reference(true);
+  stream_matches_reference(false, torch::kFloat32, 2e-5);
+  stream_matches_reference(true, torch::kFloat32, 2e-5);
+}
+
+TEST(TorchAdapter_CUDA, Bf16DeviceCacheStreamMatchesTheFullSequenceReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  stream_matches_reference(false, torch::kBFloat16, 1e-2);
+  stream_matches_reference(true, torch::kBFloat16, 1e-2);
 }
 
 }  // namespace
