@@ -58,9 +58,9 @@ struct DecodeResult {
 
 // Prefills `prompt`, then decodes `steps` greedy tokens one at a time, timing prefill and decode apart.
 DecodeResult run_decode(LlamaForCausalLM& model, const std::vector<int32_t>& prompt, int64_t steps, bool dense,
-                        int64_t chunk, bool fused = true) {
+                        int64_t chunk, bool fused = true, bool kv_bf16 = false) {
   EngineOptions eo;
-  eo.dense = dense, eo.chunk = chunk, eo.fused_decode = fused;
+  eo.dense = dense, eo.chunk = chunk, eo.fused_decode = fused, eo.kv_bf16 = kv_bf16;
   Engine engine(model, eo);
   DecodeResult r;
   auto t0 = clock_type::now();
@@ -100,8 +100,8 @@ void cmd_bench_decode(const BenchOptions& o) {
              "speedup", "dense KV MB", "SP-KV KV MB", "ratio", "density", "predicted", "layers tok/s");
   for (int64_t T : o.contexts) {
     const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + T);
-    const DecodeResult d = run_decode(model, prompt, o.steps, /*dense=*/true, o.chunk);
-    const DecodeResult s = run_decode(model, prompt, o.steps, /*dense=*/false, o.chunk);
+    const DecodeResult d = run_decode(model, prompt, o.steps, /*dense=*/true, o.chunk, true, o.kv_bf16);
+    const DecodeResult s = run_decode(model, prompt, o.steps, /*dense=*/false, o.chunk, true, o.kv_bf16);
     // The same SP-KV decode through the model's LibTorch layers instead of the fused step (the baseline of
     // kernels/cpu/decode_step.h), on the CPU only.
     const bool cpu = parse_device(o.device).is_cpu();
@@ -122,7 +122,7 @@ void cmd_bench_decode(const BenchOptions& o) {
              "decode through the model's LibTorch layers instead of the fused step\n");
   if (!o.json.empty())
     write_file_atomic(o.json, json_text(nlohmann::json{{"bench", "decode"}, {"model", o.model}, {"window", c.spkv.window},
-                                             {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"rows", rows}}));
+                                             {"tau", model->gates.tau}, {"machine", machine()}, {"device", o.device}, {"kv_bf16", o.kv_bf16}, {"rows", rows}}));
 }
 
 void cmd_bench_run(const BenchOptions& o) {
@@ -190,6 +190,7 @@ void cli::add_bench_commands(CLI::App& app, cli::Commands& out) {
   bdec->add_option("--contexts", bo->contexts, "prompt lengths")->delimiter(',');
   bdec->add_option("--steps", bo->steps, "decode steps timed after each prompt")->check(CLI::PositiveNumber);
   bdec->add_option("--device", bo->device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
+  bdec->add_flag("--kv-bf16", bo->kv_bf16, "with --device cuda: keep the KV cache in bf16 (half the bytes)");
   brun->add_option("--max-docs", bo->max_docs, "documents of the corpus")->check(CLI::PositiveNumber);
   bthr->add_option("--contexts", bo->contexts, "prompt lengths for prefill and decode")->delimiter(',');
   bthr->add_option("--steps", bo->steps, "decode steps timed after each prompt")->check(CLI::PositiveNumber);

@@ -21,6 +21,7 @@ struct BenchOptions {
   int64_t chunk = 256;                             // prefill chunk
   int64_t max_docs = 40;                           // run: documents
   std::string device = "cpu";                      // decode: cpu, cuda or cuda:N
+  bool kv_bf16 = false;                            // decode, with cuda: the KV cache in bf16
 };
 
 // `spkv bench kernels`: the CPU attention kernels on random data against the GEMM ceiling and a triad.

@@ -32,6 +32,7 @@ void add_log_commands(CLI::App& app, Commands& out) {
                                           "slots:N, density:RHO")->needs(pol);
   run->add_option("--chunk", ro->chunk, "prefill chunk length")->check(CLI::PositiveNumber);
   run->add_option("--device", ro->device, "cpu, cuda or cuda:N (cuda: a build with a CUDA LibTorch, docs/gpu.md)");
+  run->add_flag("--kv-bf16", ro->kv_bf16, "with --device cuda: keep the KV cache in bf16 (half the bytes)");
   run->add_option("--max-docs", ro->max_docs, "at most this many input documents (0 = all)");
   run->add_flag("--dense", ro->dense, "full attention; log what the gates would decide");
   run->add_flag("--attention-stats", ro->attention_stats, "with --dense: log the attention mass each key received, in total and from the last queries");

@@ -193,7 +193,7 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   h.model_path = o.model, h.model_config_json = c.to_hf_json(), h.tokenizer_path = tok->path;
   h.checkpoint_sha256 = sha256_files({files.begin(), files.end()});
   EngineOptions eo;
-  eo.chunk = o.chunk, eo.dense = o.dense;
+  eo.chunk = o.chunk, eo.dense = o.dense, eo.kv_bf16 = o.kv_bf16;
   const bool matched = o.budget == "matched" || o.budget == "matched-uniform";
   std::unique_ptr<Engine> spkv_pass;  // a matched budget: the model's own SP-KV run of each piece
   if (policy) {

@@ -32,6 +32,7 @@ struct RunOptions {
   bool resume = false;
   double flush_seconds = 5;  // how often the partial log is flushed (what a kill can lose)
   std::string device = "cpu";  // cpu, cuda or cuda:N (a build with a CUDA LibTorch)
+  bool kv_bf16 = false;        // with cuda: the KV cache in bf16
   // Sharding (docs/distributed.md): a launch of N processes (torchrun, Slurm, or these flags) runs one shard
   // each and rank 0 merges them into `out`; --shard I/N runs shard I alone (a job array; `spkv merge` after).
   dist::LaunchFlags launch;

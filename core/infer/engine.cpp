@@ -98,6 +98,7 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
                       ", but this build has no CUDA kernels for LibTorch (docs/gpu.md: configure with a CUDA LibTorch)");
 #endif
   if (o.chunk < 1) throw ConfigError("engine: chunk " + std::to_string(o.chunk) + " must be at least 1");
+  if (o.kv_bf16 && device_.is_cpu()) throw ConfigError("engine: bf16 KV rows need the model on a CUDA device (--device cuda)");
   KvCacheShape s{o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, o.page_size};
   if (!o.layout.empty()) {
     check_layout(c, o.layout, "engine");
@@ -133,7 +134,8 @@ Engine::Engine(LlamaForCausalLM model, const EngineOptions& o)
 #ifdef SPKV_TORCH_CUDA
     // The GPU cache is always ring + store; the dense one keeps every token (its ring size does not matter).
     dcache_ = std::make_unique<cuda_ops::DeviceKvCache>(o.n_seq, c.n_layers, c.n_kv_heads, c.head_dim, W > 0 ? W : o.page_size,
-                                                         o.page_size, c.max_seq_len, W == 0, device_);
+                                                         o.page_size, c.max_seq_len, W == 0, device_,
+                                                         o.kv_bf16 ? torch::kBFloat16 : torch::kFloat32);
     model_->rope.cos = model_->rope.cos.to(device_), model_->rope.sin = model_->rope.sin.to(device_);
     if (layout_.defined()) layout_ = layout_.to(device_);
 #endif

@@ -42,6 +42,9 @@ struct EngineOptions {
   // attends over exactly what the policy holds after its token, and the attention-scored policies see each
   // query's weights. A model's gates, if any, still run and are reported.
   std::optional<BaselineOptions> baseline;
+  // On a CUDA device: the cache holds K/V rows in bf16 (half the bytes; attention computes on bf16 q, k, v in
+  // float32 arithmetic). An error on the CPU.
+  bool kv_bf16 = false;
 };
 
 // The result of feeding T new tokens to every sequence.

@@ -393,8 +393,12 @@ TEST(Engine, DeviceFlagErrorsAreClear) {
   auto r = test::run_spkv("bench decode -m " + test::quote(dir) + " --device gpu");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--device gpu: expected cpu, cuda or cuda:N"), std::string::npos) << r.err;
-  if (torch::cuda::is_available()) return;
   test::TempDir tmp;
+  r = test::run_spkv("run -m " + test::quote(dir) + " --out " + (tmp / "y.h5") + " " + test::quote(dir + "/heldout") + " --kv-bf16");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("bf16 KV rows need the model on a CUDA device (--device cuda)"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(tmp / "y.h5.partial"));
+  if (torch::cuda::is_available()) return;
   r = test::run_spkv("run -m " + test::quote(dir) + " --out " + (tmp / "x.h5") + " " + test::quote(dir + "/heldout") + " --device cuda");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--device cuda: this spkv was built with a LibTorch without CUDA"), std::string::npos) << r.err;
@@ -421,6 +425,25 @@ TEST(Engine_CUDA, MatchesTheCpuEngine) {
       EXPECT_TRUE(torch::equal(a.keep, b.keep)) << "variant " << variant << " tokens " << t0 << " + " << T;
       EXPECT_EQ(cpu.cache_entries(), gpu.cache_entries()) << "variant " << variant << " tokens " << t0 << " + " << T;
     }
+  }
+}
+
+// The same with the GPU cache in bf16 (compiled, not yet run on a GPU): the keys and values are rounded to
+// bf16, so the logits move by about 1e-2 and a gate score near tau may flip.
+TEST(Engine_CUDA, Bf16CacheStaysCloseToTheCpuEngine) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto tokens = random_tokens(2 * 150, 53, 4).view({2, 150});
+  auto cpu_model = random_model(tiny_config(9, 0.5, 2), 60);
+  auto gpu_model = random_model(tiny_config(9, 0.5, 2), 60);
+  gpu_model->to(torch::kCUDA);
+  EngineOptions o = options(2, 23), og = o;
+  og.kv_bf16 = true;
+  Engine cpu(cpu_model, o), gpu(gpu_model, og);
+  for (auto [t0, T] : std::vector<std::pair<int64_t, int64_t>>{{0, 61}, {61, 1}, {62, 30}, {92, 1}, {93, 1}, {94, 56}}) {
+    auto part = tokens.narrow(1, t0, T);
+    EngineStep a = cpu.forward(part), b = gpu.forward(part);
+    EXPECT_LT(max_rel(b.logits, a.logits), 5e-2) << "tokens " << t0 << " + " << T;
+    EXPECT_GT(a.keep.eq(b.keep).to(torch::kFloat64).mean().item<double>(), 0.98) << "tokens " << t0 << " + " << T;
   }
 }
 
