@@ -100,8 +100,8 @@ void cmd_bench_decode(const BenchOptions& o) {
              "speedup", "dense KV MB", "SP-KV KV MB", "ratio", "density", "predicted", "layers tok/s");
   for (int64_t T : o.contexts) {
     const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + T);
-    const DecodeResult d = run_decode(model, prompt, o.steps, /*dense=*/true, o.chunk, true, o.kv_bf16);
-    const DecodeResult s = run_decode(model, prompt, o.steps, /*dense=*/false, o.chunk, true, o.kv_bf16);
+    const DecodeResult d = run_decode(model, prompt, o.steps, /*dense=*/true, o.chunk, /*fused=*/true, o.kv_bf16);
+    const DecodeResult s = run_decode(model, prompt, o.steps, /*dense=*/false, o.chunk, /*fused=*/true, o.kv_bf16);
     // The same SP-KV decode through the model's LibTorch layers instead of the fused step (the baseline of
     // kernels/cpu/decode_step.h), on the CPU only.
     const bool cpu = parse_device(o.device).is_cpu();

@@ -17,8 +17,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/bf16.h"
 #include "kernels/cuda/decode.h"
-#include "kernels/cuda/warp_softmax.cuh"
 
 namespace spkv::kernels::cuda {
 namespace {
@@ -27,7 +27,7 @@ constexpr int kWarps = 4;
 // Measured on an H200 (docs/gpu.md): 4 blocks per SM (at most 128 registers) and tiles of 8 tokens read 93% of
 // the copy bandwidth at 32k; 1 to 3 blocks, 5 or 6, tiles of 4, or loading one tile ahead all read less.
 constexpr int kMinBlocks = 4;
-static_assert(kWarpMaxG == kDecodeMaxGroup && 32 * kWarpMaxDL == kDecodeMaxDim, "decode.h limits follow warp_softmax.cuh");
+static_assert(kDecodeMaxGroup == 8 && kDecodeMaxDim == 256, "decode.h limits are what decode() compiles: G <= 8, D <= 32 * 4 * 2");
 
 // VEC elements of a row as float32: one 16-byte (float32) or 8-byte (bf16) load when VEC = 4.
 template <int VEC>

@@ -1,5 +1,5 @@
 // One warp's online softmax over a stream of keys for the G query heads that share them (GQA), used by the
-// prefill and decode kernels. Lane l holds elements l, l + 32, ... (D <= 32 * kWarpMaxDL) of the query rows,
+// prefill kernels. Lane l holds elements l, l + 32, ... (D <= 32 * kWarpMaxDL) of the query rows,
 // of the current key and value, and of the accumulators, so each key and value row is read once per group.
 #pragma once
 #include <cmath>
