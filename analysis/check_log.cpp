@@ -107,7 +107,7 @@ CheckReport check_gate_log(const std::string& path) {
   for (int64_t d = 0; d < D; ++d) {
     const int64_t b = off[size_t(d)], e = off[size_t(d) + 1], T = e - b;
     const std::string doc = fmt::format("document {} ('{}')", d, r.document_ids()[size_t(d)]);
-    if (T < 1) fail(doc + " has no tokens (each starts with BOS)");
+    if (T < 1) fail(doc + " has no tokens (each starts with BOS or a context token)");
     const auto pos = r.positions(b, e);
     const auto ids = r.token_ids(b, e);
     const auto nll = r.nll(b, e);
@@ -134,8 +134,8 @@ CheckReport check_gate_log(const std::string& path) {
         fail(fmt::format("tokens/ids[{}] is {}, outside the vocabulary [0, {})", b + t, ids[size_t(t)], vocab));
       const float x = nll[size_t(t)];
       if (t == 0 ? !std::isnan(x) : !(std::isfinite(x) && x >= 0))
-        fail(fmt::format("tokens/nll[{}] is {}, expected {} at {}", b + t, x, t == 0 ? "NaN (BOS)" : "a finite value >= 0", at()));
-      if (t == 0 && !text[0].empty()) fail(fmt::format("tokens/text of {} is '{}', expected empty (BOS)", at(), text[0]));
+        fail(fmt::format("tokens/nll[{}] is {}, expected {} at {}", b + t, x, t == 0 ? "NaN (position 0)" : "a finite value >= 0", at()));
+      if (t == 0 && !text[0].empty()) fail(fmt::format("tokens/text of {} is '{}', expected empty (position 0)", at(), text[0]));
       concat += text[size_t(t)];
       for (int64_t k = 0; k < LH; ++k) {
         const size_t i = size_t(t * LH + k);
@@ -204,7 +204,7 @@ CheckReport check_gate_log(const std::string& path) {
       }
     }
   }
-  rep.checked.push_back("per token: position, ids in the vocabulary, NLL (NaN at BOS), text (BOS empty, UTF-8 per document)");
+  rep.checked.push_back("per token: position, ids in the vocabulary, NLL (NaN at position 0), text (position 0 empty, UTF-8 per document)");
   rep.checked.push_back(policy ? "per token: z = u = 1 iff never evicted; evicted_at -1 or in [s + W, T)"
                                : "per token: z = u >= tau or position < keep_first (u in [0, 1]; float16 rounding at tau allowed)");
   rep.checked.push_back(gated    ? "per token: cache_entries = L*Hkv*min(t+1, W) + kept tokens at positions <= t - W"

@@ -1,5 +1,5 @@
 // `spkv check LOG.h5`: verifies every invariant of the gate-log schema (docs/hdf5-schema.md) from the file
-// alone: shapes and CSR offsets, positions, NLL, token text (BOS empty, each document's text valid UTF-8),
+// alone: shapes and CSR offsets, positions, NLL, token text (position 0 empty, each document's text valid UTF-8),
 // z against u, tau and keep_first, the per-document eligible and kept counts, cache_entries, the attention
 // sums, and every summary (recomputed from the decisions). Reads one document at a time. It does not
 // rerun the model: whether u is what the checkpoint computes is `spkv run`'s own check and the tests'.

@@ -10,9 +10,9 @@
 
 namespace spkv::analysis {
 
-// Classes, in order of precedence: the document's first token (BOS), a token holding a newline, digits
-// (its text, spaces and SentencePiece's '▁' aside, is all ASCII digits), punctuation (all ASCII
-// punctuation), and everything else.
+// Classes, in order of precedence: the document's first token (BOS, or a later piece's context token), a
+// token holding a newline, digits (its text, spaces and SentencePiece's '▁' aside, is all ASCII digits),
+// punctuation (all ASCII punctuation), and everything else.
 enum class TokenClass { first = 0, newline, digits, punctuation, other };
 constexpr int kTokenClasses = 5;
 const char* token_class_name(TokenClass c);

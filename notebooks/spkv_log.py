@@ -68,7 +68,7 @@ class GateLog:
         return self._rows("gates/evicted_at", d)                            # (T, L, Hkv)
 
     def token_text(self, d):
-        """The UTF-8 text each token of document d contributes (BOS: ''), as a list of str."""
+        """The UTF-8 text each token of document d contributes (position 0: ''), as a list of str."""
         b, e = self.token_offsets[d], self.token_offsets[d + 1]
         off = self.f["tokens/text_offsets"][b:e + 1]
         raw = bytes(self.f["tokens/text_bytes"][off[0]:off[-1]])

@@ -134,7 +134,7 @@ void cmd_bench_run(const BenchOptions& o) {
   auto docs = read_all_documents(o.inputs, "<|endoftext|>");
   if (o.max_docs > 0 && int64_t(docs.size()) > o.max_docs) docs.resize(size_t(o.max_docs));
   for (auto& d : docs)
-    for (auto& p : split_to_context(d.id, tok->encode(d.text, true, false), model->config.max_seq_len, int32_t(model->config.bos_id)))
+    for (auto& p : split_to_context(d.id, tok->encode(d.text, true, false), model->config.max_seq_len))
       n_tokens += int64_t(p.tokens.size()), pieces.push_back(std::move(p));
   EngineOptions eo;
   eo.chunk = o.chunk;

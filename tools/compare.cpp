@@ -30,7 +30,7 @@ namespace spkv {
 namespace {
 
 struct Doc {
-  std::vector<int32_t> ids;                  // BOS first, at most the context
+  std::vector<int32_t> ids;                  // BOS (or a later piece's context token) first, at most the context
   std::vector<std::vector<int64_t>> answers;  // task files: each answer's token indices within ids
   std::string kind;
 };
@@ -46,7 +46,7 @@ struct Arm {
   }
 };
 
-std::vector<Doc> read_inputs(const CompareOptions& o, const Tokenizer& tok, int64_t context, int32_t bos) {
+std::vector<Doc> read_inputs(const CompareOptions& o, const Tokenizer& tok, int64_t context) {
   std::vector<Doc> docs;
   const bool tasks = o.input.size() > 6 && o.input.substr(o.input.size() - 6) == ".jsonl";
   if (tasks) {
@@ -66,7 +66,7 @@ std::vector<Doc> read_inputs(const CompareOptions& o, const Tokenizer& tok, int6
     auto all = read_all_documents({o.input}, o.separator);
     for (size_t i = size_t(std::min<int64_t>(o.skip_docs, int64_t(all.size()))); i < all.size(); ++i) {
       if (o.max_docs > 0 && int64_t(i) - o.skip_docs >= o.max_docs) break;
-      for (auto& p : split_to_context(all[i].id, encode_showing_progress(tok, all[i].text, true, false), context, bos))
+      for (auto& p : split_to_context(all[i].id, encode_showing_progress(tok, all[i].text, true, false), context))
         docs.push_back({std::move(p.tokens), {}, ""});
     }
   }
@@ -100,7 +100,7 @@ void cmd_compare(const CompareOptions& o) {
   if (W <= 0) throw ConfigError("compare: the policies' window is unknown: give --window or an SP-KV model (--spkv)");
 
   auto tok = load_tokenizer(o.tokenizer.empty() ? default_tokenizer_path(o.model) : o.tokenizer);
-  const auto docs = read_inputs(o, *tok, std::min(c.max_seq_len, gated->config.max_seq_len), int32_t(c.bos_id));
+  const auto docs = read_inputs(o, *tok, std::min(c.max_seq_len, gated->config.max_seq_len));
   const bool tasks = !docs.front().kind.empty();
 
   std::vector<Arm> arms;

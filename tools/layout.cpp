@@ -91,7 +91,7 @@ void cmd_layout_eval(const LayoutEvalOptions& o, dist::Group* group) {
   std::vector<TokenPiece> pieces;
   int64_t n_tokens = 0;
   for (auto& d : docs)
-    for (auto& p : split_to_context(d.id, encode_showing_progress(*tok, d.text, true, false), c.max_seq_len, int32_t(c.bos_id)))
+    for (auto& p : split_to_context(d.id, encode_showing_progress(*tok, d.text, true, false), c.max_seq_len))
       n_tokens += int64_t(p.tokens.size()), pieces.push_back(std::move(p));
 
   std::vector<Variant> variants;

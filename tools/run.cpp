@@ -69,8 +69,8 @@ LoggedDocument log_record(const TokenPiece& p, const ScoredDocument& s, const To
   LoggedDocument d;
   d.id = p.id, d.tokens = p.tokens;
   for (size_t t = 0; t < p.tokens.size(); ++t) {
-    const int32_t prev = t == 0 ? -1 : t == 1 && p.prev >= 0 ? p.prev : p.tokens[t - 1];
-    d.text.push_back(tok.token_bytes(prev, p.tokens[t]));
+    if (t == 0 && p.continues) d.text.emplace_back();  // the previous piece's last token: its text is there
+    else d.text.push_back(tok.token_bytes(t == 0 ? -1 : p.tokens[t - 1], p.tokens[t]));
   }
   d.nll.push_back(std::nanf(""));
   for (double x : s.nll) d.nll.push_back(float(x));
@@ -181,7 +181,7 @@ bool cmd_run(const RunOptions& o, const std::atomic<bool>& stop) {
   std::vector<TokenPiece> pieces;
   std::vector<int64_t> piece_tokens;
   for (auto& d : docs)
-    for (auto& p : split_to_context(d.id, encode_showing_progress(*tok, d.text, /*bos=*/true, /*eos=*/false), c.max_seq_len, int32_t(c.bos_id)))
+    for (auto& p : split_to_context(d.id, encode_showing_progress(*tok, d.text, /*bos=*/true, /*eos=*/false), c.max_seq_len))
       piece_tokens.push_back(int64_t(p.tokens.size())), pieces.push_back(std::move(p));
   if (sharded && int64_t(pieces.size()) < shard.count)
     throw ConfigError(fmt::format("{} shards for {} documents: use at most {}", shard.count, pieces.size(), pieces.size()));

@@ -115,19 +115,18 @@ std::vector<Document> read_documents(const std::string& input, const std::string
 }
 
 const char* const kSplitPolicy =
-    "a document of more than `context` tokens (BOS included) is cut into pieces: the first holds its first "
-    "`context` tokens, each later piece BOS plus the next context - 1 tokens; piece k >= 1 is a document of "
-    "its own with id '<id>@<k>' and its own cache";
+    "a document of more than `context` tokens (BOS included) is cut into pieces of at most `context` tokens that "
+    "overlap by one: the first holds its first `context` tokens, each later piece the token before its first "
+    "scored one (no BOS: training windows cut a long document anywhere) and the next context - 1 tokens, so every "
+    "token after BOS is scored once; piece k >= 1 is a document of its own with id '<id>@<k>' and its own cache, "
+    "whose first token is context only (no NLL, no text)";
 
-std::vector<TokenPiece> split_to_context(const std::string& id, const std::vector<int32_t>& ids, int64_t context,
-                                         int32_t bos) {
+std::vector<TokenPiece> split_to_context(const std::string& id, const std::vector<int32_t>& ids, int64_t context) {
   if (int64_t(ids.size()) <= context) return {{id, ids}};
   std::vector<TokenPiece> out{{id, std::vector<int32_t>(ids.begin(), ids.begin() + context)}};
   for (int64_t begin = context, k = 1; begin < int64_t(ids.size()); begin += context - 1, ++k) {
-    TokenPiece p{id + "@" + std::to_string(k), {bos}, ids[begin - 1]};
     const int64_t end = std::min<int64_t>(int64_t(ids.size()), begin + context - 1);
-    p.tokens.insert(p.tokens.end(), ids.begin() + begin, ids.begin() + end);
-    if (p.tokens.size() >= 2) out.push_back(std::move(p));
+    out.push_back({id + "@" + std::to_string(k), std::vector<int32_t>(ids.begin() + begin - 1, ids.begin() + end), true});
   }
   return out;
 }

@@ -24,13 +24,13 @@ std::vector<Document> read_all_documents(const std::vector<std::string>& inputs,
 struct TokenPiece {
   std::string id;
   std::vector<int32_t> tokens;
-  int32_t prev = -1;  // a later piece: the document's token before tokens[1] (its text depends on it)
+  bool continues = false;  // a later piece: tokens[0] is the previous piece's last token, context only
 };
 // The split policy of `spkv run`, in words for the log's split_policy attribute.
 extern const char* const kSplitPolicy;
-// Cuts ids (BOS first) into pieces of at most `context` tokens by kSplitPolicy; pieces of one token go.
-std::vector<TokenPiece> split_to_context(const std::string& id, const std::vector<int32_t>& ids, int64_t context,
-                                         int32_t bos);
+// Cuts ids (BOS first) into pieces of at most `context` tokens (context >= 2) by kSplitPolicy: the pieces
+// overlap by one token, as `spkv eval`'s windows do, so a long document is scored the same by both.
+std::vector<TokenPiece> split_to_context(const std::string& id, const std::vector<int32_t>& ids, int64_t context);
 
 // Splits items 0..n-1 with these token counts into `parts` contiguous ranges of nearly equal token counts:
 // boundary k is the item boundary nearest k/parts of the total (ties to the earlier one), so each range is

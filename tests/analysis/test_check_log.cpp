@@ -158,7 +158,7 @@ TEST_F(CheckLog, NllTextAndAttentionAreChecked) {
     const float v = 1.5f;
     set_element(path, "tokens/nll", hsize_t(f.token_offsets[1]), H5T_NATIVE_FLOAT, &v);  // BOS of document 1
   });
-  EXPECT_NE(bos.find("is 1.5, expected NaN (BOS)"), std::string::npos) << bos;
+  EXPECT_NE(bos.find("is 1.5, expected NaN (position 0)"), std::string::npos) << bos;
   const std::string utf8 = damaged("gated.h5", [](const std::string& path, const Facts&) {
     const uint8_t bad = 0xff;
     set_element(path, "tokens/text_bytes", 20, H5T_NATIVE_UINT8, &bad);
