@@ -150,11 +150,11 @@ Batch TokenFileSource::window_batch(const TokenFile& f, const std::vector<uint8_
     }
   }
   if (!f.has_loss_mask()) return {tokens, segments, {}, {}};
-  if (count_all_) return {tokens, segments, {}, text};
   auto mask = torch::empty({B, T1 - 1}, torch::kBool);  // (B, T) whether target t (token t + 1) counts
   auto ma = mask.accessor<bool, 2>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t + 1 < T1; ++t) ma[b][t] = f.counts(starts[b] + t + 1);
+  if (count_all_) return {tokens, segments, {}, text, mask};
   return {tokens, segments, mask, text};
 }
 
@@ -341,8 +341,6 @@ Recipe parse_recipe(const json& j, const std::string& path) {
   need(r.gate_target_weight == 0 || r.model.spkv.enabled, "optim.gate_target needs an SP-KV model (a 'spkv' block)");
   need(r.gate_target_weight == 0 || (r.local_on_text.empty() && r.local_on_tasks.empty()),
        "optim.gate_target cannot be combined with data.local_on_text or data.local_on_tasks");
-  need(r.gate_target_weight == 0 || r.loss == "mask",
-       "optim.gate_target needs data.loss \"mask\": a task document's counted queries are its answers");
   need(!r.train_predictors_only || r.model.spkv.enabled, "optim.train \"predictors\" needs an SP-KV model (a 'spkv' block)");
   need(!r.train_predictors_only || r.gating != "soft_then_hard",
        "optim.train \"predictors\" needs schedule.gating \"soft\" or \"ste\" (in soft_then_hard's hard phase the "
@@ -491,7 +489,8 @@ BatchLoss batch_loss(LlamaForCausalLM& m, const Batch& b, const torch::Device& d
   if (target.threshold > 0) {
     const auto am = make_attention_mask(m->config, T, segments, device);
     m->last_evictable = am.evictable;
-    GateTargetAttention g(m->config, am, m->gates, shut, mask);
+    // Its queries: the answers (the file's mask) also when the loss counts every target.
+    GateTargetAttention g(m->config, am, m->gates, shut, b.answers.defined() ? mask & b.answers.to(device) : mask);
     logits = m->forward_with(tokens, am.positions, g);
     term = gate_target_term(m, g, b.text.narrow(1, 0, T).to(device), target);
   } else {
@@ -537,6 +536,7 @@ Batch rows_of(const Batch& b, int64_t begin, int64_t n) {
   if (b.segments.defined()) out.segments = b.segments.narrow(0, begin, n);
   if (b.loss_mask.defined()) out.loss_mask = b.loss_mask.narrow(0, begin, n);
   if (b.text.defined()) out.text = b.text.narrow(0, begin, n);
+  if (b.answers.defined()) out.answers = b.answers.narrow(0, begin, n);
   return out;
 }
 

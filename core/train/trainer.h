@@ -24,6 +24,8 @@ struct Batch {
   torch::Tensor loss_mask;  // (B, T) bool, which targets count; undefined = every target within a document
   torch::Tensor text;       // (B, T + 1) bool, tokens of plain-text documents (those in which every target
                             // counts); undefined when the file has no loss mask to tell them from task documents
+  torch::Tensor answers;    // (B, T) bool, the targets the file's loss mask counts when data.loss "all" counts every
+                            // target (the gate target's queries); undefined otherwise
 };
 
 // Where batches come from. Batches are pure functions of (step, micro), so a resumed run sees the data an

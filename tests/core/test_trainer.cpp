@@ -896,6 +896,41 @@ TEST(Trainer, GateTargetTextThresholdLabelsPlainTextKeysAlone) {
       << recipe_error(j);
 }
 
+// data.loss "all" with the gate target: the loss counts every target, the gate target's queries stay the
+// answers. The first step's term equals "mask"'s (the same queries) and differs from the term of a file whose
+// every target is an answer (queries everywhere); the logged loss is the all-target loss of that file.
+TEST(Trainer, GateTargetQueriesStayTheAnswersWhenTheLossCountsEveryTarget) {
+  test::TempDir dir;
+  std::vector<std::vector<int32_t>> docs = markov_docs(60, 64, 4);
+  std::vector<std::vector<uint8_t>> task, all;
+  for (const auto& d : docs) {  // a task whose last third is its answers, and the same tokens all counted
+    task.emplace_back(), all.emplace_back(d.size(), 1);
+    for (size_t t = 0; t < d.size(); ++t) task.back().push_back(3 * t >= 2 * d.size());
+  }
+  write_token_file(dir / "task.tok", docs, 64, &task);
+  write_token_file(dir / "all.tok", docs, 64, &all);
+  write_token_file(dir / "val.tok", markov_docs(20, 64, 5), 64);
+  const auto first_step = [&](const std::string& file, const std::string& loss) {
+    json j = tiny_recipe(dir.path.string());
+    j["data"]["train"] = dir / (file + ".tok");
+    j["data"]["loss"] = loss;
+    j["optim"]["gate_target"] = {{"weight", 1.0}, {"threshold", 0.1}, {"keys", "all"}};
+    j["schedule"]["gating"] = "soft";
+    j["schedule"]["steps"] = 1, j["schedule"]["warmup"] = 0;
+    const std::string out = dir / (file + "-" + loss);
+    test::write_file(out + ".json", j.dump());
+    auto r = test::run_spkv("train --recipe " + test::quote(out + ".json") + " --out " + test::quote(out));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code ? json() : read_log(out + "/train_log.jsonl", "step").at(0);
+  };
+  const json answers = first_step("task", "mask"), whole = first_step("task", "all"), every = first_step("all", "mask");
+  ASSERT_FALSE(answers.is_null() || whole.is_null() || every.is_null());
+  EXPECT_EQ(whole.at("gate_target"), answers.at("gate_target")) << "the same queries: the answers";
+  EXPECT_NE(whole.at("gate_target"), every.at("gate_target")) << "not every target's query";
+  EXPECT_EQ(whole.at("loss"), every.at("loss")) << "the loss counts every target";
+  EXPECT_NE(whole.at("loss"), answers.at("loss"));
+}
+
 // "into": "predictor": after one step the model outside the predictors is bit for bit the model trained
 // without the term (the term reached only the predictors), while "into": "model" changes it; both change
 // the predictors. (No gradient clipping, whose global norm would couple the two.)
