@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Compares two gate logs of the same run on different devices (scripts/gpu-full-check): the same documents
 and tokens, gate scores and NLL within a tolerance, and the gates' decisions (with everything counted from
-them) equal, or agreeing on a share of the keys with --decisions. Prints one line per dataset; exits 1 when
+them) equal, or agreeing on a share of the keys with --decisions (then the scores' and NLL's mean difference
+is held to the tolerance, since a token after a flipped decision can move far). Prints one line per dataset; exits 1 when
 a check fails. Not a schema check (that is `spkv check`).
 
 Usage: compare_logs.py A.h5 B.h5 [--tol 1e-3] [--decisions 1.0]"""
@@ -44,9 +45,19 @@ def main():
         if name in CONTINUOUS:  # NaN (a piece's first token has no NLL) must be NaN in both
             x, y = x.astype(np.float64), y.astype(np.float64)
             same_nan = np.array_equal(np.isnan(x), np.isnan(y))
-            d = float(np.nanmax(np.abs(x - y))) if same_nan and np.any(~np.isnan(x)) else (0.0 if same_nan else np.inf)
-            good = d <= o.tol
-            print(f"{name}: max |difference| {d:.3g} (tolerance {o.tol:g}) {'ok' if good else 'FAILED'}")
+            diff = np.abs(x - y)[~np.isnan(x)] if same_nan else np.array([np.inf])
+            d = float(diff.max()) if diff.size else 0.0
+            if o.decisions < 1 and diff.size:
+                # Decisions may differ: a token after a flipped key can move far, so the mean is judged.
+                m = float(diff.mean())
+                good = m <= o.tol
+                print(f"{name}: mean |difference| {m:.3g} (tolerance {o.tol:g}), 99.9th percentile "
+                      f"{np.quantile(diff, 0.999):.3g}, max {d:.3g} {'ok' if good else 'FAILED'}")
+            else:
+                good = d <= o.tol
+                print(f"{name}: max |difference| {d:.3g} (tolerance {o.tol:g}) {'ok' if good else 'FAILED'}")
+            if name == "tokens/nll" and same_nan:
+                print(f"{name}: mean {np.nanmean(x):.6f} and {np.nanmean(y):.6f}")
         elif name == "gates/z":
             agree = float(np.mean(x == y)) if x.size else 1.0
             good = agree >= o.decisions

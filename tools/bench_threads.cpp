@@ -6,6 +6,7 @@
 // never slower than one).
 #include <fmt/core.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (fmt 11, which PyTorch's LibTorch bundles, has it only here)
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 

@@ -4,7 +4,15 @@
 #include "core/dist/process_group.h"
 
 #include <torch/torch.h>
+// Gloo's headers: Debian's libgloo-dev. PyTorch's own LibTorch (pip) ships none, so there a Group cannot form
+// and says why; everything else of spkv works.
+#if __has_include(<gloo/algorithm.h>)
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>  // needs USE_C10D_GLOO (core/CMakeLists.txt)
+#define SPKV_HAVE_GLOO 1
+#else
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#define SPKV_HAVE_GLOO 0
+#endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <algorithm>
@@ -14,12 +22,18 @@
 
 #include "core/base/errors.h"
 
-// glog's threshold (LibTorch logs through glog): c10d logs a failed connection as an ERROR line on stderr,
-// which the probe below expects and reports itself, in one line. Declared here rather than through glog's
-// header, whose CHECK and LOG macros clash with LibTorch's.
+// LibTorch's log threshold: c10d logs a failed connection as an ERROR line on stderr, which the probe below
+// expects and reports itself, in one line. Debian's LibTorch logs through glog (C10_USE_GLOG), whose flag is
+// declared here rather than through glog's header (its CHECK and LOG macros clash with LibTorch's); PyTorch's
+// own builds log through c10, whose flag is caffe2_log_level. In both, 3 is FATAL.
+#ifdef C10_USE_GLOG
 namespace fLI {
 extern int FLAGS_minloglevel;
 }
+static int& torch_log_threshold() { return fLI::FLAGS_minloglevel; }
+#else
+static int& torch_log_threshold() { return FLAGS_caffe2_log_level; }
+#endif
 
 namespace spkv::dist {
 namespace {
@@ -109,7 +123,11 @@ struct Group::Impl {
   Launch l;
   std::chrono::milliseconds timeout;
   c10::intrusive_ptr<c10d::TCPStore> store;
+#if SPKV_HAVE_GLOO
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+#else
+  c10::intrusive_ptr<c10d::Backend> pg;  // never formed: Group() throws first
+#endif
   std::thread heartbeat;
   std::atomic<bool> stop{false};
   bool failed = false;  // a collective failed: the group is broken, and leaving it waits for nobody
@@ -117,11 +135,11 @@ struct Group::Impl {
   // Which ranks stopped: their heartbeat counters do not move over 2.5 s. Rank 0 hosts the store, so a
   // store that cannot be reached means rank 0 is gone.
   std::string diagnose() const {
-    const int loglevel = fLI::FLAGS_minloglevel;
-    fLI::FLAGS_minloglevel = 3;  // FATAL only, while probing
+    const int loglevel = torch_log_threshold();
+    torch_log_threshold() = 3;  // FATAL only, while probing
     struct Restore {
       int level;
-      ~Restore() { fLI::FLAGS_minloglevel = level; }
+      ~Restore() { torch_log_threshold() = level; }
     } restore{loglevel};
     try {
       auto probe = connect(l, false, std::chrono::seconds(5));
@@ -154,6 +172,7 @@ Group::Group(const Launch& launch, std::chrono::milliseconds timeout) : impl_(st
   Impl& g = *impl_;
   g.l = launch, g.timeout = timeout;
   const std::string where = "rank " + std::to_string(launch.rank) + " of " + std::to_string(launch.world_size);
+#if SPKV_HAVE_GLOO
   try {
     g.store = connect(launch, /*member=*/true, timeout);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -167,6 +186,10 @@ Group::Group(const Launch& launch, std::chrono::milliseconds timeout) : impl_(st
                            " s at " + launch.master_addr + ":" + std::to_string(launch.master_port) + " [" +
                            first_line(e.what()) + "]");
   }
+#else
+  throw DistributedError(where + ": this spkv was built against a LibTorch without Gloo's headers (PyTorch's own "
+                         "builds ship none); rebuild with Debian's libtorch-dev and libgloo-dev for distributed runs");
+#endif
   // The heartbeat: its own store connection (a TCPStore client is not shared between threads).
   auto beat = connect(launch, false, timeout);
   g.heartbeat = std::thread([&g, beat, key = heartbeat_key(launch.rank)] {
