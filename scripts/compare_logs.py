@@ -2,8 +2,8 @@
 """Compares two gate logs of the same run on different devices (scripts/gpu-full-check): the same documents
 and tokens, gate scores and NLL within a tolerance, and the gates' decisions (with everything counted from
 them) equal, or agreeing on a share of the keys with --decisions (then the scores' and NLL's mean difference
-is held to the tolerance, since a token after a flipped decision can move far). Prints one line per dataset; exits 1 when
-a check fails. Not a schema check (that is `spkv check`).
+is held to the tolerance, since a token after a flipped decision can move far). Prints one line per dataset;
+exits 1 when a check fails. Not a schema check (that is `spkv check`).
 
 Usage: compare_logs.py A.h5 B.h5 [--tol 1e-3] [--decisions 1.0]"""
 import argparse
