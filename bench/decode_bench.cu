@@ -10,49 +10,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
-#include <functional>
 #include <numeric>
 #include <random>
 #include <vector>
 
-#include "kernels/cuda/attention_ref.h"
+#include "bench/cuda_bench.h"
 #include "kernels/cuda/decode.h"
 
 using namespace spkv::kernels;
 
 namespace {
-#define CHECK_CUDA(x)                                                                  \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-
-template <class T>
-T* upload(const std::vector<T>& h) {
-  T* d = nullptr;
-  CHECK_CUDA(cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(T)));
-  if (!h.empty()) CHECK_CUDA(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
-}
-
-float time_ms(int iters, const std::function<void()>& f) {  // mean of iters launches, after a warm-up
-  cudaEvent_t a, b;
-  cudaEventCreate(&a), cudaEventCreate(&b);
-  f();
-  CHECK_CUDA(cudaDeviceSynchronize());
-  cudaEventRecord(a);
-  for (int i = 0; i < iters; ++i) f();
-  cudaEventRecord(b);
-  CHECK_CUDA(cudaEventSynchronize(b));
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  return ms / float(iters);
-}
+using spkv::bench::time_ms;
+using spkv::bench::upload;
 
 struct Result {
   double ms = 0, bytes = 0;
@@ -124,20 +93,8 @@ double copy_bandwidth() {  // bytes per second of a 1 GiB device-to-device copy 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, bf16_rows = false;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-    else if (std::strcmp(argv[i], "--bf16") == 0) bf16_rows = true;
-    else {
-      std::fprintf(stderr, "spkv-decode-bench: unknown argument %s (expected --quick, --bf16)\n", argv[i]);
-      return 2;
-    }
-  }
+  const auto [quick, bf16_rows] = spkv::bench::parse_args("spkv-decode-bench", argc, argv);
   const auto run_rows = bf16_rows ? run<bf16> : run<float>;
-  if (cuda::device_count() == 0) {
-    std::fprintf(stderr, "spkv-decode-bench: no CUDA device\n");
-    return 1;
-  }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   const double copy = copy_bandwidth();

@@ -1,5 +1,6 @@
 // The CPU reference of the fused cache append (append_params.h): the specification the CUDA kernel is tested
-// against, and itself tested against SpkvKvCache's eviction rule. Readable loops over (sequence, KV head).
+// against, and itself tested against SpkvKvCache's eviction rule. Readable loops over (sequence, token, KV
+// head): a chunk of T tokens is T decode steps.
 #pragma once
 #include "kernels/append_params.h"
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/append_chunk.h"
 #include "kernels/bf16.h"
 #include "kernels/cuda/decode.h"
 
@@ -213,50 +214,25 @@ __global__ void decode_combine_kernel(DecodeParamsT<Row> p, int64_t splits, cons
   }
 }
 
-// Block per head i = b * Hkv + hk: the evicted ring row onto the store (thread 0 allocates), then the new row
-// into the ring. Every block reads seen[b] before append_advance_kernel (next on the stream) moves it.
+// Block per head i = b * Hkv + hk: the batched walk of append_chunk.h, thread 0 planning each batch and
+// every thread copying. Every block reads seen[b] before append_advance_kernel (next on the stream) moves it.
 template <class Row>
 __global__ void append_head_kernel(AppendParamsT<Row> p) {
-  const int64_t i = blockIdx.x, b = i / p.Hkv, D = p.D, W = p.W, P = p.page_size;
-  const int64_t pos = p.seen[b], slot = pos % W, row = i * W + slot;
-  __shared__ int64_t at;  // pool offset of the store row, or -1
-  if (threadIdx.x == 0) {
-    at = -1;
-    if (pos >= W && p.ring_keep[row]) {
-      const int32_t len = p.store_len[i];
-      bool ok = true;
-      if (len % P == 0) {
-        ok = len / P < p.max_pages;
-        const int32_t next = ok ? atomicAdd(p.free_next, 1) : 0;
-        ok = ok && next < p.n_free;
-        if (ok) p.page_table[i * p.max_pages + len / P] = p.free_pages[next];
-      }
-      if (ok) {
-        at = (int64_t(p.page_table[i * p.max_pages + len / P]) * P + len % P) * D;
-        p.store_len[i] = len + 1;
-      } else {
-        *p.overflow = 1;
-      }
-    }
+  const int64_t i = blockIdx.x, pos0 = p.seen[i / p.Hkv];
+  __shared__ int64_t at[kAppendBatch];
+  for (int64_t t0 = 0; t0 < p.T; t0 += kAppendBatch) {
+    const int64_t n = min(kAppendBatch, p.T - t0);
+    if (threadIdx.x == 0) append_plan(p, i, pos0, t0, n, at);
+    __syncthreads();
+    append_copy(p, i, pos0, t0, n, at, threadIdx.x, blockDim.x);
+    __syncthreads();  // the next batch rewrites at[]
   }
-  __syncthreads();
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    if (at >= 0) p.k_pool[at + d] = p.ring_k[row * D + d], p.v_pool[at + d] = p.ring_v[row * D + d];
-  }
-  __syncthreads();  // the old row is copied before it is overwritten
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-    p.ring_k[row * D + d] = p.k_new[i * D + d], p.ring_v[row * D + d] = p.v_new[i * D + d];
-  if (threadIdx.x == 0) p.ring_keep[row] = p.keep_new[i] ? 1 : 0;
 }
 
 template <class Row>
 __global__ void append_advance_kernel(AppendParamsT<Row> p) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= p.n_seq) return;
-  const int64_t pos = p.seen[b];
-  p.ring_pos[b * p.W + pos % p.W] = pos;
-  p.ring_len[b] = int32_t(min(pos + 1, p.W));
-  p.seen[b] = pos + 1;
+  if (b < p.n_seq) append_advance(p, b);
 }
 
 // Block (i = b * Hkv + hk, row group); warp per row j of [0, n_store + W), lanes over D.

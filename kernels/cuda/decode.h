@@ -1,7 +1,7 @@
 // The CUDA decode path over a compacted per-head cache: decode attention split over the tokens of each
 // (sequence, KV head) with a combine step (flash-decoding), reading only what the cache holds (ring plus
-// kept tokens), and the fused cache append of one decode step. float32 or bf16 rows; all pointers are device
-// pointers (CacheView's page pointer tables included). Framework-free; statuses, never exits.
+// kept tokens), and the fused cache append of a decode step or a prefill chunk. float32 or bf16 rows; all
+// pointers are device pointers (CacheView's page pointer tables included). Framework-free; statuses, never exits.
 // The CPU references (kernels/cpu/attention_ref.h, cache_append_ref.h) are the specification.
 #pragma once
 #include <cuda_runtime.h>

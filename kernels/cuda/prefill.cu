@@ -1,8 +1,10 @@
 // Gated prefill attention (prefill.h) and its backward.
 // Forward: warp per (b, hk, t), online softmax per query head in registers, key blocks of 32 chosen by a
-// warp vote on visibility. Backward (FlashAttention-2 style, recomputing the probabilities from lse):
-// delta = rowsum(dy * y) and dq (warp per query row, over its visible keys), then dk, dv, d_far_bias (warp
-// per key row, over the queries that see it). Every output element has one owner: no atomics, deterministic.
+// warp vote on visibility. Backward (FlashAttention-2 style, recomputing the probabilities from lse): delta =
+// rowsum(dy * y) and dq (warp per query row, over its visible keys), then dk, dv, d_far_bias (warp per key
+// row, over the queries that see it). The kernels are compiled for D / 32 (and the forward for the group
+// size), each rounded up to 1, 2, 4 or 8, so a lane holds only the registers its shape needs. Every output
+// element has one owner: no atomics, deterministic.
 #include <cmath>
 
 #include "kernels/cuda/prefill.h"
@@ -30,19 +32,20 @@ __device__ inline bool is_far(const GatedAttentionParamsT<Row>& p, int64_t t, in
   return p.window > 0 && p.q_pos[t] - p.k_pos[s] >= p.window;
 }
 
-// Lane l's share of a row: elements l, l + 32, ... (zero past D), in float32.
-template <class Row>
-__device__ inline void load_row(float (&r)[kWarpMaxDL], const Row* row, int64_t D, int lane) {
-  for (int e = 0; e < kWarpMaxDL; ++e) r[e] = lane + 32 * e < D ? to_float(row[lane + 32 * e]) : 0.f;
+// Lane l's share of a row: elements l, l + 32, ..., l + 32 (DL - 1) (zero past D), in float32.
+template <int DL, class Row>
+__device__ inline void load_row(float (&r)[DL], const Row* row, int64_t D, int lane) {
+  for (int e = 0; e < DL; ++e) r[e] = lane + 32 * e < D ? to_float(row[lane + 32 * e]) : 0.f;
 }
-template <class Row>
-__device__ inline void store_row(Row* row, const float (&r)[kWarpMaxDL], float scale, int64_t D, int lane) {
-  for (int e = 0; e < kWarpMaxDL; ++e)
+template <int DL, class Row>
+__device__ inline void store_row(Row* row, const float (&r)[DL], float scale, int64_t D, int lane) {
+  for (int e = 0; e < DL; ++e)
     if (lane + 32 * e < D) store(row + lane + 32 * e, r[e] * scale);
 }
-__device__ inline float warp_dot(const float (&a)[kWarpMaxDL], const float (&b)[kWarpMaxDL]) {
+template <int DL>
+__device__ inline float warp_dot(const float (&a)[DL], const float (&b)[DL]) {
   float s = 0.f;
-  for (int e = 0; e < kWarpMaxDL; ++e) s += a[e] * b[e];
+  for (int e = 0; e < DL; ++e) s += a[e] * b[e];
   return warp_sum(s);
 }
 
@@ -61,21 +64,22 @@ __device__ inline void for_each_visible(int64_t n, int lane, BiasOf bias_of, Vis
   }
 }
 
-template <class Row>
+// Compiled for GM >= G query heads and DL >= D / 32 (warp_softmax.cuh).
+template <class Row, int GM, int DL>
 __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAttentionParamsT<Row> p) {
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, hk, t)
   if (row >= p.B * p.Hkv * p.T) return;  // whole warps leave together
   const int64_t t = row % p.T, hk = (row / p.T) % p.Hkv, b = row / (p.T * p.Hkv), G = p.H / p.Hkv, D = p.D;
-  WarpSoftmax sm;
+  WarpSoftmax<GM, DL> sm;
   sm.reset([&](int64_t g) { return p.q + b * p.q_sb + (hk * G + g) * p.q_sh + t * p.q_st; }, G, D, lane);
   for_each_visible(p.S, lane, [&](int64_t s) { return key_bias(p, b, hk, t, s); }, [&](int64_t s, float bias) {
     sm.add(p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st, p.v + b * p.v_sb + hk * p.v_sh + s * p.v_st, G, D, p.scale, bias, lane);
   });
-  for (int g = 0; g < kWarpMaxG; ++g) {  // static bounds keep the state in registers
+  for (int g = 0; g < GM; ++g) {  // static bounds keep the state in registers
     if (g >= G) break;
     Row* y = p.y + b * p.y_sb + (hk * G + g) * p.y_sh + t * p.y_st;
-    for (int e = 0; e < kWarpMaxDL; ++e) {
+    for (int e = 0; e < DL; ++e) {
       const int64_t d = lane + 32 * e;
       if (d < D) store(y + d, sm.l[g] > 0.f ? sm.acc[g][e] / sm.l[g] : 0.f);
     }
@@ -85,14 +89,14 @@ __global__ void __launch_bounds__(kWarps * 32) gated_attention_kernel(GatedAtten
 
 // delta[b, h, t] = dy . y (written for dkv_kernel) and dq[b, h, t] = scale sum_s dS[s] k[s], with
 // dS[s] = P[s] (dy . v[s] - delta) and P[s] = exp(score - lse); warp per query row.
-template <class Row>
+template <class Row, int DL>
 __global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParamsT<Row> g) {
   const GatedAttentionParamsT<Row>& p = g.fwd;
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, h, t)
   if (row >= p.B * p.H * p.T) return;
   const int64_t t = row % p.T, h = (row / p.T) % p.H, b = row / (p.T * p.H), hk = h / (p.H / p.Hkv), D = p.D;
-  float q[kWarpMaxDL], dy[kWarpMaxDL], dq[kWarpMaxDL] = {}, kr[kWarpMaxDL], vr[kWarpMaxDL];
+  float q[DL], dy[DL], dq[DL] = {}, kr[DL], vr[DL];
   const int64_t y_off = b * p.y_sb + h * p.y_sh + t * p.y_st;
   load_row(dy, g.dy + y_off, D, lane);
   load_row(q, p.y + y_off, D, lane);  // y, for delta; q is loaded next
@@ -104,21 +108,21 @@ __global__ void __launch_bounds__(kWarps * 32) dq_kernel(GatedAttentionGradParam
     load_row(vr, p.v + b * p.v_sb + hk * p.v_sh + s * p.v_st, D, lane);
     const float pr = __expf(warp_dot(q, kr) * p.scale + bias - lse);
     const float ds = pr * (warp_dot(dy, vr) - delta);
-    for (int e = 0; e < kWarpMaxDL; ++e) dq[e] += ds * kr[e];
+    for (int e = 0; e < DL; ++e) dq[e] += ds * kr[e];
   });
   store_row(g.dq + b * p.q_sb + h * p.q_sh + t * p.q_st, dq, p.scale, D, lane);
 }
 
 // dk[s] = scale sum dS q, dv[s] = sum P dy, d_far_bias[s] = sum dS over far queries, the sums over the
 // queries t that see key s and the G query heads of its KV head; warp per key row (b, hk, s).
-template <class Row>
+template <class Row, int DL>
 __global__ void __launch_bounds__(kWarps * 32) dkv_kernel(GatedAttentionGradParamsT<Row> g) {
   const GatedAttentionParamsT<Row>& p = g.fwd;
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;  // (b, hk, s)
   if (row >= p.B * p.Hkv * p.S) return;
   const int64_t s = row % p.S, hk = (row / p.S) % p.Hkv, b = row / (p.S * p.Hkv), G = p.H / p.Hkv, D = p.D;
-  float kr[kWarpMaxDL], vr[kWarpMaxDL], dk[kWarpMaxDL] = {}, dv[kWarpMaxDL] = {}, q[kWarpMaxDL], dy[kWarpMaxDL];
+  float kr[DL], vr[DL], dk[DL] = {}, dv[DL] = {}, q[DL], dy[DL];
   float dbias = 0.f;
   load_row(kr, p.k + b * p.k_sb + hk * p.k_sh + s * p.k_st, D, lane);
   load_row(vr, p.v + b * p.v_sb + hk * p.v_sh + s * p.v_st, D, lane);
@@ -130,7 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32) dkv_kernel(GatedAttentionGradPara
       load_row(dy, g.dy + b * p.y_sb + h * p.y_sh + t * p.y_st, D, lane);
       const float pr = __expf(warp_dot(q, kr) * p.scale + bias - p.lse[qrow]);
       const float ds = pr * (warp_dot(dy, vr) - g.delta[qrow]);
-      for (int e = 0; e < kWarpMaxDL; ++e) dk[e] += ds * q[e], dv[e] += pr * dy[e];
+      for (int e = 0; e < DL; ++e) dk[e] += ds * q[e], dv[e] += pr * dy[e];
       if (far) dbias += ds;
     }
   });
@@ -158,7 +162,11 @@ Status forward(const GatedAttentionParamsT<Row>& p, cudaStream_t stream) {
   if (rows == 0) return Status::ok;
   const unsigned blocks = blocks_for(rows);
   if (blocks == 0) return Status::unsupported;
-  gated_attention_kernel<<<blocks, kWarps * 32, 0, stream>>>(p);
+  with_rounded(p.H / p.Hkv, [&](auto gm) {
+    with_rounded((p.D + 31) / 32, [&](auto dl) {
+      gated_attention_kernel<Row, decltype(gm)::value, decltype(dl)::value><<<blocks, kWarps * 32, 0, stream>>>(p);
+    });
+  });
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }
 
@@ -169,8 +177,11 @@ Status backward(const GatedAttentionGradParamsT<Row>& g, cudaStream_t stream) {
   if (!supported(p)) return Status::unsupported;
   const unsigned q_blocks = blocks_for(p.B * p.H * p.T), k_blocks = blocks_for(p.B * p.Hkv * p.S);
   if ((q_blocks == 0 && p.B * p.H * p.T > 0) || (k_blocks == 0 && p.B * p.Hkv * p.S > 0)) return Status::unsupported;
-  if (q_blocks > 0) dq_kernel<<<q_blocks, kWarps * 32, 0, stream>>>(g);
-  if (k_blocks > 0) dkv_kernel<<<k_blocks, kWarps * 32, 0, stream>>>(g);
+  with_rounded((p.D + 31) / 32, [&](auto dl) {
+    constexpr int DL = decltype(dl)::value;
+    if (q_blocks > 0) dq_kernel<Row, DL><<<q_blocks, kWarps * 32, 0, stream>>>(g);
+    if (k_blocks > 0) dkv_kernel<Row, DL><<<k_blocks, kWarps * 32, 0, stream>>>(g);
+  });
   return cudaGetLastError() == cudaSuccess ? Status::ok : Status::device_error;
 }
 

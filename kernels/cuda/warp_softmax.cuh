@@ -1,9 +1,12 @@
 // One warp's online softmax over a stream of keys for the G query heads that share them (GQA), used by the
-// prefill kernels. Lane l holds elements l, l + 32, ... (D <= 32 * kWarpMaxDL) of the query rows,
-// of the current key and value, and of the accumulators, so each key and value row is read once per group.
+// prefill kernels. Lane l holds elements l, l + 32, ..., l + 32 (DL - 1) (D <= 32 DL) of the query rows, of
+// the current key and value, and of the accumulators, so each key and value row is read once per group.
+// Compiled for GM >= G query heads and DL (the kernels round both up to 1, 2, 4 or 8), so that the state
+// is GM * (2 DL + 2) registers a lane and never spills.
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/bf16.h"
 
@@ -16,15 +19,25 @@ __device__ inline float warp_sum(float x) {
   return x;
 }
 
-struct WarpSoftmax {
-  float q[kWarpMaxG][kWarpMaxDL], acc[kWarpMaxG][kWarpMaxDL], m[kWarpMaxG], l[kWarpMaxG];
+// f(std::integral_constant<int, R>) with R = n rounded up to 1, 2, 4 or 8; n must be in [1, 8].
+template <class F>
+inline void with_rounded(int64_t n, F f) {
+  if (n <= 1) f(std::integral_constant<int, 1>{});
+  else if (n <= 2) f(std::integral_constant<int, 2>{});
+  else if (n <= 4) f(std::integral_constant<int, 4>{});
+  else f(std::integral_constant<int, 8>{});
+}
 
-  // q_row(g) points at query head g's row (D elements, float or bf16); G <= kWarpMaxG.
+template <int GM, int DL>
+struct WarpSoftmax {
+  float q[GM][DL], acc[GM][DL], m[GM], l[GM];
+
+  // q_row(g) points at query head g's row (D elements, float or bf16); G <= GM.
   template <class QueryRow>
   __device__ void reset(QueryRow q_row, int64_t G, int64_t D, int lane) {
-    for (int g = 0; g < kWarpMaxG; ++g) {
+    for (int g = 0; g < GM; ++g) {
       m[g] = -INFINITY, l[g] = 0.f;
-      for (int e = 0; e < kWarpMaxDL; ++e) {
+      for (int e = 0; e < DL; ++e) {
         const int64_t d = lane + 32 * e;
         q[g][e] = g < G && d < D ? to_float(q_row(g)[d]) : 0.f;
         acc[g][e] = 0.f;
@@ -36,21 +49,21 @@ struct WarpSoftmax {
   // the warp calls it.
   template <class Row>
   __device__ void add(const Row* kr, const Row* vr, int64_t G, int64_t D, float scale, float bias, int lane) {
-    float kv[kWarpMaxDL], vv[kWarpMaxDL];
-    for (int e = 0; e < kWarpMaxDL; ++e) {
+    float kv[DL], vv[DL];
+    for (int e = 0; e < DL; ++e) {
       const int64_t d = lane + 32 * e;
       kv[e] = d < D ? to_float(kr[d]) : 0.f;
       vv[e] = d < D ? to_float(vr[d]) : 0.f;
     }
-    for (int g = 0; g < kWarpMaxG; ++g) {
+    for (int g = 0; g < GM; ++g) {
       if (g >= G) break;
       float dot = 0.f;
-      for (int e = 0; e < kWarpMaxDL; ++e) dot += q[g][e] * kv[e];
+      for (int e = 0; e < DL; ++e) dot += q[g][e] * kv[e];
       const float s = warp_sum(dot) * scale + bias;
       const float m_new = fmaxf(m[g], s);
       const float corr = m[g] == -INFINITY ? 0.f : __expf(m[g] - m_new), w = __expf(s - m_new);
       l[g] = l[g] * corr + w;
-      for (int e = 0; e < kWarpMaxDL; ++e) acc[g][e] = acc[g][e] * corr + w * vv[e];
+      for (int e = 0; e < DL; ++e) acc[g][e] = acc[g][e] * corr + w * vv[e];
       m[g] = m_new;
     }
   }

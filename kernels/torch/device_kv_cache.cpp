@@ -56,12 +56,22 @@ void DeviceKvCache::grow(int64_t pages) {
   free_pages_ = torch::arange(n, opt.dtype(torch::kInt32));
 }
 
+// A head's store takes at most ceil(n / P) new pages over its next n evictions, so after a read of the pool
+// counter (used pages) the next n tokens of every layer need at most L * B * Hkv * ceil(n / P) more. The counter
+// is read only when that bound would pass the pool; the pool then doubles if it has less room than it has used.
 void DeviceKvCache::reserve(int64_t T) {
+  const int64_t heads = L_ * B_ * Hkv_;
+  auto bound = [&](int64_t n) { return pages_read_ + heads * ((n + P_ - 1) / P_); };
+  if (bound(tokens_since_read_ + T) <= k_pool_.size(0)) {
+    tokens_since_read_ += T;
+    return;
+  }
   c10::cuda::CUDAGuard guard(dev_);
   const auto c = counters_.cpu();
   if (c[1].item<int32_t>()) throw std::runtime_error("DeviceKvCache: the page pool overflowed (a step ran without reserve)");
-  const int64_t used = c[0].item<int32_t>(), need = L_ * B_ * Hkv_ * ((T + P_ - 1) / P_ + 1);
-  if (k_pool_.size(0) - used < need) grow(std::max(k_pool_.size(0), need));
+  pages_read_ = c[0].item<int32_t>(), tokens_since_read_ = T;
+  const int64_t pool = k_pool_.size(0), need = bound(T) - pages_read_;
+  if (pool - pages_read_ < std::max(need, pages_read_)) grow(std::max(pool, need));
 }
 
 template <class Row>
@@ -82,9 +92,10 @@ kernels::AppendParamsT<Row> DeviceKvCache::layer_params(int64_t il) const {
 template <class Row>
 void DeviceKvCache::append(int64_t il, const Tensor& k, const Tensor& v, const Tensor& keep) {
   kernels::AppendParamsT<Row> a = layer_params<Row>(il);
+  a.T = k.size(2);
   a.k_new = rows<Row>(k), a.v_new = rows<Row>(v), a.keep_new = keep.data_ptr<uint8_t>();
   check(kernels::cuda::cache_append(a, stream_of(dev_)), "cache append");
-  ++pos_[il];
+  pos_[il] += a.T;
 }
 
 Tensor DeviceKvCache::attend(int64_t il, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& keep) {
@@ -106,10 +117,7 @@ template <class Row>
 Tensor DeviceKvCache::attend_rows(int64_t il, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& keep_u8) {
   const int64_t H = q.size(1), T = q.size(2);
   const cudaStream_t stream = stream_of(dev_);
-  auto append_all = [&] {
-    for (int64_t t = 0; t < T; ++t)
-      append<Row>(il, k.select(2, t).contiguous(), v.select(2, t).contiguous(), keep_u8.select(1, t).contiguous());
-  };
+  auto append_all = [&] { append<Row>(il, k.contiguous(), v.contiguous(), keep_u8.contiguous()); };
   const auto view = [&] {
     return kernels::append_view(layer_params<Row>(il), reinterpret_cast<const Row* const*>(page_k_.data_ptr<int64_t>()),
                                 reinterpret_cast<const Row* const*>(page_v_.data_ptr<int64_t>()), indptr_.data_ptr<int32_t>());
@@ -154,6 +162,7 @@ void DeviceKvCache::clear() {
   for (auto* t : {&ring_len_, &store_len_, &counters_}) t->zero_();
   seen_.zero_(), page_table_.fill_(-1);
   pos_.assign(L_, 0);
+  pages_read_ = tokens_since_read_ = 0;
 }
 
 std::vector<int64_t> DeviceKvCache::entries() const {

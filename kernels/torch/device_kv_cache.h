@@ -21,7 +21,8 @@ class DeviceKvCache {
   DeviceKvCache(int64_t n_seq, int64_t n_layers, int64_t n_kv_heads, int64_t head_dim, int64_t window,
                 int64_t page_size, int64_t max_len, bool keep_all, torch::Device device,
                 torch::ScalarType rows = torch::kFloat32);
-  // Makes room for T more tokens in every layer: one read of the pool counter (a sync). Call before each step.
+  // Makes room for T more tokens in every layer. Call before each step. It reads the pool counter (a sync)
+  // only when its bound on the pages in use could pass the pool, about log(length) times a sequence.
   void reserve(int64_t T);
   // The next T tokens of layer il: q (B, H, T, D), k, v (B, Hkv, T, D) float32, keep (B, T, Hkv) bool or uint8.
   // T > 1 (prefill): attends over the cache and the chunk, then appends the chunk. T = 1 (decode): appends,
@@ -38,7 +39,7 @@ class DeviceKvCache {
   template <class Row>
   kernels::AppendParamsT<Row> layer_params(int64_t il) const;  // layer il's memory; no new rows yet
   template <class Row>
-  void append(int64_t il, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& keep);  // (B, Hkv, D)
+  void append(int64_t il, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& keep);  // (B, Hkv, T, D), keep (B, T, Hkv)
   template <class Row>  // attend with q, k, v already in the rows' dtype and keep as uint8
   torch::Tensor attend_rows(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                             const torch::Tensor& keep_u8);
@@ -62,6 +63,8 @@ class DeviceKvCache {
   torch::Tensor counters_;           // (2) int32: the next free page, overflow
   torch::Tensor workspace_;          // decode partials, float32
   std::vector<int64_t> pos_;         // (L) tokens appended per layer
+  int64_t pages_read_ = 0;           // pages in use at the last read of counters_
+  int64_t tokens_since_read_ = 0;    // tokens reserved since then
 };
 
 }  // namespace spkv::cuda_ops

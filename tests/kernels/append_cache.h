@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "kernels/append_params.h"
@@ -29,9 +30,10 @@ struct AppendCache {
     for (int64_t p = 0; p < n_pages; ++p)
       page_ptr_k.push_back(k_pool.data() + p * P * D), page_ptr_v.push_back(v_pool.data() + p * P * D);
   }
-  AppendParams params(const float* k, const float* v, const uint8_t* keep) {
+  // k, v: (B, Hkv, T, D); keep: (B, T, Hkv).
+  AppendParams params(const float* k, const float* v, const uint8_t* keep, int64_t T = 1) {
     AppendParams a;
-    a.n_seq = B, a.Hkv = Hkv, a.D = D, a.W = W, a.page_size = P, a.k_new = k, a.v_new = v, a.keep_new = keep;
+    a.n_seq = B, a.Hkv = Hkv, a.D = D, a.W = W, a.page_size = P, a.T = T, a.k_new = k, a.v_new = v, a.keep_new = keep;
     a.ring_k = ring_k.data(), a.ring_v = ring_v.data(), a.ring_pos = ring_pos.data(), a.ring_keep = ring_keep.data();
     a.ring_len = ring_len.data(), a.seen = seen.data(), a.k_pool = k_pool.data(), a.v_pool = v_pool.data();
     a.page_table = page_table.data(), a.store_len = store_len.data(), a.max_pages = max_pages;
@@ -52,5 +54,24 @@ struct AppendCache {
     return out;
   }
 };
+
+// The first way a and b differ in what they hold, or "": the rings, counts and flags element for element, and
+// each head's store rows in order (page ids may differ: pages go to heads in the order they ask).
+inline std::string difference(const AppendCache& a, const AppendCache& b) {
+  if (a.ring_k != b.ring_k) return "ring_k";
+  if (a.ring_v != b.ring_v) return "ring_v";
+  if (a.ring_pos != b.ring_pos) return "ring_pos";
+  if (a.ring_keep != b.ring_keep) return "ring_keep";
+  if (a.ring_len != b.ring_len) return "ring_len";
+  if (a.seen != b.seen) return "seen";
+  if (a.store_len != b.store_len) return "store_len";
+  if (a.free_next != b.free_next) return "free_next";
+  if (a.overflow != b.overflow) return "overflow";
+  for (int64_t i = 0; i < a.B * a.Hkv; ++i) {
+    if (a.store_rows(i, a.k_pool) != b.store_rows(i, b.k_pool)) return "store K rows of head " + std::to_string(i);
+    if (a.store_rows(i, a.v_pool) != b.store_rows(i, b.v_pool)) return "store V rows of head " + std::to_string(i);
+  }
+  return "";
+}
 
 }  // namespace spkv::kernels::test

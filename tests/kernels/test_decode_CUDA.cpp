@@ -1,7 +1,7 @@
 // The CUDA decode path against the CPU references, on random data at odd sizes: decode attention over ragged
 // per-head caches (store lengths 0, 1, a full page, partial pages, several splits; a sequence with nothing
-// cached), with poisoned outputs and several split counts; and the fused append over many steps, compared
-// row by row. float32 and bf16 rows: for bf16 the reference gets the bf16 values. Skips cleanly without a
+// cached), with poisoned outputs and several split counts; and the fused append over many steps and over
+// prefill chunks, compared row by row. float32 and bf16 rows: for bf16 the reference gets the bf16 values. Skips cleanly without a
 // CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -118,88 +118,92 @@ TEST(DecodeAttention_CUDA, Bf16MatchesCpuReferenceOnRaggedCaches) {
   decode_matches<bf16>(1e-2, 30);
 }
 
-// Runs `steps` appends of random rows and gates on a CPU and a GPU copy (rows of type Row) of the same cache;
-// gpu_cache gets the GPU's store back as float32.
+// Appends chunks of random rows and gates (T tokens each: 1 is a decode step) to a CPU and a GPU copy (rows
+// of type Row) of the same cache; gpu_cache gets the GPU's state back as float32. fixed_keep: (B * Hkv) gates
+// every token gets instead.
 template <class Row>
-void append_both(test::AppendCache& cpu_cache, test::AppendCache& gpu_cache, Device& dev, AppendParamsT<Row>& g,
-                 int64_t steps, const std::vector<uint8_t>* fixed_keep, std::mt19937& rng) {
+void append_both(test::AppendCache& cpu_cache, test::AppendCache& gpu_cache, const std::vector<int64_t>& chunks,
+                 const std::vector<uint8_t>* fixed_keep, std::mt19937& rng) {
   std::normal_distribution<float> n;
-  const int64_t rows = cpu_cache.B * cpu_cache.Hkv;
+  Device dev;
+  const int64_t B = cpu_cache.B, Hkv = cpu_cache.Hkv, D = cpu_cache.D;
   auto to_dev = [&](const std::vector<float>& x) { return dev.copy(test::as_rows<Row>(x)); };
+  auto back = [&](const Row* d, const std::vector<float>& like) { return test::as_floats(dev.back(d, like.size())); };
   const AppendParams f = gpu_cache.params(nullptr, nullptr, nullptr);
+  AppendParamsT<Row> g;
   g.n_seq = f.n_seq, g.Hkv = f.Hkv, g.D = f.D, g.W = f.W, g.page_size = f.page_size, g.max_pages = f.max_pages, g.n_free = f.n_free;
   g.ring_k = to_dev(gpu_cache.ring_k), g.ring_v = to_dev(gpu_cache.ring_v), g.ring_pos = dev.copy(gpu_cache.ring_pos);
   g.ring_keep = dev.copy(gpu_cache.ring_keep), g.ring_len = dev.copy(gpu_cache.ring_len), g.seen = dev.copy(gpu_cache.seen);
   g.k_pool = to_dev(gpu_cache.k_pool), g.v_pool = to_dev(gpu_cache.v_pool), g.page_table = dev.copy(gpu_cache.page_table);
   g.store_len = dev.copy(gpu_cache.store_len), g.free_pages = dev.copy(gpu_cache.free_pages);
   g.free_next = dev.copy(gpu_cache.free_next), g.overflow = dev.copy(gpu_cache.overflow);
-  for (int64_t t = 0; t < steps; ++t) {
-    std::vector<float> k(rows * cpu_cache.D), v(rows * cpu_cache.D);
+  for (int64_t T : chunks) {
+    std::vector<float> k(B * Hkv * T * D), v(B * Hkv * T * D);
     for (auto& x : k) x = n(rng);
     for (auto& x : v) x = n(rng);
     test::round_to<Row>(k), test::round_to<Row>(v);
-    std::vector<uint8_t> keep(rows);
-    for (auto& x : keep) x = rng() % 2;
-    if (fixed_keep) keep = *fixed_keep;
-    ASSERT_EQ(cpu::cache_append_ref(cpu_cache.params(k.data(), v.data(), keep.data())), Status::ok);
-    g.k_new = to_dev(k), g.v_new = to_dev(v), g.keep_new = dev.copy(keep);
+    std::vector<uint8_t> keep(B * T * Hkv);  // (B, T, Hkv)
+    for (int64_t j = 0; j < int64_t(keep.size()); ++j)
+      keep[j] = fixed_keep ? (*fixed_keep)[(j / (T * Hkv)) * Hkv + j % Hkv] : rng() % 2;
+    ASSERT_EQ(cpu::cache_append_ref(cpu_cache.params(k.data(), v.data(), keep.data(), T)), Status::ok);
+    g.T = T, g.k_new = to_dev(k), g.v_new = to_dev(v), g.keep_new = dev.copy(keep);
     ASSERT_EQ(cuda::cache_append(g, nullptr), Status::ok);
   }
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  gpu_cache.ring_k = back(g.ring_k, gpu_cache.ring_k), gpu_cache.ring_v = back(g.ring_v, gpu_cache.ring_v);
+  gpu_cache.k_pool = back(g.k_pool, gpu_cache.k_pool), gpu_cache.v_pool = back(g.v_pool, gpu_cache.v_pool);
+  gpu_cache.ring_pos = dev.back(g.ring_pos, gpu_cache.ring_pos.size());
+  gpu_cache.ring_keep = dev.back(g.ring_keep, gpu_cache.ring_keep.size());
+  gpu_cache.ring_len = dev.back(g.ring_len, gpu_cache.ring_len.size());
+  gpu_cache.seen = dev.back(g.seen, gpu_cache.seen.size());
   gpu_cache.store_len = dev.back(g.store_len, gpu_cache.store_len.size());
   gpu_cache.page_table = dev.back(g.page_table, gpu_cache.page_table.size());
-  gpu_cache.k_pool = test::as_floats(dev.back(g.k_pool, gpu_cache.k_pool.size()));
-  gpu_cache.v_pool = test::as_floats(dev.back(g.v_pool, gpu_cache.v_pool.size()));
+  gpu_cache.free_next = dev.back(g.free_next, 1), gpu_cache.overflow = dev.back(g.overflow, 1);
 }
 
-// Copies are exact in both row types: the reference got the bf16 values.
+// Copies are exact in both row types: the reference got the bf16 values. Decode steps, then prefill chunks
+// shorter and longer than the window and than the kernel's batch of 128 tokens.
 template <class Row>
-void append_matches() {
+void append_matches(const std::vector<int64_t>& chunks) {
   std::mt19937 rng(4);
-  const int64_t B = 3, Hkv = 4, D = 40, W = 9, P = 5, steps = 83;
-  test::AppendCache cpu_cache(B, Hkv, D, W, P, 16, B * Hkv * 16), gpu_cache = cpu_cache;
-  Device dev;
-  AppendParamsT<Row> g;
-  append_both(cpu_cache, gpu_cache, dev, g, steps, nullptr, rng);
-  EXPECT_EQ(test::as_floats(dev.back(g.ring_k, cpu_cache.ring_k.size())), cpu_cache.ring_k);
-  EXPECT_EQ(test::as_floats(dev.back(g.ring_v, cpu_cache.ring_v.size())), cpu_cache.ring_v);
-  EXPECT_EQ(dev.back(g.ring_pos, cpu_cache.ring_pos.size()), cpu_cache.ring_pos);
-  EXPECT_EQ(dev.back(g.ring_keep, cpu_cache.ring_keep.size()), cpu_cache.ring_keep);
-  EXPECT_EQ(dev.back(g.ring_len, cpu_cache.ring_len.size()), cpu_cache.ring_len);
-  EXPECT_EQ(dev.back(g.seen, cpu_cache.seen.size()), cpu_cache.seen);
-  EXPECT_EQ(dev.back(g.free_next, 1), cpu_cache.free_next);
-  EXPECT_EQ(dev.back(g.overflow, 1)[0], 0);
-  // Page ids may differ (the free list goes out in atomic order); the rows each head stores, in order, may not.
-  EXPECT_EQ(gpu_cache.store_len, cpu_cache.store_len);
-  for (int64_t i = 0; i < B * Hkv; ++i) {
-    EXPECT_EQ(gpu_cache.store_rows(i, gpu_cache.k_pool), cpu_cache.store_rows(i, cpu_cache.k_pool)) << "head " << i;
-    EXPECT_EQ(gpu_cache.store_rows(i, gpu_cache.v_pool), cpu_cache.store_rows(i, cpu_cache.v_pool)) << "head " << i;
-  }
+  const int64_t B = 3, Hkv = 4, D = 40, W = 9, P = 5;
+  int64_t total = 0;
+  for (int64_t T : chunks) total += T;
+  const int64_t pages = (total + P - 1) / P + 1;
+  test::AppendCache cpu_cache(B, Hkv, D, W, P, pages, B * Hkv * pages), gpu_cache = cpu_cache;
+  append_both<Row>(cpu_cache, gpu_cache, chunks, nullptr, rng);
+  EXPECT_EQ(test::difference(gpu_cache, cpu_cache), "");
+  EXPECT_EQ(gpu_cache.overflow[0], 0);
 }
+
+const std::vector<int64_t> kSteps(83, 1), kChunks{3, 1, 9, 20, 1, 300, 2, 130, 7};
 
 TEST(CacheAppend_CUDA, MatchesCpuReferenceRowByRow) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  append_matches<float>();
+  append_matches<float>(kSteps);
 }
 
 TEST(CacheAppend_CUDA, Bf16MatchesCpuReferenceRowByRow) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  append_matches<bf16>();
+  append_matches<bf16>(kSteps);
+}
+
+TEST(CacheAppend_CUDA, ChunksMatchCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  append_matches<float>(kChunks);
+  append_matches<bf16>(kChunks);
 }
 
 TEST(CacheAppend_CUDA, AFullPageTableRaisesOverflowLikeTheReference) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   std::mt19937 rng(6);
-  test::AppendCache cpu_cache(1, 2, 8, 4, 3, /*max_pages=*/2, /*n_pages=*/8), gpu_cache = cpu_cache;
-  Device dev;
-  AppendParams g;
   const std::vector<uint8_t> keep{1, 0};  // head 0 keeps everything and outgrows its two pages
-  append_both(cpu_cache, gpu_cache, dev, g, 20, &keep, rng);
-  EXPECT_EQ(dev.back(g.overflow, 1)[0], 1);
-  EXPECT_EQ(cpu_cache.overflow[0], 1);
-  EXPECT_EQ(gpu_cache.store_len, cpu_cache.store_len);
-  EXPECT_EQ(gpu_cache.store_rows(0, gpu_cache.k_pool), cpu_cache.store_rows(0, cpu_cache.k_pool));
-  EXPECT_EQ(dev.back(g.free_next, 1), cpu_cache.free_next);
+  for (const auto& chunks : {std::vector<int64_t>(20, 1), std::vector<int64_t>{20}}) {
+    test::AppendCache cpu_cache(1, 2, 8, 4, 3, /*max_pages=*/2, /*n_pages=*/8), gpu_cache = cpu_cache;
+    append_both<float>(cpu_cache, gpu_cache, chunks, &keep, rng);
+    EXPECT_EQ(cpu_cache.overflow[0], 1);
+    EXPECT_EQ(test::difference(gpu_cache, cpu_cache), "");
+  }
 }
 
 }  // namespace

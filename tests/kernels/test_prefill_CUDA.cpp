@@ -1,15 +1,17 @@
 // The CUDA gated prefill and its backward against the CPU reference on random data at odd sizes (G = 3,
-// D = 72): a chunk of queries after cached keys, queries and outputs in (B, T, H, D) order (strided); hard
-// gates with a key block whose gates are all closed (the skipped path), no window, no gates, queries that
-// see no key; soft gates (far_bias, a block of -inf) and packed documents (k_begin), forward with lse and
-// backward; float32 and bf16 rows (the reference gets the bf16 values, so only the output rounding differs).
-// Outputs are poisoned with NaN, so every element must be written. Skips cleanly without a device.
+// D = 72, and a shape for each compiled variant): a chunk of queries after cached keys, queries and outputs
+// in (B, T, H, D) order (strided); hard gates with a key block whose gates are all closed (the skipped
+// path), no window, no gates, queries that see no key; soft gates (far_bias, a block of -inf) and packed
+// documents (k_begin), forward with lse and backward; float32 and bf16 rows (the reference gets the bf16
+// values, so only the output rounding differs). Outputs are poisoned with NaN, so every element must be
+// written. Skips cleanly without a device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <type_traits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/attention_ref.h"
@@ -27,6 +29,7 @@ struct Case {
   Gates gates = Gates::hard;
   int64_t first_key_pos = 0;  // 1000: every key in the future
   bool documents = false;     // row 1 packs documents starting at keys 100 and 120
+  int64_t G = 3, D = 72;      // query heads per KV head, head dim
 };
 
 struct Errors {
@@ -36,7 +39,7 @@ struct Errors {
 // Runs the forward (and with `backward` the backward) on the GPU with Row rows and on the CPU reference.
 template <class Row>
 Errors run(const Case& c, bool backward, std::mt19937& rng) {
-  const int64_t B = 2, H = 6, Hkv = 2, T = 45, S = 45 + 83, D = 72;
+  const int64_t B = 2, Hkv = 2, H = Hkv * c.G, T = 45, S = 45 + 83, D = c.D;
   std::normal_distribution<float> n;
   std::uniform_real_distribution<float> unif(0.f, 1.f);
   std::vector<float> q(B * T * H * D), k(B * Hkv * S * D), v(B * Hkv * S * D), dy(B * T * H * D);
@@ -143,6 +146,24 @@ void backward_matches() {
                                            << c.documents << " first key " << c.first_key_pos;
     for (double x : {e.y, e.dq, e.dk, e.dv, e.dbias}) EXPECT_LT(x, kBackwardTol<Row>) << what;
   }
+}
+
+// The kernels are compiled per rounded group size and D / 32 (1, 2, 4, 8 each): every one of those, with
+// shapes that round up and shapes that fit exactly, forward and backward.
+template <class Row>
+void every_shape_matches() {
+  std::mt19937 rng(13);
+  for (auto [G, D] : {std::pair<int64_t, int64_t>{1, 32}, {2, 8}, {2, 40}, {3, 72}, {4, 128}, {5, 136}, {8, 256}}) {
+    const Errors e = run<Row>(Case{16, Gates::hard, 0, false, G, D}, true, rng);
+    for (double x : {e.y, e.dq, e.dk, e.dv}) EXPECT_LT(x, kBackwardTol<Row>) << "G " << G << " D " << D;
+    EXPECT_LT(e.lse, 2e-5) << "G " << G << " D " << D;
+  }
+}
+
+TEST(GatedPrefill_CUDA, EveryCompiledShapeMatchesCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  every_shape_matches<float>();
+  every_shape_matches<bf16>();
 }
 
 TEST(GatedPrefill_CUDA, MatchesCpuReference) {
