@@ -23,18 +23,22 @@
 namespace spkv::bench {
 
 struct Args {
-  bool quick = false;  // --quick: fewer sizes
-  bool bf16 = false;   // --bf16: bf16 rows instead of float32
+  bool quick = false;         // --quick: fewer sizes
+  bool bf16 = false;          // --bf16: bf16 rows instead of float32
+  bool tensor_cores = false;  // --tensor-cores (where the program offers it): also the tensor-core kernel
 };
 
-// [--quick] [--bf16]; anything else exits 2, and a host without a CUDA device exits 1, naming the program.
-inline Args parse_args(const char* program, int argc, char** argv) {
+// [--quick] [--bf16] [--tensor-cores, with offer_tensor_cores]; anything else exits 2, and a host without a
+// CUDA device exits 1, naming the program.
+inline Args parse_args(const char* program, int argc, char** argv, bool offer_tensor_cores = false) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) a.quick = true;
     else if (std::strcmp(argv[i], "--bf16") == 0) a.bf16 = true;
+    else if (offer_tensor_cores && std::strcmp(argv[i], "--tensor-cores") == 0) a.tensor_cores = true;
     else {
-      std::fprintf(stderr, "%s: unknown argument %s (expected --quick, --bf16)\n", program, argv[i]);
+      std::fprintf(stderr, "%s: unknown argument %s (expected --quick, --bf16%s)\n", program, argv[i],
+                   offer_tensor_cores ? ", --tensor-cores" : "");
       std::exit(2);
     }
   }

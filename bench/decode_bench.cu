@@ -93,7 +93,8 @@ double copy_bandwidth() {  // bytes per second of a 1 GiB device-to-device copy 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto [quick, bf16_rows] = spkv::bench::parse_args("spkv-decode-bench", argc, argv);
+  const spkv::bench::Args args = spkv::bench::parse_args("spkv-decode-bench", argc, argv);
+  const bool quick = args.quick, bf16_rows = args.bf16;
   const auto run_rows = bf16_rows ? run<bf16> : run<float>;
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));

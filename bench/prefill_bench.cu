@@ -1,11 +1,13 @@
-// The CUDA gated prefill's speed, forward and backward, measured before any tensor-core work (issue 22).
-// Usage: spkv-prefill-bench [--quick] [--bf16]
+// The CUDA gated prefill's speed, forward and backward (issue 22: measured before tensor-core work).
+// Usage: spkv-prefill-bench [--quick] [--bf16 [--tensor-cores]]
 // For a prompt of T tokens (1k, 4k, 16k; --quick: 1k, 4k) attending to itself, it times
 // cuda::gated_attention and cuda::gated_attention_backward with CUDA events: plain causal attention (the
 // dense baseline), then SP-KV with a window of 128 and hard gates keeping 10/25/50% of far keys at random. It
 // counts the visible (query, key) pairs on the host and reports the achieved rate, 4 D FLOPs a pair and
 // query head (QK and PV), against cuBLAS GEMMs run in the same invocation: float32 without tensor cores (the
-// same arithmetic as the kernel) and bf16 on tensor cores (the ceiling a tiled prefill aims at).
+// same arithmetic as the kernel) and bf16 on tensor cores (the ceiling a tiled prefill aims at). With bf16
+// rows and --tensor-cores it also times the tensor-core forward (gated_attention_tc) on the same inputs: a
+// separate flag, so that a fault in that kernel cannot take the warp kernel's numbers with it.
 // Llama-3-8B-like heads: batch 1, H 32, Hkv 8, D 128; float32 rows (--bf16: bf16 rows).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -17,6 +19,7 @@
 #include <cstdlib>
 #include <numeric>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "bench/cuda_bench.h"
@@ -32,11 +35,12 @@ constexpr int64_t H = 32, Hkv = 8, D = 128, W = 128;
 
 struct Result {
   double fwd_ms = 0, bwd_ms = 0, pairs = 0;  // pairs: visible (query, key) pairs per KV head, summed
+  double tc_ms = NAN;                        // the tensor-core forward (bf16 rows)
 };
 
 // One prompt of T tokens; density < 0: plain causal (no window, no gates).
 template <class Row>
-Result run(int64_t T, double density, int iters) {
+Result run(int64_t T, double density, int iters, bool tensor_cores) {
   std::mt19937 rng(7);
   std::normal_distribution<float> n;
   std::bernoulli_distribution open(density > 0 ? density : 0.0);
@@ -80,6 +84,13 @@ Result run(int64_t T, double density, int iters) {
   r.bwd_ms = time_ms(iters, [&] {
     if (cuda::gated_attention_backward(g, nullptr) != Status::ok) std::exit(1);
   });
+  if constexpr (std::is_same_v<Row, bf16>) {
+    if (tensor_cores) {
+      r.tc_ms = time_ms(iters, [&] {
+        if (cuda::gated_attention_tc(p, nullptr) != Status::ok) std::exit(1);
+      });
+    }
+  }
   for (const void* ptr : {(const void*)p.q, (const void*)p.k, (const void*)p.q_pos, (const void*)p.keep, (const void*)y,
                           (const void*)dq, (const void*)dk, (const void*)dv, (const void*)p.lse, (const void*)g.delta})
     cudaFree(const_cast<void*>(ptr));
@@ -114,7 +125,7 @@ double gemm_rate(bool bf16_inputs) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const auto [quick, bf16_rows] = spkv::bench::parse_args("spkv-prefill-bench", argc, argv);
+  const auto [quick, bf16_rows, tensor_cores] = spkv::bench::parse_args("spkv-prefill-bench", argc, argv, true);
   const auto run_rows = bf16_rows ? run<bf16> : run<float>;
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
@@ -124,19 +135,21 @@ int main(int argc, char** argv) {
               prop.name, f32 / 1e12, tc / 1e12, bf16_rows ? "bf16" : "float32", (long long)H, (long long)Hkv,
               (long long)D, (long long)W);
   std::printf("| tokens | keys | visible pairs | forward ms | TFLOP/s (%% of f32 GEMM, of bf16 GEMM) | backward ms | "
-              "SP-KV speedup fwd / bwd |\n|---|---|---|---|---|---|---|\n");
+              "SP-KV speedup fwd / bwd | tensor-core fwd ms (speedup) |\n|---|---|---|---|---|---|---|---|\n");
   const std::vector<int64_t> lengths = quick ? std::vector<int64_t>{1024, 4096} : std::vector<int64_t>{1024, 4096, 16384};
   for (int64_t T : lengths) {
     const int iters = T >= 16384 ? 3 : 10;
-    const Result dense = run_rows(T, -1, iters);
+    const Result dense = run_rows(T, -1, iters, tensor_cores);
     for (double rho : {-1.0, 0.10, 0.25, 0.50}) {
-      const Result r = rho < 0 ? dense : run_rows(T, rho, iters);
+      const Result r = rho < 0 ? dense : run_rows(T, rho, iters, tensor_cores);
       const double flops = 4.0 * D * double(H / Hkv) * r.pairs, rate = flops / (r.fwd_ms / 1e3);
       char keys[32];
       std::snprintf(keys, sizeof keys, rho < 0 ? "causal" : "%.0f%% far", 100 * rho);
-      std::printf("| %lld | %s | %.3g | %.3f | %.2f (%.0f%%, %.1f%%) | %.3f | %.2fx / %.2fx |\n", (long long)T, keys,
+      char tc_col[48] = "-";
+      if (!std::isnan(r.tc_ms)) std::snprintf(tc_col, sizeof tc_col, "%.3f (%.1fx)", r.tc_ms, r.fwd_ms / r.tc_ms);
+      std::printf("| %lld | %s | %.3g | %.3f | %.2f (%.0f%%, %.1f%%) | %.3f | %.2fx / %.2fx | %s |\n", (long long)T, keys,
                   r.pairs * double(H / Hkv), r.fwd_ms, rate / 1e12, 100 * rate / f32, 100 * rate / tc, r.bwd_ms,
-                  dense.fwd_ms / r.fwd_ms, dense.bwd_ms / r.bwd_ms);
+                  dense.fwd_ms / r.fwd_ms, dense.bwd_ms / r.bwd_ms, tc_col);
     }
   }
   return 0;

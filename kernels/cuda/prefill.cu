@@ -7,6 +7,7 @@
 // element has one owner: no atomics, deterministic.
 #include <cmath>
 
+#include "kernels/cuda/key_bias.cuh"
 #include "kernels/cuda/prefill.h"
 #include "kernels/cuda/warp_softmax.cuh"
 
@@ -15,22 +16,6 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr unsigned kAll = 0xffffffffu;
-
-// The score bias of key s for query t of (b, hk): 0 (local, or kept by a hard gate), far_bias (soft gates),
-// or -inf when the query does not see the key. The rule of attention_params.h.
-template <class Row>
-__device__ inline float key_bias(const GatedAttentionParamsT<Row>& p, int64_t b, int64_t hk, int64_t t, int64_t s) {
-  const int64_t dist = p.q_pos[t] - p.k_pos[s];
-  if (dist < 0 || (p.k_begin && s < p.k_begin[b * p.T + t])) return -INFINITY;
-  if (p.window <= 0 || dist < p.window) return 0.f;
-  if (p.far_bias) return p.far_bias[b * p.bias_sb + hk * p.bias_sh + s];
-  return p.keep && p.keep[b * p.keep_sb + hk * p.keep_sh + s] ? 0.f : -INFINITY;
-}
-
-template <class Row>
-__device__ inline bool is_far(const GatedAttentionParamsT<Row>& p, int64_t t, int64_t s) {
-  return p.window > 0 && p.q_pos[t] - p.k_pos[s] >= p.window;
-}
 
 // Lane l's share of a row: elements l, l + 32, ..., l + 32 (DL - 1) (zero past D), in float32.
 template <int DL, class Row>

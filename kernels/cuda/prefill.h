@@ -15,6 +15,11 @@ namespace spkv::kernels::cuda {
 Status gated_attention(const GatedAttentionParams& p, cudaStream_t stream);
 Status gated_attention(const GatedAttentionParamsT<bf16>& p, cudaStream_t stream);
 
+// The forward on tensor cores (prefill_tc.cu): bf16 rows and D of 32, 64 or 128 only (else
+// Status::unsupported), the contract of gated_attention, with the probabilities rounded to bf16 for the
+// P V product. Written without a GPU and not yet run on one: the adapter does not call it yet.
+Status gated_attention_tc(const GatedAttentionParamsT<bf16>& p, cudaStream_t stream);
+
 // The backward, from the forward's y and lse (both required) and dy; g.delta is a (B, H, T) workspace.
 // Writes every element of dq, dk, dv (and d_far_bias when set).
 Status gated_attention_backward(const GatedAttentionGradParams& g, cudaStream_t stream);

@@ -3,8 +3,8 @@
 // in (B, T, H, D) order (strided); hard gates with a key block whose gates are all closed (the skipped
 // path), no window, no gates, queries that see no key; soft gates (far_bias, a block of -inf) and packed
 // documents (k_begin), forward with lse and backward; float32 and bf16 rows (the reference gets the bf16
-// values, so only the output rounding differs). Outputs are poisoned with NaN, so every element must be
-// written. Skips cleanly without a device.
+// values, so only the output rounding differs); the tensor-core forward on bf16 rows. Outputs are poisoned
+// with NaN, so every element must be written. Skips cleanly without a device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -30,6 +30,7 @@ struct Case {
   int64_t first_key_pos = 0;  // 1000: every key in the future
   bool documents = false;     // row 1 packs documents starting at keys 100 and 120
   int64_t G = 3, D = 72;      // query heads per KV head, head dim
+  bool tensor_cores = false;  // the forward by gated_attention_tc (bf16 rows only)
 };
 
 struct Errors {
@@ -93,7 +94,10 @@ Errors run(const Case& c, bool backward, std::mt19937& rng) {
   g.y = poisoned_rows(y), g.lse = poisoned(lse);
   got.dy = rows(dy), got.dq = poisoned_rows(dq), got.dk = poisoned_rows(dk), got.dv = poisoned_rows(dv), got.delta = poisoned(lse);
   got.d_far_bias = p.far_bias ? poisoned(dbias) : nullptr;
-  EXPECT_EQ(cuda::gated_attention(g, nullptr), Status::ok);
+  if constexpr (std::is_same_v<Row, bf16>)
+    EXPECT_EQ(c.tensor_cores ? cuda::gated_attention_tc(g, nullptr) : cuda::gated_attention(g, nullptr), Status::ok);
+  else
+    EXPECT_EQ(cuda::gated_attention(g, nullptr), Status::ok);
   if (backward) EXPECT_EQ(cuda::gated_attention_backward(got, nullptr), Status::ok);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
@@ -164,6 +168,32 @@ TEST(GatedPrefill_CUDA, EveryCompiledShapeMatchesCpuReference) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   every_shape_matches<float>();
   every_shape_matches<bf16>();
+}
+
+// The tensor-core forward (bf16 rows): every forward case at G 3 (a tile's rows mix query heads) and D 64,
+// then G 1, 2 and 4 at the other compiled D. It rounds the probabilities to bf16 for the P V product, so y is
+// held to 2e-2 and lse to 5e-3; keys all in the future still give y = 0 and lse = -inf exactly.
+TEST(GatedPrefill_CUDA, TensorCoreForwardMatchesCpuReference) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(14);
+  for (Case c : {Case{16, Gates::hard}, Case{0, Gates::none}, Case{16, Gates::none}, Case{16, Gates::soft},
+                 Case{16, Gates::soft, 0, true}, Case{16, Gates::hard, 0, true}, Case{16, Gates::hard, 0, false, 1, 32},
+                 Case{0, Gates::none, 0, false, 2, 128}, Case{16, Gates::soft, 0, true, 4, 128}}) {
+    if (c.D == 72) c.G = 3, c.D = 64;
+    c.tensor_cores = true;
+    const Errors e = run<bf16>(c, false, rng);
+    const auto what = ::testing::Message() << "window " << c.window << " gates " << int(c.gates) << " documents "
+                                           << c.documents << " G " << c.G << " D " << c.D;
+    EXPECT_LT(e.y, 2e-2) << what;
+    EXPECT_LT(e.lse, 5e-3) << what;
+  }
+  const Errors future = run<bf16>(Case{16, Gates::hard, 1000, false, 3, 64, true}, false, rng);
+  EXPECT_EQ(future.y, 0.0);
+  EXPECT_EQ(future.lse, 0.0);
+  GatedAttentionParamsT<bf16> odd;  // D 72 is not a tensor-core shape: refused before any pointer is read
+  odd.q = odd.k = odd.v = reinterpret_cast<const bf16*>(&odd), odd.y = reinterpret_cast<bf16*>(&odd);
+  odd.q_pos = odd.k_pos = &odd.B, odd.B = odd.T = odd.S = 1, odd.H = odd.Hkv = 1, odd.D = 72;
+  EXPECT_EQ(cuda::gated_attention_tc(odd, nullptr), Status::unsupported);
 }
 
 TEST(GatedPrefill_CUDA, MatchesCpuReference) {
