@@ -1,7 +1,8 @@
 // The params of the fused cache append: T new tokens of one layer for every sequence (T = 1: a decode step;
 // T > 1: a prefill chunk), in order. Each token's K/V rows go into its head's ring slot, and the token they
-// replace (position p - W) moves to that head's store if its gate was open. The store is a device-friendly paged layout: a fixed page table per (sequence, KV head)
-// (headroom) and a shared free list handed out by an atomic counter, so allocation is O(1). The same memory
+// replace (position p - W) moves to that head's store if its gate was open. The store is a device-friendly
+// paged layout: a fixed page table per (sequence, KV head) (headroom) and a shared free list handed out by an
+// atomic counter, so allocation is O(1). The same memory
 // read as a CacheView (decode_params.h) is what decode attention reads. Raw pointers; no LibTorch.
 #pragma once
 #include <cstdint>
@@ -41,8 +42,8 @@ using AppendParams = AppendParamsT<float>;
 // Every pointer is set and every size is positive (W >= 1: the fused append is the SP-KV cache's).
 template <class Row>
 bool valid(const AppendParamsT<Row>& p) {
-  return p.n_seq >= 0 && p.Hkv > 0 && p.D > 0 && p.W > 0 && p.page_size > 0 && p.T > 0 && p.k_new && p.v_new && p.keep_new &&
-         p.ring_k && p.ring_v && p.ring_pos && p.ring_keep && p.ring_len && p.seen && p.k_pool && p.v_pool &&
+  return p.n_seq >= 0 && p.Hkv > 0 && p.D > 0 && p.W > 0 && p.page_size > 0 && p.T > 0 && p.k_new && p.v_new &&
+         p.keep_new && p.ring_k && p.ring_v && p.ring_pos && p.ring_keep && p.ring_len && p.seen && p.k_pool && p.v_pool &&
          p.page_table && p.store_len && p.free_pages && p.free_next && p.overflow;
 }
 

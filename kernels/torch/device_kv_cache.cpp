@@ -56,9 +56,10 @@ void DeviceKvCache::grow(int64_t pages) {
   free_pages_ = torch::arange(n, opt.dtype(torch::kInt32));
 }
 
-// A head's store takes at most ceil(n / P) new pages over its next n evictions, so after a read of the pool
-// counter (used pages) the next n tokens of every layer need at most L * B * Hkv * ceil(n / P) more. The counter
-// is read only when that bound would pass the pool; the pool then doubles if it has less room than it has used.
+// A head's store takes at most ceil(n / P) new pages over its next n evictions, so after a read of the
+// pool counter (used pages) the next n tokens of every layer need at most L * B * Hkv * ceil(n / P) more.
+// The counter is read only when that bound would pass the pool; the pool then doubles if it has less room
+// than it has used.
 void DeviceKvCache::reserve(int64_t T) {
   const int64_t heads = L_ * B_ * Hkv_;
   auto bound = [&](int64_t n) { return pages_read_ + heads * ((n + P_ - 1) / P_); };

@@ -39,7 +39,8 @@ class DeviceKvCache {
   template <class Row>
   kernels::AppendParamsT<Row> layer_params(int64_t il) const;  // layer il's memory; no new rows yet
   template <class Row>
-  void append(int64_t il, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& keep);  // (B, Hkv, T, D), keep (B, T, Hkv)
+  // k, v (B, Hkv, T, D) and keep (B, T, Hkv) uint8, contiguous: one append kernel for the T tokens.
+  void append(int64_t il, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& keep);
   template <class Row>  // attend with q, k, v already in the rows' dtype and keep as uint8
   torch::Tensor attend_rows(int64_t il, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                             const torch::Tensor& keep_u8);

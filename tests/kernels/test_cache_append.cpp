@@ -36,7 +36,8 @@ Chunk random_chunk(const test::AppendCache& c, int64_t T, std::mt19937& rng) {
 
 // Token t of a chunk as a single-token call's rows: k, v (B, Hkv, D), keep (B, Hkv).
 Chunk token(const test::AppendCache& c, const Chunk& x, int64_t t) {
-  Chunk y{1, std::vector<float>(c.B * c.Hkv * c.D), std::vector<float>(c.B * c.Hkv * c.D), std::vector<uint8_t>(c.B * c.Hkv)};
+  const size_t rows = size_t(c.B * c.Hkv);
+  Chunk y{1, std::vector<float>(rows * c.D), std::vector<float>(rows * c.D), std::vector<uint8_t>(rows)};
   for (int64_t i = 0; i < c.B * c.Hkv; ++i) {
     for (int64_t d = 0; d < c.D; ++d) {
       y.k[i * c.D + d] = x.k[(i * x.T + t) * c.D + d];

@@ -1,8 +1,8 @@
 // The CUDA decode path against the CPU references, on random data at odd sizes: decode attention over ragged
 // per-head caches (store lengths 0, 1, a full page, partial pages, several splits; a sequence with nothing
 // cached), with poisoned outputs and several split counts; and the fused append over many steps and over
-// prefill chunks, compared row by row. float32 and bf16 rows: for bf16 the reference gets the bf16 values. Skips cleanly without a
-// CUDA device.
+// prefill chunks, compared row by row. float32 and bf16 rows: for bf16 the reference gets the bf16 values.
+// Skips cleanly without a CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
