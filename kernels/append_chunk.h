@@ -8,8 +8,9 @@
 // thread) walks a batch in order, decides each eviction and takes pages, so a store stays in position order,
 // and sets the ring gates. append_copy (every thread, its elements d0, d0 + step, ...) then copies the
 // batch's rows in token order: an old ring row is read before the token that replaces it is written, by the
-// same thread at the same element, and no two tokens t < W share a slot. append_advance moves the
-// sequence's ring positions, length and count once every head is done.
+// same thread at the same element, and no two tokens t < W share a slot. append_head drives both over the
+// batches for one of a block's threads (on the host: the only thread). append_advance moves the sequence's
+// ring positions, length and count once every head is done.
 #pragma once
 #include <cstdint>
 
@@ -67,6 +68,24 @@ SPKV_HOST_DEVICE inline void append_copy(const AppendParamsT<Row>& p, int64_t i,
       if (to >= 0) p.k_pool[to + d] = k_out[d], p.v_pool[to + d] = v_out[d];
       if (to_ring) p.ring_k[row + d] = k_in[d], p.ring_v[row + d] = v_in[d];
     }
+  }
+}
+
+// Head i's whole call, by thread tid of `threads` (the block's, with a barrier between the phases on the
+// device); at: kAppendBatch entries they share.
+template <class Row>
+SPKV_HOST_DEVICE inline void append_head(const AppendParamsT<Row>& p, int64_t i, int64_t* at, int tid, int threads) {
+  const int64_t pos0 = p.seen[i / p.Hkv];
+  for (int64_t t0 = 0; t0 < p.T; t0 += kAppendBatch) {
+    const int64_t n = p.T - t0 < kAppendBatch ? p.T - t0 : kAppendBatch;
+    if (tid == 0) append_plan(p, i, pos0, t0, n, at);
+#ifdef __CUDA_ARCH__
+    __syncthreads();
+#endif
+    append_copy(p, i, pos0, t0, n, at, tid, threads);
+#ifdef __CUDA_ARCH__
+    __syncthreads();  // the next batch rewrites at[]
+#endif
   }
 }
 

@@ -20,6 +20,7 @@
 #include "kernels/append_chunk.h"
 #include "kernels/bf16.h"
 #include "kernels/cuda/decode.h"
+#include "kernels/cuda/rounded.cuh"
 
 namespace spkv::kernels::cuda {
 namespace {
@@ -218,15 +219,8 @@ __global__ void decode_combine_kernel(DecodeParamsT<Row> p, int64_t splits, cons
 // every thread copying. Every block reads seen[b] before append_advance_kernel (next on the stream) moves it.
 template <class Row>
 __global__ void append_head_kernel(AppendParamsT<Row> p) {
-  const int64_t i = blockIdx.x, pos0 = p.seen[i / p.Hkv];
   __shared__ int64_t at[kAppendBatch];
-  for (int64_t t0 = 0; t0 < p.T; t0 += kAppendBatch) {
-    const int64_t n = min(kAppendBatch, p.T - t0);
-    if (threadIdx.x == 0) append_plan(p, i, pos0, t0, n, at);
-    __syncthreads();
-    append_copy(p, i, pos0, t0, n, at, threadIdx.x, blockDim.x);
-    __syncthreads();  // the next batch rewrites at[]
-  }
+  append_head(p, blockIdx.x, at, threadIdx.x, blockDim.x);
 }
 
 template <class Row>
@@ -286,11 +280,10 @@ Status decode(const DecodeParamsT<Row>& p, int64_t splits, float* workspace, int
   const bool vec4 = c.D % 4 == 0 && aligned(p.q) && (c.W <= 0 || (aligned(c.ring_k) && aligned(c.ring_v)));
   const int64_t G = p.H / c.Hkv;
   auto launch = [&](auto vec, auto e) {
-    constexpr int VEC = decltype(vec)::value, E = decltype(e)::value;
-    if (G <= 1) decode_split_kernel<Row, VEC, E, 1><<<grid, kWarps * 32, 0, stream>>>(p, part_m, part_l, part_acc);
-    else if (G <= 2) decode_split_kernel<Row, VEC, E, 2><<<grid, kWarps * 32, 0, stream>>>(p, part_m, part_l, part_acc);
-    else if (G <= 4) decode_split_kernel<Row, VEC, E, 4><<<grid, kWarps * 32, 0, stream>>>(p, part_m, part_l, part_acc);
-    else decode_split_kernel<Row, VEC, E, 8><<<grid, kWarps * 32, 0, stream>>>(p, part_m, part_l, part_acc);
+    with_rounded(G, [&](auto g) {
+      decode_split_kernel<Row, decltype(vec)::value, decltype(e)::value, decltype(g)::value>
+          <<<grid, kWarps * 32, 0, stream>>>(p, part_m, part_l, part_acc);
+    });
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;

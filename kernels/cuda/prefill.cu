@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/key_bias.cuh"
 #include "kernels/cuda/prefill.h"
+#include "kernels/cuda/rounded.cuh"
 #include "kernels/cuda/warp_softmax.cuh"
 
 namespace spkv::kernels::cuda {

@@ -6,7 +6,6 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/bf16.h"
 
@@ -17,15 +16,6 @@ constexpr int kWarpMaxG = 8, kWarpMaxDL = 8;
 __device__ inline float warp_sum(float x) {
   for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
-}
-
-// f(std::integral_constant<int, R>) with R = n rounded up to 1, 2, 4 or 8; n must be in [1, 8].
-template <class F>
-inline void with_rounded(int64_t n, F f) {
-  if (n <= 1) f(std::integral_constant<int, 1>{});
-  else if (n <= 2) f(std::integral_constant<int, 2>{});
-  else if (n <= 4) f(std::integral_constant<int, 4>{});
-  else f(std::integral_constant<int, 8>{});
 }
 
 template <int GM, int DL>

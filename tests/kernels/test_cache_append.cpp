@@ -48,17 +48,10 @@ Chunk token(const test::AppendCache& c, const Chunk& x, int64_t t) {
   return y;
 }
 
-// What the CUDA kernel does, one thread at a time: every head's batches (plan, then copy), then the advance.
+// What the CUDA kernels do, with one thread a block: every head's walk, then the advance.
 void kernel_walk(const AppendParams& p) {
-  for (int64_t i = 0; i < p.n_seq * p.Hkv; ++i) {
-    const int64_t pos0 = p.seen[i / p.Hkv];
-    int64_t at[kAppendBatch];
-    for (int64_t t0 = 0; t0 < p.T; t0 += kAppendBatch) {
-      const int64_t n = std::min(kAppendBatch, p.T - t0);
-      append_plan(p, i, pos0, t0, n, at);
-      append_copy(p, i, pos0, t0, n, at, 0, 1);
-    }
-  }
+  int64_t at[kAppendBatch];
+  for (int64_t i = 0; i < p.n_seq * p.Hkv; ++i) append_head(p, i, at, 0, 1);
   for (int64_t b = 0; b < p.n_seq; ++b) append_advance(p, b);
 }
 
